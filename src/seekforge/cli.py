@@ -1,0 +1,65 @@
+"""The ``seekforge`` command line: one entry point, one subcommand per pipeline stage.
+
+Each stage owns a small ``cli`` module with ``register(subparsers)`` that adds its subcommand(s)
+and sets ``func`` on the parser; this file only collects them. ``python -m seekforge ...`` runs
+the same code, so ``torchrun -m seekforge train ...`` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from seekforge import __version__
+from seekforge.config import ConfigError
+
+# Modules that contribute subcommands, in the order they appear in ``seekforge --help``.
+COMMAND_MODULES = [
+    "seekforge.model.cli",
+    "seekforge.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seekforge",
+        description="Build your own DeepSeek-style language model: data -> tokenizer -> pretrain -> "
+        "fine-tune -> evaluate -> export -> serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"seekforge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def add_config_args(parser: argparse.ArgumentParser, config_positional: bool = True) -> None:
+    """The shared ``[CONFIG] [--set k=v ...]`` arguments of every configurable command."""
+    if config_positional:
+        parser.add_argument("config", nargs="?", help="YAML config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set lr=3e-4 --set model.q_lora_rank=null")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from seekforge.utils import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        print(f"seekforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The one config system of seekforge: dataclasses, YAML files and ``key=value`` overrides.
+
+Every command (``model init``, ``train``, ``sft``, ``plan`` ...) describes its settings as a
+(possibly nested) dataclass. Values come, in order of precedence, from
+
+1. the dataclass defaults,
+2. a YAML file (``seekforge train my.yaml``),
+3. ``--set key=value`` overrides on the command line (``--set model.q_lora_rank=null``).
+
+Override values are parsed as YAML scalars, so ``null``, ``true``, ``3e-4`` and ``[1, 2]`` mean
+what they look like. Unknown keys are errors that name the closest valid keys: a typo must never
+be silently ignored (a misspelled learning-rate key that does nothing is a classic lost day).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid. The message names the key and what was expected."""
+
+
+def closest(name: str, valid: typing.Iterable[str], n: int = 3) -> list[str]:
+    """The valid names closest to ``name`` (for "did you mean" messages)."""
+    valid = list(valid)
+    hits = difflib.get_close_matches(name, valid, n=n, cutoff=0.5)
+    if not hits:  # fall back to substring matches, e.g. "rank" -> "q_lora_rank", "kv_lora_rank"
+        hits = [v for v in valid if name.lower() in v.lower() or v.lower() in name.lower()][:n]
+    return hits
+
+
+def unknown_key_error(key: str, valid: typing.Iterable[str], where: str = "") -> ConfigError:
+    valid = sorted(valid)
+    near = closest(key.split(".")[-1], valid)
+    hint = f" Did you mean {', '.join(repr(h) for h in near)}?" if near else ""
+    place = f" in {where}" if where else ""
+    return ConfigError(f"unknown config key {key!r}{place}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value the way YAML would (``null`` -> None, ``1e-3`` -> float ...)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads "1e-3" as a string (no dot); accept it as a float like a user expects.
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            return value
+    return value
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` against the annotation ``tp``; raise ConfigError naming ``key``."""
+    if tp is Any:
+        return value
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not fit {_type_name(tp)}")
+    if origin is typing.Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            near = closest(str(value), [str(c) for c in choices])
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint}")
+        return value
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) dict, validating every key and value."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    types_ = field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types_:
+            raise unknown_key_error(prefix + key, types_, where=cls.__name__)
+        kwargs[key] = _coerce(value, types_[key], prefix + key)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain dict (YAML/JSON serialisable)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=null"]`` -> nested ``{"a": {"b": 1}, "c": None}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=3e-4)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+        node[parts[-1]] = parse_value(raw.strip())
+    return out
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``extra`` into a copy of ``base``; nested dicts merge, everything else replaces."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: typing.Iterable[str] = (),
+    base: dict[str, Any] | None = None,
+) -> T:
+    """Defaults <- ``base`` dict <- YAML file <- ``key=value`` overrides, validated into ``cls``."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = deep_merge(data, read_yaml(path))
+    data = deep_merge(data, parse_overrides(overrides))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        if path is not None:
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+
+
+def save_yaml(obj: Any, path: str | Path) -> None:
+    from seekforge.utils import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True))
