@@ -40,7 +40,8 @@ def add_config_args(parser: argparse.ArgumentParser, config_positional: bool = T
     if config_positional:
         parser.add_argument("config", nargs="?", help="YAML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (repeatable), e.g. --set lr=3e-4 --set model.q_lora_rank=null")
+                        help="override a config key (repeatable), e.g. --set lr=3e-4 "
+                        "--set model.q_lora_rank=null")
 
 
 def main(argv: list[str] | None = None) -> int:
