@@ -18,6 +18,12 @@ from seekforge.config import ConfigError
 COMMAND_MODULES = [
     "seekforge.model.cli",
     "seekforge.demo",
+    "seekforge.tokenizer.cli",
+    "seekforge.data.tokenize",  # adds `data tokenize` to the `data` group (creating it if needed)
+    "seekforge.train.cli",
+    "seekforge.infer.chat",
+    "seekforge.serve.cli",
+    "seekforge.plan.cli",
 ]
 
 

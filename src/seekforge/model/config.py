@@ -160,6 +160,9 @@ class ModelConfig:
             d.setdefault("rope_theta", rp.get("rope_theta", 10000.0))
             if rp.get("rope_type", "default") != "default" and "rope_scaling" not in d:
                 d["rope_scaling"] = {k: v for k, v in rp.items() if k != "rope_theta"}
+        # MLA has no KV groups and transformers never uses this field for DeepSeek; HF's default (128)
+        # is often left in custom configs (DeepseekV3Config(num_attention_heads=4) keeps 128).
+        d.pop("num_key_value_heads", None)
         if "num_mtp_layers" in d and "num_nextn_predict_layers" not in d:
             d["num_nextn_predict_layers"] = d["num_mtp_layers"]
         if d.get("model_type") == "deepseek_v2":

@@ -1,0 +1,265 @@
+"""Writing fine-tuning results, loading adapters for inference, merging LoRA into a model dir.
+
+Layout of ``out_dir/final/`` after ``seekforge sft``:
+
+* ``full`` / ``freeze``: a complete model directory (config.json, safetensors, tokenizer files).
+* ``lora`` / ``qlora``: a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``,
+  keys ``base_model.model.<HF module name>.lora_A.weight``), the tokenizer files (the chat
+  template the adapter was trained with) and ``seekforge_adapter.json`` (method, base path).
+* ``prefix``: HF bases - a PEFT prefix-tuning adapter; seekforge bases - the MLA prefix
+  (``model.layers.N.self_attn.prefix_kv`` / ``prefix_pe``) with ``peft_type`` ``SEEKFORGE_MLA_PREFIX``.
+  Prefixes add attention entries: they cannot be merged into weights, and only seekforge's own
+  engine serves them (vLLM / llama.cpp / Ollama load LoRA only).
+
+Footgun (peft 0.21 + transformers 5): when PEFT loads a LoRA adapter onto an HF DeepSeek-V3
+model it rewrites the targets ``gate_proj`` / ``up_proj`` / ``down_proj`` to the stacked
+routed-expert parameters (its converter for adapters trained under transformers 4), so the
+adapter's dense-MLP and shared-expert LoRA weights are then silently not loaded. Attention-only
+adapters are unaffected. :func:`peft_from_pretrained` loads seekforge adapters with that
+conversion off: use it (or ``seekforge merge``) instead of ``PeftModel.from_pretrained`` for
+adapters that target MLPs of a DeepSeek-V3 base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seekforge.finetune.methods import HFCausalLM, base_kind, unwrap
+from seekforge.utils import atomic_dir, atomic_write_text
+
+log = logging.getLogger("seekforge.finetune")
+
+MARKER = "seekforge_adapter.json"
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+
+
+def save_result(model: nn.Module, kind: str, method: str, out_dir: str | Path, *, tokenizer: Any = None,
+                base_path: str | Path | None = None) -> Path:
+    """Write the model (full/freeze) or the adapter (lora/qlora/prefix) to ``out_dir`` atomically."""
+    out_dir = Path(out_dir)
+    base = unwrap(model)
+    if method in ("full", "freeze"):
+        if kind == "seekforge":
+            from seekforge.model import save_model
+
+            return save_model(base, out_dir, tokenizer=tokenizer)
+        with atomic_dir(out_dir) as tmp:
+            base.save_pretrained(str(tmp), safe_serialization=True)
+            _save_tokenizer(tokenizer, tmp)
+        return out_dir
+    with atomic_dir(out_dir) as tmp:
+        if method == "prefix" and kind == "seekforge":
+            _save_mla_prefix(base, tmp, base_path)
+        else:
+            peft_model = model.inner if isinstance(model, HFCausalLM) else model
+            peft_model.save_pretrained(str(tmp))
+            _fix_adapter_config(tmp / "adapter_config.json", base_path)
+        _save_tokenizer(tokenizer, tmp)
+        marker = {"format": "seekforge-adapter-v1", "method": method, "base_kind": kind,
+                  "base_model": str(Path(base_path).resolve()) if base_path else None,
+                  # seekforge and transformers >= 5 store routed experts stacked; see module docstring.
+                  "expert_layout": "stacked"}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def _fix_adapter_config(path: Path, base_path: str | Path | None) -> None:
+    """Make the PEFT config describe an ordinary causal-LM adapter of the base directory."""
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg["task_type"] = cfg.get("task_type") or "CAUSAL_LM"
+    cfg.pop("auto_mapping", None)  # points at seekforge's class; HF users load onto their own class
+    if base_path is not None:
+        cfg["base_model_name_or_path"] = str(Path(base_path).resolve())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def _save_mla_prefix(base: nn.Module, out: Path, base_path: str | Path | None) -> None:
+    from safetensors.torch import save_file
+
+    from seekforge.finetune.prefix import PREFIX_TYPE, prefix_state_dict
+
+    state = prefix_state_dict(base)
+    save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    P = next(iter(state.values())).shape[0]
+    cfg = {"peft_type": PREFIX_TYPE, "num_virtual_tokens": P, "task_type": "CAUSAL_LM",
+           "base_model_name_or_path": str(Path(base_path).resolve()) if base_path else None,
+           "kv_lora_rank": base.config.kv_lora_rank, "qk_rope_head_dim": base.config.qk_rope_head_dim,
+           "num_layers": base.config.num_hidden_layers}
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{adapter_dir} is not an adapter directory: {path.name} is missing "
+                                "(full/freeze fine-tunes are whole models: load them as the base instead)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def _no_peft_moe_conversion(adapter_dir: Path):
+    """Turn off PEFT's transformers-4 -> 5 MoE target rewrite for adapters seekforge wrote."""
+    if not (adapter_dir / MARKER).exists():
+        yield
+        return
+    try:
+        import peft.utils.transformers_weight_conversion as twc
+    except ImportError:  # older peft: no conversion to disable
+        yield
+        return
+    original = twc.convert_peft_config_for_transformers
+    twc.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        twc.convert_peft_config_for_transformers = original
+
+
+def peft_from_pretrained(model: nn.Module, adapter_dir: str | Path, **kwargs: Any):
+    """``PeftModel.from_pretrained`` that loads seekforge adapters exactly (see module docstring)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    with _no_peft_moe_conversion(adapter_dir):
+        return PeftModel.from_pretrained(model, str(adapter_dir), **kwargs)
+
+
+def _lora_into_seekforge(model: nn.Module, adapter_dir: Path) -> nn.Module:
+    """Merge a LoRA adapter into a seekforge model's weights (returns the plain model)."""
+    from peft import LoraConfig, PeftModel
+
+    config = LoraConfig.from_pretrained(str(adapter_dir))
+    config.task_type = None  # PeftModelForCausalLM expects HF generation hooks seekforge does not have
+    with _no_peft_moe_conversion(adapter_dir):
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), config=config)
+    return peft_model.merge_and_unload()
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = True) -> nn.Module:
+    """Put an adapter on a loaded base model for inference; returns the model to use.
+
+    seekforge bases: LoRA is merged into the weights (no per-token cost, works with the MLA cache
+    and weight absorption); a MLA prefix is attached. HF bases (a ``transformers`` model or
+    :class:`HFCausalLM`): PEFT's model, LoRA merged when ``merge``.
+    """
+    adapter_dir = Path(adapter_dir)
+    cfg = read_adapter_config(adapter_dir)
+    peft_type = cfg.get("peft_type")
+    hf_wrapped = isinstance(model, HFCausalLM)
+    inner = model.inner if hf_wrapped else model
+    is_seekforge = hasattr(inner, "forward_cached")
+    from seekforge.finetune.prefix import PREFIX_TYPE
+
+    if peft_type == PREFIX_TYPE:
+        if not is_seekforge:
+            raise ValueError(f"{adapter_dir} is a seekforge MLA prefix; it needs a seekforge (DeepSeek-V3) base")
+        from safetensors.torch import load_file
+
+        from seekforge.finetune.prefix import load_prefix
+
+        load_prefix(inner, load_file(str(adapter_dir / "adapter_model.safetensors")))
+        return model
+    if is_seekforge:
+        if peft_type != "LORA":
+            raise ValueError(f"{adapter_dir}: a {peft_type} adapter cannot be used with a seekforge base "
+                             "(LoRA and seekforge MLA prefixes can)")
+        return _lora_into_seekforge(inner, adapter_dir)
+    peft_model = peft_from_pretrained(inner, adapter_dir)
+    if peft_type == "LORA" and merge:
+        peft_model = peft_model.merge_and_unload()
+    if hf_wrapped:
+        model.inner = peft_model
+        return model
+    return peft_model
+
+
+def adapter_base(adapter_dir: str | Path) -> str | None:
+    """The base model directory recorded in an adapter (or None)."""
+    return read_adapter_config(adapter_dir).get("base_model_name_or_path")
+
+
+def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
+               dtype: torch.dtype = torch.float32) -> Path:
+    """``seekforge merge``: fold a LoRA adapter into the base weights and write a full model dir."""
+    from seekforge.tokenizer import load_tokenizer
+
+    cfg = read_adapter_config(adapter_dir)
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{adapter_dir} is a {cfg.get('peft_type')} adapter; only LoRA can be merged into "
+                         "weights (a prefix adds attention entries: serve it with --adapter instead)")
+    marker = Path(adapter_dir) / MARKER
+    if marker.exists() and json.loads(marker.read_text(encoding="utf-8")).get("method") == "qlora":
+        log.warning("merging a QLoRA adapter into a full-precision base: the adapter was trained against "
+                    "4-bit weights, so outputs differ slightly from the QLoRA model")
+    tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base_dir
+    tokenizer = load_tokenizer(tok_dir)
+    kind = base_kind(base_dir)
+    device = torch.device("cpu")
+    if kind == "seekforge":
+        from seekforge.model import load_model, save_model
+
+        merged = load_adapter(load_model(str(base_dir), device=device, dtype=dtype), adapter_dir)
+        return save_model(merged, out_dir, tokenizer=tokenizer)
+    from transformers import AutoModelForCausalLM
+
+    merged = load_adapter(AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype), adapter_dir)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    atomic_write_text(Path(out_dir) / "merged_from.json",
+                      json.dumps({"base": str(base_dir), "adapter": str(adapter_dir)}, indent=2) + "\n")
+    return Path(out_dir)
+
+
+def load_trained_weights(model: nn.Module, kind: str, method: str, path: str | Path) -> None:
+    """Resume: copy the weights written by :func:`save_result` back into the prepared model."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if method in ("full", "freeze"):
+        base = unwrap(model)
+        if kind == "seekforge":
+            from seekforge.model.hf import load_checkpoint
+
+            _, state = load_checkpoint(path, base.config)
+        else:
+            from seekforge.model.hf import read_safetensors
+
+            state = read_safetensors(path)
+        missing, unexpected = base.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not match the model: missing {missing[:6]}, "
+                             f"unexpected {unexpected[:6]}")
+        return
+    state = load_file(str(path / "adapter_model.safetensors"))
+    if method == "prefix" and kind == "seekforge":
+        own = dict(unwrap(model).named_parameters())
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+        return
+    from peft import set_peft_model_state_dict
+
+    peft_model = model.inner if isinstance(model, HFCausalLM) else model
+    result = set_peft_model_state_dict(peft_model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"{path}: adapter weights do not match the model: unexpected {unexpected[:6]}")

@@ -1,0 +1,355 @@
+"""Base models and fine-tuning methods: full, freeze, LoRA, QLoRA, prefix.
+
+A *base* is either a seekforge model directory (DeepSeek-V3/V2 ``config.json``: loaded by
+:func:`seekforge.model.load_model`, so MLA/MoE/MTP and packing with ``segment_ids`` work) or any
+other local Hugging Face causal-LM directory (Llama, Qwen2, ...: loaded by ``transformers``).
+:class:`HFCausalLM` gives the latter the seekforge calling convention
+``model(input_ids, labels, position_ids=, segment_ids=) -> ModelOutput`` so the one trainer loop
+and the objectives never need to know which it is.
+
+Methods (``method`` in the config):
+
+* ``full``    every weight trains.
+* ``freeze``  only the last N layers (``freeze.trainable_layers``; negative = first N), optionally
+              only some of their modules (``freeze.modules``) plus ``freeze.extra_modules``.
+* ``lora``    PEFT LoRA. seekforge's module names equal HF DeepSeek-V3's, so the adapter is a plain
+              PEFT adapter for the HF model too. ``all-linear`` = MLA projections + dense MLPs +
+              shared experts of the main layers (not the MTP modules, not lm_head); routed experts
+              are opt-in (``experts``), trained as PEFT ``target_parameters`` on the stacked weights.
+* ``qlora``   LoRA over a 4-bit NF4 base (bitsandbytes, CUDA only).
+* ``prefix``  seekforge: learned MLA latent prefixes (:mod:`.prefix`); HF models: PEFT prefix tuning.
+
+For adapter methods the MoE router bias is frozen (``bias_update_speed = 0``): the bias is a base
+buffer, so updating it would make base + adapter differ from the model that was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seekforge.config import ConfigError, closest
+from seekforge.model.model import ModelOutput
+
+log = logging.getLogger("seekforge.finetune")
+
+METHODS = ("full", "freeze", "lora", "qlora", "prefix")
+ADAPTER_METHODS = ("lora", "qlora", "prefix")
+
+# seekforge / HF DeepSeek-V3 linear layers by group (leaf module names).
+ATTN_NAMES = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
+MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # dense MLPs and shared experts
+EXPERT_PARAMS = ("gate_up_proj", "down_proj")  # stacked routed experts (nn.Parameter, not Linear)
+TARGET_ALIASES = ("all-linear", "attn", "mlp", "experts")
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # leaf module names, or aliases: all-linear | attn | mlp | experts (routed experts, seekforge)
+    target_modules: str | list[str] = "all-linear"
+    use_rslora: bool = False
+
+
+@dataclass
+class FreezeSettings:
+    trainable_layers: int = 2  # last N decoder layers train; negative: the first N
+    modules: list[str] = field(default_factory=lambda: ["all"])  # within those layers: all | self_attn | mlp ...
+    extra_modules: list[str] = field(default_factory=list)  # also train e.g. embed_tokens, lm_head, norm
+
+
+@dataclass
+class PrefixSettings:
+    num_virtual_tokens: int = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Base models
+
+
+def base_kind(path: str | Path) -> str:
+    """``seekforge`` for DeepSeek-V3/V2 dirs and presets, ``hf`` for any other HF causal LM."""
+    from seekforge.model.config import PRESETS
+
+    p = Path(path)
+    if str(path) in PRESETS and not p.is_dir():
+        return "seekforge"
+    cfg = p / "config.json"
+    if not cfg.exists():
+        raise FileNotFoundError(f"base model {path}: no config.json (expected a model directory or a preset: "
+                                f"{', '.join(PRESETS)})")
+    model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
+    return "seekforge" if model_type in ("deepseek_v3", "deepseek_v2") else "hf"
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal LM behind seekforge's forward signature.
+
+    Packing: ``segment_ids`` become restarting ``position_ids``, which transformers >= 4.53 turns
+    into a block-diagonal mask when no attention mask is passed. Not every architecture builds its
+    mask that way, so :func:`honours_packing` checks it numerically before packing is enabled.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+                position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> ModelOutput:
+        kwargs: dict[str, Any] = {}
+        if segment_ids is not None:
+            if position_ids is None:
+                from seekforge.model.model import segment_positions
+                position_ids = segment_positions(segment_ids)
+            kwargs["position_ids"] = position_ids
+        out = self.inner(input_ids=input_ids, labels=labels, **kwargs)
+        loss = out.loss
+        return ModelOutput(logits=out.logits, loss=loss, losses={"main": loss.detach()} if loss is not None else {})
+
+
+@torch.no_grad()
+def honours_packing(model: nn.Module) -> bool:
+    """Does this model keep packed examples apart when given restarting position ids?"""
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(3, vocab, (1, 6), generator=g), torch.randint(3, vocab, (1, 5), generator=g)
+    dev = next(model.parameters()).device
+    a, b = a.to(dev), b.to(dev)
+    seg = torch.tensor([[0] * 6 + [1] * 5], device=dev)
+    was_training = model.training
+    model.eval()
+    try:
+        packed = model(torch.cat([a, b], dim=1), segment_ids=seg).logits[:, 6:]
+        alone = model(b).logits
+    finally:
+        model.train(was_training)
+    return torch.allclose(packed.float(), alone.float(), atol=1e-3, rtol=1e-3)
+
+
+def load_base(path: str | Path, *, device: torch.device, dtype: torch.dtype, quantize_4bit: bool = False
+              ) -> tuple[nn.Module, str]:
+    """(model in seekforge calling convention, kind)."""
+    kind = base_kind(path)
+    if quantize_4bit:
+        require_qlora(device)
+    if kind == "seekforge":
+        from seekforge.model import load_model
+
+        model = load_model(str(path), device=device, dtype=dtype)
+        if quantize_4bit:
+            quantize_linears_4bit(model, dtype)
+        return model, kind
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": device}
+    try:
+        inner = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: transformers could not load it as a causal LM: {e}") from e
+    if not quantize_4bit:
+        inner.to(device)
+    return HFCausalLM(inner), kind
+
+
+def require_qlora(device: torch.device) -> None:
+    """QLoRA needs bitsandbytes' 4-bit kernels on CUDA; say so before loading anything."""
+    if device.type != "cuda":
+        raise ConfigError("method=qlora needs a CUDA GPU: the 4-bit NF4 base weights use bitsandbytes' CUDA "
+                          "kernels. On this machine use method=lora (same adapter format, full-precision base).")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("method=qlora needs bitsandbytes: pip install bitsandbytes") from None
+
+
+def quantize_linears_4bit(model: nn.Module, compute_dtype: torch.dtype) -> None:
+    """Replace the decoder layers' nn.Linear weights by bitsandbytes 4-bit NF4 ones (seekforge models).
+
+    Embeddings, lm_head, norms, the router and the stacked routed experts stay in ``compute_dtype``.
+    """
+    import bitsandbytes as bnb
+
+    for layer in model.model.layers:
+        for name, mod in list(layer.named_modules()):
+            if type(mod) is not nn.Linear:
+                continue
+            q = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                                  compute_dtype=compute_dtype, quant_type="nf4", device=mod.weight.device)
+            q.weight = bnb.nn.Params4bit(mod.weight.data.to("cpu"), requires_grad=False, quant_type="nf4")
+            q.to(mod.weight.device)
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(layer.get_submodule(parent_name) if parent_name else layer, leaf, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The underlying transformers / seekforge module (through HFCausalLM and PEFT wrappers)."""
+    while True:
+        if isinstance(model, HFCausalLM):
+            model = model.inner
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def _linear_leaf_names(model: nn.Module) -> set[str]:
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n}
+
+
+def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) -> dict[str, Any]:
+    """LoRA settings -> PEFT ``target_modules`` / ``exclude_modules`` / ``target_parameters``."""
+    names = [targets] if isinstance(targets, str) else list(targets)
+    if kind == "hf":
+        if names == ["all-linear"]:
+            return {"target_modules": "all-linear"}
+        valid = _linear_leaf_names(model) - {"lm_head"}
+        for n in names:
+            if n not in valid:
+                near = closest(n, valid)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ConfigError(f"lora.target_modules: {n!r} is not a linear layer of this model{hint}; "
+                                  f"valid: all-linear, {', '.join(sorted(valid))}")
+        return {"target_modules": names}
+    cfg = model.config
+    present = _linear_leaf_names(model)
+    chosen: list[str] = []
+    experts = False
+    for n in names:
+        if n == "all-linear":
+            chosen += [x for x in ATTN_NAMES + MLP_NAMES if x in present]
+        elif n == "attn":
+            chosen += [x for x in ATTN_NAMES if x in present]
+        elif n == "mlp":
+            chosen += list(MLP_NAMES)
+        elif n == "experts":
+            experts = True
+        elif n in present and n not in ("lm_head", "eh_proj"):
+            chosen.append(n)
+        else:
+            valid = sorted((present - {"lm_head", "eh_proj"}) | set(TARGET_ALIASES))
+            near = closest(n, valid)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"lora.target_modules: unknown name {n!r}{hint}; valid: {', '.join(valid)}")
+    out: dict[str, Any] = {"target_modules": sorted(set(chosen)) or None}
+    L, D = cfg.num_hidden_layers, cfg.num_nextn_predict_layers
+    if D:  # MTP modules are training aids (and absent from HF's model): never adapt them
+        out["exclude_modules"] = r"model\.layers\.(" + "|".join(str(L + k) for k in range(D)) + r")\..*"
+    if experts:
+        if cfg.n_routed_experts == 0:
+            raise ConfigError("lora.target_modules: 'experts' given but this model has no routed experts")
+        out["target_parameters"] = [f"model.layers.{i}.mlp.experts.{p}" for i in range(L) if cfg.is_moe_layer(i)
+                                    for p in EXPERT_PARAMS]
+    if out["target_modules"] is None and not experts:
+        raise ConfigError("lora.target_modules selects nothing")
+    return out
+
+
+def apply_lora(model: nn.Module, kind: str, s: LoraSettings) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    targets = resolve_lora_targets(unwrap(model), kind, s.target_modules)
+    config = LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, use_rslora=s.use_rslora,
+                        **targets)
+    if kind == "hf":
+        model.inner = get_peft_model(model.inner, config)
+        return model
+    return get_peft_model(model, config)
+
+
+def apply_freeze(model: nn.Module, kind: str, s: FreezeSettings) -> None:
+    base = unwrap(model)
+    layers = base.model.layers
+    n_main = base.config.num_hidden_layers
+    main = list(layers[:n_main])
+    n = s.trainable_layers
+    if n == 0 or abs(n) > n_main:
+        raise ConfigError(f"freeze.trainable_layers must be in 1..{n_main} or -{n_main}..-1 (got {n})")
+    chosen = main[-n:] if n > 0 else main[:-n]
+    for p in base.parameters():
+        p.requires_grad_(False)
+    for layer in chosen:
+        subs = dict(layer.named_children())
+        wanted = list(subs) if s.modules == ["all"] else s.modules
+        for name in wanted:
+            if name not in subs:
+                raise ConfigError(f"freeze.modules: {name!r} is not a part of a decoder layer; valid: all, "
+                                  f"{', '.join(subs)}")
+            for p in subs[name].parameters():
+                p.requires_grad_(True)
+    for name in s.extra_modules:
+        try:
+            mod = base.get_submodule(name) if "." in name or name == "lm_head" else _top_module(base, name)
+        except AttributeError:
+            raise ConfigError(f"freeze.extra_modules: no module {name!r}; e.g. embed_tokens, norm, lm_head") from None
+        for p in mod.parameters():
+            p.requires_grad_(True)
+
+
+def _top_module(base: nn.Module, name: str) -> nn.Module:
+    inner = getattr(base, "model", None)
+    if inner is not None and hasattr(inner, name):
+        return getattr(inner, name)
+    return base.get_submodule(name)
+
+
+def apply_prefix(model: nn.Module, kind: str, s: PrefixSettings, sample_ids: torch.Tensor | None) -> nn.Module:
+    if kind == "seekforge":
+        from seekforge.finetune.prefix import attach_prefix
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        attach_prefix(model, s.num_virtual_tokens, sample_ids)
+        return model
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=s.num_virtual_tokens)
+    model.inner = get_peft_model(model.inner, config)
+    return model
+
+
+def prepare(model: nn.Module, kind: str, method: str, *, lora: LoraSettings, freeze: FreezeSettings,
+            prefix: PrefixSettings, sample_ids: torch.Tensor | None = None) -> nn.Module:
+    """Apply ``method``; afterwards exactly the parameters to train have ``requires_grad``."""
+    if method not in METHODS:
+        near = closest(method, METHODS)
+        raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}"
+                          + (f" (did you mean {near[0]!r}?)" if near else ""))
+    if kind == "seekforge" and method != "full":
+        base = unwrap(model)
+        base.config.bias_update_speed = 0.0
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif method == "freeze":
+        apply_freeze(model, kind, freeze)
+    elif method in ("lora", "qlora"):
+        model = apply_lora(model, kind, lora)
+    else:
+        model = apply_prefix(model, kind, prefix, sample_ids)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    if n_train == 0:
+        raise ConfigError(f"method={method}: no parameter is trainable")
+    log.info("method %s: %s of %s parameters train (%.3f%%)", method, f"{n_train:,}", f"{n_all:,}",
+             100 * n_train / n_all)
+    return model

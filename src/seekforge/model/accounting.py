@@ -1,0 +1,298 @@
+"""Analytic parameter, FLOP and KV-cache accounting from a config alone (no model is built).
+
+Used by ``seekforge model info`` and ``seekforge plan``. Everything here is arithmetic on shapes,
+so it works for the 671B DeepSeek-V3 as quickly as for the tiny test model.
+
+Two inputs are accepted:
+
+* a seekforge :class:`~seekforge.model.config.ModelConfig` (DeepSeek-V3/V2: MLA + DeepSeekMoE + MTP);
+* an :class:`Arch`, a small generic description (attention kind, dense or MoE feed-forward per
+  layer) that the planner also builds from Llama / Qwen2 / Qwen3 / Mixtral / Qwen2-MoE
+  ``config.json`` files, so one estimator serves every family.
+
+Conventions (symbols as in ``shared/docs/deepseek_v3_spec.md``: d, H, d_q, d_c, d_n, d_r, d_v, E, S, K):
+
+* Parameter shapes follow spec §6.2. All feed-forward blocks are SwiGLU (3 matrices). The MoE
+  router bias ``e_score_correction_bias`` is a buffer without gradient, so it is *not* a parameter.
+* ``active`` = parameters one token touches: everything except the routed experts it is not sent
+  to, i.e. shared experts + K of E routed experts, the full router, embedding and head counted.
+  This is the spec's convention (V3: 37.55B); DeepSeek's README_WEIGHTS says 36.7B (flag F8).
+* MTP modules are counted apart (``mtp``): their own block, ``enorm``/``hnorm``/``eh_proj`` and
+  final norm; the embedding and output head they share with the main model are not repeated.
+  ``total`` is the main model only (V3: 671B; the Hub's "685B" adds the MTP copy).
+
+FLOPs per trained token (Kaplan/Chinchilla's C ≈ 6·N·D plus the attention term of PaLM App. B):
+
+    F = 6 · N_matmul_active  +  6 · Σ_layers H · (d_qk + d_v) · T
+
+* ``N_matmul_active`` = active parameters that are matmul weights: the LM head and router are in,
+  the embedding lookup is *out* (a gather, no multiply-adds), norms and biases are out.
+  The factor 6 = 2 (multiply-add) for the forward pass + 4 for the backward (input and weight grads).
+* Attention: per layer and token, QKᵀ costs 2·H·d_qk·T and AV 2·H·d_v·T in the forward pass, ×3 for
+  training. This counts the full T×T score matrix (non-causal), the convention of PaLM, nanochat's
+  ``estimate_flops`` and torchtitan (6·L·H·(d_qk+d_v)·T); it is also how the DeepSeek-V3 44% MFU in
+  ``data_and_cost_notes.md`` §16 is computed. ``causal=True`` halves the term (what a causal
+  flash kernel really executes).
+* MTP depth k runs one more block and the head on every token, so by default it is included
+  (``include_mtp=True``) — seekforge's trainer trains it. Recomputation (activation checkpointing)
+  is *not* counted: these are model FLOPs, the numerator of MFU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from seekforge.model.config import ModelConfig
+
+
+# ------------------------------------------------------------------------------------------------
+# The generic architecture description
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Attention:
+    """One attention block. ``kind="mla"`` is DeepSeek's latent attention, ``"gqa"`` covers MHA/GQA/MQA."""
+
+    kind: Literal["mla", "gqa"]
+    num_heads: int
+    qk_head_dim: int  # per query head (MLA: d_n + d_r)
+    v_head_dim: int
+    num_kv_heads: int = 0  # GQA only
+    q_lora_rank: int | None = None  # MLA only; None -> plain q_proj
+    kv_lora_rank: int = 0  # MLA only (d_c)
+    rope_head_dim: int = 0  # MLA only (d_r, the shared RoPE key)
+    qkv_bias: bool = False  # Qwen2 has biases on q/k/v
+    qk_norm: bool = False  # Qwen3 normalises q and k per head (two [head_dim] RMSNorm weights)
+
+
+@dataclass(frozen=True)
+class FeedForward:
+    """A SwiGLU block: dense (``num_experts == 0``) or MoE with optional always-on shared experts."""
+
+    intermediate_size: int = 0  # dense width
+    num_experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
+    shared_intermediate_size: int = 0  # total width of the shared expert(s): S·I_m for DeepSeek
+    shared_expert_gate: bool = False  # Qwen2-MoE gates its shared expert with a [1, d] linear
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+
+@dataclass(frozen=True)
+class Layer:
+    attention: Attention
+    ffn: FeedForward
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Everything the accounting needs about a decoder-only transformer."""
+
+    name: str
+    vocab_size: int
+    hidden_size: int
+    layers: tuple[Layer, ...]
+    tie_word_embeddings: bool = False
+    mtp_layers: tuple[Layer, ...] = field(default=())  # DeepSeek-V3 multi-token prediction depths
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def is_moe(self) -> bool:
+        return any(layer.ffn.is_moe for layer in self.layers)
+
+
+def arch_from_model_config(cfg: ModelConfig, name: str = "deepseek") -> Arch:
+    """The :class:`Arch` of a seekforge/DeepSeek ``ModelConfig``.
+
+    MLA in every layer; a dense SwiGLU in the first ``first_k_dense_replace`` layers, MoE after.
+    """
+    attn = Attention(
+        kind="mla", num_heads=cfg.num_attention_heads, qk_head_dim=cfg.qk_head_dim, v_head_dim=cfg.v_head_dim,
+        q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank, rope_head_dim=cfg.qk_rope_head_dim,
+    )
+    dense = FeedForward(intermediate_size=cfg.intermediate_size)
+    moe = FeedForward(
+        num_experts=cfg.n_routed_experts, experts_per_token=cfg.num_experts_per_tok,
+        expert_intermediate_size=cfg.moe_intermediate_size,
+        shared_intermediate_size=cfg.n_shared_experts * cfg.moe_intermediate_size,
+    )
+
+    def layer(i: int) -> Layer:
+        return Layer(attn, moe if cfg.is_moe_layer(i) else dense)
+
+    L = cfg.num_hidden_layers
+    return Arch(
+        name=name, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        layers=tuple(layer(i) for i in range(L)), tie_word_embeddings=cfg.tie_word_embeddings,
+        # MTP block k sits at layer index L + k - 1 and follows the dense/MoE rule of that index.
+        mtp_layers=tuple(layer(L + k) for k in range(cfg.num_nextn_predict_layers)),
+    )
+
+
+def as_arch(model: ModelConfig | Arch) -> Arch:
+    if isinstance(model, Arch):
+        return model
+    if isinstance(model, ModelConfig):
+        return arch_from_model_config(model)
+    raise TypeError(f"expected a ModelConfig or an Arch, got {type(model).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-block counts
+# ------------------------------------------------------------------------------------------------
+def attention_params(a: Attention, d: int) -> dict[str, int]:
+    """Parameters of one attention block: ``matmul`` (linear weights) and ``other`` (norms, biases)."""
+    H = a.num_heads
+    if a.kind == "mla":
+        if a.q_lora_rank:  # q_a_proj [d_q, d], q_a_layernorm [d_q], q_b_proj [H·d_qk, d_q]
+            q_mm, q_other = d * a.q_lora_rank + a.q_lora_rank * H * a.qk_head_dim, a.q_lora_rank
+        else:  # q_proj [H·d_qk, d]
+            q_mm, q_other = d * H * a.qk_head_dim, 0
+        d_n = a.qk_head_dim - a.rope_head_dim
+        mm = (q_mm
+              + d * (a.kv_lora_rank + a.rope_head_dim)  # kv_a_proj_with_mqa [d_c + d_r, d]
+              + a.kv_lora_rank * H * (d_n + a.v_head_dim)  # kv_b_proj [H·(d_n + d_v), d_c]
+              + H * a.v_head_dim * d)  # o_proj [d, H·d_v]
+        return {"matmul": mm, "other": q_other + a.kv_lora_rank}  # + kv_a_layernorm [d_c]
+    kv = a.num_kv_heads or H
+    q_out, kv_out = H * a.qk_head_dim, kv * a.qk_head_dim
+    mm = d * q_out + d * kv_out + d * kv * a.v_head_dim + H * a.v_head_dim * d
+    other = (q_out + kv_out + kv * a.v_head_dim) if a.qkv_bias else 0
+    if a.qk_norm:
+        other += 2 * a.qk_head_dim
+    return {"matmul": mm, "other": other}
+
+
+def ffn_params(f: FeedForward, d: int) -> dict[str, int]:
+    """Parameters of one feed-forward block, split by role (each SwiGLU MLP of width I has 3·d·I)."""
+    if not f.is_moe:
+        return {"dense": 3 * d * f.intermediate_size}
+    return {
+        "router": f.num_experts * d,
+        "routed_experts": f.num_experts * 3 * d * f.expert_intermediate_size,
+        "shared_experts": 3 * d * f.shared_intermediate_size + (d if f.shared_expert_gate else 0),
+    }
+
+
+def _layer_counts(layer: Layer, d: int) -> dict[str, int]:
+    """Totals, active and matmul-active parameters of one block (attention + FFN + its two norms)."""
+    att = attention_params(layer.attention, d)
+    ffn = ffn_params(layer.ffn, d)
+    f = layer.ffn
+    if f.is_moe:
+        routed_active = f.experts_per_token * 3 * d * f.expert_intermediate_size
+        ffn_active = ffn["router"] + ffn["shared_experts"] + routed_active
+    else:
+        ffn_active = ffn["dense"]
+    norms = 2 * d  # input_layernorm + post_attention_layernorm
+    total = att["matmul"] + att["other"] + sum(ffn.values()) + norms
+    active = att["matmul"] + att["other"] + ffn_active + norms
+    # The Qwen2-MoE shared-expert gate is a [1, d] linear: a (tiny) matmul, kept in ffn_active.
+    return {"attention": att["matmul"] + att["other"], "norms": norms, **ffn,
+            "total": total, "active": active, "matmul_active": att["matmul"] + ffn_active}
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API
+# ------------------------------------------------------------------------------------------------
+def param_counts(model: ModelConfig | Arch) -> dict[str, int]:
+    """Parameter counts of the main model, and of the MTP modules apart.
+
+    Keys: ``total``, ``active``, ``embedding`` (input embedding + untied LM head), ``mtp`` (not in
+    ``total``), ``matmul_active`` (what the 6N FLOP rule multiplies), and a breakdown
+    ``attention``, ``dense_mlp``, ``router``, ``routed_experts``, ``shared_experts``, ``norms``,
+    ``embed_tokens``, ``lm_head``, plus ``mtp_active`` and ``mtp_matmul_active``.
+    """
+    arch = as_arch(model)
+    d, V = arch.hidden_size, arch.vocab_size
+    names = ("attention", "dense_mlp", "router", "routed_experts", "shared_experts", "norms")
+    parts = dict.fromkeys(names, 0)
+    active = matmul_active = 0
+    for layer in arch.layers:
+        c = _layer_counts(layer, d)
+        parts["attention"] += c["attention"]
+        parts["dense_mlp"] += c.get("dense", 0)
+        for key in ("router", "routed_experts", "shared_experts"):
+            parts[key] += c.get(key, 0)
+        parts["norms"] += c["norms"]
+        active += c["active"]
+        matmul_active += c["matmul_active"]
+    parts["norms"] += d  # final model.norm
+    embed_tokens = V * d
+    lm_head = 0 if arch.tie_word_embeddings else V * d
+    embedding = embed_tokens + lm_head
+    total = sum(parts.values()) + embedding
+    active += d + embedding  # final norm + embedding + head
+    # The head is a [V, d] matmul on every token even when tied to the embedding; the lookup is not.
+    matmul_active += V * d
+
+    mtp = mtp_active = mtp_matmul_active = 0
+    for layer in arch.mtp_layers:
+        c = _layer_counts(layer, d)
+        own = 2 * d + 2 * d * d + d  # enorm + hnorm, eh_proj [d, 2d], final norm before the shared head
+        mtp += c["total"] + own
+        mtp_active += c["active"] + own
+        # Its block, eh_proj, and one more pass through the (shared) head on every token.
+        mtp_matmul_active += c["matmul_active"] + 2 * d * d + V * d
+    return {"total": total, "active": active, "embedding": embedding, "mtp": mtp, "mtp_active": mtp_active,
+            "matmul_active": matmul_active, "mtp_matmul_active": mtp_matmul_active,
+            "embed_tokens": embed_tokens, "lm_head": lm_head, **parts}
+
+
+def attention_flops_per_token(model: ModelConfig | Arch, seq_len: int, *, causal: bool = False,
+                              include_mtp: bool = True) -> float:
+    """Training FLOPs per token of the score (QKᵀ) and value (AV) products: 6·Σ H·(d_qk+d_v)·T."""
+    arch = as_arch(model)
+    layers = arch.layers + (arch.mtp_layers if include_mtp else ())
+    per_layer = sum(6 * lay.attention.num_heads * (lay.attention.qk_head_dim + lay.attention.v_head_dim)
+                    for lay in layers)
+    return float(per_layer * seq_len) * (0.5 if causal else 1.0)
+
+
+def flops_per_token(model: ModelConfig | Arch, seq_len: int, *, causal: bool = False,
+                    include_mtp: bool = True) -> float:
+    """Training FLOPs per token: 6·N_matmul_active + attention term (see the module docstring)."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be > 0 (got {seq_len})")
+    arch = as_arch(model)
+    pc = param_counts(arch)
+    n = pc["matmul_active"] + (pc["mtp_matmul_active"] if include_mtp else 0)
+    return 6.0 * n + attention_flops_per_token(arch, seq_len, causal=causal, include_mtp=include_mtp)
+
+
+def kv_cache_bytes_per_token(model: ModelConfig | Arch, bytes_per_elem: float = 2,
+                             include_mtp: bool = False) -> dict[str, float]:
+    """KV-cache bytes per token summed over layers, as stored and as plain MHA would store it.
+
+    MLA caches the normalised latent and the shared RoPE key: (d_c + d_r) per layer (spec §2.6).
+    GQA caches K and V of its KV heads: KV·(d_qk + d_v). ``mha`` is the same model with one K and V
+    per query head: H·(d_qk + d_v). Returns ``{"mla"|"gqa": ..., "mha": ..., "actual": ...}``.
+    MTP layers are left out unless asked for (they are only cached when drafting speculatively).
+    """
+    arch = as_arch(model)
+    layers = arch.layers + (arch.mtp_layers if include_mtp else ())
+    mha = actual = 0
+    kinds = set()
+    for lay in layers:
+        a = lay.attention
+        mha += a.num_heads * (a.qk_head_dim + a.v_head_dim)
+        if a.kind == "mla":
+            actual += a.kv_lora_rank + a.rope_head_dim
+        else:
+            actual += (a.num_kv_heads or a.num_heads) * (a.qk_head_dim + a.v_head_dim)
+        kinds.add(a.kind)
+    out = {"mha": mha * bytes_per_elem, "actual": actual * bytes_per_elem}
+    for kind in kinds:
+        out[kind] = actual * bytes_per_elem
+    return out
+
+
+__all__ = ["Arch", "Attention", "FeedForward", "Layer", "arch_from_model_config", "as_arch", "param_counts",
+           "flops_per_token", "attention_flops_per_token", "kv_cache_bytes_per_token", "attention_params",
+           "ffn_params"]

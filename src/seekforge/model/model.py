@@ -1,0 +1,822 @@
+"""The DeepSeek-V3 model in one file: MLA attention, DeepSeekMoE, multi-token prediction.
+
+Read top to bottom; every piece is a small module:
+
+    RMSNorm, MLP (SwiGLU)                      the basic blocks
+    RotaryEmbedding                            decoupled RoPE + YaRN (spec §2.3-2.4)
+    MLAttention                                Multi-head Latent Attention (spec §2, DSV3-R eqs 1-11)
+      .forward          training / prefill: materialised heads, F.scaled_dot_product_attention
+      .forward_absorbed decode: weight absorption over a latent cache (d_c + d_r numbers per token)
+    Router, RoutedExperts, MoE                 DeepSeekMoE (spec §3, DSV3-R eqs 12-20)
+    DecoderLayer, MTPLayer                     one block; an MTP module (spec §4, DSV3-R eqs 21-25)
+    DeepseekV3ForCausalLM                      the whole model, losses, bias update, cached inference
+
+Parameter names equal the Hugging Face state-dict names (``model.layers.3.self_attn.q_a_proj.weight``
+...) except the routed experts, which are stacked ``[E, ...]`` tensors (``mlp.experts.gate_up_proj``
+``[E, 2*I_m, d]`` and ``mlp.experts.down_proj`` ``[E, d, I_m]``, the layout transformers 5 uses in
+memory). MTP modules live at ``model.layers[num_hidden_layers + k]`` exactly as in HF checkpoints.
+
+This file is written for ONE device: no parallelism, mixed precision or compilation inside. The
+trainer applies those from outside (each DecoderLayer is a separate module for FSDP2 / activation
+checkpointing; shapes in the training path are static so ``torch.compile`` sees one graph).
+
+Symbols: d hidden_size, H heads, d_c kv_lora_rank, d_q q_lora_rank, d_n / d_r / d_v nope / rope /
+value head dims, E routed experts, K experts per token, G groups, L main layers, D MTP depth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seekforge.model.config import ModelConfig
+
+IGNORE_INDEX = -100  # HF label convention: positions with this label do not count in the loss
+
+
+# =============================================================================================
+# Basic blocks
+# =============================================================================================
+
+
+class RMSNorm(nn.Module):
+    """y = w * x / sqrt(mean(x^2) + eps), computed in fp32 (as HF and the reference code do)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return self.weight * y
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)). Dense layers and the shared experts."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+# =============================================================================================
+# Rotary position embedding on the decoupled rope slices, with YaRN
+# =============================================================================================
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN attention temperature m = 0.1 * mscale * ln(s) + 1 (DSV3-R §4.3: sqrt(t) = 0.1 ln s + 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _rope_kind(cfg: ModelConfig) -> str:
+    rs = cfg.rope_scaling or {}
+    return rs.get("rope_type", rs.get("type", "default")) or "default"
+
+
+def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
+    """Inverse frequencies theta_j (j < d_r/2) and the cos/sin multiplier, YaRN-corrected if configured.
+
+    YaRN (spec §2.4): frequencies whose wavelength fits in the original context many times (high
+    frequency, j < low) are kept; slow ones (j > high) are divided by the factor s; a linear ramp in
+    between. Same formulas as the reference code and transformers' ``_compute_yarn_parameters``.
+    """
+    d_r, base = cfg.qk_rope_head_dim, float(cfg.rope_theta)
+    inv_freq = 1.0 / base ** (torch.arange(0, d_r, 2, dtype=torch.float64) / d_r)
+    if _rope_kind(cfg) != "yarn":
+        return inv_freq.float(), 1.0
+    rs = cfg.rope_scaling or {}
+    orig = rs.get("original_max_position_embeddings", cfg.max_position_embeddings)
+    factor = rs.get("factor") or cfg.max_position_embeddings / orig
+    beta_fast, beta_slow = rs.get("beta_fast") or 32, rs.get("beta_slow") or 1
+
+    def corr_dim(n_rot: float) -> float:  # the pair index whose wavelength makes n_rot turns in orig
+        return d_r * math.log(orig / (n_rot * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = corr_dim(beta_fast), corr_dim(beta_slow)
+    if rs.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d_r - 1)
+    if low == high:
+        high += 0.001  # avoid 0/0
+    # Computed in fp32 like HF so exported models give bit-comparable frequencies.
+    inv_freq = inv_freq.float()
+    ramp = ((torch.arange(d_r // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
+    # Multiplier on cos/sin: 1 for all released configs (mscale == mscale_all_dim).
+    attn_factor = rs.get("attention_factor")
+    if attn_factor is None:
+        m, m_all = rs.get("mscale"), rs.get("mscale_all_dim")
+        attn_factor = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all) if m and m_all else _yarn_mscale(factor)
+    return inv_freq, float(attn_factor)
+
+
+def softmax_scale(cfg: ModelConfig) -> float:
+    """1/sqrt(d_n + d_r), times m^2 with YaRN (spec §2.3; HF reads mscale_all_dim)."""
+    scale = cfg.qk_head_dim**-0.5
+    if _rope_kind(cfg) != "default":
+        rs = cfg.rope_scaling or {}
+        if rs.get("mscale_all_dim"):
+            scale *= _yarn_mscale(float(rs.get("factor", 1.0)), rs["mscale_all_dim"]) ** 2
+    return scale
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin of position * theta_j for the d_r-dim rope slices, computed on the fly from positions.
+
+    Computing per call (instead of a [max_len, d_r] table) keeps rows at arbitrary positions cheap
+    (continuous batching) and needs no table to rebuild after meta-device construction.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        inv_freq, self.attention_factor = rope_inv_freq(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def reset_parameters(self) -> None:
+        # Needed after `to_empty()`: non-persistent buffers are not in any checkpoint.
+        inv_freq, self.attention_factor = rope_inv_freq(self.cfg)
+        self.inv_freq = inv_freq.to(self.inv_freq.device)
+
+    def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        angles = position_ids.float()[..., None] * self.inv_freq.float()  # [B, T, d_r/2], fp32
+        return (angles.cos() * self.attention_factor).to(dtype), (angles.sin() * self.attention_factor).to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved pairs (x_2j, x_2j+1) by angle p*theta_j (DeepSeek / GPT-J convention).
+
+    x: [B, T, ..., d_r]; cos/sin: [B, T, d_r/2]. The output is written de-interleaved (all first
+    members, then all second members), like transformers does; q and k get the same layout, so
+    dot products are unchanged. Checkpoints stay in the interleaved convention (spec §2.4).
+    """
+    while cos.dim() < x.dim():  # broadcast over the head dimension
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+# =============================================================================================
+# Multi-head Latent Attention
+# =============================================================================================
+
+
+class MLAttention(nn.Module):
+    """MLA: queries through a low-rank latent, keys/values through ONE shared d_c latent per token.
+
+        c_q   = RMSNorm(W_DQ h)                      (or plain q_proj when q_lora_rank is null)
+        q     = W_UQ c_q         -> per head [q_nope (d_n) | q_pe (d_r)], q_pe gets RoPE
+        [c|kr]= W_DKV h          -> c = RMSNorm(c) is the cached latent; kr gets RoPE, shared by heads
+        k     = [W_UK c | kr],  v = W_UV c           (W_UK, W_UV stacked in kv_b_proj)
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.d_c = cfg.num_attention_heads, cfg.kv_lora_rank
+        self.d_n, self.d_r, self.d_v = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.d_qk = self.d_n + self.d_r
+        self.scale = softmax_scale(cfg)
+        d, H = cfg.hidden_size, cfg.num_attention_heads
+        if cfg.q_lora_rank is None:
+            self.q_proj = nn.Linear(d, H * self.d_qk, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(d, cfg.q_lora_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=1e-6)  # HF: fixed 1e-6 (spec flag F11)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * self.d_qk, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(d, self.d_c + self.d_r, bias=False)
+        self.kv_a_layernorm = RMSNorm(self.d_c, eps=1e-6)
+        self.kv_b_proj = nn.Linear(self.d_c, H * (self.d_n + self.d_v), bias=False)
+        self.o_proj = nn.Linear(H * self.d_v, d, bias=False)
+
+    def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x [B,T,d] -> q_nope [B,T,H,d_n], q_pe [B,T,H,d_r] (roped), latent c [B,T,d_c], k_pe [B,T,d_r]."""
+        B, T, _ = x.shape
+        q = self.q_proj(x) if hasattr(self, "q_proj") else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q_nope, q_pe = q.view(B, T, self.n_heads, self.d_qk).split([self.d_n, self.d_r], dim=-1)
+        c, k_pe = self.kv_a_proj_with_mqa(x).split([self.d_c, self.d_r], dim=-1)
+        return q_nope, apply_rope(q_pe, cos, sin), self.kv_a_layernorm(c), apply_rope(k_pe, cos, sin)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                cache: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """Training / prefill: expand k, v for every head and run SDPA over the T tokens.
+
+        ``mask``: None = plain causal, else a bool [B, 1, T, T] (True = may attend).
+        ``cache``: (kv_buf, pe_buf, slots, positions) to also store this chunk's latents (prefill).
+        """
+        B, T, _ = x.shape
+        H = self.n_heads
+        q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
+        if cache is not None:
+            _write_cache(cache, c, k_pe)
+        kv = self.kv_b_proj(c).view(B, T, H, self.d_n + self.d_v)
+        k_nope, v = kv.split([self.d_n, self.d_v], dim=-1)
+        q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # [B, H, T, d_qk]
+        k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, H, self.d_r)], dim=-1).transpose(1, 2)
+        v = v.transpose(1, 2)
+        # Flash kernels (CPU and CUDA) need equal q/k/v head dims: pad v with zeros and drop the padding
+        # afterwards (2.4x faster than the math fallback on CPU, measured in docs/LOG.md).
+        if self.d_v < self.d_qk:
+            v = F.pad(v, (0, self.d_qk - self.d_v))
+        if mask is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        o = o[..., : self.d_v].transpose(1, 2).reshape(B, T, H * self.d_v)
+        return self.o_proj(o)
+
+    def _kv_b_weight(self) -> Tensor:
+        """kv_b_proj's weight [H*(d_n+d_v), d_c], including e.g. an unmerged LoRA delta.
+
+        Absorption needs the matrix itself. A plain Linear gives it directly; a wrapped module (peft
+        LoRA ...) is probed with the identity, which is exact but costs a d_c x d_c matmul.
+        """
+        if type(self.kv_b_proj) is nn.Linear:
+            return self.kv_b_proj.weight
+        w = self.kv_b_proj.weight if hasattr(self.kv_b_proj, "weight") else None
+        ref = w if w is not None else next(self.kv_b_proj.parameters())
+        return self.kv_b_proj(torch.eye(self.d_c, device=ref.device, dtype=ref.dtype)).T
+
+    def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor,
+                         cache: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+        """Decode with weight absorption (spec §2.5): attention runs in the d_c latent space.
+
+        score = scale * ((W_UK^T q_nope) . c_s + q_pe . k_pe_s)   -> MQA with one 576-dim shared key
+        out   = W_O [W_UV (sum_s p_s c_s)]                          (per head)
+        The keys/values are never expanded to H heads: the cache holds d_c + d_r numbers per token.
+        """
+        kv_buf, pe_buf, slots, positions = cache
+        B, T, _ = x.shape
+        H = self.n_heads
+        q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
+        _write_cache(cache, c, k_pe)
+        # Attend over positions 0 .. max(position) of each row's slot; later ones are masked out.
+        S = int(positions.max()) + 1  # one host sync per step (inference only, never compiled)
+        c_all = kv_buf[slots, :S]  # [B, S, d_c]
+        pe_all = pe_buf[slots, :S]  # [B, S, d_r]
+        w = self._kv_b_weight().view(H, self.d_n + self.d_v, self.d_c)
+        w_uk, w_uv = w[:, : self.d_n], w[:, self.d_n :]
+        q_lat = torch.einsum("bthn,hnc->bhtc", q_nope, w_uk)  # absorbed query [B, H, T, d_c]
+        q = torch.cat([q_lat, q_pe.transpose(1, 2)], dim=-1)  # [B, H, T, d_c + d_r]
+        k = torch.cat([c_all, pe_all], dim=-1)[:, None]  # [B, 1, S, d_c + d_r], shared by all heads
+        allowed = torch.arange(S, device=x.device)[None, None, :] <= positions[:, :, None]  # [B, T, S]
+        a = F.scaled_dot_product_attention(q, k, c_all[:, None], attn_mask=allowed[:, None],
+                                           scale=self.scale, enable_gqa=True)  # [B, H, T, d_c]
+        o = torch.einsum("bhtc,hvc->bthv", a, w_uv).reshape(B, T, H * self.d_v)
+        return self.o_proj(o)
+
+
+def _write_cache(cache: tuple[Tensor, Tensor, Tensor, Tensor], c: Tensor, k_pe: Tensor) -> None:
+    """Store latents of the new tokens at [slot, position] (rows may be at different positions)."""
+    kv_buf, pe_buf, slots, positions = cache
+    rows = slots[:, None].expand_as(positions)
+    kv_buf[rows, positions] = c.to(kv_buf.dtype)
+    pe_buf[rows, positions] = k_pe.to(pe_buf.dtype)
+
+
+# =============================================================================================
+# DeepSeekMoE
+# =============================================================================================
+
+
+class Router(nn.Module):
+    """Top-K expert selection (HF module name ``gate``).
+
+    V3 (scoring_func sigmoid, topk_method noaux_tc; spec §3.2, DSV3-R eqs 13-16):
+        s = sigmoid(u . e_i); selection uses s + b (b = e_score_correction_bias, fp32, no gradient);
+        groups scored by the sum of their top-2 biased scores; keep topk_group groups (others -inf);
+        top-K; gate weights from the UNBIASED s, normalised over the K (norm_topk_prob), times
+        routed_scaling_factor.
+    V2 (softmax): s = softmax(u . e); greedy top-K, or group_limited_greedy (group score = max).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_experts, self.top_k = cfg.n_routed_experts, cfg.num_experts_per_tok
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
+        self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001
+        # Keep the bias in fp32 through .to(bf16)/.half()/to_empty(): updates of +-1e-3 vanish in bf16.
+        bias = self._buffers.pop("e_score_correction_bias")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = fn(torch.zeros((), device=bias.device)).device
+            if bias.is_meta and device.type != "meta":
+                bias = torch.zeros(bias.shape, dtype=torch.float32, device=device)
+            self._buffers["e_score_correction_bias"] = bias.to(device=device, dtype=torch.float32)
+        return self
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [N, d] -> (expert ids [N, K], gate weights [N, K] fp32, affinities s [N, E] fp32)."""
+        cfg = self.cfg
+        logits = F.linear(x.float(), self.weight.float())  # router in fp32, like HF
+        scores = logits.sigmoid() if cfg.scoring_func == "sigmoid" else logits.softmax(dim=-1)
+        choice = scores + self.e_score_correction_bias if cfg.topk_method == "noaux_tc" else scores
+        if cfg.topk_method != "greedy" and cfg.n_group > 1:
+            choice = self._limit_groups(choice)
+        idx = choice.topk(self.top_k, dim=-1, sorted=False).indices
+        weights = scores.gather(-1, idx)
+        if cfg.norm_topk_prob and self.top_k > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return idx, weights * cfg.routed_scaling_factor, scores
+
+    def _limit_groups(self, choice: Tensor) -> Tensor:
+        """Mask (-inf) all experts outside the topk_group best groups (node-limited routing)."""
+        N, G = choice.shape[0], self.cfg.n_group
+        grouped = choice.view(N, G, self.n_experts // G)
+        if self.cfg.topk_method == "noaux_tc":
+            group_score = grouped.topk(2, dim=-1).values.sum(dim=-1)  # V3: sum of the top-2 per group
+        else:
+            group_score = grouped.amax(dim=-1)  # V2: best expert per group
+        keep = group_score.topk(self.cfg.topk_group, dim=-1, sorted=False).indices
+        group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
+        # -inf (not 0, spec flag F3): biased scores can be negative, 0 would leak dropped groups.
+        return grouped.masked_fill(~group_mask[..., None], float("-inf")).view(N, self.n_experts)
+
+
+def _grouped_mm_ok(x: Tensor) -> bool:
+    """Can torch._grouped_mm run here? Eager CPU: any float dtype. Otherwise (CUDA kernels, and the
+    meta/fake kernels that torch.compile traces with) it requires bf16."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.dtype == torch.bfloat16:
+        return x.device.type == "cpu" or torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def grouped_matmul(x: Tensor, w: Tensor, counts: Tensor, offsets: Tensor) -> Tensor:
+    """Rows of ``x`` [M, k] sorted by expert (``counts[e]`` rows for expert e) times ``w[e]`` [k, n].
+
+    One ``torch._grouped_mm`` call where supported; otherwise a loop over the experts that received
+    tokens (needs ``counts`` on the host: one sync, a graph break under torch.compile).
+    """
+    if _grouped_mm_ok(x):
+        return torch._grouped_mm(x, w, offs=offsets)
+    outs = [chunk @ w[e] for e, chunk in enumerate(x.split(counts.tolist())) if chunk.shape[0]]
+    return torch.cat(outs) if outs else x.new_zeros(0, w.shape[-1])
+
+
+class RoutedExperts(nn.Module):
+    """E SwiGLU experts stored stacked; tokens are sorted by expert and sent through grouped matmuls.
+
+    No Python loop over experts on the hot path: (token, choice) pairs are ordered by expert id, each
+    expert's contiguous block is multiplied by its own weights (torch._grouped_mm), the results are
+    weighted by the gate values and un-permuted back (a gather, deterministic unlike index_add).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        E, d, I = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, d))  # [gate rows; up rows] per expert
+        self.down_proj = nn.Parameter(torch.empty(E, d, I))
+
+    def forward(self, x: Tensor, idx: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """x [N, d], idx/weights [N, K] -> (y [N, d], tokens per expert [E])."""
+        N, K = idx.shape
+        E = self.gate_up_proj.shape[0]
+        flat = idx.reshape(-1)
+        order = flat.argsort(stable=True)  # (token, choice) pairs grouped by expert
+        counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat, dtype=torch.int32))  # static shape, unlike bincount
+        offsets = counts.cumsum(0, dtype=torch.int32)
+        xs = x[order // K]  # [N*K, d]
+        h = grouped_matmul(xs, self.gate_up_proj.transpose(1, 2), counts, offsets)
+        gate, up = h.chunk(2, dim=-1)
+        ys = grouped_matmul(F.silu(gate) * up, self.down_proj.transpose(1, 2), counts, offsets)
+        ys = ys * weights.reshape(-1)[order, None].to(ys.dtype)
+        y = ys[order.argsort()].view(N, K, -1).sum(dim=1)  # back to (token, choice) order, sum choices
+        return y, counts
+
+
+class MoE(nn.Module):
+    """DeepSeekMoE FFN: shared experts (one MLP of width S*I_m) + gated top-K of E routed experts."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.gate = Router(cfg)
+        self.experts = RoutedExperts(cfg)
+        if cfg.n_shared_experts > 0:
+            self.shared_experts = MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)
+
+    def forward(self, x: Tensor, with_aux: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """x [B, T, d] -> (y [B, T, d], tokens per expert [E] float, balance loss or None)."""
+        B, T, d = x.shape
+        flat = x.reshape(B * T, d)
+        idx, weights, scores = self.gate(flat)
+        y, counts = self.experts(flat, idx, weights)
+        if hasattr(self, "shared_experts"):
+            y = y + self.shared_experts(flat)
+        bal = self.balance_loss(idx, scores, B, T) if with_aux else None
+        return y.view(B, T, d), counts.detach().float(), bal
+
+    def balance_loss(self, idx: Tensor, scores: Tensor, B: int, T: int) -> Tensor:
+        """Complementary sequence-wise balance loss, DSV3-R eqs 17-20 (batch-wise if not seq_aux):
+
+            L = alpha * sum_i f_i P_i,  f_i = E/(K T) * #{t: i in TopK_t},  P_i = mean_t s_it / sum_j s_jt
+        The indicator uses the actual (biased) routing decision (spec flag F7).
+        """
+        E, K = self.cfg.n_routed_experts, self.cfg.num_experts_per_tok
+        n_seq = B if self.cfg.seq_aux else 1
+        chosen = torch.zeros_like(scores).scatter_(1, idx, 1.0).view(n_seq, -1, E)
+        f = chosen.sum(dim=1) * (E / (K * chosen.shape[1]))  # [n_seq, E], no gradient
+        p = (scores / scores.sum(dim=-1, keepdim=True)).view(n_seq, -1, E).mean(dim=1)
+        return self.cfg.aux_loss_alpha * (f * p).sum(dim=-1).mean()
+
+
+# =============================================================================================
+# Decoder layer and MTP module
+# =============================================================================================
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x += MLA(norm(x)); x += FFN(norm(x)), FFN dense for the first k layers."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = MLAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.is_moe = cfg.is_moe_layer(layer_idx)
+        self.mlp = MoE(cfg) if self.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                with_aux: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """-> (x, tokens per expert [E] or None, balance loss or None)."""
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return self._ffn(x, with_aux)
+
+    def _ffn(self, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        h = self.post_attention_layernorm(x)
+        if not self.is_moe:
+            return x + self.mlp(h), None, None
+        y, loads, bal = self.mlp(h, with_aux)
+        return x + y, loads, bal
+
+    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, cache: tuple[Tensor, ...],
+                       prefill: bool) -> Tensor:
+        h = self.input_layernorm(x)
+        attn = self.self_attn(h, cos, sin, None, cache) if prefill else self.self_attn.forward_absorbed(h, cos, sin,
+                                                                                                      cache)
+        return self._ffn(x + attn, False)[0]
+
+
+class SharedHead(nn.Module):
+    """The MTP module's final norm (``shared_head.norm``); the head matrix is the main lm_head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class MTPLayer(DecoderLayer):
+    """MTP module k (DSV3-R eqs 21-23): h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]), then a
+    full block. Embedding FIRST, as in all released code (spec flag F1, the paper writes the reverse).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
+        super().__init__(cfg, layer_idx)
+        self.enorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.hnorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.eh_proj = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.shared_head = SharedHead(cfg)
+
+    def combine(self, h: Tensor, emb: Tensor) -> Tensor:
+        return self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
+
+
+# =============================================================================================
+# The model
+# =============================================================================================
+
+
+@dataclass
+class ModelOutput:
+    """``logits`` [B, T, V]; ``loss`` = main CE + mtp_loss_weight * mean MTP CE + balance loss;
+    ``losses`` detached parts; ``expert_loads`` [n_moe_layers, E] tokens per expert (main MoE layers,
+    then MTP layers; zero rows for MTP layers that did not run); ``hidden`` [B, T, d] from
+    ``forward_cached`` (after the final norm; input of MTP depth 1)."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    expert_loads: Tensor | None = None
+    hidden: Tensor | None = None
+
+
+@dataclass
+class MLACache:
+    """Latent KV cache for continuous batching: per layer (main layers, then MTP layers)
+    ``kv[l]`` [slots, max_len, d_c] (latent after kv_a_layernorm) and ``pe[l]`` [slots, max_len, d_r]
+    (shared rope key after RoPE). d_c + d_r numbers per token per layer; nothing per head."""
+
+    kv: list[Tensor]
+    pe: list[Tensor]
+
+    @property
+    def num_slots(self) -> int:
+        return self.kv[0].shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.kv[0].shape[1]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.kv + self.pe)
+
+
+class DeepseekV3Model(nn.Module):
+    """Embeddings, L decoder layers + D MTP layers (``layers[L + k - 1]``), final norm."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        L, D = cfg.num_hidden_layers, cfg.num_nextn_predict_layers
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(
+            [DecoderLayer(cfg, i) for i in range(L)] + [MTPLayer(cfg, L + k) for k in range(D)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg)
+
+
+def segment_positions(segment_ids: Tensor) -> Tensor:
+    """Positions that restart at 0 at every change of segment id along each row."""
+    B, T = segment_ids.shape
+    t = torch.arange(T, device=segment_ids.device).expand(B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(starts, t, torch.zeros_like(t)).cummax(dim=1).values
+    return t - first
+
+
+def _shift_targets(labels: Tensor, shift: int, segment_ids: Tensor | None) -> Tensor:
+    """targets[:, i] = labels[:, i + shift] (IGNORE past the end or across a segment boundary)."""
+    out = torch.full_like(labels, IGNORE_INDEX)
+    out[:, : labels.shape[1] - shift] = labels[:, shift:]
+    if segment_ids is not None:
+        same = torch.zeros_like(labels, dtype=torch.bool)
+        same[:, : labels.shape[1] - shift] = segment_ids[:, shift:] == segment_ids[:, :-shift]
+        out = out.masked_fill(~same, IGNORE_INDEX)
+    return out
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean token cross-entropy with a hand-written backward: d loss / d logits = (softmax - onehot) / n.
+
+    Same value as F.cross_entropy(..., ignore_index=-100), but the [N, V] tensors are touched fewer
+    times: no log-probability tensor in the forward (only logsumexp), and the backward writes the
+    gradient in one softmax pass instead of a zero-filled NLL gradient + log_softmax_backward.
+    With V = 8192 the stock path cost ~30% of a small-moe CPU training step (docs/LOG.md).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:  # noqa: ANN001
+        valid = targets != IGNORE_INDEX
+        safe = targets.clamp(min=0)
+        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32 for bf16 logits, fp64 stays fp64
+        lse = torch.logsumexp(logits.to(acc), dim=-1)
+        picked = logits.gather(1, safe[:, None]).squeeze(1).to(acc)
+        n = valid.sum().clamp(min=1)
+        ctx.save_for_backward(logits, lse, safe, valid, n)
+        return ((lse - picked) * valid).sum() / n
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        logits, lse, safe, valid, n = ctx.saved_tensors
+        scale = (grad / n) * valid.to(lse.dtype)  # [N]: ignored rows get no gradient
+        g = torch.softmax(logits, dim=-1, dtype=lse.dtype)
+        g.mul_(scale[:, None])
+        g.scatter_add_(1, safe[:, None], -scale[:, None])
+        return g.to(logits.dtype), None
+
+
+def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean CE over non-ignored targets (0, not NaN, when every target is ignored)."""
+    return _CrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+class DeepseekV3ForCausalLM(nn.Module):
+    """DeepSeek-V3 causal LM: ``model`` (embeddings, layers, norm) + untied ``lm_head``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = DeepseekV3Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    @property
+    def main_layers(self) -> list[DecoderLayer]:
+        return list(self.model.layers[: self.config.num_hidden_layers])
+
+    @property
+    def mtp_layers(self) -> list[MTPLayer]:
+        return list(self.model.layers[self.config.num_hidden_layers :])
+
+    @property
+    def moe_layers(self) -> list[DecoderLayer]:
+        """MoE layers in ``expert_loads`` order: main layers, then MTP layers."""
+        return [layer for layer in self.model.layers if layer.is_moe]
+
+    def init_weights(self) -> None:
+        """N(0, initializer_range^2) for every matrix (DSV3-R §4.2: 0.006), norms 1, router bias 0."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, RoutedExperts):
+                nn.init.normal_(module.gate_up_proj, mean=0.0, std=std)
+                nn.init.normal_(module.down_proj, mean=0.0, std=std)
+            elif isinstance(module, Router):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                nn.init.zeros_(module.e_score_correction_bias)
+            elif isinstance(module, (RMSNorm, RotaryEmbedding)):
+                module.reset_parameters()
+
+    # --- training / full-sequence forward -----------------------------------------------------
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None, *, position_ids: Tensor | None = None,
+                segment_ids: Tensor | None = None) -> ModelOutput:
+        """Logits for every position; with ``labels`` (aligned with input_ids, shifted inside) the loss.
+
+        ``segment_ids`` [B, T]: packed sequences attend only within equal ids (block-diagonal causal);
+        ``position_ids`` then default to restarting at 0 in every segment.
+        """
+        cfg = self.config
+        B, T = input_ids.shape
+        if position_ids is None:
+            position_ids = (segment_positions(segment_ids) if segment_ids is not None
+                            else torch.arange(T, device=input_ids.device).expand(B, T))
+        h = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary_emb(position_ids, h.dtype)
+        mask = None
+        if segment_ids is not None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+            mask = (causal & (segment_ids[:, :, None] == segment_ids[:, None, :]))[:, None]  # [B,1,T,T]
+        with_aux = labels is not None and cfg.aux_loss_alpha > 0
+        loads: list[Tensor] = []
+        bal: list[Tensor] = []
+        for layer in self.main_layers:
+            h, ld, b = layer(h, cos, sin, mask, with_aux)
+            self._collect(ld, b, loads, bal)
+        h = self.model.norm(h)
+        logits = self.lm_head(h)
+        if labels is None:
+            return ModelOutput(logits=logits, expert_loads=self._stack_loads(loads))
+
+        main = _cross_entropy(logits, _shift_targets(labels, 1, segment_ids))
+        loss, losses = main, {"main": main.detach()}
+        if cfg.num_nextn_predict_layers > 0 and cfg.mtp_loss_weight > 0:
+            mtp = self._mtp_loss(h, input_ids, labels, segment_ids, cos, sin, mask, with_aux, loads, bal)
+            loss = loss + cfg.mtp_loss_weight * mtp
+            losses["mtp"] = mtp.detach()
+        if bal:
+            balance = torch.stack(bal).sum()
+            loss = loss + balance
+            losses["balance"] = balance.detach()
+        return ModelOutput(logits=logits, loss=loss, losses=losses, expert_loads=self._stack_loads(loads))
+
+    def _mtp_loss(self, h: Tensor, input_ids: Tensor, labels: Tensor, segment_ids: Tensor | None, cos: Tensor,
+                  sin: Tensor, mask: Tensor | None, with_aux: bool, loads: list, bal: list) -> Tensor:
+        """Mean over depths k of CE(predict t_{i+k+1} from h^{k-1}_i and t_{i+k}) (DSV3-R eqs 21-25).
+
+        Sequences keep their length T (static shapes): tail positions whose inputs/targets fall off the
+        row, or cross a segment boundary, are ignored. h^0 is the main output after the final norm
+        (what HF5 and vLLM feed their MTP drafters, spec flag F2).
+        """
+        per_depth = []
+        for k, layer in enumerate(self.mtp_layers, start=1):
+            shifted = torch.zeros_like(input_ids)
+            shifted[:, : input_ids.shape[1] - k] = input_ids[:, k:]
+            x = layer.combine(h, self.model.embed_tokens(shifted))
+            h, ld, b = layer(x, cos, sin, mask, with_aux)
+            self._collect(ld, b, loads, bal)
+            logits = self.lm_head(layer.shared_head.norm(h))
+            per_depth.append(_cross_entropy(logits, _shift_targets(labels, k + 1, segment_ids)))
+        return torch.stack(per_depth).mean()
+
+    @staticmethod
+    def _collect(ld: Tensor | None, b: Tensor | None, loads: list, bal: list) -> None:
+        if ld is not None:
+            loads.append(ld)
+        if b is not None:
+            bal.append(b)
+
+    def _stack_loads(self, loads: list[Tensor]) -> Tensor:
+        """[n_moe_layers, E]; MTP layers that did not run this forward contribute zero rows."""
+        n, E = len(self.moe_layers), self.config.n_routed_experts
+        device = self.lm_head.weight.device
+        if not loads:
+            return torch.zeros(n, E, device=device)
+        stacked = torch.stack(loads)
+        if stacked.shape[0] < n:
+            stacked = torch.cat([stacked, stacked.new_zeros(n - stacked.shape[0], E)])
+        return stacked
+
+    # --- aux-loss-free balancing ----------------------------------------------------------------
+    @torch.no_grad()
+    def update_router_bias(self, loads: Tensor) -> None:
+        """b_i += gamma * sign(mean(load) - load_i) per MoE layer (DSV3-R §2.1.2, spec §3.3).
+
+        Call after each optimizer step with ``expert_loads`` summed over micro-batches and ranks.
+        Over-loaded experts get a lower bias, so they are chosen less. Only routers with
+        topk_method 'noaux_tc' use the bias; layers whose row is all zero (MTP not run) stay put.
+        """
+        layers = self.moe_layers
+        if loads.shape != (len(layers), self.config.n_routed_experts):
+            raise ValueError(f"update_router_bias: loads must have shape [{len(layers)}, "
+                             f"{self.config.n_routed_experts}] (n_moe_layers, n_routed_experts), "
+                             f"got {list(loads.shape)}")
+        gamma = self.config.bias_update_speed
+        if gamma == 0 or self.config.topk_method != "noaux_tc":
+            return
+        for layer, load in zip(layers, loads):
+            bias = layer.mlp.gate.e_score_correction_bias
+            load = load.to(device=bias.device, dtype=torch.float32)
+            bias += gamma * torch.sign(load.mean() - load)
+
+    # --- cached inference -------------------------------------------------------------------------
+    def new_cache(self, num_slots: int, max_len: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> MLACache:
+        """An empty latent cache for ``num_slots`` sequences of up to ``max_len`` tokens."""
+        ref = self.lm_head.weight
+        device, dtype = device or ref.device, dtype or ref.dtype
+        n = len(self.model.layers)
+        cfg = self.config
+        return MLACache(
+            kv=[torch.zeros(num_slots, max_len, cfg.kv_lora_rank, device=device, dtype=dtype) for _ in range(n)],
+            pe=[torch.zeros(num_slots, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
+                for _ in range(n)])
+
+    def _cache_args(self, cache: MLACache, slots: Tensor, start_pos: Tensor, T: int,
+                    device: torch.device) -> tuple[Tensor, Tensor, bool]:
+        slots = torch.as_tensor(slots, device=device).long()
+        start_pos = torch.as_tensor(start_pos, device=device).long()
+        positions = start_pos[:, None] + torch.arange(T, device=device)
+        if int(positions.max()) >= cache.max_len:
+            raise ValueError(f"forward_cached: position {int(positions.max())} does not fit the cache "
+                             f"(max_len {cache.max_len})")
+        prefill = T > 1 and not bool(start_pos.any())
+        return slots, positions, prefill
+
+    @torch.no_grad()
+    def forward_cached(self, input_ids: Tensor, cache: MLACache, slots: Tensor, start_pos: Tensor) -> ModelOutput:
+        """Run ``input_ids`` [B, T] at positions start_pos[b] .. +T-1 of cache slot slots[b].
+
+        The new latents are written to the cache. T>1 with every row at position 0 is a prefill (SDPA
+        over the chunk); anything else attends to the cache with the absorbed-MLA path. Returns
+        ``logits`` [B, T, V] and ``hidden`` [B, T, d] (after the final norm; MTP depth-1 input).
+        """
+        B, T = input_ids.shape
+        slots, positions, prefill = self._cache_args(cache, slots, start_pos, T, input_ids.device)
+        h = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary_emb(positions, h.dtype)
+        for i, layer in enumerate(self.main_layers):
+            h = layer.forward_cached(h, cos, sin, (cache.kv[i], cache.pe[i], slots, positions), prefill)
+        h = self.model.norm(h)
+        return ModelOutput(logits=self.lm_head(h), hidden=h)
+
+    @torch.no_grad()
+    def mtp_forward_cached(self, hidden: Tensor, next_ids: Tensor, cache: MLACache, slots: Tensor,
+                           start_pos: Tensor, depth: int = 1) -> ModelOutput:
+        """MTP module ``depth`` as a drafter (DSV3-R §5.4.3): for the tokens at positions start_pos ..
+        (``hidden`` [B, T, d] = their main ``hidden``, or the previous depth's output) and the tokens
+        that follow them (``next_ids`` [B, T]), predict the token after ``next_ids``.
+
+        Uses (and fills) this MTP layer's own cache entries at the same positions. Returns ``logits``
+        [B, T, V] and ``hidden`` (the block output, input of depth + 1).
+        """
+        if not 1 <= depth <= len(self.mtp_layers):
+            raise ValueError(f"mtp_forward_cached: depth must be in 1..{len(self.mtp_layers)}, got {depth}")
+        B, T = next_ids.shape
+        slots, positions, prefill = self._cache_args(cache, slots, start_pos, T, next_ids.device)
+        layer = self.mtp_layers[depth - 1]
+        li = self.config.num_hidden_layers + depth - 1
+        x = layer.combine(hidden, self.model.embed_tokens(next_ids))
+        cos, sin = self.model.rotary_emb(positions, x.dtype)
+        h = layer.forward_cached(x, cos, sin, (cache.kv[li], cache.pe[li], slots, positions), prefill)
+        return ModelOutput(logits=self.lm_head(layer.shared_head.norm(h)), hidden=h)
+
+    # --- sizes ------------------------------------------------------------------------------------
+    def num_parameters(self, include_mtp: bool = True) -> int:
+        skip = set() if include_mtp else {id(p) for m in self.mtp_layers for p in m.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+
+__all__ = ["DeepseekV3ForCausalLM", "ModelOutput", "MLACache", "RMSNorm", "MLAttention", "MoE", "Router",
+           "RoutedExperts", "DecoderLayer", "MTPLayer", "segment_positions", "softmax_scale", "rope_inv_freq"]

@@ -1,0 +1,415 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes over one :class:`seekforge.infer.Engine`.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (with ``echo`` + ``logprobs``
+for log-likelihood eval harnesses), ``GET /v1/models``, ``GET /health``, ``GET /metrics``
+(Prometheus), ``POST /tokenize``, ``POST /detokenize`` and the web chat page at ``/``.
+
+Request handlers never touch torch: they submit to the engine (thread-safe) and await its event
+stream, so one slow generation never blocks the event loop. A client that disconnects mid-stream
+ends the response generator, whose ``finally`` cancels the request and frees its cache slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from seekforge.infer import Completion, Engine, EngineClosed, InvalidParam, QueueFull, RequestHandle, SamplingParams
+from seekforge.serve import protocol as P
+from seekforge.serve.metrics import HttpStats, render_metrics
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServerOptions:
+    api_keys: list[str] = field(default_factory=list)  # empty = no authentication
+    rate_limit: float = 0.0  # requests per minute per API key (or client address); 0 = off
+    rate_burst: int = 10
+    ping_seconds: float = 10.0  # SSE comment while a request waits (keeps proxies from timing out)
+    max_n: int = 8
+
+
+class TokenBucket:
+    """Per-key token buckets: ``burst`` requests at once, refilled at ``per_minute / 60`` per second."""
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.rate, self.burst = per_minute / 60.0, max(1, burst)
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 if allowed, else the seconds until a request would be allowed."""
+        now = time.monotonic()
+        with self.lock:
+            tokens, last = self.buckets.get(key, (float(self.burst), now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self.buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self.buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+def _sse(obj: Any) -> str:
+    # ensure_ascii=False: Chinese travels as UTF-8, not \\u escapes; each event is one whole string,
+    # so a multi-byte character is never split across network writes.
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+@dataclass
+class _Choice:
+    """Everything streamed for one choice, gathered for a non-streaming response."""
+
+    text: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    lps: list = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)  # text per generated token (for text_offset)
+    finish: str | None = None
+
+    def add(self, ev) -> None:  # noqa: ANN001
+        self.text.append(ev.text)
+        if ev.token_ids:
+            self.pieces += [ev.text] + [""] * (len(ev.token_ids) - 1)
+        elif self.pieces:
+            self.pieces[-1] += ev.text
+        self.ids += ev.token_ids
+        self.lps += ev.logprobs
+        if ev.finish_reason is not None:
+            self.finish = ev.finish_reason
+
+
+async def _merged(handles: list[RequestHandle], ping: float) -> AsyncIterator[tuple[int, Any]]:
+    """Events of several requests as ``(choice index, event)``; ``(-1, None)`` as an idle ping."""
+    if len(handles) == 1:
+        async for ev in handles[0].stream(ping):
+            yield (0, ev) if ev is not None else (-1, None)
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, h: RequestHandle) -> None:
+        async for ev in h.stream():
+            await queue.put((i, ev))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(handles)]
+    left = len(handles)
+    try:
+        while left:
+            try:
+                i, ev = await asyncio.wait_for(queue.get(), ping)
+            except asyncio.TimeoutError:
+                yield -1, None
+                continue
+            if ev.finish_reason is not None:
+                left -= 1
+            yield i, ev
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
+    """The FastAPI app serving ``engine``. The model id is ``engine.name``."""
+    opts = options or ServerOptions()
+    app = FastAPI(title="seekforge", docs_url="/docs", redoc_url=None)
+    tok = engine.tokenizer
+    token_text = P.TokenText(tok)
+    http_stats = HttpStats()
+    bucket = TokenBucket(opts.rate_limit, opts.rate_burst) if opts.rate_limit > 0 else None
+    started = P.now()
+
+    # --- errors, auth, rate limit ------------------------------------------------------------------
+    @app.exception_handler(P.APIError)
+    async def _api_error(_: Request, e: P.APIError) -> JSONResponse:
+        headers = {"Retry-After": str(int(getattr(e, "retry_after", 1)) + 1)} if e.status in (429, 503) else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(P.APIError(e.status_code, str(e.detail), kind).body(), status_code=e.status_code)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):  # noqa: ANN001, ANN202
+        response = await call_next(request)
+        http_stats.add(request.url.path, response.status_code)
+        return response
+
+    def check_auth(request: Request) -> str:
+        """Return the rate-limit key; raise 401 for a missing/wrong key when keys are configured."""
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if opts.api_keys:
+            if not key:
+                raise P.APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
+                                 code="invalid_api_key")
+            if not any(secrets.compare_digest(key, k) for k in opts.api_keys):
+                raise P.APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return key or (request.client.host if request.client else "anonymous")
+
+    def check_rate(key: str) -> None:
+        if bucket is None:
+            return
+        wait = bucket.take(key)
+        if wait > 0:
+            err = P.APIError(429, f"Rate limit exceeded ({opts.rate_limit:g} requests/min); retry in "
+                             f"{wait:.1f} s.", type="rate_limit_error", code="rate_limit_exceeded")
+            err.retry_after = wait
+            raise err
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise P.APIError(400, f"Invalid JSON body: {e}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise P.APIError(400, "The request body must be a JSON object.", code="invalid_json")
+        return body
+
+    def check_model(body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if model is not None and model != engine.name:
+            raise P.APIError(400, f"The model '{model}' does not exist; this server serves '{engine.name}'.",
+                             param="model", code="model_not_found")
+
+    def submit_all(prompts: list[Any], params: SamplingParams, n: int) -> list[RequestHandle]:
+        handles: list[RequestHandle] = []
+        try:
+            for prompt in prompts:
+                for i in range(n):
+                    # n > 1 with a seed: distinct but reproducible choices.
+                    p = params if n == 1 or params.seed is None else params.replace(seed=params.seed + i)
+                    handles.append(engine.submit(prompt, p))
+        except InvalidParam as e:
+            for h in handles:
+                h.cancel()
+            raise P.APIError(400, str(e), param=e.param,
+                             code="context_length_exceeded" if "context" in str(e) else "invalid_value") from None
+        except QueueFull as e:
+            for h in handles:
+                h.cancel()
+            raise P.APIError(503, f"Server overloaded: {e}. Retry later.", type="server_error",
+                             code="queue_full") from None
+        except EngineClosed as e:
+            raise P.APIError(503, str(e), type="server_error", code="shutting_down") from None
+        return handles
+
+    # --- routes ----------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.name, "running": engine.num_running(),
+                "waiting": engine.num_waiting()}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        check_auth(request)
+        return {"object": "list", "data": [{
+            "id": engine.name, "object": "model", "created": started, "owned_by": "seekforge",
+            "root": engine.name, "parent": None, "max_model_len": engine.max_len, "permission": []}]}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(render_metrics(engine, http_stats),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        check_auth(request)
+        body = await read_json(request)
+        if "messages" in body:
+            ids = engine.chat_prompt(P.chat_messages(body),
+                                     add_generation_prompt=P.field(body, "add_generation_prompt", bool, True))
+        elif isinstance(body.get("prompt"), str):
+            ids = engine.encode(body["prompt"], add_special_tokens=P.field(body, "add_special_tokens", bool, True))
+        else:
+            raise P.APIError(400, "send 'prompt' (a string) or 'messages'", param="prompt")
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        check_auth(request)
+        body = await read_json(request)
+        ids = P._int_list(body, "tokens")
+        if any(not 0 <= t < engine.vocab_size for t in ids):
+            raise P.APIError(400, f"token ids must be in [0, {engine.vocab_size})", param="tokens")
+        return {"prompt": tok.decode(ids, skip_special_tokens=False)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        check_rate(check_auth(request))
+        body = await read_json(request)
+        check_model(body)
+        messages = P.chat_messages(body)
+        params = P.sampling_params(body, chat=True, vocab_size=engine.vocab_size)
+        n = P.field(body, "n", int, 1, lo=1, hi=opts.max_n)
+        try:
+            prompt = engine.chat_prompt(messages)
+        except Exception as e:  # template errors (e.g. a role the template rejects) are the client's
+            raise P.APIError(400, f"could not apply the chat template: {e}", param="messages") from None
+        stream = P.field(body, "stream", bool, False)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+        try:
+            handles = submit_all([prompt], params, n)
+        except P.APIError as e:
+            if e.param == "prompt":
+                e.param = "messages"
+            raise
+        rid, created = P.new_id("chatcmpl"), P.now()
+        if stream:
+            return _stream_chat(handles, rid, created, params, include_usage, len(prompt))
+        choices = [_Choice() for _ in handles]
+        await _collect(handles, choices)
+        out = []
+        for i, c in enumerate(choices):
+            out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
+                        "logprobs": P.chat_logprobs(c.lps, token_text) if params.logprobs is not None else None,
+                        "finish_reason": c.finish})
+        return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": engine.name,
+                             "choices": out, "system_fingerprint": None,
+                             "usage": P.usage(len(prompt), sum(len(c.ids) for c in choices))})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        check_rate(check_auth(request))
+        body = await read_json(request)
+        check_model(body)
+        prompts = P.completion_prompts(body)
+        params = P.sampling_params(body, chat=False, vocab_size=engine.vocab_size)
+        echo = P.field(body, "echo", bool, False)
+        if echo and params.logprobs is not None:
+            params = params.replace(prompt_logprobs=params.logprobs)
+        if params.max_tokens == 0 and not echo:
+            raise P.bad("max_tokens", "'max_tokens' must be >= 1 unless 'echo' is true")
+        n = P.field(body, "n", int, 1, lo=1, hi=opts.max_n)
+        stream = P.field(body, "stream", bool, False)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+        handles = submit_all(prompts, params, n)
+        rid, created = P.new_id("cmpl"), P.now()
+        if stream:
+            return _stream_completion(handles, rid, created, params, include_usage, echo)
+        choices = [_Choice() for _ in handles]
+        await _collect(handles, choices)
+        out = []
+        for i, (h, c) in enumerate(zip(handles, choices)):
+            text = "".join(c.text)
+            prompt_text = tok.decode(h.prompt_ids, skip_special_tokens=False) if echo else ""
+            lp = None
+            if params.logprobs is not None:
+                if echo:
+                    comp = Completion(h.id, h.prompt_ids, text, c.ids, c.finish or "stop", c.lps,
+                                      h.prompt_logprobs, None, 0.0)
+                    lp = P.echo_logprobs(comp, tok, token_text, c.pieces)
+                else:
+                    lp = P.completion_logprobs(c.lps, c.ids, c.pieces, token_text)
+            out.append({"index": i, "text": prompt_text + text, "logprobs": lp, "finish_reason": c.finish})
+        n_prompt = sum(len(h.prompt_ids) for h in handles[::n])
+        return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": engine.name,
+                             "choices": out, "system_fingerprint": None,
+                             "usage": P.usage(n_prompt, sum(len(c.ids) for c in choices))})
+
+    # --- helpers that need the closure ----------------------------------------------------------
+    async def _collect(handles: list[RequestHandle], choices: list[_Choice]) -> None:
+        try:
+            async for i, ev in _merged(handles, opts.ping_seconds):
+                if ev is None:
+                    continue
+                if ev.error:
+                    raise P.APIError(500, f"generation failed: {ev.error}", type="server_error")
+                choices[i].add(ev)
+        finally:  # the client went away (or an error): stop whatever still runs
+            for h in handles:
+                h.cancel()
+
+    def _stream_chat(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
+                     include_usage: bool, n_prompt: int) -> StreamingResponse:
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": engine.name,
+                         "system_fingerprint": None, "choices": choices, **extra})
+
+        async def gen() -> AsyncIterator[str]:
+            n_out = 0
+            try:
+                for i in range(len(handles)):
+                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                  "finish_reason": None}])
+                async for i, ev in _merged(handles, opts.ping_seconds):
+                    if ev is None:
+                        yield ": ping\n\n"
+                        continue
+                    if ev.error:
+                        yield _sse(P.APIError(500, f"generation failed: {ev.error}", "server_error").body())
+                        break
+                    n_out += len(ev.token_ids)
+                    lp = P.chat_logprobs(ev.logprobs, token_text) if params.logprobs is not None else None
+                    finish = ev.finish_reason
+                    if ev.text or (lp and lp["content"]) or finish:
+                        delta = {"content": ev.text} if ev.text else {}
+                        yield chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}])
+                if include_usage:
+                    yield chunk([], usage=P.usage(n_prompt * len(handles), n_out))
+                yield "data: [DONE]\n\n"
+            finally:
+                for h in handles:
+                    h.cancel()
+
+        return StreamingResponse(gen(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def _stream_completion(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
+                           include_usage: bool, echo: bool) -> StreamingResponse:
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+            return _sse({"id": rid, "object": "text_completion", "created": created, "model": engine.name,
+                         "system_fingerprint": None, "choices": choices, **extra})
+
+        async def gen() -> AsyncIterator[str]:
+            n_out = 0
+            try:
+                if echo:
+                    for i, h in enumerate(handles):
+                        yield chunk([{"index": i, "text": tok.decode(h.prompt_ids, skip_special_tokens=False),
+                                      "logprobs": None, "finish_reason": None}])
+                async for i, ev in _merged(handles, opts.ping_seconds):
+                    if ev is None:
+                        yield ": ping\n\n"
+                        continue
+                    if ev.error:
+                        yield _sse(P.APIError(500, f"generation failed: {ev.error}", "server_error").body())
+                        break
+                    n_out += len(ev.token_ids)
+                    lp = None
+                    if params.logprobs is not None and ev.token_ids:
+                        pieces = [ev.text] + [""] * (len(ev.token_ids) - 1)
+                        lp = P.completion_logprobs(ev.logprobs, ev.token_ids, pieces, token_text)
+                    if ev.text or lp or ev.finish_reason:
+                        yield chunk([{"index": i, "text": ev.text, "logprobs": lp,
+                                      "finish_reason": ev.finish_reason}])
+                if include_usage:
+                    n_prompt = sum(len(h.prompt_ids) for h in handles)
+                    yield chunk([], usage=P.usage(n_prompt, n_out))
+                yield "data: [DONE]\n\n"
+            finally:
+                for h in handles:
+                    h.cancel()
+
+        return StreamingResponse(gen(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # --- the web chat page -----------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,68 @@
+"""``seekforge serve MODEL_DIR``: the OpenAI-compatible server (FastAPI + uvicorn) and chat page."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+log = logging.getLogger("seekforge.serve")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Engine flags shared by ``serve`` and ``chat``."""
+    p.add_argument("model_dir", help="a seekforge/HF DeepSeek-V3 model directory (with tokenizer files)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: MODEL_DIR)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together (cache slots)")
+    p.add_argument("--max-len", type=int, default=None, help="context per request (default: the model's)")
+    p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens prefilled per engine step")
+    p.add_argument("--speculative", action="store_true", help="draft 1 token with the MTP module")
+
+
+def engine_from_args(args: argparse.Namespace, queue_size: int = 64):  # noqa: ANN201
+    from seekforge.infer import Engine, EngineConfig
+
+    cfg = EngineConfig(max_batch=args.max_batch, max_len=args.max_len, queue_size=queue_size,
+                       prefill_chunk=args.prefill_chunk, speculative=args.speculative, device=args.device,
+                       dtype=args.dtype)
+    return Engine.from_pretrained(args.model_dir, cfg, tokenizer_dir=args.tokenizer,
+                                  name=getattr(args, "model_name", None))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from seekforge.serve import ServerOptions, create_app
+
+    keys = [k for k in (args.api_key or []) for k in k.split(",") if k]
+    if not keys and os.environ.get("SEEKFORGE_API_KEY"):
+        keys = [os.environ["SEEKFORGE_API_KEY"]]
+    engine = engine_from_args(args, queue_size=args.queue_size)
+    app = create_app(engine, ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst))
+    where = f"http://{args.host}:{args.port}"
+    log.info("serving %s (max_batch %d, context %d, queue %d%s) at %s  — chat page: %s/", engine.name,
+             engine.config.max_batch, engine.max_len, engine.config.queue_size,
+             ", API key required" if keys else "", where, where)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info")
+    finally:
+        engine.close()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server + web chat page",
+                       description="Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, "
+                       "/v1/models, /tokenize, /detokenize, /health, /metrics) with a chat page at /.")
+    add_engine_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to listen on all interfaces)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-name", default=None, help="model id clients send (default: the directory name)")
+    p.add_argument("--api-key", action="append", default=None,
+                   help="required Bearer key (repeatable or comma-separated; env SEEKFORGE_API_KEY)")
+    p.add_argument("--queue-size", type=int, default=64, help="waiting requests before answering 503")
+    p.add_argument("--rate-limit", type=float, default=0.0, help="requests/minute per API key (0 = off)")
+    p.add_argument("--rate-burst", type=int, default=10, help="requests allowed at once by the rate limit")
+    p.set_defaults(func=run_serve)

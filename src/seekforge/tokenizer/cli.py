@@ -1,0 +1,125 @@
+"""``seekforge tokenizer train`` and ``seekforge tokenizer eval``.
+
+    seekforge tokenizer train --input data/ more.jsonl --vocab-size 32000 --out tok/
+    seekforge tokenizer eval --tokenizer tok/ held_out_zh.jsonl held_out_en.txt --compare other_tok/
+
+``train`` reads the same inputs as ``data prepare`` (files, folders, globs, compressed files,
+``save_to_disk`` folders, or a ``data prepare`` output) through ``seekforge.data.readers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+
+from seekforge.tokenizer.train import NUM_RESERVED, PRETOKENIZERS
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """Settings of ``seekforge tokenizer train`` (YAML keys and ``--set`` names)."""
+
+    input: list[str] = field(default_factory=list)
+    out: str = ""
+    vocab_size: int = 32000
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    txt_mode: str = "file"
+    pretokenizer: str = "seekforge"
+    min_frequency: int = 2
+    max_token_length: int | None = None
+    num_reserved: int = NUM_RESERVED
+    # Training-corpus caps: BPE training memory grows with the number of distinct pre-tokens.
+    max_chars: int | None = 2_000_000_000
+    doc_max_chars: int | None = 10_000
+
+    def validate(self) -> None:
+        from seekforge.config import ConfigError
+
+        if not self.input:
+            raise ConfigError("input: required (--input PATH ...)")
+        if not self.out:
+            raise ConfigError("out: required (--out DIR)")
+        if self.pretokenizer not in PRETOKENIZERS:
+            raise ConfigError(f"pretokenizer: {self.pretokenizer!r} is not one of {list(PRETOKENIZERS)}")
+        if self.txt_mode not in ("file", "paragraphs"):
+            raise ConfigError(f"txt_mode: expected 'file' or 'paragraphs', got {self.txt_mode!r}")
+        if self.min_frequency < 0 or self.num_reserved < 0:
+            raise ConfigError("min_frequency and num_reserved must be >= 0")
+
+
+def _config_from_args(cls, args: argparse.Namespace, flags: dict):
+    """defaults < YAML file < command-line flags < ``--set`` overrides."""
+    from seekforge.config import deep_merge, load_config, read_yaml
+
+    flags = {k: v for k, v in flags.items() if v is not None}
+    base = deep_merge(read_yaml(args.config), flags) if args.config else flags
+    return load_config(cls, None, args.overrides, base=base)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from seekforge.data.readers import ReadStats, iter_documents
+    from seekforge.tokenizer.train import train_tokenizer
+
+    cfg = _config_from_args(TokenizerTrainConfig, args, {
+        "input": args.input, "out": args.out, "vocab_size": args.vocab_size, "text_fields": args.text_fields,
+        "txt_mode": args.txt_mode, "pretokenizer": args.pretokenizer, "min_frequency": args.min_frequency,
+        "max_chars": args.max_chars})
+    stats = ReadStats()
+    texts = (d.text for d in iter_documents(cfg.input, text_fields=cfg.text_fields, txt_mode=cfg.txt_mode,
+                                            stats=stats))
+    out = train_tokenizer(texts, cfg.vocab_size, cfg.out, pretokenizer=cfg.pretokenizer,
+                          min_frequency=cfg.min_frequency, max_token_length=cfg.max_token_length,
+                          num_reserved=cfg.num_reserved, max_chars=cfg.max_chars,
+                          doc_max_chars=cfg.doc_max_chars)
+    info = json.loads((out / "seekforge_tokenizer.json").read_text(encoding="utf-8"))
+    print(f"wrote {out}: vocab {info['vocab_size']} ({info['pretokenizer']} pre-tokenizer), trained on "
+          f"{info['train_docs']} docs / {info['train_bytes'] / 1e6:.2f} MB in {info['train_seconds']:.1f}s"
+          + (f"; {stats.malformed} malformed records skipped" if stats.malformed else ""))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from seekforge.tokenizer.evaluate import evaluate, format_table
+    from seekforge.utils import atomic_write_text
+
+    result = evaluate(args.tokenizer, args.files, compare=args.compare,
+                      text_fields=args.text_fields or ["text"], txt_mode=args.txt_mode or "file")
+    print(format_table(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from seekforge.cli import add_config_args
+
+    group = subparsers.add_parser("tokenizer", help="train and evaluate a byte-level BPE tokenizer")
+    sub = group.add_subparsers(dest="tokenizer_command", metavar="STEP")
+
+    p = sub.add_parser("train", help="train a byte-level BPE tokenizer (HF tokenizer dir)",
+                       description="Train a byte-level BPE with zh+en-aware pre-tokenisation, special tokens "
+                       "and a chat template; writes an HF tokenizer directory.")
+    p.add_argument("--input", nargs="+", action="extend", metavar="PATH",
+                   help="files, folders, globs or a `data prepare` output")
+    p.add_argument("--vocab-size", type=int, metavar="N",
+                   help="total vocabulary incl. specials (default 32000)")
+    p.add_argument("--out", metavar="DIR", help="output tokenizer directory (replaced atomically)")
+    p.add_argument("--text-field", dest="text_fields", action="append", metavar="NAME",
+                   help="field(s) holding the text (repeatable; default: text)")
+    p.add_argument("--txt-mode", choices=["file", "paragraphs"], help=".txt: one doc per file or paragraph")
+    p.add_argument("--pretokenizer", choices=list(PRETOKENIZERS),
+                   help="seekforge (zh+en splits, default) or bytelevel (the GPT-2 regex, for comparison)")
+    p.add_argument("--min-frequency", type=int, metavar="N", help="min pair count to merge (default 2)")
+    p.add_argument("--max-chars", type=int, metavar="N", help="stop reading after N characters (default 2e9)")
+    add_config_args(p)
+    p.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="bytes/token per file and language, optionally vs another tokenizer")
+    e.add_argument("files", nargs="+", metavar="FILE", help="text files/folders/globs to measure on")
+    e.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory (any HF one)")
+    e.add_argument("--compare", metavar="DIR", help="a second tokenizer directory, shown side by side")
+    e.add_argument("--text-field", dest="text_fields", action="append", metavar="NAME")
+    e.add_argument("--txt-mode", choices=["file", "paragraphs"])
+    e.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    e.set_defaults(func=_eval)

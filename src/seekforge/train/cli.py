@@ -1,0 +1,57 @@
+"""``seekforge train [CONFIG] [--set k=v ...] [--resume [CKPT]]``: pretrain (or continue training) a model.
+
+Runs single-process, or under ``torchrun --nproc-per-node N -m seekforge train ...`` with DDP or
+FSDP2 (``--set distributed=fsdp``). Exit status: 0 when training finished (max_steps or early
+stopping), 128+signal (130 for Ctrl-C, 143 for SIGTERM) after a signal-triggered checkpoint, so
+that job schedulers can tell "done" from "preempted, resume me", 1 on a training error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from seekforge.cli import add_config_args
+
+    p = subparsers.add_parser(
+        "train", help="pretrain a DeepSeek-V3-style model on token shards (or raw text)",
+        description="Pretrain or continue training. Examples:\n"
+        "  seekforge train configs/train_tiny.yaml --set data.train=shards/ --set out_dir=runs/t\n"
+        "  seekforge train --set model=small-moe --set data.train=corpus.txt --set tokenizer=tok/\n"
+        "  torchrun --nproc-per-node 8 -m seekforge train configs/pretrain_100m.yaml\n"
+        "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--resume", nargs="?", const="must", default=None, metavar="CKPT",
+                   help="resume from out_dir's latest checkpoint (error if none), or from CKPT. Default: resume "
+                   "automatically when out_dir has a checkpoint")
+    p.add_argument("--fresh", action="store_true", help="refuse to start if out_dir already holds checkpoints")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from seekforge.config import to_dict
+    from seekforge.train.config import load_train_config
+    from seekforge.train.trainer import Trainer, TrainingError
+
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"resume={args.resume}")
+    elif args.fresh:
+        overrides.append("resume=never")
+    cfg = load_train_config(args.config, overrides)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    try:
+        summary = Trainer(cfg).run()
+    except TrainingError as e:
+        print(f"seekforge train: error: {e}", file=sys.stderr)
+        return 1
+    sig = summary.get("signal")
+    return 128 + int(sig) if sig else 0

@@ -1,0 +1,230 @@
+"""Pretraining data: token shards -> fixed-length packed rows, deterministic and resumable.
+
+Packing (DeepSeek-V3 spec §5: "document packing without cross-sample attention masking"):
+every epoch the documents of the split are put in a seeded random order and concatenated
+(each already starts with BOS), the stream is cut into rows of ``seq_len`` tokens after a seeded
+random offset, and the rows are visited in a seeded random order. Nothing is padded or dropped
+except < ``seq_len`` tokens at the ends of each epoch.
+
+Why shuffle *rows* and not only documents: a corpus that is one big document (a novel, a .txt
+file read whole) would otherwise be visited front to back, so consecutive optimizer steps would
+see correlated text (nanoGPT samples random windows for the same reason). The per-epoch offset
+makes later epochs of a small corpus see different cuts.
+
+Everything is a pure function of ``(seed, absolute row index)``. The only state is the number
+of rows consumed, which makes resuming exact and the world size irrelevant: optimizer step ``s``
+uses global rows ``[s·R, (s+1)·R)`` (R = rows per step); rank ``r`` reads, for micro-batch ``m``,
+rows ``(m·world + r)·B ...`` of that range, and nothing else ("each rank reads its own share").
+1 process with 2 micro-batches and 2 processes with 1 each therefore see the same rows.
+
+Evaluation reads the validation split front to back in rows that overlap by one token, so every
+token except the very first is predicted exactly once; special tokens (BOS/EOS/PAD: zero bytes of
+text) are not scored. The UTF-8 byte count of exactly the text scored then turns the summed loss
+into bits per byte.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from seekforge.data.shards import TokenShards
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class _Epoch:
+    doc_order: np.ndarray  # document ids in stream order
+    cum: np.ndarray  # stream offset of each document in doc_order, plus the total
+    offset: int  # tokens skipped at the start of the stream
+    row_order: np.ndarray | None  # row visit order (None = sequential)
+
+
+class PackedRows:
+    """Random access to the ``seq_len``-token rows of every epoch of a token split."""
+
+    def __init__(self, shards: TokenShards, seq_len: int, seed: int, shuffle: bool = True) -> None:
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2 (got {seq_len})")
+        self.shards, self.seq_len, self.seed, self.shuffle = shards, seq_len, seed, shuffle
+        n = shards.num_tokens
+        if n < 2 * seq_len:
+            raise ValueError(f"{shards.path} ({shards.split}) has {n} tokens, fewer than 2 rows of seq_len "
+                             f"{seq_len}: use more data or a smaller seq_len")
+        starts = shards.doc_starts()
+        self.doc_start = starts
+        self.doc_len = np.diff(np.append(starts, n))
+        self._epoch_sizes: list[int] = []  # rows per epoch, extended lazily
+        self._cache: dict[int, _Epoch] = {}
+
+    # -- layout of one epoch
+    def _offset(self, epoch: int) -> int:
+        if not self.shuffle:
+            return 0
+        return int(np.random.default_rng([self.seed, epoch, 1]).integers(self.seq_len))
+
+    def rows_in_epoch(self, epoch: int) -> int:
+        return (self.shards.num_tokens - self._offset(epoch)) // self.seq_len
+
+    def _layout(self, epoch: int) -> _Epoch:
+        if epoch not in self._cache:
+            if len(self._cache) >= 2:  # keep the current and the next epoch only
+                self._cache.pop(min(self._cache))
+            rng = np.random.default_rng([self.seed, epoch, 0])
+            n_docs = len(self.doc_len)
+            order = rng.permutation(n_docs) if self.shuffle else np.arange(n_docs)
+            cum = np.concatenate([[0], np.cumsum(self.doc_len[order])])
+            rows = self.rows_in_epoch(epoch)
+            row_order = rng.permutation(rows) if self.shuffle else None
+            self._cache[epoch] = _Epoch(order, cum, self._offset(epoch), row_order)
+        return self._cache[epoch]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Absolute row index -> (epoch, row within the epoch)."""
+        epoch, first = 0, 0
+        while True:
+            if epoch == len(self._epoch_sizes):
+                self._epoch_sizes.append(self.rows_in_epoch(epoch))
+            size = self._epoch_sizes[epoch]
+            if index < first + size:
+                return epoch, index - first
+            first += size
+            epoch += 1
+
+    def row(self, index: int) -> np.ndarray:
+        """The tokens of absolute row ``index`` (int64, length ``seq_len``)."""
+        epoch, j = self.locate(index)
+        lay = self._layout(epoch)
+        if lay.row_order is not None:
+            j = int(lay.row_order[j])
+        pos = lay.offset + j * self.seq_len
+        end = pos + self.seq_len
+        out = np.empty(self.seq_len, dtype=np.int64)
+        i = int(np.searchsorted(lay.cum, pos, side="right")) - 1
+        filled = 0
+        while pos < end:  # copy the pieces of the documents this row spans
+            doc = int(lay.doc_order[i])
+            inner = pos - int(lay.cum[i])
+            take = min(end - pos, int(self.doc_len[doc]) - inner)
+            a = int(self.doc_start[doc]) + inner
+            out[filled:filled + take] = self.shards.tokens(a, a + take)
+            filled += take
+            pos += take
+            i += 1
+        return out
+
+    def rows(self, start: int, count: int) -> np.ndarray:
+        return np.stack([self.row(k) for k in range(start, start + count)])
+
+    def epoch_of(self, index: int) -> float:
+        """Fractional epoch reached after ``index`` rows (for logging)."""
+        epoch, j = self.locate(index)
+        return epoch + j / max(1, self._epoch_sizes[epoch])
+
+
+class PretrainLoader:
+    """Yields this rank's micro-batches of each optimizer step; state = global rows consumed."""
+
+    def __init__(self, rows: PackedRows, micro_batch_size: int, grad_accum: int, rank: int = 0,
+                 world_size: int = 1, device: torch.device | None = None) -> None:
+        self.rows, self.B, self.accum = rows, micro_batch_size, grad_accum
+        self.rank, self.world = rank, world_size
+        self.device = device or torch.device("cpu")
+        self.position = 0  # global rows consumed by all ranks together
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.B * self.accum * self.world
+
+    def next_step(self) -> list[dict[str, torch.Tensor]]:
+        """The ``grad_accum`` micro-batches of the next optimizer step for this rank."""
+        batches = []
+        for m in range(self.accum):
+            start = self.position + (m * self.world + self.rank) * self.B
+            ids = torch.from_numpy(self.rows.rows(start, self.B))
+            if self.device.type == "cuda":
+                ids = ids.pin_memory().to(self.device, non_blocking=True)
+            else:
+                ids = ids.to(self.device)
+            batches.append({"input_ids": ids, "labels": ids})
+        self.position += self.rows_per_step
+        return batches
+
+    @property
+    def epoch(self) -> float:
+        return self.rows.epoch_of(self.position)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "seq_len": self.rows.seq_len, "seed": self.rows.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seq_len") != self.rows.seq_len or state.get("seed") != self.rows.seed:
+            raise ValueError(f"data position was saved with seq_len={state.get('seq_len')}, seed={state.get('seed')}"
+                             f"; this run has seq_len={self.rows.seq_len}, seed={self.rows.seed}. Resuming would "
+                             "repeat/skip data: keep them equal, or start a new out_dir")
+        self.position = int(state["position"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvalSet:
+    """The validation tokens that are scored, and the UTF-8 bytes of exactly their text."""
+
+    shards: TokenShards
+    num_tokens: int  # tokens [0, num_tokens) of the split are read
+    num_bytes: int
+    special_ids: list[int]
+
+
+def make_eval_set(shards: TokenShards, max_tokens: int | None, tokenizer=None,
+                  special_ids: list[int] | None = None) -> EvalSet:
+    """Whole split (bytes from the manifest), or whole documents up to ``max_tokens`` (bytes by
+    decoding them with the tokenizer: the manifest only has per-shard byte counts)."""
+    specials = sorted({i for i in (special_ids or []) if i is not None}
+                      | {i for i in (shards.bos_token_id, shards.eos_token_id) if i is not None})
+    total = shards.num_tokens
+    if total < 2:
+        raise ValueError(f"{shards.path}: validation split {shards.split!r} has {total} tokens; nothing to evaluate")
+    if max_tokens is None or max_tokens >= total:
+        return EvalSet(shards, total, shards.num_bytes, specials)
+    starts = np.append(shards.doc_starts(), total)
+    n_docs = max(1, int(np.searchsorted(starts, max_tokens, side="right")) - 1)
+    end = int(starts[n_docs])
+    if end >= total:
+        return EvalSet(shards, total, shards.num_bytes, specials)
+    if tokenizer is None:
+        raise ValueError("eval_tokens < the validation split needs a tokenizer to count the bytes of the "
+                         "evaluated documents (set `tokenizer`), or set eval_tokens: null to use the whole split")
+    nbytes = 0
+    for d in range(n_docs):
+        ids = shards.doc(d).tolist()
+        nbytes += len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
+    return EvalSet(shards, end, nbytes, specials)
+
+
+def eval_batches(es: EvalSet, seq_len: int, batch_size: int, pad_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, labels) [B, T]: rows overlap by one token so targets tile positions 1..N-1."""
+    stride = seq_len - 1
+    n_rows = math.ceil((es.num_tokens - 1) / stride)
+    special = torch.tensor(es.special_ids, dtype=torch.long)
+    for b0 in range(0, n_rows, batch_size):
+        rows = []
+        for r in range(b0, min(n_rows, b0 + batch_size)):
+            a = r * stride
+            rows.append(torch.from_numpy(es.shards.tokens(a, min(a + seq_len, es.num_tokens)).astype(np.int64)))
+        ids = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), seq_len), IGNORE_INDEX, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+            labels[i, : len(r)] = r
+        if len(special):
+            labels[torch.isin(labels, special)] = IGNORE_INDEX
+        yield ids, labels

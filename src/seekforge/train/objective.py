@@ -1,0 +1,401 @@
+"""Objectives: everything task-specific that the one training loop needs to ask about.
+
+The loop (:class:`seekforge.train.trainer.Trainer`) owns the mechanics that are the same for
+pretraining, SFT and distillation: devices, precision, DDP/FSDP, gradient accumulation, clipping,
+the optimizer and schedule, non-finite steps, signals, checkpoints, logging. An :class:`Objective`
+owns the rest, through small overridable methods:
+
+====================================  =====================================================
+``setup(env)``                        prepare data/tokenizer (rank 0 first, others wait)
+``build_model()``                     construct the model (fp32 master weights on env.device)
+``trainable_parameters(model)``       which parameters the optimizer sees (LoRA: adapters)
+``train_loader(micro_bs, accum)``     a loader with ``next_step()``, ``state_dict()`` ...
+``count_targets(batch)``              tokens that carry loss (exact grad-accum normalisation)
+``loss(model, batch)``                batch -> :class:`LossOutput`
+``evaluate(model)``                   -> ``{"val_loss": ..., "val_bpb": ...}``
+``samples(model)``                    greedy generations from fixed prompts
+``save_model(model, path)``           the "save model" hook (LoRA: adapters or merged weights)
+``load_model_weights(model, path)``   its inverse, for resuming
+====================================  =====================================================
+
+:class:`PretrainObjective` is next-token prediction (+ DeepSeek-V3's MTP and balance losses)
+over packed token shards. SFT/distillation subclass it (or :class:`Objective`) and swap the data
+and the loss; wrapping the model (LoRA via peft) goes in ``build_model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seekforge.config import ConfigError
+from seekforge.train import dist
+from seekforge.train.config import TrainConfig
+
+log = logging.getLogger("seekforge.train")
+
+
+@dataclass
+class TrainEnv:
+    """What the loop tells the objective about the run."""
+
+    cfg: TrainConfig
+    device: torch.device
+    amp_dtype: torch.dtype  # autocast dtype (float32 = no autocast)
+    rank: int
+    world_size: int
+    out_dir: Path
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # what is backpropagated: a mean over this micro-batch's targets
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, logged as <name>_loss
+    expert_loads: torch.Tensor | None = None  # [n_moe_layers, E] tokens per expert
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module under DDP / torch.compile wrappers (FSDP2 shards in place: no wrapper)."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile(model)
+            model = model._orig_mod
+        else:
+            return model
+
+
+class Objective:
+    """Base class; see the module docstring. Subclasses implement at least the data and loss."""
+
+    name = "objective"
+    env: TrainEnv
+
+    def setup(self, env: TrainEnv) -> None:
+        self.env = env
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def train_loader(self, micro_batch_size: int, grad_accum: int):
+        raise NotImplementedError
+
+    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """Positions with a (shifted) label; the loop weights micro-batches by it."""
+        return int((batch["labels"][:, 1:] != -100).sum())
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {}
+
+    def samples(self, model: nn.Module) -> list[tuple[str, str]]:
+        return []
+
+    def flops_per_token(self, model: nn.Module) -> float | None:
+        return None
+
+    def update_router_bias(self, model: nn.Module, loads: torch.Tensor) -> None:
+        """Aux-loss-free MoE balancing after an optimizer step (no-op for dense models)."""
+        base = unwrap(model)
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+        if hasattr(base, "update_router_bias"):
+            base.update_router_bias(loads)
+
+    def save_model(self, model: nn.Module, path: Path) -> None:
+        raise NotImplementedError
+
+    def load_model_weights(self, model: nn.Module, path: Path) -> None:
+        raise NotImplementedError
+
+    def describe(self, model: nn.Module) -> list[str]:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining
+
+
+def _is_shard_dir(spec: Any) -> bool:
+    return isinstance(spec, str) and Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file()
+
+
+def _cache_key(inputs: list[str], val: list[str] | None, tokenizer: Path, cfg: TrainConfig) -> str:
+    """Identity of a raw-text tokenization: paths, sizes, mtimes, tokenizer and split settings."""
+    from seekforge.data.readers import expand_inputs
+
+    h = hashlib.sha256()
+    for group in (inputs, val or []):
+        for _, p in expand_inputs(group):
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(b"--\n")
+    tj = tokenizer / "tokenizer.json"
+    h.update(tj.read_bytes() if tj.is_file() else str(tokenizer.resolve()).encode())
+    h.update(json.dumps([cfg.data.val_fraction, cfg.data.text_fields, cfg.data.txt_mode]).encode())
+    return h.hexdigest()[:16]
+
+
+class PretrainObjective(Objective):
+    """Next-token prediction over packed token shards, with DeepSeek-V3's MTP and balance losses."""
+
+    name = "pretrain"
+
+    # -- data -----------------------------------------------------------------------------------
+    def setup(self, env: TrainEnv) -> None:
+        from seekforge.data.shards import TokenShards
+
+        super().setup(env)
+        cfg = env.cfg
+        train_dir, val_dir = self._resolve_data(cfg, env)
+        self.train_shards = TokenShards(train_dir, "train")
+        self.val_shards = self._val_shards(train_dir, val_dir)
+        tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else train_dir / "tokenizer"
+        self.tokenizer_dir = tok_dir if tok_dir.is_dir() else None
+        self.tokenizer = None
+        if self.tokenizer_dir is not None:
+            from seekforge.tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.tokenizer_dir)
+            if len(self.tokenizer) != self.train_shards.vocab_size:
+                raise ConfigError(f"tokenizer {self.tokenizer_dir} has {len(self.tokenizer)} tokens but the shards "
+                                  f"in {train_dir} were made with vocab_size {self.train_shards.vocab_size}: "
+                                  "use the tokenizer the data was tokenized with")
+        elif cfg.sample_tokens:
+            log.info("no tokenizer found (set `tokenizer`): no text samples")
+        self.eval_set = None
+        if self.val_shards is not None:
+            from seekforge.train.data import make_eval_set
+
+            specials = list(self.tokenizer.all_special_ids) if self.tokenizer is not None else []
+            self.eval_set = make_eval_set(self.val_shards, cfg.eval_tokens, self.tokenizer, specials)
+
+    def _resolve_data(self, cfg: TrainConfig, env: TrainEnv) -> tuple[Path, Path | None]:
+        """Shard folders for train (and val): given, or tokenized from raw text into OUT/data."""
+        data = cfg.data
+        if _is_shard_dir(data.train):
+            val = data.val
+            if val is not None and not _is_shard_dir(val):
+                raise ConfigError(f"data.val: {val!r} must be a token-shard folder when data.train is one "
+                                  "(tokenize both with `seekforge data tokenize --val ...`)")
+            return Path(data.train), Path(val) if val else None
+        inputs = [data.train] if isinstance(data.train, str) else list(data.train)
+        val_inputs = ([data.val] if isinstance(data.val, str) else list(data.val)) if data.val else None
+        for p in inputs + (val_inputs or []):
+            if not any(c in p for c in "*?[") and not Path(p).exists():
+                raise ConfigError(f"data: {p} does not exist (data.train / data.val take token-shard folders "
+                                  "or raw .txt/.jsonl/.parquet files)")
+        if not cfg.tokenizer:
+            raise ConfigError(f"data.train {data.train!r} is raw text: set `tokenizer` (a tokenizer directory from "
+                              "`seekforge tokenizer train`) so the trainer can tokenize it")
+        out = env.out_dir / "data"
+        if env.rank == 0:
+            key = _cache_key(inputs, val_inputs, Path(cfg.tokenizer), cfg)
+            stamp = out / "cache_key.txt"
+            if not (stamp.is_file() and stamp.read_text().strip() == key and (out / "manifest.json").is_file()):
+                from seekforge.data.tokenize import tokenize_to_shards
+
+                log.info("tokenizing %s into %s", ", ".join(inputs), out)
+                tokenize_to_shards(inputs, cfg.tokenizer, out, val_fraction=data.val_fraction,
+                                   val_inputs=val_inputs, text_fields=data.text_fields, txt_mode=data.txt_mode,
+                                   workers=0)
+                stamp.write_text(key + "\n")
+        dist.barrier()
+        return out, None
+
+    def _val_shards(self, train_dir: Path, val_dir: Path | None):
+        from seekforge.data.shards import TokenShards
+
+        if val_dir is not None:
+            splits = TokenShards(val_dir, "train").manifest["splits"]
+            split = "val" if splits.get("val", {}).get("tokens", 0) > 0 else "train"
+            return TokenShards(val_dir, split)
+        splits = self.train_shards.manifest["splits"]
+        if splits.get("val", {}).get("tokens", 0) > 1:
+            return TokenShards(train_dir, "val")
+        log.warning("%s has no validation split: no val loss / bpb (set data.val or data.val_fraction)", train_dir)
+        return None
+
+    def train_loader(self, micro_batch_size: int, grad_accum: int):
+        from seekforge.train.data import PackedRows, PretrainLoader
+
+        env = self.env
+        rows = PackedRows(self.train_shards, env.cfg.seq_len, env.cfg.seed, shuffle=env.cfg.data.shuffle)
+        return PretrainLoader(rows, micro_batch_size, grad_accum, env.rank, env.world_size, env.device)
+
+    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        B, T = batch["input_ids"].shape  # packed rows: every position but the first has a label
+        return B * (T - 1)
+
+    # -- model ----------------------------------------------------------------------------------
+    def model_config(self):
+        """The ModelConfig to build: preset / field block / directory, fitted to the data's vocab."""
+        from seekforge.model.config import PRESETS, ModelConfig, model_config_from
+
+        cfg = self.env.cfg
+        spec = cfg.model
+        source, fields = (spec, {}) if isinstance(spec, str) else (spec.get("preset"), dict(spec))
+        fields.pop("preset", None)
+        fresh = not (source is not None and source not in PRESETS and Path(str(source)).is_dir())
+        for key in ("mtp_loss_weight", "aux_loss_alpha", "bias_update_speed"):
+            if getattr(cfg, key) is not None:
+                fields[key] = getattr(cfg, key)
+        vocab = self.train_shards.vocab_size
+        if fresh:
+            if "vocab_size" not in fields:
+                fields["vocab_size"] = vocab  # the data decides the embedding size of a new model
+            bos = self.train_shards.bos_token_id
+            eos = self.train_shards.eos_token_id
+            fields.setdefault("bos_token_id", bos if bos is not None else 0)
+            fields.setdefault("eos_token_id", eos if eos is not None else 1)
+            if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
+                fields.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        if source is None:
+            mcfg = model_config_from(ModelConfig(), fields)
+        else:
+            mcfg = model_config_from(str(source), fields)
+        if mcfg.vocab_size < vocab:
+            raise ConfigError(f"model.vocab_size ({mcfg.vocab_size}) is smaller than the data's vocabulary "
+                              f"({vocab}, {self.train_shards.path}): token ids would be out of range")
+        if mcfg.max_position_embeddings < cfg.seq_len:
+            raise ConfigError(f"seq_len ({cfg.seq_len}) exceeds model.max_position_embeddings "
+                              f"({mcfg.max_position_embeddings}); raise it or shorten seq_len")
+        return mcfg, (None if fresh else Path(str(source)))
+
+    def build_model(self) -> nn.Module:
+        from seekforge.model import build_model
+
+        mcfg, source_dir = self.model_config()
+        model = build_model(mcfg, self.env.device, torch.float32)  # fp32 master weights; autocast does the rest
+        if source_dir is not None:
+            self.load_model_weights(model, source_dir)
+            log.info("continuing from the weights in %s", source_dir)
+        return model
+
+    def load_model_weights(self, model: nn.Module, path: Path) -> None:
+        from seekforge.model.hf import load_checkpoint
+
+        base = unwrap(model)
+        cfg, state = load_checkpoint(path, base.config)
+        missing, unexpected = base.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not match the model: missing {missing[:6]}, "
+                             f"unexpected {unexpected[:6]}")
+
+    def save_model(self, model: nn.Module, path: Path) -> None:
+        from seekforge.model import save_model
+
+        save_model(unwrap(model), path, tokenizer=self.tokenizer_dir)
+
+    def describe(self, model: nn.Module) -> list[str]:
+        from seekforge.model.accounting import param_counts
+        from seekforge.utils import human_count
+
+        pc = param_counts(unwrap(model).config)
+        return [f"model: {human_count(pc['total'])} parameters ({human_count(pc['active'])} active per token), "
+                f"{self.train_shards.num_tokens:,} train tokens, vocab {unwrap(model).config.vocab_size}"]
+
+    def flops_per_token(self, model: nn.Module) -> float | None:
+        from seekforge.model.accounting import flops_per_token
+
+        mc = unwrap(model).config
+        include_mtp = mc.num_nextn_predict_layers > 0 and mc.mtp_loss_weight > 0
+        return flops_per_token(mc, self.env.cfg.seq_len, include_mtp=include_mtp)
+
+    # -- loss -----------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        out = model(batch["input_ids"], labels=batch["labels"])
+        return LossOutput(out.loss, dict(out.losses), out.expert_loads)
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation loss (nats per scored token) and bits per byte over the evaluated tokens.
+
+        Rows are split round-robin over ranks and the sums all-reduced. Every rank runs the same
+        number of forwards (an empty batch pads the count) because FSDP all-gathers inside forward.
+        """
+        from seekforge.train.data import eval_batches
+
+        if self.eval_set is None:
+            return {}
+        env = self.env
+        cfg = env.cfg
+        bs = cfg.eval_batch_size or cfg.micro_batch_size
+        batches = list(eval_batches(self.eval_set, cfg.seq_len, bs))
+        mine = batches[env.rank::env.world_size]
+        rounds = math.ceil(len(batches) / env.world_size)
+        sums = torch.zeros(2, dtype=torch.float64, device=env.device)  # nats, scored tokens
+        was_training = model.training
+        model.eval()
+        for i in range(rounds):
+            ids, labels = mine[i] if i < len(mine) else (batches[0][0][:1], torch.full_like(batches[0][1][:1], -100))
+            ids, labels = ids.to(env.device), labels.to(env.device)
+            with autocast(env):
+                logits = model(ids).logits
+            targets = labels[:, 1:]
+            nats = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+            sums[0] += nats.double()
+            sums[1] += (targets != -100).sum()
+        model.train(was_training)
+        dist.all_reduce_sum(sums)
+        nats, n = float(sums[0]), int(sums[1])
+        val_loss = nats / max(n, 1)
+        bpb = nats / (math.log(2) * self.eval_set.num_bytes) if self.eval_set.num_bytes else float("nan")
+        return {"val_loss": val_loss, "val_bpb": bpb, "val_tokens": n}
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module) -> list[tuple[str, str]]:
+        """Greedy continuations of ``sample_prompts`` (a plain loop; the fast engine is seekforge.infer)."""
+        cfg = self.env.cfg
+        if self.tokenizer is None or not cfg.sample_tokens:
+            return []
+        base = unwrap(model)
+        max_pos = base.config.max_position_embeddings
+        eos = self.tokenizer.eos_token_id
+        was_training = model.training
+        model.eval()
+        out = []
+        for prompt in cfg.sample_prompts:
+            ids = self.tokenizer(prompt)["input_ids"]
+            if not ids or ids[0] != self.tokenizer.bos_token_id:
+                ids = [self.tokenizer.bos_token_id] + list(ids)
+            x = torch.tensor([ids], device=self.env.device)
+            new: list[int] = []
+            for _ in range(cfg.sample_tokens):
+                with autocast(self.env):
+                    logits = model(x[:, -max_pos:]).logits[0, -1]
+                nxt = int(logits.argmax())
+                if nxt == eos:
+                    break
+                new.append(nxt)
+                x = torch.cat([x, x.new_tensor([[nxt]])], dim=1)
+            out.append((prompt, self.tokenizer.decode(new, skip_special_tokens=True)))
+        model.train(was_training)
+        return out
+
+
+def autocast(env: TrainEnv):
+    """bf16/fp16 autocast on the run's device, or nothing for float32."""
+    import contextlib
+
+    if env.amp_dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(env.device.type, dtype=env.amp_dtype)
+
+
+__all__ = ["Objective", "PretrainObjective", "LossOutput", "TrainEnv", "unwrap", "autocast"]

@@ -1,0 +1,154 @@
+"""The engine against a full-forward reference: continuous batching, chunked prefill, stops,
+seeds, cancellation, back-pressure, prompt logprobs and MTP speculation (tiny random model)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from seekforge.infer import Engine, EngineConfig, InvalidParam, QueueFull, SamplingParams
+
+PROMPTS = ["Hello world", "我们用数据训练", "the model learns to predict the next token", "x"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    with Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch=3, max_len=128, queue_size=8)) as eng:
+        yield eng
+
+
+def reference_greedy(model, ids: list[int], n: int) -> list[int]:
+    """Plain full-sequence forward, no cache: the ground truth for greedy decoding."""
+    x = torch.tensor([ids])
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            t = int(model(x).logits[0, -1].argmax())
+            out.append(t)
+            x = torch.cat([x, torch.tensor([[t]])], dim=1)
+    return out
+
+
+def greedy(n: int, **kw) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, **kw)
+
+
+def test_batched_greedy_matches_reference(engine) -> None:
+    # 4 prompts of different lengths on 3 slots: one request joins when another leaves.
+    res = engine.generate(PROMPTS, [greedy(12), greedy(20), greedy(6), greedy(16)])
+    for prompt, r, n in zip(PROMPTS, res, [12, 20, 6, 16]):
+        assert r.token_ids == reference_greedy(engine.model, engine.encode(prompt), n)
+        assert r.finish_reason == "length" and r.usage["completion_tokens"] == n
+    assert engine.free_slots() == 3
+
+
+def test_request_joining_a_running_batch(engine) -> None:
+    ids = engine.encode(PROMPTS[2])
+    first = engine.submit(PROMPTS[0], greedy(40))
+    it = iter(first)
+    next(it), next(it)  # `first` is decoding when the second arrives
+    second = engine.submit(ids, greedy(10))
+    assert second.result(timeout=30).token_ids == reference_greedy(engine.model, ids, 10)
+    assert first.result(timeout=30).finish_reason == "length"
+
+
+def test_chunked_prefill_matches(tiny_model_dir) -> None:
+    with Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch=2, max_len=128, prefill_chunk=5)) as eng:
+        ids = eng.encode(PROMPTS[2])
+        assert len(ids) > 10
+        assert eng.generate([ids], greedy(8))[0].token_ids == reference_greedy(eng.model, ids, 8)
+
+
+def test_seeded_sampling_is_independent_of_the_batch(engine) -> None:
+    p = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.95, top_k=40, seed=123, repetition_penalty=1.1,
+                       presence_penalty=0.3, ignore_eos=True)
+    alone = engine.generate([PROMPTS[0]], p)[0].token_ids
+    batched = engine.generate([PROMPTS[1], PROMPTS[0], PROMPTS[2]],
+                              [SamplingParams(max_tokens=30, seed=5), p, SamplingParams(max_tokens=7)])
+    assert batched[1].token_ids == alone
+    assert engine.generate([PROMPTS[0]], p.replace(seed=124))[0].token_ids != alone
+
+
+def test_stop_string_and_stop_token(engine) -> None:
+    ref = engine.generate([PROMPTS[0]], greedy(30))[0]
+    full = engine.tokenizer.decode(ref.token_ids, skip_special_tokens=True)
+    # A 3-character stop string from the middle of the reference text (tokens are ~1-2 chars, so it
+    # spans token boundaries); the output must end right before its first occurrence.
+    i = next(i for i in range(len(full) // 3, len(full) - 3) if "\ufffd" not in full[i:i + 3])
+    stop = full[i:i + 3]
+    res = engine.generate([PROMPTS[0]], greedy(30, stop=[stop]))[0]
+    assert res.finish_reason == "stop" and stop not in res.text
+    assert res.text == full[:full.index(stop)]
+    assert len(res.token_ids) < 30
+    # Stop token id: generation ends at its first occurrence, and the token has no text.
+    sid = ref.token_ids[5]
+    res = engine.generate([PROMPTS[0]], greedy(30, stop_token_ids=[sid]))[0]
+    assert res.token_ids == ref.token_ids[:ref.token_ids.index(sid) + 1]
+    assert res.finish_reason == "stop"
+
+
+def test_prompt_logprobs_match_the_full_forward(engine) -> None:
+    ids = engine.encode(PROMPTS[2])
+    res = engine.generate([ids], SamplingParams(max_tokens=0, prompt_logprobs=1))[0]
+    assert res.token_ids == [] and res.prompt_logprobs[0] is None
+    with torch.no_grad():
+        lp = engine.model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    want = [lp[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+    got = [x.logprob for x in res.prompt_logprobs[1:]]
+    assert got == pytest.approx(want, abs=1e-4)
+    assert [x.top[0][0] for x in res.prompt_logprobs[1:]] == lp[:-1].argmax(-1).tolist()
+
+
+def test_cancel_frees_the_slot_and_queue_back_pressure(tiny_model_dir) -> None:
+    with Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch=1, max_len=128, queue_size=1)) as eng:
+        running = eng.submit("a", greedy(120))
+        waiting = eng.submit("b", greedy(5))
+        with pytest.raises(QueueFull):
+            eng.submit("c", greedy(5))
+        running.cancel()
+        assert running.result(timeout=10).finish_reason == "cancelled"
+        assert waiting.result(timeout=10).finish_reason == "length"  # it got the freed slot
+        deadline = time.monotonic() + 5
+        while eng.free_slots() != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert eng.free_slots() == 1 and eng.num_running() == 0
+        with pytest.raises(InvalidParam):
+            eng.submit(list(range(5, 133)), greedy(1))  # 128 prompt tokens: no room to generate
+        with pytest.raises(InvalidParam):
+            eng.submit("a", SamplingParams(max_tokens=-1))
+        res = eng.generate(["a"], SamplingParams(max_tokens=None, temperature=0, ignore_eos=True))[0]
+        assert res.finish_reason == "length" and len(res.token_ids) == 128 - len(eng.encode("a"))
+
+
+def test_speculative_greedy_is_unchanged_and_reports_acceptance(tiny_model_dir, monkeypatch) -> None:
+    cfg = EngineConfig(max_batch=3, max_len=128, speculative=True)
+    with Engine.from_pretrained(tiny_model_dir, cfg) as eng:
+        refs = [reference_greedy(eng.model, eng.encode(p), 25) for p in PROMPTS[:3]]
+        # 1) the random MTP head: (almost) every draft rejected, output must still be exact.
+        res = eng.generate(PROMPTS[:3], greedy(25))
+        assert [r.token_ids for r in res] == refs
+        # 2) a draft that is right except at every 3rd position: exercises acceptance, bonus tokens
+        #    and the recovery after a rejection (one prompt at a time, so the oracle knows which).
+        real = eng.model.mtp_forward_cached
+        current: dict[str, object] = {}
+
+        def drafted(hidden, next_ids, cache, slots, start_pos, depth=1):
+            out = real(hidden, next_ids, cache, slots, start_pos, depth)
+            n, ref = current["n"], current["ref"]
+            for t in range(next_ids.shape[1]):
+                pos = int(start_pos[0]) + t + 2  # the position this row of logits predicts
+                if 0 <= pos - n < len(ref) and pos % 3:
+                    out.logits[0, t, ref[pos - n]] += 1e4
+            return out
+
+        monkeypatch.setattr(eng.model, "mtp_forward_cached", drafted)
+        before = (eng.stats.draft_tokens_total, eng.stats.accepted_tokens_total)
+        for p, ref in zip(PROMPTS[:3], refs):
+            current.update(n=len(eng.encode(p)), ref=ref)
+            assert eng.generate([p], greedy(25))[0].token_ids == ref
+        drafts = eng.stats.draft_tokens_total - before[0]
+        accepted = eng.stats.accepted_tokens_total - before[1]
+        assert 0.3 < accepted / drafts < 0.95, (accepted, drafts)
+        assert drafts < 3 * 24  # accepted drafts made it take fewer steps than tokens
