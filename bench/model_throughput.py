@@ -109,9 +109,10 @@ def main() -> None:
         same = (base(x).logits - hf(input_ids=x).logits).abs().max().item()
     del full
 
+    flops = flops_per_token(cfg, args.seq_len, include_mtp=False)
     rows: list[tuple[str, torch.nn.Module, bool, float]] = [
-        ("transformers DeepseekV3ForCausalLM", hf, True, flops_per_token(cfg, args.seq_len, include_mtp=False)),
-        ("seekforge", base, False, flops_per_token(cfg, args.seq_len, include_mtp=False)),
+        ("transformers DeepseekV3ForCausalLM", hf, True, flops),
+        ("seekforge", base, False, flops),
         ("seekforge + MTP + balance loss", full_recipe, False,
          flops_per_token(full_recipe.config, args.seq_len, include_mtp=True)),
     ]
@@ -127,7 +128,7 @@ def main() -> None:
             rows.append((name + " (compiled)", cm, is_hf, fl))
 
     steps = {name: make_step(model, x, is_hf) for name, model, is_hf, _ in rows}
-    for name, step in steps.items():  # warm-up (allocator, lazy init, compile)
+    for step in steps.values():  # warm-up (allocator, lazy init, compile)
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.rounds):

@@ -19,10 +19,12 @@ COMMAND_MODULES = [
     "seekforge.model.cli",
     "seekforge.demo",
     "seekforge.tokenizer.cli",
+    "seekforge.data.cli",  # data prepare
     "seekforge.data.tokenize",  # adds `data tokenize` to the `data` group (creating it if needed)
     "seekforge.train.cli",
     "seekforge.infer.chat",
     "seekforge.serve.cli",
+    "seekforge.finetune.cli",  # sft, distill, merge
     "seekforge.plan.cli",
 ]
 

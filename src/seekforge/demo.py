@@ -42,7 +42,8 @@ def preset_table() -> str:
     return "\n".join(lines)
 
 
-def time_training_step(preset: str, batch: int, seq_len: int, steps: int, device: str = "auto") -> dict[str, float]:
+def time_training_step(preset: str, batch: int, seq_len: int, steps: int,
+                       device: str = "auto") -> dict[str, float]:
     """Tokens/s of forward + backward + AdamW.step on random tokens (after one warm-up step)."""
     from seekforge.model import load_model
     from seekforge.model.accounting import flops_per_token
@@ -59,7 +60,7 @@ def time_training_step(preset: str, batch: int, seq_len: int, steps: int, device
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.update_router_bias(out.expert_loads)
-        return out.loss.item()
+        return out.losses["main"].item()
 
     loss0 = step()
     if dev.type == "cuda":

@@ -19,7 +19,7 @@ def _docs(n: int = 300) -> list[str]:
         if i % 3 == 0:
             out.append(f"第{i}篇：春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。{i * 7}")
         elif i % 3 == 1:
-            out.append(f"Document {i}: the quick brown fox jumps over the lazy dog {i * 13}.\n\tIndented line.")
+            out.append(f"Document {i}: the quick brown fox jumps over the lazy dog {i * 13}.\n\tIndented.")
         else:
             out.append(f"mixed 混合 text {i} 😀\r\nwith <|eos|> and <|user|> written as plain text")
     return out
@@ -29,8 +29,8 @@ def _docs(n: int = 300) -> list[str]:
 def corpus(tmp_path):
     docs = _docs()
     path = tmp_path / "corpus.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t, "n": i}, ensure_ascii=False) for i, t in enumerate(docs)),
-                    encoding="utf-8")
+    lines = [json.dumps({"text": t, "n": i}, ensure_ascii=False) for i, t in enumerate(docs)]
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path, docs
 
 

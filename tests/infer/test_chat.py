@@ -17,14 +17,16 @@ def test_chat_loop_keeps_history_and_resets(tiny_model_dir) -> None:
         eng.chat_prompt = lambda msgs, **kw: prompts.append(len(msgs)) or real(msgs, **kw)
         out = io.StringIO()
         stdin = io.StringIO("你好\nhow are you?\n/reset\nhello again\n/exit\nnever read\n")
-        chat_loop(eng, SamplingParams(max_tokens=5, temperature=0), system="be brief", stdin=stdin, stdout=out)
+        params = SamplingParams(max_tokens=5, temperature=0)
+        chat_loop(eng, params, system="be brief", stdin=stdin, stdout=out)
     # system+user, then system+user+assistant+user, then after /reset system+user again.
     assert prompts == [2, 4, 2]
     assert "[history cleared]" in out.getvalue()
 
 
 def test_chat_command_streams_over_a_pipe(tiny_model_dir) -> None:
-    proc = subprocess.run([sys.executable, "-m", "seekforge", "chat", str(tiny_model_dir), "--max-tokens", "4",
+    proc = subprocess.run([sys.executable, "-m", "seekforge", "chat", str(tiny_model_dir),
+                           "--max-tokens", "4",
                            "--temperature", "0"], input="你好\n/exit\n", capture_output=True, text=True,
                           timeout=120, encoding="utf-8")
     assert proc.returncode == 0, proc.stderr

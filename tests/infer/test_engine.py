@@ -55,7 +55,8 @@ def test_request_joining_a_running_batch(engine) -> None:
 
 
 def test_chunked_prefill_matches(tiny_model_dir) -> None:
-    with Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch=2, max_len=128, prefill_chunk=5)) as eng:
+    cfg = EngineConfig(max_batch=2, max_len=128, prefill_chunk=5)
+    with Engine.from_pretrained(tiny_model_dir, cfg) as eng:
         ids = eng.encode(PROMPTS[2])
         assert len(ids) > 10
         assert eng.generate([ids], greedy(8))[0].token_ids == reference_greedy(eng.model, ids, 8)
@@ -152,3 +153,21 @@ def test_speculative_greedy_is_unchanged_and_reports_acceptance(tiny_model_dir, 
         accepted = eng.stats.accepted_tokens_total - before[1]
         assert 0.3 < accepted / drafts < 0.95, (accepted, drafts)
         assert drafts < 3 * 24  # accepted drafts made it take fewer steps than tokens
+
+
+def test_burst_of_prompts_is_prefilled_in_one_padded_forward(engine, monkeypatch) -> None:
+    calls = []
+    real = engine._prefill_group
+    monkeypatch.setattr(engine, "_prefill_group", lambda group: calls.append(len(group)) or real(group))
+    params = [greedy(6, prompt_logprobs=0), greedy(9), greedy(4)]
+    with engine._cv:  # hold the engine back until all three are queued: they arrive as one burst
+        handles = [engine.submit(p, sp) for p, sp in zip(PROMPTS[:3], params)]
+    results = [h.result(timeout=30) for h in handles]
+    assert calls == [3]
+    for prompt, r, p in zip(PROMPTS, results, params):
+        assert r.token_ids == reference_greedy(engine.model, engine.encode(prompt), p.max_tokens)
+    ids = engine.encode(PROMPTS[0])
+    with torch.no_grad():
+        lp = engine.model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    got = [x.logprob for x in results[0].prompt_logprobs[1:]]
+    assert got == pytest.approx([lp[i, ids[i + 1]].item() for i in range(len(ids) - 1)], abs=1e-4)

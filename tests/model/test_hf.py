@@ -119,13 +119,15 @@ def test_fused_expert_keys_are_read(tmp_path):
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp_path / "m" / "model.safetensors"))
     back = load_model(tmp_path / "m", device="cpu")
-    assert torch.equal(back.model.layers[1].mlp.experts.gate_up_proj, model.model.layers[1].mlp.experts.gate_up_proj)
+    got, want = back.model.layers[1].mlp.experts, model.model.layers[1].mlp.experts
+    assert torch.equal(got.gate_up_proj, want.gate_up_proj) and torch.equal(got.down_proj, want.down_proj)
 
 
 def test_v2_softmax_router_exports_as_deepseek_v2(tmp_path):
     torch.manual_seed(0)
-    ours = load_model("tiny", device="cpu", scoring_func="softmax", topk_method="greedy", norm_topk_prob=False,
-                      n_group=1, topk_group=1, num_nextn_predict_layers=0, routed_scaling_factor=1.0).eval()
+    ours = load_model("tiny", device="cpu", scoring_func="softmax", topk_method="greedy", n_group=1,
+                      topk_group=1, norm_topk_prob=False, num_nextn_predict_layers=0,
+                      routed_scaling_factor=1.0).eval()
     save_model(ours, tmp_path / "m")
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "deepseek_v2"
     hf, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", output_loading_info=True)
@@ -137,7 +139,7 @@ def test_v2_softmax_router_exports_as_deepseek_v2(tmp_path):
 
 def test_missing_weights_error_names_the_directory(tmp_path):
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "deepseek_v3", "num_hidden_layers": 1, "first_k_dense_replace": 0,
-                                                             "hidden_size": 16}))
+    cfg = {"model_type": "deepseek_v3", "num_hidden_layers": 1, "first_k_dense_replace": 0, "hidden_size": 16}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path / "m", device="cpu")

@@ -10,7 +10,7 @@ import torch
 from seekforge.config import ConfigError
 from seekforge.model import build_model, load_model, preset_config
 from seekforge.model.accounting import param_counts
-from seekforge.model.model import MoE, Router, RoutedExperts, grouped_matmul, segment_positions
+from seekforge.model.model import MoE, RoutedExperts, Router, grouped_matmul, segment_positions
 
 
 def tiny(**overrides):
@@ -117,7 +117,8 @@ def test_mtp_drafting_with_cache_matches_training_mtp_loss():
     pre = model.mtp_forward_cached(main.hidden[:, :12], x[:, 1:13], cache, slot, zero)
     logits = [pre.logits]
     for i in range(12, 22):  # the rest one token at a time through the absorbed path
-        step = model.mtp_forward_cached(main.hidden[:, i : i + 1], x[:, i + 1 : i + 2], cache, slot, torch.tensor([i]))
+        pos = torch.tensor([i])
+        step = model.mtp_forward_cached(main.hidden[:, i : i + 1], x[:, i + 1 : i + 2], cache, slot, pos)
         logits.append(step.logits)
     logits = torch.cat(logits, dim=1)  # predictions for t_2 .. t_23
     ce = torch.nn.functional.cross_entropy(logits[0], x[0, 2:24])
@@ -193,7 +194,8 @@ def test_router_without_norm_topk_prob_and_softmax_variants():
     r = make_router(n_group=1, topk_group=1, norm_topk_prob=False, routed_scaling_factor=1.0)
     idx, w, _ = r(logits)
     assert torch.allclose(w[0].sort().values, torch.sigmoid(torch.tensor([2.5, 3.0])))
-    r = make_router(scoring_func="softmax", topk_method="greedy", norm_topk_prob=False, routed_scaling_factor=1.0)
+    r = make_router(scoring_func="softmax", topk_method="greedy", norm_topk_prob=False,
+                    routed_scaling_factor=1.0)
     r.e_score_correction_bias.fill_(100.0)  # ignored by the V2 router
     idx, w, scores = r(logits)
     assert sorted(idx[0].tolist()) == [0, 7]
@@ -242,18 +244,23 @@ def test_grouped_experts_equal_a_loop_over_experts():
     experts = RoutedExperts(cfg)
     torch.nn.init.normal_(experts.gate_up_proj, std=0.1)
     torch.nn.init.normal_(experts.down_proj, std=0.1)
-    x = torch.randn(20, 64)
+    x = torch.randn(20, 64, requires_grad=True)
     idx = torch.randint(0, 8, (20, 2))
     idx[:, 1] = (idx[:, 0] + 1) % 8
-    w = torch.rand(20, 2)
+    w = torch.rand(20, 2, requires_grad=True)
     y, counts = experts(x, idx, w)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, w, experts.gate_up_proj, experts.down_proj], dy)
     ref = torch.zeros_like(x)
     for t in range(20):
         for k in range(2):
             e = idx[t, k]
             g, u = (experts.gate_up_proj[e] @ x[t]).chunk(2)
             ref[t] += w[t, k] * (experts.down_proj[e] @ (torch.nn.functional.silu(g) * u))
+    ref_grads = torch.autograd.grad(ref, [x, w, experts.gate_up_proj, experts.down_proj], dy)
     assert torch.allclose(y, ref, atol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)
     assert counts.sum() == 40
     # The fallback (loop over experts with tokens) gives the same result as torch._grouped_mm.
     xs = torch.randn(40, 64)
@@ -307,3 +314,15 @@ def test_unknown_preset_and_key():
         load_model("small_moe")
     with pytest.raises(ConfigError, match="kv_lora_rank"):
         load_model("tiny", kv_lora_rnk=4)
+
+
+def test_cross_entropy_matches_torch_and_gradcheck():
+    from seekforge.model.model import _cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 50, dtype=torch.double, requires_grad=True)
+    t = torch.randint(0, 50, (6,))
+    t[2] = -100
+    ref = torch.nn.functional.cross_entropy(x, t)
+    assert torch.allclose(_cross_entropy(x, t), ref)
+    assert torch.autograd.gradcheck(lambda a: _cross_entropy(a, t), (x,))

@@ -34,7 +34,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_server(model_dir, engine_cfg: EngineConfig, options: ServerOptions | None = None) -> Iterator[RunningServer]:
+def run_server(model_dir, engine_cfg: EngineConfig,  # noqa: ANN001
+               options: ServerOptions | None = None) -> Iterator[RunningServer]:
     engine = Engine.from_pretrained(model_dir, engine_cfg, name="tiny-chat")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(engine, options), host="127.0.0.1", port=port,

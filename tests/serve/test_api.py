@@ -38,7 +38,8 @@ def test_models_health_and_tokenize(server, client) -> None:
 def test_chat_non_streaming_equals_the_engine(server, client) -> None:
     r = client.chat.completions.create(model="tiny-chat", messages=MSGS, max_tokens=12, temperature=0,
                                        logprobs=True, top_logprobs=3)
-    want = server.engine.generate([server.engine.chat_prompt(MSGS)], SamplingParams(max_tokens=12, temperature=0))[0]
+    prompt = server.engine.chat_prompt(MSGS)
+    want = server.engine.generate([prompt], SamplingParams(max_tokens=12, temperature=0))[0]
     c = r.choices[0]
     assert c.message.role == "assistant" and c.message.content == want.text
     assert c.finish_reason == ("length" if want.finish_reason == "length" else "stop")
@@ -102,7 +103,8 @@ def test_completions_logprobs_and_echo_for_eval_harnesses(server, client) -> Non
 def test_concurrent_streaming_clients(server) -> None:
     def ask(i: int, out: dict) -> None:
         c = openai.OpenAI(base_url=server.api, api_key="x", max_retries=0, timeout=60)
-        s = c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": f"第{i}个问题"}],
+        msgs = [{"role": "user", "content": f"第{i}个问题"}]
+        s = c.chat.completions.create(model="tiny-chat", messages=msgs,
                                       max_tokens=16, temperature=0.8, seed=i, stream=True)
         out[i] = "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices)
 
@@ -142,7 +144,8 @@ def test_metrics(server, client) -> None:
                  "seekforge:generation_tokens_total", "seekforge:time_to_first_token_seconds_bucket",
                  "seekforge:generation_tokens_per_second", 'http_requests_total{path="/v1/chat/completions"'):
         assert name in text, name
-    count = next(line for line in text.splitlines() if line.startswith("seekforge:time_to_first_token_seconds_count"))
+    name = "seekforge:time_to_first_token_seconds_count"
+    count = next(line for line in text.splitlines() if line.startswith(name))
     assert int(count.split()[-1]) >= 1
 
 
@@ -161,11 +164,13 @@ def test_invalid_requests_answer_400(server) -> None:
     url = server.api + "/chat/completions"
     msgs = [{"role": "user", "content": "hi"}]
     _error(httpx.post(url, json={"model": "gpt-4", "messages": msgs}), 400, "model_not_found", "model")
-    _error(httpx.post(url, json={"model": "tiny-chat", "messages": msgs, "max_tokens": -1}), 400, param="max_tokens")
+    r = httpx.post(url, json={"model": "tiny-chat", "messages": msgs, "max_tokens": -1})
+    _error(r, 400, param="max_tokens")
     _error(httpx.post(url, json={"messages": msgs, "temperature": "hot"}), 400, "invalid_type", "temperature")
     _error(httpx.post(url, json={"messages": msgs, "top_p": 1.5}), 400, param="top_p")
     _error(httpx.post(url, json={"messages": []}), 400, param="messages")
-    _error(httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400, "invalid_json")
+    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    _error(r, 400, "invalid_json")
     long = [{"role": "user", "content": "数据 " * 400}]
     _error(httpx.post(url, json={"messages": long}), 400, "context_length_exceeded", "messages")
     cmpl = server.api + "/completions"
@@ -194,7 +199,8 @@ def test_full_queue_answers_503(tiny_model_dir) -> None:
         long = SamplingParams(max_tokens=250, temperature=0, ignore_eos=True)
         held = [s.engine.submit("a", long), s.engine.submit("b", long)]  # one running, one waiting
         try:
-            r = httpx.post(s.api + "/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+            body = {"messages": [{"role": "user", "content": "hi"}]}
+            r = httpx.post(s.api + "/chat/completions", json=body)
             _error(r, 503, "queue_full")
             assert "retry-after" in r.headers
         finally:

@@ -144,7 +144,8 @@ def test_chat_template_content_parts_and_bad_role(tok):
 
 def test_assistant_tokens_mask(tok):
     """``{% generation %}`` marks exactly the assistant replies + their EOS (the SFT loss mask)."""
-    out = tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tok.apply_chat_template(MESSAGES, tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True)
     ids, mask = out["input_ids"], out["assistant_masks"]
     assert len(ids) == len(mask)
     learned = [i for i, m in zip(ids, mask) if m]

@@ -98,6 +98,8 @@ def _build_safe_nfkc_table() -> dict[int, str]:
 
 
 _SAFE_NFKC = _build_safe_nfkc_table()
+# str.translate with a dict looks up every character (~4 MB/s); search first, translate rarely.
+_SAFE_NFKC_HINT = regex.compile("[" + "".join(regex.escape(chr(c)) for c in _SAFE_NFKC) + "]")
 
 
 def normalize_unicode(text: str, mode: str) -> str:
@@ -105,8 +107,11 @@ def normalize_unicode(text: str, mode: str) -> str:
         return text
     if mode == "nfkc":
         return unicodedata.normalize("NFKC", text)
-    text = unicodedata.normalize("NFC", text)
-    return text.translate(_SAFE_NFKC) if mode == "nfkc_safe" else text
+    if not unicodedata.is_normalized("NFC", text):  # the check is much cheaper than normalize
+        text = unicodedata.normalize("NFC", text)
+    if mode == "nfkc_safe" and _SAFE_NFKC_HINT.search(text):
+        return text.translate(_SAFE_NFKC)
+    return text
 
 
 # --------------------------------------------------------------------------- control characters

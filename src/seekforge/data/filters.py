@@ -29,6 +29,7 @@ from seekforge.data.text import (
     ends_with_terminal,
     is_symbol_token,
     split_words,
+    split_words_keep_newlines,
 )
 
 # --------------------------------------------------------------------------- rule tables
@@ -217,11 +218,32 @@ class DocView:
         """All tokens including punctuation tokens (whitespace excluded)."""
         if self._words is None:
             if self.group == "zh":
-                # jieba never joins across a newline, so per-line segmentation equals whole-text.
-                self._words = [w for line in self.lines for w in self.line_words(line)]
+                self._segment_lines()
+                self._words = [w for line in self.lines for w in self._seg_cache[line]]
             else:
                 self._words = _EN_TOKEN.findall(self.text)
         return self._words
+
+    def _segment_lines(self) -> None:
+        """Segment all uncached lines with one jieba call (per-line calls cost 2x more on short
+        lines). jieba never joins across a newline and emits each newline as its own token,
+        so splitting its output at newlines gives the per-line segmentation."""
+        todo = [ln for ln in dict.fromkeys(self.lines) if ln not in self._seg_cache]
+        if not todo:
+            return
+        if self.lang != "zh":  # per-character CJK splitting is a cheap regex
+            self._seg_cache.update((ln, split_words(ln, self.lang)) for ln in todo)
+            return
+        tokens = split_words_keep_newlines("\n".join(todo), self.lang)
+        per_line: list[list[str]] = [[]]
+        for tok in tokens:
+            if tok == "\n":
+                per_line.append([])
+            elif not tok.isspace():
+                per_line[-1].append(tok)
+        if len(per_line) != len(todo):  # defensive: fall back to one call per line
+            per_line = [split_words(ln, self.lang) for ln in todo]
+        self._seg_cache.update(zip(todo, per_line))
 
     @property
     def lines(self) -> list[str]:
@@ -245,12 +267,27 @@ def check_length(view: DocView, cfg: LengthConfig) -> str | None:
 # --------------------------------------------------------------------------- Gopher quality
 
 
+# token -> (is a punctuation/symbol token, contains a letter). Tokens repeat a lot (Zipf), so
+# a bounded dict saves most of the per-token regex and isalpha() work.
+_TOKEN_FLAGS: dict[str, tuple[bool, bool]] = {}
+
+
+def _flags(token: str) -> tuple[bool, bool]:
+    f = _TOKEN_FLAGS.get(token)
+    if f is None:
+        f = (is_symbol_token(token), any(c.isalpha() for c in token))  # CJK characters are alphabetic
+        if len(_TOKEN_FLAGS) < 500_000:
+            _TOKEN_FLAGS[token] = f
+    return f
+
+
 def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
     r: GopherQualityRules = getattr(cfg, view.group)
     words = view.words
     if not words:
         return "gopher_quality.too_few_words"
-    real = [w for w in words if not is_symbol_token(w)]
+    flags = [_flags(w) for w in words]
+    real = [w for w, (sym, _) in zip(words, flags) if not sym]
     n_words = len(words)
     if r.min_doc_words is not None and len(real) < r.min_doc_words:
         return "gopher_quality.too_few_words"
@@ -279,7 +316,7 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
         if ell / len(lines) > r.max_ellipsis_lines_ratio:
             return "gopher_quality.ellipsis_lines"
     if r.min_alpha_words_ratio is not None:
-        alpha = sum(any(c.isalpha() for c in w) for w in words)  # CJK characters are alphabetic
+        alpha = sum(has_alpha for _, has_alpha in flags)
         if alpha / n_words < r.min_alpha_words_ratio:
             return "gopher_quality.non_alpha_words"
     if r.min_stop_words is not None:
@@ -334,6 +371,45 @@ def _ngram_keys(ids: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
+def _ngram_repetition_small(words: list[str], sep_len: int) -> tuple[dict[int, int], dict[int, int]]:
+    """Same result as the numpy path, in plain Python: faster below a few hundred words, where
+    numpy's per-call overhead dominates (most documents of a Chinese poetry or chat corpus)."""
+    top: dict[int, int] = {}
+    dup: dict[int, int] = {}
+    lens = [len(w) for w in words]
+    for n in range(2, 11):
+        m = len(words) - n + 1
+        if m <= 0:
+            break
+        if (n <= 4 and top.get(n - 1) == 0) or dup.get(n - 1) == 0:
+            # No repeated (n-1)-gram means no repeated n-gram: skip the work (short docs).
+            (top if n <= 4 else dup)[n] = 0
+            continue
+        grams = list(zip(*(words[k : k + m] for k in range(n))))
+        if n <= 4:
+            counts = Counter(grams)
+            cnt = max(counts.values())
+            if cnt < 2:
+                top[n] = 0
+                continue
+            pos = next(i for i, g in enumerate(grams) if counts[g] == cnt)  # first of the ties
+            top[n] = (sum(lens[pos : pos + n]) + sep_len * (n - 1)) * cnt
+        else:
+            seen: set[tuple[str, ...]] = set()
+            covered = [False] * len(words)
+            for i, g in enumerate(grams):
+                if g in seen:
+                    covered[i : i + n] = [True] * n
+                else:
+                    seen.add(g)
+            dup[n] = sum(ln for ln, c in zip(lens, covered) if c)
+    return top, dup
+
+
+# Below this many words the pure-Python n-gram path is faster than numpy (measured).
+_SMALL_DOC_WORDS = 200
+
+
 def ngram_repetition(words: list[str], sep_len: int) -> tuple[dict[int, int], dict[int, int]]:
     """For every n in 2..10: characters in the most frequent n-gram (times its count) and
     characters inside repeated n-grams (occurrences after the first, overlaps counted once).
@@ -342,6 +418,8 @@ def ngram_repetition(words: list[str], sep_len: int) -> tuple[dict[int, int], di
     ~0.3 MB/s); the repeated-n-gram count covers the union of repeated windows where datatrove
     greedily skips ahead, which agrees closely (tests/data/test_prepare_filters.py compares).
     """
+    if len(words) < _SMALL_DOC_WORDS:
+        return _ngram_repetition_small(words, sep_len)
     vocab: dict[str, int] = {}
     ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words))
     lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
@@ -448,7 +526,7 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
             continue
         if r.min_words_per_line is not None:
             words = view.line_words(line)
-            if sum(not is_symbol_token(w) for w in words) < r.min_words_per_line:
+            if sum(not _flags(w)[0] for w in words) < r.min_words_per_line:
                 removed["too_few_words"] += 1
                 continue
         low = line.lower()

@@ -2,8 +2,8 @@
 
 ``iter_documents(inputs)`` yields ``Document(text, source, id, meta)`` from
 
-- ``.txt``/``.md`` — one document per file, or one per blank-line-separated paragraph block
-  (``txt_mode="paragraphs"``);
+- ``.txt``/``.md`` — one document per file, one per blank-line-separated block
+  (``txt_mode="paragraphs"``) or one per non-blank line (``txt_mode="lines"``);
 - ``.jsonl``/``.ndjson`` — one JSON object per line; ``.json`` — a JSON array of objects (a
   ``.json`` file that is really JSON lines is read as such);
 - ``.parquet``, ``.csv``/``.tsv``;
@@ -358,6 +358,11 @@ def _read_txt(path: Path, source: str, txt_mode: str, stats: ReadStats | None) -
         text = "\n".join(line for _, line in _iter_lines(path, stats))
         yield Document(text, source, str(path), {})
         return
+    if txt_mode == "lines":  # one document per non-blank line (Wikipedia dumps, CC-style text)
+        for lineno, line in _iter_lines(path, stats):
+            if line.strip():
+                yield Document(line, source, f"{path}:{lineno}", {})
+        return
     # paragraphs: blocks separated by one or more blank (whitespace-only) lines
     block: list[str] = []
     start = 0
@@ -491,7 +496,7 @@ def iter_documents(
     *,
     text_fields: Sequence[str] = ("text",),
     joiner: str = "\n\n",
-    txt_mode: Literal["file", "paragraphs"] = "file",
+    txt_mode: Literal["file", "paragraphs", "lines"] = "file",
     strict: bool = False,
     stats: ReadStats | None = None,
     source: str | None = None,
@@ -508,8 +513,8 @@ def iter_documents(
         text_fields = (text_fields,)
     if not text_fields:
         raise ValueError("text_fields must name at least one field")
-    if txt_mode not in ("file", "paragraphs"):
-        raise ValueError(f"txt_mode must be 'file' or 'paragraphs', got {txt_mode!r}")
+    if txt_mode not in ("file", "paragraphs", "lines"):
+        raise ValueError(f"txt_mode must be 'file', 'paragraphs' or 'lines', got {txt_mode!r}")
     for kind, path in expand_inputs(inputs, stats):
         rep = _Reporter(path, strict, stats)
         if stats is not None:

@@ -48,6 +48,9 @@ _LID_PREFIX = 4000
 
 def script_counts(text: str) -> dict[str, int]:
     """Letters per script in ``text`` (Han, kana, Hangul, Latin, all letters)."""
+    if not text or max(text) < "\u1100":  # no CJK/Hangul at all (most Western text): 2 scans, not 5
+        return {"han": 0, "kana": 0, "hangul": 0, "latin": len(_LATIN.findall(text)),
+                "letters": len(_LETTER.findall(text))}
     return {
         "han": len(_HAN.findall(text)),
         "kana": len(_KANA.findall(text)),
@@ -145,37 +148,56 @@ def count_sentences(text: str) -> int:
 
 
 @lru_cache(maxsize=1)
-def _jieba():
-    import jieba
+def _segmenter():
+    """jieba's precise mode without HMM: ``rjieba`` (jieba-rs, Rust) when installed, else ``jieba``.
 
-    jieba.setLogLevel(logging.WARNING)  # it logs the dictionary load at INFO on every process
+    Both use jieba's dictionary and DAG search and give identical tokens (checked on all 1.3M
+    tokens of the Tang-poem corpus); rjieba is ~10x faster (19 vs 1.8 MB/s per core here),
+    which decides whether Chinese filtering keeps up with everything else.
+    """
+    try:
+        import rjieba
+
+        return lambda text: rjieba.cut(text, False)
+    except ImportError:
+        pass
+    try:
+        import jieba
+    except ImportError:
+        raise ImportError("Chinese word counting needs rjieba or jieba: pip install rjieba") from None
+    jieba.setLogLevel(logging.WARNING)  # it logs the dictionary load at INFO in every process
     jieba.initialize()
-    return jieba
+    return lambda text: jieba.lcut(text, HMM=False)
 
 
 def warm_up(langs: tuple[str, ...] = ("zh",)) -> None:
-    """Load jieba's dictionary now (before forking workers, so each does not load its own)."""
+    """Load the segmenter's dictionary now (before forking workers, so each does not load its own)."""
     if "zh" in langs:
-        _jieba()
-
-
-_CJK_OR_WORD = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]|[^\s\p{Han}\p{Hiragana}\p{Katakana}]+")
+        _segmenter()("预热")
 
 
 def split_words(text: str, lang: str) -> list[str]:
     """Words of ``text`` for counting rules (whitespace excluded).
 
-    - ``zh``: jieba, precise mode without the HMM for unknown words (the HMM path is 2.5x slower
-      and only merges rare character pairs; FineWeb-2's ``cmn_Hani`` thresholds also come from
-      jieba segmentation, via spaCy);
+    - ``zh``: jieba precise mode without the HMM for unknown words (the HMM only merges rare
+      character pairs and costs 2.5x; FineWeb-2's ``cmn_Hani`` thresholds also come from jieba
+      segmentation, via spaCy);
     - ``ja`` and other CJK: one token per Han/kana character, other runs split on spaces;
     - everything else: whitespace tokens, as Gopher and C4 count them.
     """
     if lang == "zh":
-        return [w for w in _jieba().lcut(text, HMM=False) if not w.isspace()]
+        return [w for w in _segmenter()(text) if not w.isspace()]
     if lang in CJK_LANGS:
         return _CJK_OR_WORD.findall(text)
     return text.split()
+
+
+def split_words_keep_newlines(text: str, lang: str) -> list[str]:
+    """Segmenter tokens of Chinese ``text`` with whitespace tokens (one per newline) kept."""
+    return _segmenter()(text)
+
+
+_CJK_OR_WORD = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}]|[^\s\p{Han}\p{Hiragana}\p{Katakana}]+")
 
 
 # --------------------------------------------------------------------------- normalisation for hashing
@@ -193,3 +215,48 @@ def simplify(text: str) -> str:
     text = _MARKS.sub("", unicodedata.normalize("NFKD", text.casefold()))
     text = _DIGITS.sub("0", text)
     return _NON_WORD.sub(" ", text).strip()
+
+
+# --------------------------------------------------------------------------- language identification
+
+
+class LanguageIdentifier:
+    """Script-based ID always; fastText lid.176 (or any fastText LID model) when a path is given.
+
+    A fastText label scoring below ``min_score`` falls back to the script-based guess (which
+    still routes the document to sensible filter thresholds). ``min_score`` 0.65 is the value
+    FineWeb used for English. The model is loaded lazily, once per process.
+    """
+
+    def __init__(self, fasttext_model: str | None = None, min_score: float = 0.65):
+        self.path = fasttext_model
+        self.min_score = min_score
+        self._model = None
+        if fasttext_model:
+            from pathlib import Path
+
+            if not Path(fasttext_model).is_file():
+                raise FileNotFoundError(
+                    f"language.fasttext_model: {fasttext_model} does not exist (lid.176.bin is at "
+                    "https://dl.fbaipublicfiles.com/fasttext/supervised-models/lid.176.bin)"
+                )
+            try:
+                import fasttext  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "language.fasttext_model is set but the fasttext package is missing: "
+                    "pip install fasttext (or fasttext-wheel)"
+                ) from None
+
+    def __call__(self, text: str) -> str:
+        if not self.path:
+            return detect_language(text)
+        if self._model is None:
+            import fasttext
+
+            self._model = fasttext.load_model(self.path)
+        # fastText predicts one line; newlines must go. Long prefixes add nothing.
+        labels, scores = self._model.predict(text[:_LID_PREFIX].replace("\n", " "), k=1)
+        if not labels or float(scores[0]) < self.min_score:
+            return detect_language(text)
+        return labels[0].removeprefix("__label__")

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -280,7 +280,7 @@ class TokenizeConfig:
     val: list[str] = field(default_factory=list)
     val_fraction: float = 0.01
     text_fields: list[str] = field(default_factory=lambda: ["text"])
-    txt_mode: str = "file"
+    txt_mode: Literal["file", "paragraphs", "lines"] = "file"
     workers: int | None = None
     shard_tokens: int = DEFAULT_SHARD_TOKENS
 
@@ -292,8 +292,6 @@ class TokenizeConfig:
                 raise ConfigError(f"{key}: required (--{key} on the command line)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction: expected a number in [0, 1), got {self.val_fraction}")
-        if self.txt_mode not in ("file", "paragraphs"):
-            raise ConfigError(f"txt_mode: expected 'file' or 'paragraphs', got {self.txt_mode!r}")
         if self.shard_tokens <= 0:
             raise ConfigError(f"shard_tokens: expected a positive integer, got {self.shard_tokens}")
 
@@ -325,8 +323,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--val", nargs="+", action="extend", metavar="PATH", help="explicit validation inputs")
     p.add_argument("--text-field", dest="text_fields", action="append", metavar="NAME",
                    help="JSON/CSV/parquet field with the text (repeatable; default: text)")
-    p.add_argument("--txt-mode", choices=["file", "paragraphs"],
-                   help=".txt: one doc per file or per paragraph")
+    p.add_argument("--txt-mode", choices=["file", "paragraphs", "lines"],
+                   help=".txt: one doc per file, paragraph or line")
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes (default: one per core; 0 = in-process)")
     p.add_argument("--shard-tokens", type=int, metavar="N", help="max tokens per shard file")

@@ -18,5 +18,5 @@ from seekforge.infer.engine import (
 )
 from seekforge.infer.sampling import InvalidParam, SamplingParams, TokenLogprob
 
-__all__ = ["Completion", "Engine", "EngineClosed", "EngineConfig", "InvalidParam", "QueueFull", "RequestHandle",
-           "SamplingParams", "StreamEvent", "TokenLogprob"]
+__all__ = ["Completion", "Engine", "EngineClosed", "EngineConfig", "InvalidParam", "QueueFull",
+           "RequestHandle", "SamplingParams", "StreamEvent", "TokenLogprob"]

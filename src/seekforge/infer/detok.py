@@ -22,7 +22,8 @@ REPLACEMENT = "\ufffd"
 class IncrementalDecoder:
     """Turns token ids, one at a time, into text pieces whose concatenation is the full decode."""
 
-    def __init__(self, tokenizer, context_ids: list[int] | None = None, skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer, context_ids: list[int] | None = None,  # noqa: ANN001
+                 skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
         self.skip_special = skip_special_tokens
         self.ids: list[int] = list(context_ids or [])[-4:]  # left context only, never emitted
@@ -74,7 +75,7 @@ class StopMatcher:
         self.held = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
-        """Return ``(text safe to emit, stopped)``. After a stop, the stop text and all after it is dropped."""
+        """Return ``(text safe to emit, stopped)``; on a stop, the stop text and all after it are dropped."""
         if not self.stops:
             return text, False
         buf = self.held + text

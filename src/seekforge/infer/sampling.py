@@ -199,7 +199,8 @@ def sample_from(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_(max=probs.shape[-1] - 1)
 
 
-def top_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor, ks: list[int | None]) -> list[TokenLogprob | None]:
+def top_logprobs(logprobs: torch.Tensor, chosen: torch.Tensor,
+                 ks: list[int | None]) -> list[TokenLogprob | None]:
     """Per row: the chosen token's logprob and its top-k alternatives (None where not requested)."""
     out: list[TokenLogprob | None] = [None] * len(ks)
     rows = [i for i, k in enumerate(ks) if k is not None]

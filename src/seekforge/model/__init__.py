@@ -71,7 +71,8 @@ def load_model(preset_or_dir: str | Path | ModelConfig, *, device: torch.device 
     return model
 
 
-def save_model(model: DeepseekV3ForCausalLM, out_dir: str | Path, tokenizer: Any = None, **kwargs: Any) -> Path:
+def save_model(model: DeepseekV3ForCausalLM, out_dir: str | Path, tokenizer: Any = None,
+               **kwargs: Any) -> Path:
     """Write an HF model directory (see :func:`seekforge.model.hf.save_model`)."""
     from seekforge.model.hf import save_model as _save
 

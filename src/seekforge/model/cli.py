@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from seekforge.config import ConfigError
-from seekforge.model.config import PRESETS, ModelConfig, model_config_from
+from seekforge.model.config import PRESETS, ModelConfig, model_config_from, preset_config
 from seekforge.utils import human_bytes, human_count
 
 
@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("model", nargs="?", help="model directory (or give --preset)")
     info.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
     add_config_args(info, config_positional=False)
-    info.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default min(4096, "
-                      "max_position_embeddings))")
+    info.add_argument("--seq-len", type=int, default=None,
+                      help="sequence length for FLOPs (default min(4096, max_position_embeddings))")
     info.set_defaults(func=cmd_info)
 
 
@@ -64,7 +64,7 @@ def _resolve(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> t
     if getattr(args, "preset", None) and getattr(args, "model", None):
         raise ConfigError("give either a model directory or --preset, not both")
     if getattr(args, "preset", None) and args.preset not in PRESETS:
-        model_config_from(args.preset)  # raises the "unknown preset, did you mean" error
+        preset_config(args.preset)  # raises the "unknown preset, did you mean" error
     from seekforge.config import deep_merge, parse_overrides
 
     overrides = deep_merge(extra or {}, parse_overrides(args.overrides))
@@ -101,19 +101,21 @@ def info_rows(cfg: ModelConfig, seq_len: int) -> list[tuple[str, str]]:
     pc = param_counts(cfg)
     kv = kv_cache_bytes_per_token(cfg, bytes_per_elem=2)
     total_all = pc["total"] + pc["mtp"]
+    experts = (f"{cfg.n_routed_experts} x {cfg.moe_intermediate_size}, top-{cfg.num_experts_per_tok}, "
+               f"{cfg.n_shared_experts} shared, "
+               f"{cfg.num_hidden_layers - cfg.first_k_dense_replace} MoE layers")
+    mla = f"{human_bytes(kv['mla'])}  ({cfg.kv_lora_rank}+{cfg.qk_rope_head_dim} per layer)"
+    mha = f"{human_bytes(kv['mha'])}  ({kv['mha'] / kv['mla']:.1f}x MLA)"
     return [
         ("parameters (total, main model)", f"{human_count(pc['total'])}  ({pc['total']:,})"),
         ("parameters (active per token)", f"{human_count(pc['active'])}  ({pc['active']:,})"),
         ("parameters (embedding + lm_head)", f"{human_count(pc['embedding'])}"),
-        ("parameters (MTP modules, extra)", f"{human_count(pc['mtp'])}  (depth {cfg.num_nextn_predict_layers})"),
-        ("routed experts", f"{cfg.n_routed_experts} x {cfg.moe_intermediate_size}, top-{cfg.num_experts_per_tok}, "
-                           f"{cfg.n_shared_experts} shared, {cfg.num_hidden_layers - cfg.first_k_dense_replace} "
-                           "MoE layers"),
+        ("parameters (MTP modules, extra)", f"{human_count(pc['mtp'])}  (D={cfg.num_nextn_predict_layers})"),
+        ("routed experts", experts),
         (f"training FLOPs/token (T={seq_len}, incl. MTP)", f"{human_count(flops_per_token(cfg, seq_len))}"),
         ("training FLOPs/token (no MTP)", f"{human_count(flops_per_token(cfg, seq_len, include_mtp=False))}"),
-        ("KV cache/token bf16, MLA (d_c + d_r)", f"{human_bytes(kv['mla'])}  "
-                                                 f"({cfg.kv_lora_rank}+{cfg.qk_rope_head_dim} per layer)"),
-        ("KV cache/token bf16, MHA same heads", f"{human_bytes(kv['mha'])}  ({kv['mha'] / kv['mla']:.1f}x MLA)"),
+        ("KV cache/token bf16, MLA (d_c + d_r)", mla),
+        ("KV cache/token bf16, MHA same heads", mha),
         ("weights bf16 / fp32 (incl. MTP)", f"{human_bytes(2 * total_all)} / {human_bytes(4 * total_all)}"),
     ]
 
@@ -123,8 +125,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or min(4096, cfg.max_position_embeddings)
     rows = info_rows(cfg, seq_len)
     width = max(len(k) for k, _ in rows)
-    print(f"model: {spec}  (d={cfg.hidden_size}, layers={cfg.num_hidden_layers}, heads={cfg.num_attention_heads}, "
-          f"vocab={cfg.vocab_size}, router={cfg.scoring_func}/{cfg.topk_method})")
+    print(f"model: {spec}  (d={cfg.hidden_size}, layers={cfg.num_hidden_layers}, "
+          f"heads={cfg.num_attention_heads}, vocab={cfg.vocab_size}, "
+          f"router={cfg.scoring_func}/{cfg.topk_method})")
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
     return 0

@@ -39,9 +39,11 @@ log = logging.getLogger("seekforge.model")
 SAFE_INDEX = "model.safetensors.index.json"
 DEFAULT_SHARD_BYTES = 4 * 2**30
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
-_EXPERT_STACKED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
-_EXPERT_SINGLE = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                   "chat_template.json")
+_EXPERTS = r"^(model\.layers\.\d+\.mlp\.experts)"
+_EXPERT_STACKED = re.compile(_EXPERTS + r"\.(gate_up_proj|down_proj)$")
+_EXPERT_SINGLE = re.compile(_EXPERTS + r"\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -105,7 +107,8 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> di
             got = parts.get(kind, {})
             if sorted(got) != list(range(n)):
                 missing = sorted(set(range(n)) - set(got))[:5]
-                raise ConfigError(f"{prefix}: expected {n} experts with {kind} weights, missing e.g. {missing}")
+                raise ConfigError(f"{prefix}: expected {n} experts with {kind} weights, "
+                                  f"missing e.g. {missing}")
         out[f"{prefix}.gate_up_proj"] = torch.stack(
             [torch.cat([parts["gate_proj"][j], parts["up_proj"][j]], dim=0) for j in range(n)])
         out[f"{prefix}.down_proj"] = torch.stack([parts["down_proj"][j] for j in range(n)])
@@ -160,7 +163,8 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, tokenizer: Any = Non
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         hf = cfg.to_hf_dict()
-        hf["torch_dtype"] = hf["dtype"] = _DTYPE_NAMES.get(weight_dtype, str(weight_dtype).replace("torch.", ""))
+        dtype_name = _DTYPE_NAMES.get(weight_dtype, str(weight_dtype).replace("torch.", ""))
+        hf["torch_dtype"] = hf["dtype"] = dtype_name
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
         gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}
         if cfg.pad_token_id is not None:
@@ -201,7 +205,8 @@ def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
     elif (directory / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
-        raise FileNotFoundError(f"{directory}: no model.safetensors or {SAFE_INDEX} (only safetensors is supported)")
+        raise FileNotFoundError(f"{directory}: no model.safetensors or {SAFE_INDEX} "
+                                "(only safetensors checkpoints are supported)")
     tensors: dict[str, torch.Tensor] = {}
     for fname in files:
         path = directory / fname

@@ -120,7 +120,10 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
     attn_factor = rs.get("attention_factor")
     if attn_factor is None:
         m, m_all = rs.get("mscale"), rs.get("mscale_all_dim")
-        attn_factor = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all) if m and m_all else _yarn_mscale(factor)
+        if m and m_all:
+            attn_factor = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all)
+        else:
+            attn_factor = _yarn_mscale(factor)
     return inv_freq, float(attn_factor)
 
 
@@ -154,7 +157,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         angles = position_ids.float()[..., None] * self.inv_freq.float()  # [B, T, d_r/2], fp32
-        return (angles.cos() * self.attention_factor).to(dtype), (angles.sin() * self.attention_factor).to(dtype)
+        m = self.attention_factor
+        return (angles.cos() * m).to(dtype), (angles.sin() * m).to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -308,7 +312,8 @@ class Router(nn.Module):
         self.cfg = cfg
         self.n_experts, self.top_k = cfg.n_routed_experts, cfg.num_experts_per_tok
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
-        self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+        bias = torch.zeros(cfg.n_routed_experts, dtype=torch.float32)
+        self.register_buffer("e_score_correction_bias", bias)
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001
         # Keep the bias in fp32 through .to(bf16)/.half()/to_empty(): updates of +-1e-3 vanish in bf16.
@@ -350,24 +355,54 @@ class Router(nn.Module):
         return grouped.masked_fill(~group_mask[..., None], float("-inf")).view(N, self.n_experts)
 
 
-def _grouped_mm_ok(x: Tensor) -> bool:
-    """Can torch._grouped_mm run here? Eager CPU: any float dtype. Otherwise (CUDA kernels, and the
-    meta/fake kernels that torch.compile traces with) it requires bf16."""
-    if not hasattr(torch, "_grouped_mm"):
-        return False
-    if x.dtype == torch.bfloat16:
-        return x.device.type == "cpu" or torch.cuda.get_device_capability(x.device) >= (8, 0)
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+@torch.library.custom_op("seekforge::grouped_mm", mutates_args=())
+def _grouped_mm_cpu(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    """torch._grouped_mm on CPU for any float dtype, wrapped as an op torch.compile can trace: the
+    built-in op's fake (meta) kernel accepts only bf16, so compiling an fp32 model would fail."""
+    return torch._grouped_mm(x, w, offs=offsets)
+
+
+@_grouped_mm_cpu.register_fake
+def _(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], w.shape[-1])
+
+
+@torch.library.custom_op("seekforge::grouped_mm_wgrad", mutates_args=())
+def _grouped_mm_wgrad_cpu(x: Tensor, grad: Tensor, offsets: Tensor) -> Tensor:
+    """Per-group x_e^T @ grad_e -> [E, k, n] (the weight gradient of a grouped matmul)."""
+    return torch._grouped_mm(x.t(), grad, offs=offsets)
+
+
+@_grouped_mm_wgrad_cpu.register_fake
+def _(x: Tensor, grad: Tensor, offsets: Tensor) -> Tensor:
+    return x.new_empty(offsets.shape[0], x.shape[1], grad.shape[1])
+
+
+def _grouped_mm_cpu_backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
+    x, w, offsets = ctx.saved_tensors
+    grad = grad.contiguous()
+    return _grouped_mm_cpu(grad, w.transpose(1, 2), offsets), _grouped_mm_wgrad_cpu(x, grad, offsets), None
+
+
+def _grouped_mm_cpu_setup(ctx, inputs: tuple, output: Tensor) -> None:  # noqa: ANN001
+    ctx.save_for_backward(*inputs)
+
+
+_grouped_mm_cpu.register_autograd(_grouped_mm_cpu_backward, setup_context=_grouped_mm_cpu_setup)
 
 
 def grouped_matmul(x: Tensor, w: Tensor, counts: Tensor, offsets: Tensor) -> Tensor:
     """Rows of ``x`` [M, k] sorted by expert (``counts[e]`` rows for expert e) times ``w[e]`` [k, n].
 
-    One ``torch._grouped_mm`` call where supported; otherwise a loop over the experts that received
-    tokens (needs ``counts`` on the host: one sync, a graph break under torch.compile).
+    One grouped GEMM: ``torch._grouped_mm`` for bf16 (CUDA sm80+ kernels; compiles natively), our
+    traceable wrapper of it on CPU (any dtype). Elsewhere (fp32 on CUDA) a loop over the experts that
+    received tokens, which needs ``counts`` on the host (one sync; a graph break under compile).
     """
-    if _grouped_mm_ok(x):
+    if x.dtype == torch.bfloat16 and (x.device.type == "cpu" or (
+            x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= (8, 0))):
         return torch._grouped_mm(x, w, offs=offsets)
+    if x.device.type == "cpu":
+        return _grouped_mm_cpu(x, w, offsets)
     outs = [chunk @ w[e] for e, chunk in enumerate(x.split(counts.tolist())) if chunk.shape[0]]
     return torch.cat(outs) if outs else x.new_zeros(0, w.shape[-1])
 
@@ -377,7 +412,8 @@ class RoutedExperts(nn.Module):
 
     No Python loop over experts on the hot path: (token, choice) pairs are ordered by expert id, each
     expert's contiguous block is multiplied by its own weights (torch._grouped_mm), the results are
-    weighted by the gate values and un-permuted back (a gather, deterministic unlike index_add).
+    weighted by the gate values and un-permuted back. Both permutations have gather-only backwards
+    (deterministic, unlike index_add / scatter-add).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -395,13 +431,48 @@ class RoutedExperts(nn.Module):
         counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(
             0, flat, torch.ones_like(flat, dtype=torch.int32))  # static shape, unlike bincount
         offsets = counts.cumsum(0, dtype=torch.int32)
-        xs = x[order // K]  # [N*K, d]
+        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        xs = _Dispatch.apply(x, order, inv, K)  # [N*K, d], rows grouped by expert
         h = grouped_matmul(xs, self.gate_up_proj.transpose(1, 2), counts, offsets)
         gate, up = h.chunk(2, dim=-1)
         ys = grouped_matmul(F.silu(gate) * up, self.down_proj.transpose(1, 2), counts, offsets)
         ys = ys * weights.reshape(-1)[order, None].to(ys.dtype)
-        y = ys[order.argsort()].view(N, K, -1).sum(dim=1)  # back to (token, choice) order, sum choices
+        y = _Permute.apply(ys, inv, order).view(N, K, -1).sum(dim=1)  # (token, choice) order, sum choices
         return y, counts
+
+
+class _Dispatch(torch.autograd.Function):
+    """xs = x[order // K]: token rows replicated for each of their K choices, grouped by expert.
+
+    Autograd's backward for this gather is a scatter-add (index_put with accumulate: serial on CPU,
+    atomic and nondeterministic on CUDA). Because ``order`` is a permutation we can instead gather the
+    gradient back into (token, choice) order and sum over the K choices.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, order: Tensor, inv: Tensor, K: int) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(inv)
+        ctx.K = K
+        return x[order // K]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # noqa: ANN001
+        (inv,) = ctx.saved_tensors
+        return grad[inv].view(-1, ctx.K, grad.shape[-1]).sum(dim=1), None, None, None
+
+
+class _Permute(torch.autograd.Function):
+    """x[perm] for a permutation ``perm`` with inverse ``inv``: the backward is a gather, g[inv]."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, perm: Tensor, inv: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(inv)
+        return x[perm]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
+        (inv,) = ctx.saved_tensors
+        return grad[inv], None, None
 
 
 class MoE(nn.Module):
@@ -473,8 +544,10 @@ class DecoderLayer(nn.Module):
     def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, cache: tuple[Tensor, ...],
                        prefill: bool) -> Tensor:
         h = self.input_layernorm(x)
-        attn = self.self_attn(h, cos, sin, None, cache) if prefill else self.self_attn.forward_absorbed(h, cos, sin,
-                                                                                                      cache)
+        if prefill:
+            attn = self.self_attn(h, cos, sin, None, cache)
+        else:
+            attn = self.self_attn.forward_absorbed(h, cos, sin, cache)
         return self._ffn(x + attn, False)[0]
 
 
@@ -758,10 +831,11 @@ class DeepseekV3ForCausalLM(nn.Module):
         device, dtype = device or ref.device, dtype or ref.dtype
         n = len(self.model.layers)
         cfg = self.config
-        return MLACache(
-            kv=[torch.zeros(num_slots, max_len, cfg.kv_lora_rank, device=device, dtype=dtype) for _ in range(n)],
-            pe=[torch.zeros(num_slots, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
-                for _ in range(n)])
+        def buf(width: int) -> Tensor:
+            return torch.zeros(num_slots, max_len, width, device=device, dtype=dtype)
+
+        return MLACache(kv=[buf(cfg.kv_lora_rank) for _ in range(n)],
+                        pe=[buf(cfg.qk_rope_head_dim) for _ in range(n)])
 
     def _cache_args(self, cache: MLACache, slots: Tensor, start_pos: Tensor, T: int,
                     device: torch.device) -> tuple[Tensor, Tensor, bool]:
@@ -775,7 +849,8 @@ class DeepseekV3ForCausalLM(nn.Module):
         return slots, positions, prefill
 
     @torch.no_grad()
-    def forward_cached(self, input_ids: Tensor, cache: MLACache, slots: Tensor, start_pos: Tensor) -> ModelOutput:
+    def forward_cached(self, input_ids: Tensor, cache: MLACache, slots: Tensor,
+                       start_pos: Tensor) -> ModelOutput:
         """Run ``input_ids`` [B, T] at positions start_pos[b] .. +T-1 of cache slot slots[b].
 
         The new latents are written to the cache. T>1 with every row at position 0 is a prefill (SDPA

@@ -26,7 +26,15 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from seekforge.infer import Completion, Engine, EngineClosed, InvalidParam, QueueFull, RequestHandle, SamplingParams
+from seekforge.infer import (
+    Completion,
+    Engine,
+    EngineClosed,
+    InvalidParam,
+    QueueFull,
+    RequestHandle,
+    SamplingParams,
+)
 from seekforge.serve import protocol as P
 from seekforge.serve.metrics import HttpStats, render_metrics
 
@@ -133,7 +141,8 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
     # --- errors, auth, rate limit ------------------------------------------------------------------
     @app.exception_handler(P.APIError)
     async def _api_error(_: Request, e: P.APIError) -> JSONResponse:
-        headers = {"Retry-After": str(int(getattr(e, "retry_after", 1)) + 1)} if e.status in (429, 503) else None
+        retry = str(int(getattr(e, "retry_after", 1)) + 1)
+        headers = {"Retry-After": retry} if e.status in (429, 503) else None
         return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -195,8 +204,8 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
         except InvalidParam as e:
             for h in handles:
                 h.cancel()
-            raise P.APIError(400, str(e), param=e.param,
-                             code="context_length_exceeded" if "context" in str(e) else "invalid_value") from None
+            code = "context_length_exceeded" if "context" in str(e) else "invalid_value"
+            raise P.APIError(400, str(e), param=e.param, code=code) from None
         except QueueFull as e:
             for h in handles:
                 h.cancel()
@@ -232,7 +241,8 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
             ids = engine.chat_prompt(P.chat_messages(body),
                                      add_generation_prompt=P.field(body, "add_generation_prompt", bool, True))
         elif isinstance(body.get("prompt"), str):
-            ids = engine.encode(body["prompt"], add_special_tokens=P.field(body, "add_special_tokens", bool, True))
+            special = P.field(body, "add_special_tokens", bool, True)
+            ids = engine.encode(body["prompt"], add_special_tokens=special)
         else:
             raise P.APIError(400, "send 'prompt' (a string) or 'messages'", param="prompt")
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
@@ -273,9 +283,9 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
         await _collect(handles, choices)
         out = []
         for i, c in enumerate(choices):
+            lp = P.chat_logprobs(c.lps, token_text) if params.logprobs is not None else None
             out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
-                        "logprobs": P.chat_logprobs(c.lps, token_text) if params.logprobs is not None else None,
-                        "finish_reason": c.finish})
+                        "logprobs": lp, "finish_reason": c.finish})
         return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": engine.name,
                              "choices": out, "system_fingerprint": None,
                              "usage": P.usage(len(prompt), sum(len(c.ids) for c in choices))})
@@ -335,8 +345,8 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
     def _stream_chat(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
                      include_usage: bool, n_prompt: int) -> StreamingResponse:
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": engine.name,
-                         "system_fingerprint": None, "choices": choices, **extra})
+            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                         "model": engine.name, "system_fingerprint": None, "choices": choices, **extra})
 
         async def gen() -> AsyncIterator[str]:
             n_out = 0

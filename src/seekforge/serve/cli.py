@@ -40,7 +40,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not keys and os.environ.get("SEEKFORGE_API_KEY"):
         keys = [os.environ["SEEKFORGE_API_KEY"]]
     engine = engine_from_args(args, queue_size=args.queue_size)
-    app = create_app(engine, ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst))
+    opts = ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst)
+    app = create_app(engine, opts)
     where = f"http://{args.host}:{args.port}"
     log.info("serving %s (max_batch %d, context %d, queue %d%s) at %s  — chat page: %s/", engine.name,
              engine.config.max_batch, engine.max_len, engine.config.queue_size,
@@ -54,8 +55,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server + web chat page",
-                       description="Serve a model over the OpenAI API (/v1/chat/completions, /v1/completions, "
-                       "/v1/models, /tokenize, /detokenize, /health, /metrics) with a chat page at /.")
+                       description="Serve a model over the OpenAI API (/v1/chat/completions, "
+                       "/v1/completions, /v1/models, /tokenize, /detokenize, /health, /metrics) "
+                       "with a chat page at /.")
     add_engine_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to listen on all interfaces)")
     p.add_argument("--port", type=int, default=8000)

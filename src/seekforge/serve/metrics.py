@@ -54,7 +54,8 @@ def render_metrics(engine: Engine, http: HttpStats) -> str:
     metric("kv_cache_usage_perc", "gauge", "Fraction of cache slots in use.",
            [(None, 1.0 - engine.free_slots() / engine.config.max_batch)])
     metric("request_success_total", "counter", "Finished requests by finish reason.",
-           [({"finish_reason": k}, v) for k, v in sorted(finished.items())] or [({"finish_reason": "stop"}, 0)])
+           [({"finish_reason": k}, v) for k, v in sorted(finished.items())]
+           or [({"finish_reason": "stop"}, 0)])
     metric("prompt_tokens_total", "counter", "Prompt tokens submitted.", [(None, prompt_toks)])
     metric("generation_tokens_total", "counter", "Tokens generated.", [(None, gen_toks)])
     metric("generation_tokens_per_second", "gauge", "Generated tokens per second over the last 10 s.",

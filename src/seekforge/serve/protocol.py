@@ -122,7 +122,8 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise bad(f"messages[{i}].role", f"messages[{i}]: role must be system, developer, user or assistant")
+            raise bad(f"messages[{i}].role",
+                      f"messages[{i}]: role must be system, developer, user or assistant")
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
             if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
@@ -224,11 +225,13 @@ def completion_logprobs(lps: list[TokenLogprob | None], ids: list[int], pieces: 
     return out
 
 
-def echo_logprobs(c: Completion, tokenizer: Any, tt: TokenText, generated_pieces: list[str]) -> dict[str, list]:
+def echo_logprobs(c: Completion, tokenizer: Any, tt: TokenText,
+                  generated_pieces: list[str]) -> dict[str, list]:
     prompt_pieces = token_pieces(tokenizer, c.prompt_ids)
     lps = c.prompt_logprobs or [None] * len(c.prompt_ids)
     head = completion_logprobs(lps, c.prompt_ids, prompt_pieces, tt)
-    tail = completion_logprobs(c.logprobs, c.token_ids, generated_pieces, tt, offset=len("".join(prompt_pieces)))
+    start = len("".join(prompt_pieces))
+    tail = completion_logprobs(c.logprobs, c.token_ids, generated_pieces, tt, offset=start)
     return {k: head[k] + tail[k] for k in head}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field
+from typing import Literal
 
 from seekforge.tokenizer.train import NUM_RESERVED, PRETOKENIZERS
 
@@ -24,7 +25,7 @@ class TokenizerTrainConfig:
     out: str = ""
     vocab_size: int = 32000
     text_fields: list[str] = field(default_factory=lambda: ["text"])
-    txt_mode: str = "file"
+    txt_mode: Literal["file", "paragraphs", "lines"] = "file"
     pretokenizer: str = "seekforge"
     min_frequency: int = 2
     max_token_length: int | None = None
@@ -42,8 +43,6 @@ class TokenizerTrainConfig:
             raise ConfigError("out: required (--out DIR)")
         if self.pretokenizer not in PRETOKENIZERS:
             raise ConfigError(f"pretokenizer: {self.pretokenizer!r} is not one of {list(PRETOKENIZERS)}")
-        if self.txt_mode not in ("file", "paragraphs"):
-            raise ConfigError(f"txt_mode: expected 'file' or 'paragraphs', got {self.txt_mode!r}")
         if self.min_frequency < 0 or self.num_reserved < 0:
             raise ConfigError("min_frequency and num_reserved must be >= 0")
 
@@ -95,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from seekforge.cli import add_config_args
 
     group = subparsers.add_parser("tokenizer", help="train and evaluate a byte-level BPE tokenizer")
+    group.set_defaults(func=lambda args: group.print_help() or 1)
     sub = group.add_subparsers(dest="tokenizer_command", metavar="STEP")
 
     p = sub.add_parser("train", help="train a byte-level BPE tokenizer (HF tokenizer dir)",
@@ -107,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output tokenizer directory (replaced atomically)")
     p.add_argument("--text-field", dest="text_fields", action="append", metavar="NAME",
                    help="field(s) holding the text (repeatable; default: text)")
-    p.add_argument("--txt-mode", choices=["file", "paragraphs"], help=".txt: one doc per file or paragraph")
+    p.add_argument("--txt-mode", choices=["file", "paragraphs", "lines"],
+                   help=".txt: one doc per file, paragraph or line")
     p.add_argument("--pretokenizer", choices=list(PRETOKENIZERS),
                    help="seekforge (zh+en splits, default) or bytelevel (the GPT-2 regex, for comparison)")
     p.add_argument("--min-frequency", type=int, metavar="N", help="min pair count to merge (default 2)")
@@ -120,6 +121,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory (any HF one)")
     e.add_argument("--compare", metavar="DIR", help="a second tokenizer directory, shown side by side")
     e.add_argument("--text-field", dest="text_fields", action="append", metavar="NAME")
-    e.add_argument("--txt-mode", choices=["file", "paragraphs"])
+    e.add_argument("--txt-mode", choices=["file", "paragraphs", "lines"])
     e.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     e.set_defaults(func=_eval)

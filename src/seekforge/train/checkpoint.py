@@ -127,6 +127,17 @@ def read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read the trainer state ({type(e).__name__}: {e})") from None
 
 
+def make_readable(root: Path) -> None:
+    """Give a checkpoint the usual umask permissions. Temporary files and directories are created
+    private (0600/0700, ``tempfile``), which would leave checkpoints unreadable to a team's other
+    users or to a serving process running under another account."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def prune(out_dir: Path, keep_last: int, protect: list[Path | None]) -> list[Path]:
     """Delete complete checkpoints except the last ``keep_last`` and the protected ones."""
     ckpts = list_checkpoints(out_dir)

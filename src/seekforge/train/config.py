@@ -76,7 +76,8 @@ class TrainConfig:
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     sample_tokens: int = 40  # greedy tokens per prompt at each eval; 0 = no samples
     tensorboard: bool = True
-    wandb: Literal["auto", "on", "off"] = "auto"  # auto: on when wandb is installed and WANDB_MODE/API key set
+    # Weights & Biases. auto: on when wandb is installed and WANDB_MODE or WANDB_API_KEY is set
+    wandb: bool | Literal["auto"] = "auto"
     wandb_project: str = "seekforge"
     plot: bool = True  # loss-curve PNG at the end
     progress: bool = True  # tqdm bar

@@ -117,7 +117,7 @@ def _finite(v: Any) -> Any:
 class MetricsLogger:
     """Rank-0 sink for metrics: jsonl always; TensorBoard and W&B when enabled."""
 
-    def __init__(self, out_dir: Path, *, resume_step: int | None, tensorboard: bool, wandb_mode: str,
+    def __init__(self, out_dir: Path, *, resume_step: int | None, tensorboard: bool, wandb_mode: bool | str,
                  wandb_project: str, config: dict[str, Any], run_name: str) -> None:
         self.path = out_dir / "metrics.jsonl"
         if resume_step is not None:
@@ -134,15 +134,15 @@ class MetricsLogger:
         self.wandb = self._init_wandb(wandb_mode, wandb_project, config, run_name, out_dir)
 
     @staticmethod
-    def _init_wandb(mode: str, project: str, config: dict[str, Any], name: str, out_dir: Path):
-        if mode == "off":
+    def _init_wandb(mode: bool | str, project: str, config: dict[str, Any], name: str, out_dir: Path):
+        if mode is False:
             return None
         try:
             import wandb
         except ImportError:
-            if mode == "on":
-                raise ValueError("wandb: 'on' but the wandb package is not installed (pip install wandb, "
-                                 "or set wandb: off)") from None
+            if mode is True:
+                raise ValueError("wandb: true, but the wandb package is not installed (pip install wandb, "
+                                 "or set wandb: false)") from None
             return None
         if mode == "auto" and not (os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY")):
             return None  # installed but not configured: do not prompt for a login in the middle of a run

@@ -119,5 +119,5 @@ class Muon(torch.optim.Optimizer):
                 ortho = zeropower_newton_schulz(update, group["ns_steps"], eps=group["eps"],
                                                 dtype=self._ns_dtype(p))
                 p.mul_(1 - lr * wd)
-                p.add_(ortho.view(p.shape).to(p.dtype), alpha=-adjusted_lr(lr, update.shape))
+                p.add_(ortho.reshape(p.shape).to(p.dtype), alpha=-adjusted_lr(lr, update.shape))
         return loss

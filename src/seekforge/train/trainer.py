@@ -128,7 +128,12 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._file_log = logging.FileHandler(self.out_dir / "train.log", encoding="utf-8")
             self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            logging.getLogger("seekforge").addHandler(self._file_log)
+            root = logging.getLogger("seekforge")
+            root.addHandler(self._file_log)
+            # train.log gets INFO even when the caller (a notebook, pytest) left logging at WARNING.
+            self._old_level = root.level
+            if root.getEffectiveLevel() > logging.INFO:
+                root.setLevel(logging.INFO)
         dist.barrier()
 
     def _resume_target(self) -> Path | None:
@@ -193,7 +198,10 @@ class Trainer:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
             mp = MixedPrecisionPolicy(param_dtype=self.amp_dtype, reduce_dtype=torch.float32)
-            for layer in getattr(getattr(model, "model", None), "layers", []):
+            # One FSDP unit per main decoder layer (all-gathered just in time in its __call__). MTP
+            # layers stay in the root unit: the model calls their `combine` method directly, which
+            # FSDP's forward hooks would not see (their weights would still be shards there).
+            for layer in getattr(model, "main_layers", []):
                 fully_shard(layer, mp_policy=mp)
             fully_shard(model, mp_policy=mp)
             return model
@@ -393,6 +401,7 @@ class Trainer:
                 self.objective.save_model(model, tmp)  # the "save model" hook (HF directory)
                 ckpt.write_trainer_state(tmp, state, yaml.safe_dump(to_dict(self.cfg), sort_keys=False,
                                                                     allow_unicode=True), meta)
+                ckpt.make_readable(tmp)
             ckpt.set_pointer(self.out_dir, "latest", path)
             best = self.out_dir / ckpt.step_dir_name(st.best_step) if st.best_step is not None else None
             if best is not None and best.is_dir():
@@ -506,7 +515,9 @@ class Trainer:
                     stopped = f"early stopping: no better val bpb in {st.evals_since_best} evals"
                     self._print(stopped)
                     break
-                if cfg.save_every and st.step % cfg.save_every == 0 and not last:
+                # No scheduled save inside a streak of non-finite steps: the checkpoint to point the user
+                # at is the last one from before the trouble.
+                if cfg.save_every and st.step % cfg.save_every == 0 and not last and st.bad_streak == 0:
                     self.save_checkpoint()
             if self._signal is None and self._stop_requested():
                 stopped = f"signal {signal.Signals(self._signal).name}"
@@ -522,6 +533,7 @@ class Trainer:
                 self.metrics.close()
             if getattr(self, "_file_log", None) is not None:
                 logging.getLogger("seekforge").removeHandler(self._file_log)
+                logging.getLogger("seekforge").setLevel(self._old_level)
                 self._file_log.close()
         summary = self._finish(stopped, t_start)
         dist.cleanup()

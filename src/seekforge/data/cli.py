@@ -1,0 +1,74 @@
+"""``seekforge data prepare``: the CLI of :mod:`seekforge.data.prepare`.
+
+The ``data`` group is shared with ``data tokenize`` (seekforge.data.tokenize): whichever module
+registers first creates it, the other adds its verb to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from seekforge.cli import add_config_args
+
+
+def _data_verbs(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``seekforge data`` group's verbs, creating the group if nobody did yet."""
+    data = subparsers.choices.get("data")
+    if data is None:
+        data = subparsers.add_parser("data", help="prepare raw text (clean, filter, dedup) and tokenize it")
+        data.set_defaults(func=lambda args: data.print_help() or 1)
+    for action in data._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return data.add_subparsers(dest="data_command", metavar="STEP")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = _data_verbs(subparsers).add_parser(
+        "prepare",
+        help="clean, filter, PII-scrub and deduplicate raw text into jsonl.gz shards + report",
+        description="Read raw text (txt/jsonl/json/parquet/csv, compressed, folders, globs, HF datasets), "
+        "clean it, drop low-quality documents with language-aware (English and Chinese) filters, "
+        "scrub PII, deduplicate (exact + MinHash) and write shards with report.json/report.md. "
+        "Re-running the same command resumes.",
+    )
+    p.add_argument("--input", "-i", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="input files, folders or globs (each becomes a source named after it)")
+    p.add_argument("--out", "-o", help="output folder")
+    p.add_argument("--config", "-c", dest="config", help="YAML config file (see configs/data_*.yaml)")
+    p.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out and start over")
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed input record")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(p, config_positional=False)
+    p.set_defaults(func=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from seekforge.config import load_config
+    from seekforge.data.prepare import PrepareConfig, prepare
+    from seekforge.utils import human_bytes
+
+    cfg = load_config(PrepareConfig, args.config, args.overrides)
+    if args.input:
+        cfg.inputs = [*cfg.inputs, *args.input]
+    if args.out:
+        cfg.out = args.out
+    if args.workers is not None:
+        cfg.workers = args.workers
+    if args.overwrite:
+        cfg.overwrite = True
+    if args.strict:
+        cfg.strict = True
+    if args.no_progress:
+        cfg.progress = False
+    report = prepare(cfg)
+    t = report["totals"]
+    print(f"kept {t['docs_out']}/{t['docs_in']} documents, {human_bytes(t['bytes_out'])} of "
+          f"{human_bytes(t['bytes_in'])}, in {t['elapsed_s']:.1f} s ({t['mb_per_s']:.2f} MB/s); "
+          f"report: {cfg.out}/report.md")
+    top = list(report["drops"].items())[:5]
+    if top:
+        print("top drop reasons: " + json.dumps({k: v["docs"] for k, v in top}, ensure_ascii=False))
+    return 0

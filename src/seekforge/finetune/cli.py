@@ -1,0 +1,136 @@
+"""``seekforge sft``, ``seekforge distill`` and ``seekforge merge``.
+
+    seekforge sft configs/sft_identity.yaml --set model=runs/pretrain/final --set template_vars.name=Forge
+    seekforge distill configs/distill_logits.yaml
+    seekforge merge runs/pretrain/final runs/sft/final --out runs/merged
+
+``sft`` and ``distill`` run the pretraining loop (:class:`seekforge.train.trainer.Trainer`) with
+another objective, so resume, checkpoints, logging, eval and torchrun behave exactly as in
+``seekforge train``. The result is copied to ``OUT_DIR/final/`` (an adapter or a whole model).
+Exit codes as ``train``: 0 done, 128+signal after a signal-triggered checkpoint, 1 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+log = logging.getLogger("seekforge.finetune")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from seekforge.cli import add_config_args
+
+    sft = subparsers.add_parser(
+        "sft", help="fine-tune a model on chat/instruction data (full, freeze, LoRA, QLoRA, prefix)",
+        description="Supervised fine-tuning on the trainer loop. Examples:\n"
+        "  seekforge sft configs/sft_identity.yaml --set model=runs/base --set template_vars.name=Forge\n"
+        "  seekforge sft --set model=~/models/Qwen2-0.5B --set data=my.jsonl --set method=lora\n"
+        "  seekforge sft --set model=runs/base --set data=alpaca_zh --set dataset_dir=data/\n"
+        "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(sft, add_config_args)
+    sft.set_defaults(func=run_sft)
+
+    distill = subparsers.add_parser(
+        "distill", help="distil a teacher into a student (logit KD, or teacher-generated SFT data)",
+        description="Knowledge distillation. mode=logits: a*CE + (1-a)*T^2*KL(teacher_T || student_T) "
+        "with the teacher online or its top-k log-probs cached; mode=generate: the teacher (a local "
+        "model or an OpenAI-compatible endpoint) answers the prompts, then the student is SFT-ed on it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(distill, add_config_args)
+    distill.set_defaults(func=run_distill)
+
+    merge = subparsers.add_parser("merge", help="fold a LoRA adapter into its base model (a full model dir)")
+    merge.add_argument("base", help="base model directory the adapter was trained on")
+    merge.add_argument("adapter", help="adapter directory (e.g. runs/sft/final)")
+    merge.add_argument("--out", required=True, help="output model directory")
+    merge.set_defaults(func=run_merge)
+
+
+def _common(p: argparse.ArgumentParser, add_config_args) -> None:  # noqa: ANN001
+    add_config_args(p)
+    p.add_argument("--resume", nargs="?", const="must", default=None, metavar="CKPT",
+                   help="resume from out_dir's latest checkpoint (error if none), or from CKPT")
+    p.add_argument("--fresh", action="store_true", help="refuse to start if out_dir already holds checkpoints")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"resume={args.resume}")
+    elif args.fresh:
+        overrides.append("resume=never")
+    return overrides
+
+
+def publish_final(summary: dict, out_dir: str | Path) -> Path | None:
+    """Copy the last checkpoint's model/adapter files (not trainer_state) to ``out_dir/final``."""
+    from seekforge.train.checkpoint import STATE_DIR
+    from seekforge.utils import atomic_dir
+
+    ckpt = Path(summary["checkpoint"])
+    final = Path(out_dir) / "final"
+    if int(os.environ.get("RANK", "0")) != 0 or not ckpt.is_dir():
+        return None
+    with atomic_dir(final) as tmp:
+        for item in ckpt.iterdir():
+            if item.name == STATE_DIR:
+                continue
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+    log.info("wrote %s", final)
+    return final
+
+
+def _run(cfg, objective) -> int:  # noqa: ANN001
+    from seekforge.train.trainer import Trainer, TrainingError
+
+    try:
+        summary = Trainer(cfg, objective).run()
+    except TrainingError as e:
+        print(f"seekforge {objective.name}: error: {e}", file=sys.stderr)
+        return 1
+    sig = summary.get("signal")
+    if sig:
+        return 128 + int(sig)
+    publish_final(summary, cfg.out_dir)
+    return 0
+
+
+def _load(cls, args: argparse.Namespace):  # noqa: ANN001
+    import yaml
+
+    from seekforge.config import load_config, to_dict
+
+    cfg = load_config(cls, args.config, _overrides(args))
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
+        return None
+    return cfg
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    from seekforge.finetune.sft import SFTConfig, SFTObjective
+
+    cfg = _load(SFTConfig, args)
+    return 0 if cfg is None else _run(cfg, SFTObjective())
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from seekforge.finetune.distill import DistillConfig, run_distillation
+
+    cfg = _load(DistillConfig, args)
+    return 0 if cfg is None else run_distillation(cfg, _run)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from seekforge.finetune.adapters import merge_lora
+
+    out = merge_lora(args.base, args.adapter, args.out)
+    print(f"merged {args.adapter} into {args.base} -> {out}")
+    return 0

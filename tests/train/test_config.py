@@ -1,0 +1,70 @@
+"""``seekforge train`` settings: model spec merging, derived accumulation, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from seekforge.cli import main
+from seekforge.config import ConfigError
+from seekforge.train.config import load_train_config
+
+REQ = ["data.train=shards"]
+
+
+def test_model_string_plus_field_overrides_keeps_the_preset(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("model: tiny\ndata:\n  train: shards\n")
+    cfg = load_train_config(y, ["model.hidden_size=128", "model.num_hidden_layers=3"])
+    assert cfg.model == {"preset": "tiny", "hidden_size": 128, "num_hidden_layers": 3}
+    assert load_train_config(y, ["model=small-moe"]).model == "small-moe"
+    assert load_train_config(None, REQ + ["model.preset=tiny", "model.q_lora_rank=null"]).model == {
+        "preset": "tiny", "q_lora_rank": None}
+
+
+def test_grad_accum_is_derived_and_must_divide():
+    cfg = load_train_config(None, REQ + ["batch_tokens=4096", "seq_len=128", "micro_batch_size=8"])
+    assert cfg.grad_accum(1) == 4 and cfg.grad_accum(2) == 2 and cfg.grad_accum(4) == 1
+    with pytest.raises(ConfigError, match=r"not divisible by micro_batch_size x seq_len x world_size"):
+        cfg.grad_accum(3)
+    with pytest.raises(ConfigError, match="multiple of seq_len"):
+        load_train_config(None, REQ + ["batch_tokens=1000", "seq_len=128"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("max_step=10", "unknown config key 'max_step'.*Did you mean 'max_steps'"),
+    ("optimizer=sgd", r"optimizer: 'sgd' is not one of \['adamw', 'muon'\]"),
+    ("schedule=cosin", "did you mean 'cosine'"),
+    ("seq_len=0", "seq_len: must be > 0"),
+    ("lr=fast", "lr: expected a number"),
+    ("data.vla=x", "unknown config key 'data.vla'.*Did you mean 'val'"),
+    ("min_lr_ratio=2", "min_lr_ratio: must be in"),
+    ("compile=maybe", "compile"),
+    ("resume=/no/such/ckpt", "resume"),
+])
+def test_bad_keys_and_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(None, REQ + [override])
+
+
+def test_missing_data_and_yaml_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="data.train: required"):
+        load_train_config(None, [])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 1e-3\nseq_len: [1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_train_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data:\n  train: s\nwarmup: 10\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'warmup'.*warmup_steps"):
+        load_train_config(typo)
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys, tmp_path):
+    assert main(["train", "--set", "data.train=x", "--set", "optimizer=adam"]) == 2
+    err = capsys.readouterr().err
+    assert "seekforge train: error:" in err and "optimizer" in err and "Traceback" not in err
+    assert main(["train", "--set", f"data.train={tmp_path}/missing.txt", "--set", f"out_dir={tmp_path}/o",
+                 "--set", "wandb=false"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--set", "data.train=x", "--print-config"]) == 0
+    assert "batch_tokens: 16384" in capsys.readouterr().out
