@@ -121,6 +121,7 @@ def stage(name: str, data: Path, tok: Path, out: Path) -> dict:
         seconds = time.perf_counter() - t0
         mb = report["totals"]["bytes_in"] / 1e6  # UTF-8 text read, like the tokenize rows
     elif name.startswith("tokenize"):
+        import seekforge.utils  # noqa: F401  (imports torch: a one-time ~1 s, not throughput)
         from seekforge.data.tokenize import tokenize_to_shards
 
         workers = 0 if name == "tokenize-inprocess" else None
@@ -144,8 +145,8 @@ def stage(name: str, data: Path, tok: Path, out: Path) -> dict:
     return {"seconds": seconds, "cpu_seconds": cpu, "mb": mb, "rss_mb": rss_self, "child_rss_mb": rss_child}
 
 
-def run_stage(name: str, data: Path, tok: Path, work: Path) -> dict:
-    out = work / f"out-{name}"
+def run_stage(name: str, data: Path, tok: Path, work: Path, round_: int) -> dict:
+    out = work / f"out-{name}-{round_}"  # fresh each round: `data prepare` resumes a finished run
     cmd = [sys.executable, __file__, "--stage", name, "--data", str(data), "--tok", str(tok),
            "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -163,9 +164,9 @@ def throughput(data: Path, tok: Path, work: Path, repeats: int) -> str:
         names = []
     names += ["tokenize", "tokenize-inprocess", "reference"]
     results: dict[str, list[dict]] = {n: [] for n in names}
-    for _ in range(repeats):  # interleaved rounds: a burst of load from other jobs hits all rows alike
+    for r in range(repeats):  # interleaved rounds: a burst of load from other jobs hits all rows alike
         for n in names:
-            results[n].append(run_stage(n, data, tok, work))
+            results[n].append(run_stage(n, data, tok, work, r))
     labels = {"prepare": "seekforge data prepare (MinHash on)",
               "tokenize": "seekforge data tokenize (1 worker/core)",
               "tokenize-inprocess": "seekforge data tokenize (workers=0)",

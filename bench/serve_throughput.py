@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import socket
 import statistics
@@ -45,12 +46,9 @@ def serve(model_dir: Path, max_batch: int, threads: int | None) -> Iterator[str]
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "seekforge", "serve", str(model_dir), "--port", str(port), "--max-batch",
-           str(max_batch), "--max-len", "256", "--queue-size", str(4 * max_batch), "--model-name", "tiny-chat"]
-    env = None
-    if threads:
-        import os
-
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+           str(max_batch), "--max-len", "256", "--queue-size", str(4 * max_batch),
+           "--model-name", "tiny-chat"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

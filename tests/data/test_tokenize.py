@@ -140,6 +140,11 @@ def test_bad_inputs(tmp_path, corpus, tokenizer_dir):
         tokenize_to_shards(tmp_path / "missing.jsonl", tokenizer_dir, tmp_path / "out", workers=0)
     with pytest.raises(ValueError, match="val_fraction"):
         tokenize_to_shards(path, tokenizer_dir, tmp_path / "out", val_fraction=1.5)
+    broken = tmp_path / "broken_tok"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken_tok/tokenizer.json: could not load"):
+        tokenize_to_shards(path, broken, tmp_path / "out", workers=0)
     assert not (tmp_path / "out").exists()  # failures leave no output behind
 
 

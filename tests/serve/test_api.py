@@ -121,6 +121,21 @@ def test_concurrent_streaming_clients(server) -> None:
     assert together[0] == alone[0] and together[5] == alone[5]  # seeds reproduce under batching
 
 
+def test_n_choices_streamed_and_not(server, client) -> None:
+    kw = dict(model="tiny-chat", messages=MSGS, max_tokens=10, temperature=1.0, seed=7, n=2)
+    full = client.chat.completions.create(**kw)
+    assert [c.index for c in full.choices] == [0, 1]
+    assert full.choices[0].message.content != full.choices[1].message.content  # seeds 7 and 8
+    texts = ["", ""]
+    finished = set()
+    for ch in client.chat.completions.create(stream=True, **kw):
+        for c in ch.choices:
+            texts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finished.add(c.index)
+    assert finished == {0, 1} and texts == [c.message.content for c in full.choices]
+
+
 def test_client_disconnect_cancels_and_frees_the_slot(server) -> None:
     eng = server.engine
     cancelled_before = eng.stats.requests_total["cancelled"]

@@ -173,6 +173,8 @@ def test_pretokenizer_punctuation_and_whitespace():
     assert pre_tokenize("see deepseek.com -V3") == ["see", " deepseek", ".com", " -", "V", "3"]
     assert pre_tokenize("I'm here  now") == ["I", "'m", " here", " ", " now"]
     assert pre_tokenize("中文English中文") == ["中文", "English", "中文"]
+    assert pre_tokenize("Tokyo東京タワー2024年") == ["Tokyo", "東京タワー", "202", "4", "年"]  # kana join Han
+    assert pre_tokenize("a、한국어 x.café") == ["a", "、", "한국어", " x", ".café"]
     text = "x\r\n\ty\u00a0z\u200b"
     assert "".join(pre_tokenize(text)) == text  # pre-tokenisation never drops characters
 

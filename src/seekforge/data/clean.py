@@ -123,9 +123,12 @@ _CONTROL = regex.compile(
     r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff\u00ad\u202a-\u202e\u2066-\u2069]"
 )
 _LINE_BREAKS = regex.compile(r"\r\n?|[\u2028\u2029\x85]")
+_CONTROL_OR_BREAK = regex.compile(_CONTROL.pattern[:-1] + r"\r\u2028\u2029]")
 
 
 def remove_control(text: str) -> str:
+    if not _CONTROL_OR_BREAK.search(text):  # the common case: one scan instead of two rewrites
+        return text
     text = _LINE_BREAKS.sub("\n", text)
     return _CONTROL.sub("", text)
 
@@ -136,6 +139,7 @@ _INNER_SPACE = regex.compile(r"(?<=\S)[^\S\n]{2,}|(?<=\S)[^\S\n ]")
 _TRAILING_SPACE = regex.compile(r"[^\S\n]+(?=\n|$)")
 _LEADING_EXOTIC = regex.compile(r"(?m)^[^\S\n]*[\u3000\u00a0][^\S\n]*")
 _MANY_NEWLINES = regex.compile(r"\n{3,}")
+_WS_TODO = regex.compile(r"[^\S\n]{2,}|[^\S\n ]|[^\S\n]\n|[^\S\n]$|\n{3,}")
 
 
 def normalize_whitespace(text: str) -> str:
@@ -144,6 +148,8 @@ def normalize_whitespace(text: str) -> str:
     Leading ASCII indentation is kept (code and verse rely on it); a leading ideographic space
     (U+3000, the Chinese paragraph indent) or no-break space is dropped.
     """
+    if not _WS_TODO.search(text):  # already normal (most documents): skip four substitutions
+        return text.strip()
     text = _TRAILING_SPACE.sub("", text)
     text = _LEADING_EXOTIC.sub("", text)
     text = _INNER_SPACE.sub(" ", text)

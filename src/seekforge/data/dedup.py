@@ -157,22 +157,58 @@ class MinHasher:
                 np.minimum(sig, block.min(axis=0), out=sig)
         return sig
 
-    def band_keys(self, sig: np.ndarray) -> np.ndarray:
-        """[num_bands] uint64 keys, one per band of ``rows_per_band`` consecutive min-hashes."""
-        rows = sig.reshape(self.cfg.num_bands, self.cfg.rows_per_band)
-        h = self.band_salt.copy()
+    def band_keys(self, sigs: np.ndarray) -> np.ndarray:
+        """[..., num_bands] uint64 keys, one per band of ``rows_per_band`` consecutive min-hashes
+        (a polynomial over the band's rows, salted per band, finished with splitmix64)."""
+        rows = sigs.reshape(*sigs.shape[:-1], self.cfg.num_bands, self.cfg.rows_per_band)
+        h = np.broadcast_to(self.band_salt, rows.shape[:-1]).copy()
         with np.errstate(over="ignore"):
             for j in range(self.cfg.rows_per_band):
-                h = splitmix64(h * _BASE + rows[:, j])
-        return h
+                h = h * _BASE + rows[..., j]
+        return splitmix64(h)
+
+    def signatures(self, shingle_sets: list[np.ndarray], chunk: int = 8192) -> np.ndarray:
+        """[len(shingle_sets), num_perm] signatures for many documents with few numpy calls:
+        shingles are concatenated and reduced per document with ``np.minimum.reduceat``
+        (per-document numpy overhead dominates on short texts such as poems or chat turns)."""
+        sigs = np.full((len(shingle_sets), self.cfg.num_perm), _M64, dtype=np.uint64)
+        nonempty = [i for i, s in enumerate(shingle_sets) if len(s)]
+        if not nonempty:
+            return sigs
+        allsh = np.concatenate([shingle_sets[i] for i in nonempty])
+        starts = np.cumsum([0] + [len(shingle_sets[i]) for i in nonempty[:-1]])
+        # Process whole documents per chunk so reduceat segments never straddle chunks.
+        lo = 0
+        while lo < len(nonempty):
+            hi, size = lo, 0
+            while hi < len(nonempty) and (size == 0 or size + len(shingle_sets[nonempty[hi]]) <= chunk):
+                size += len(shingle_sets[nonempty[hi]])
+                hi += 1
+            a, b = starts[lo], starts[lo] + size
+            with np.errstate(over="ignore"):
+                block = allsh[a:b, None] * self.a[None, :] + self.b[None, :]
+            sigs[nonempty[lo:hi]] = np.minimum.reduceat(block, starts[lo:hi] - a, axis=0)
+            lo = hi
+        return sigs
 
     def keys_for(self, text: str, lang: str) -> np.ndarray:
         return self.band_keys(self.signature(shingle_hashes(simplify(text), lang, self.cfg)))
 
+    def keys_for_many(self, texts: list[str], langs: list[str], simplified: bool = False) -> np.ndarray:
+        """[len(texts), num_bands] band keys (same values as keys_for, batched). Pass
+        ``simplified=True`` when the texts already went through ``simplify``."""
+        shingles = [shingle_hashes(t if simplified else simplify(t), lang, self.cfg)
+                    for t, lang in zip(texts, langs)]
+        return self.band_keys(self.signatures(shingles))
+
 
 def exact_key(text: str) -> bytes:
     """128-bit hash of the simplified text (64 bits would collide somewhere past ~10^9 docs)."""
-    return xxhash.xxh3_128_digest(simplify(text).encode("utf-8"))
+    return exact_key_simplified(simplify(text))
+
+
+def exact_key_simplified(simplified: str) -> bytes:
+    return xxhash.xxh3_128_digest(simplified.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- the index
@@ -188,8 +224,8 @@ class LSHIndex:
 
     def _key(self, band: int, key: int) -> int:
         # One dict for all bands (fewer objects than one dict per band): the band number goes
-        # into the top bits. Band keys are already band-salted, this only avoids aliasing.
-        return (int(key) >> 8) | (band << 56)
+        # above the 64 key bits, so equal values in different bands never alias.
+        return (band << 64) | int(key)
 
     def find_exact(self, key: bytes) -> int | None:
         return self.exact.get(key)

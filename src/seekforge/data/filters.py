@@ -29,7 +29,6 @@ from seekforge.data.text import (
     ends_with_terminal,
     is_symbol_token,
     split_words,
-    split_words_keep_newlines,
 )
 
 # --------------------------------------------------------------------------- rule tables
@@ -61,9 +60,10 @@ class GopherQualityRules:
 def _zh_gopher_quality() -> GopherQualityRules:
     # FineWeb-2 cmn_Hani: avg word length 1..5, alpha-words ratio 0.735, 22 function words.
     # seekforge departs on min_doc_words (FineWeb-2 keeps Gopher's 50): 50 jieba words is ~75
-    # characters, which drops most classical poems and many short clean paragraphs; 20 words
-    # (~30 characters, one long sentence) still removes snippets and menus.
-    return GopherQualityRules(min_doc_words=20, min_avg_word_length=1, max_avg_word_length=5,
+    # characters, which drops every jueju quatrain (20 characters, ~14 words: 床前明月光...)
+    # and many short clean paragraphs. 10 words (~15 characters) still removes link texts and
+    # one-line snippets; set 50 for web-only corpora.
+    return GopherQualityRules(min_doc_words=10, min_avg_word_length=1, max_avg_word_length=5,
                               min_alpha_words_ratio=0.735)
 
 
@@ -225,25 +225,11 @@ class DocView:
         return self._words
 
     def _segment_lines(self) -> None:
-        """Segment all uncached lines with one jieba call (per-line calls cost 2x more on short
-        lines). jieba never joins across a newline and emits each newline as its own token,
-        so splitting its output at newlines gives the per-line segmentation."""
-        todo = [ln for ln in dict.fromkeys(self.lines) if ln not in self._seg_cache]
-        if not todo:
-            return
-        if self.lang != "zh":  # per-character CJK splitting is a cheap regex
-            self._seg_cache.update((ln, split_words(ln, self.lang)) for ln in todo)
-            return
-        tokens = split_words_keep_newlines("\n".join(todo), self.lang)
-        per_line: list[list[str]] = [[]]
-        for tok in tokens:
-            if tok == "\n":
-                per_line.append([])
-            elif not tok.isspace():
-                per_line[-1].append(tok)
-        if len(per_line) != len(todo):  # defensive: fall back to one call per line
-            per_line = [split_words(ln, self.lang) for ln in todo]
-        self._seg_cache.update(zip(todo, per_line))
+        """Segment every line not segmented yet (one segmenter call per line: with rjieba a
+        call costs about a microsecond, less than re-splitting one big result in Python)."""
+        for ln in self.lines:
+            if ln not in self._seg_cache:
+                self._seg_cache[ln] = split_words(ln, self.lang) if ln else []
 
     @property
     def lines(self) -> list[str]:
@@ -267,18 +253,28 @@ def check_length(view: DocView, cfg: LengthConfig) -> str | None:
 # --------------------------------------------------------------------------- Gopher quality
 
 
-# token -> (is a punctuation/symbol token, contains a letter). Tokens repeat a lot (Zipf), so
-# a bounded dict saves most of the per-token regex and isalpha() work.
-_TOKEN_FLAGS: dict[str, tuple[bool, bool]] = {}
+# Per-token properties, memoised in sets so that counting over a document is a C-level
+# ``sum(map(set.__contains__, words))`` instead of a Python loop (tokens repeat a lot: Zipf).
+_KNOWN: set[str] = set()
+_SYMBOL: set[str] = set()  # made only of punctuation/symbols
+_NO_ALPHA: set[str] = set()  # contains no letter (CJK characters are letters)
+_MEMO_LIMIT = 2_000_000
 
 
-def _flags(token: str) -> tuple[bool, bool]:
-    f = _TOKEN_FLAGS.get(token)
-    if f is None:
-        f = (is_symbol_token(token), any(c.isalpha() for c in token))  # CJK characters are alphabetic
-        if len(_TOKEN_FLAGS) < 500_000:
-            _TOKEN_FLAGS[token] = f
-    return f
+def _learn(words: list[str]) -> None:
+    new = set(words) - _KNOWN
+    if not new:
+        return
+    if len(_KNOWN) > _MEMO_LIMIT:  # bound memory on endless vocabularies (ids, numbers)
+        _KNOWN.clear()
+        _SYMBOL.clear()
+        _NO_ALPHA.clear()
+    for w in new:
+        if is_symbol_token(w):
+            _SYMBOL.add(w)
+        if not any(c.isalpha() for c in w):
+            _NO_ALPHA.add(w)
+    _KNOWN.update(new)
 
 
 def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
@@ -286,14 +282,14 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
     words = view.words
     if not words:
         return "gopher_quality.too_few_words"
-    flags = [_flags(w) for w in words]
-    real = [w for w, (sym, _) in zip(words, flags) if not sym]
+    _learn(words)
+    real = [w for w in words if w not in _SYMBOL]
     n_words = len(words)
     if r.min_doc_words is not None and len(real) < r.min_doc_words:
         return "gopher_quality.too_few_words"
     if r.max_doc_words is not None and len(real) > r.max_doc_words:
         return "gopher_quality.too_many_words"
-    avg = sum(len(w) for w in real) / len(real) if real else 0.0
+    avg = sum(map(len, real)) / len(real) if real else 0.0
     if r.min_avg_word_length is not None and avg < r.min_avg_word_length:
         return "gopher_quality.short_words"
     if r.max_avg_word_length is not None and avg > r.max_avg_word_length:
@@ -316,7 +312,7 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
         if ell / len(lines) > r.max_ellipsis_lines_ratio:
             return "gopher_quality.ellipsis_lines"
     if r.min_alpha_words_ratio is not None:
-        alpha = sum(has_alpha for _, has_alpha in flags)
+        alpha = n_words - sum(map(_NO_ALPHA.__contains__, words))
         if alpha / n_words < r.min_alpha_words_ratio:
             return "gopher_quality.non_alpha_words"
     if r.min_stop_words is not None:
@@ -361,27 +357,17 @@ _LINE_SPLIT = regex.compile(r"\n+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio): polynomial base
 
 
-def _ngram_keys(ids: np.ndarray, n: int) -> np.ndarray:
-    """One uint64 key per window of ``n`` consecutive word ids (wrapping polynomial hash)."""
-    m = len(ids) - n + 1
-    h = np.zeros(m, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(n):
-            h = h * _MULT + ids[k : k + m]
-    return h
-
-
 def _ngram_repetition_small(words: list[str], sep_len: int) -> tuple[dict[int, int], dict[int, int]]:
     """Same result as the numpy path, in plain Python: faster below a few hundred words, where
     numpy's per-call overhead dominates (most documents of a Chinese poetry or chat corpus)."""
-    top: dict[int, int] = {}
-    dup: dict[int, int] = {}
+    top: dict[int, int] = dict.fromkeys(range(2, 5), 0)
+    dup: dict[int, int] = dict.fromkeys(range(5, 11), 0)
     lens = [len(w) for w in words]
     for n in range(2, 11):
         m = len(words) - n + 1
         if m <= 0:
             break
-        if (n <= 4 and top.get(n - 1) == 0) or dup.get(n - 1) == 0:
+        if (n <= 4 and top.get(n - 1) == 0) or dup.get(n - 1) == 0 or (n == 5 and top.get(4) == 0):
             # No repeated (n-1)-gram means no repeated n-gram: skip the work (short docs).
             (top if n <= 4 else dup)[n] = 0
             continue
@@ -424,36 +410,40 @@ def ngram_repetition(words: list[str], sep_len: int) -> tuple[dict[int, int], di
     ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words))
     lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
     csum = np.concatenate([[0], np.cumsum(lens)])
-    top: dict[int, int] = {}
-    dup: dict[int, int] = {}
+    top: dict[int, int] = dict.fromkeys(range(2, 5), 0)
+    dup: dict[int, int] = dict.fromkeys(range(5, 11), 0)
+    # Only windows whose (n-1)-gram repeats can hold a repeated n-gram (all occurrences of a
+    # repeated n-gram start such windows), so each n only looks at the survivors of n-1: on
+    # ordinary text the candidate set collapses after n=2 or 3.
+    cand = np.arange(len(words) - 1)
     for n in range(2, 11):
-        if len(words) < n:
+        cand = cand[cand <= len(words) - n]
+        if len(cand) < 2:
             break
-        keys = _ngram_keys(ids, n)
+        keys = np.zeros(len(cand), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                keys = keys * _MULT + ids[cand + k]
         _, first, inverse, counts = np.unique(
             keys, return_index=True, return_inverse=True, return_counts=True
         )
+        per_pos = counts[inverse]
         if n <= 4:
-            per_pos = counts[inverse]
-            pos = int(np.argmax(per_pos))  # first window with the top count
-            if per_pos[pos] < 2:
-                # Nothing repeats. datatrove still counts the single most "frequent" n-gram,
-                # which drops every text shorter than a few n-grams (a 25-character quatrain's
-                # first 4-gram is 24% of it); one occurrence is not a repetition.
-                top[n] = 0
-                continue
-            win_chars = int(csum[pos + n] - csum[pos]) + sep_len * (n - 1)
-            top[n] = win_chars * int(per_pos[pos])
+            i = int(np.argmax(per_pos))  # first window (cand is ascending) with the top count
+            # A single occurrence is not a repetition. datatrove still counts the most
+            # "frequent" n-gram then, which drops every text shorter than a few n-grams (the
+            # first 4-gram of a 25-character quatrain is 24% of it).
+            if per_pos[i] >= 2:
+                pos = int(cand[i])
+                top[n] = (int(csum[pos + n] - csum[pos]) + sep_len * (n - 1)) * int(per_pos[i])
         else:
-            rep = np.nonzero(np.arange(len(keys)) != first[inverse])[0]
-            if len(rep) == 0:
-                dup[n] = 0
-                continue
-            cover = np.zeros(len(words) + 1, dtype=np.int64)
-            np.add.at(cover, rep, 1)
-            np.add.at(cover, rep + n, -1)
-            covered = np.cumsum(cover[:-1]) > 0
-            dup[n] = int(lens[covered].sum())
+            rep = cand[np.arange(len(cand)) != first[inverse]]
+            if len(rep):
+                cover = np.zeros(len(words) + 1, dtype=np.int64)
+                np.add.at(cover, rep, 1)
+                np.add.at(cover, rep + n, -1)
+                dup[n] = int(lens[np.cumsum(cover[:-1]) > 0].sum())
+        cand = cand[per_pos >= 2]
     return top, dup
 
 
@@ -497,6 +487,8 @@ POLICY_PHRASES = (
     "使用cookie", "使用 cookie",
 )
 
+_POLICY_RE = regex.compile("|".join(regex.escape(p) for p in POLICY_PHRASES))
+
 
 @dataclass
 class C4Result:
@@ -511,33 +503,47 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
     removed: Counter = Counter()
     kept: list[str] = []
     sentences = 0
+    # Whole-document pre-checks, so the per-line substring tests only run where they can hit.
+    low_doc = view.text.lower()
+    check_js = cfg.filter_javascript and "javascript" in low_doc
+    check_policy = cfg.filter_policy and bool(_POLICY_RE.search(low_doc))
+    check_lorem = cfg.filter_lorem_ipsum and "lorem ipsum" in low_doc
+    check_curly = cfg.filter_curly_bracket and "{" in view.text
+    check_cite = cfg.remove_citations and "[" in view.text
+    if r.min_words_per_line is not None:
+        _learn(view.words)  # per-line symbol counts below are then set lookups only
     for raw in view.lines:
         line = raw.strip()
         if not line:
             kept.append("")  # keep paragraph structure; blank lines are not "lines" for C4
             continue
-        if cfg.max_word_length is not None and any(len(w) > cfg.max_word_length for w in line.split()):
+        if (cfg.max_word_length is not None and len(line) > cfg.max_word_length
+                and any(len(w) > cfg.max_word_length for w in line.split())):
             removed["too_long_word"] += 1
             continue
-        if cfg.remove_citations:
-            line = _CITATION.sub("", line)
+        cited = False
+        if check_cite:
+            stripped = _CITATION.sub("", line)
+            cited, line = stripped != line, stripped
         if r.filter_no_terminal_punct and not ends_with_terminal(line):
             removed["no_terminal_punct"] += 1
             continue
         if r.min_words_per_line is not None:
             words = view.line_words(line)
-            if sum(not _flags(w)[0] for w in words) < r.min_words_per_line:
+            if cited:  # the line changed: its tokens may be new
+                _learn(words)
+            if len(words) - sum(map(_SYMBOL.__contains__, words)) < r.min_words_per_line:
                 removed["too_few_words"] += 1
                 continue
-        low = line.lower()
-        if cfg.filter_lorem_ipsum and "lorem ipsum" in low:
+        low = line.lower() if (check_js or check_policy or check_lorem) else ""
+        if check_lorem and "lorem ipsum" in low:
             return C4Result(None, "c4.lorem_ipsum", removed)
-        if cfg.filter_javascript and "javascript" in low:
+        if check_js and "javascript" in low:
             removed["javascript"] += 1
             continue
-        if cfg.filter_curly_bracket and "{" in line:
+        if check_curly and "{" in line:
             return C4Result(None, "c4.curly_bracket", removed)
-        if cfg.filter_policy and any(p in low for p in POLICY_PHRASES):
+        if check_policy and _POLICY_RE.search(low):
             removed["policy"] += 1
             continue
         if r.min_num_sentences is not None:

@@ -57,7 +57,7 @@ from seekforge.data.dedup import (
     LSHIndex,
     MinHasher,
     contaminated,
-    exact_key,
+    exact_key_simplified,
     ngram_set,
 )
 from seekforge.data.filters import FiltersConfig, run_filters
@@ -71,7 +71,7 @@ from seekforge.data.readers import (
     expand_inputs,
     iter_documents,
 )
-from seekforge.data.text import LanguageIdentifier, detect_language, warm_up
+from seekforge.data.text import LanguageIdentifier, detect_language, simplify, warm_up
 from seekforge.utils import atomic_write_bytes, atomic_write_text, human_bytes, human_count
 
 log = logging.getLogger("seekforge.data")
@@ -236,16 +236,17 @@ def _process_batch(batch: list[tuple[int, str, str, str]]) -> list[tuple]:
         if len(decon) and contaminated(text, lang, decon, decon_n):
             out.append(("drop", idx, "decontaminate.eval_overlap", lang, _snippet(text)))
             continue
-        ekey = exact_key(text) if dedup_cfg.exact else None
+        simple = simplify(text)  # shared by exact and near dedup
+        ekey = exact_key_simplified(simple) if dedup_cfg.exact else None
         out.append(("keep", idx, text, lang, ekey, None, dict(pii_counts), dict(res.c4_lines_removed)))
         if _W["minhasher"] is not None:
-            pending.append(len(out) - 1)
+            pending.append((len(out) - 1, simple))
     mh: MinHasher | None = _W["minhasher"]
     if mh is not None and pending:
-        for pos in pending:
+        keys = mh.keys_for_many([sp for _, sp in pending], [out[p][3] for p, _ in pending], simplified=True)
+        for (pos, _), k in zip(pending, keys):
             rec = out[pos]
-            keys = mh.keys_for(rec[2], rec[3])
-            out[pos] = (*rec[:5], keys.tobytes(), *rec[6:])
+            out[pos] = (*rec[:5], k.tobytes(), *rec[6:])
     return out
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -141,24 +142,85 @@ def _ordered_map(batches: Iterator[list[str]], workers: int, initargs: tuple) ->
         pool.join()
 
 
-def _tokenizer_info(tok_dir: Path, hf_tok) -> dict[str, Any]:
-    info: dict[str, Any] = {"source": str(tok_dir.resolve()), "dir": "tokenizer", "vocab_size": len(hf_tok),
-                            "class": type(hf_tok).__name__}
+@dataclass
+class _Tok:
+    """What tokenizing needs from a tokenizer directory."""
+
+    dir: Path
+    backend: Any  # tokenizers.Tokenizer
+    bos_id: int
+    eos_id: int | None
+    vocab_size: int
+    hf: Any = None  # the transformers object, only when it had to be loaded (no tokenizer.json)
+
+
+def _special(config: dict[str, Any], name: str) -> str | None:
+    value = config.get(name)
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _open_tokenizer(tok_dir: Path) -> _Tok:
+    """Open a tokenizer dir with ``tokenizers`` alone when it has a tokenizer.json (importing
+    transformers costs ~1.5 s); otherwise through ``load_tokenizer`` (slow-only tokenizers).
+
+    bos/eos follow ``load_tokenizer``'s rules: names from tokenizer_config.json (or
+    special_tokens_map.json); a missing bos falls back to eos.
+    """
+    from seekforge.tokenizer import load_tokenizer
+
     tj = tok_dir / "tokenizer.json"
+    if not tj.is_file():
+        hf = load_tokenizer(tok_dir)  # raises the clear "does not exist" / "not a tokenizer" errors
+        backend = getattr(hf, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError(f"{tok_dir}: needs a fast (tokenizers-backed) tokenizer")
+        return _Tok(tok_dir, backend, int(hf.bos_token_id),
+                    None if hf.eos_token_id is None else int(hf.eos_token_id), len(hf), hf)
+    from tokenizers import Tokenizer
+
+    try:
+        backend = Tokenizer.from_file(str(tj))
+    except Exception as e:  # the library raises a bare Exception for a malformed file
+        raise ValueError(f"{tj}: could not load the tokenizer: {e}") from e
+    config: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        f = tok_dir / name
+        if f.is_file():
+            try:
+                config.update(json.loads(f.read_text(encoding="utf-8")))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}: invalid JSON ({e})") from None
+    ids = {}
+    for name in ("bos_token", "eos_token"):
+        token = _special(config, name)
+        ids[name] = None if token is None else backend.token_to_id(token)
+        if token is not None and ids[name] is None:
+            raise ValueError(f"{tok_dir}: {name} {token!r} is not in the vocabulary of {tj}")
+    bos = ids["bos_token"] if ids["bos_token"] is not None else ids["eos_token"]
+    if bos is None:
+        raise ValueError(f"{tok_dir}: no bos_token or eos_token in tokenizer_config.json; data tokenize "
+                         "needs one to mark document starts")
+    return _Tok(tok_dir, backend, bos, ids["eos_token"], backend.get_vocab_size(with_added_tokens=True))
+
+
+def _tokenizer_info(tok: _Tok) -> dict[str, Any]:
+    info: dict[str, Any] = {"source": str(tok.dir.resolve()), "dir": "tokenizer",
+                            "vocab_size": tok.vocab_size}
+    tj = tok.dir / "tokenizer.json"
     if tj.is_file():
         info["sha256"] = hashlib.sha256(tj.read_bytes()).hexdigest()
     return info
 
 
-def _copy_tokenizer(tok_dir: Path, hf_tok, dest: Path) -> None:
+def _copy_tokenizer(tok: _Tok, dest: Path) -> None:
     dest.mkdir()
     copied = False
     for name in _TOKENIZER_FILES:
-        if (tok_dir / name).is_file():
-            shutil.copy2(tok_dir / name, dest / name)
+        if (tok.dir / name).is_file():
+            shutil.copy2(tok.dir / name, dest / name)
             copied = True
-    if not copied:  # e.g. a sentencepiece-only dir: let transformers write what it can
-        hf_tok.save_pretrained(str(dest))
+    if not copied and tok.hf is not None:  # e.g. a sentencepiece-only dir: let transformers write it
+        tok.hf.save_pretrained(str(dest))
 
 
 def _resolve_workers(workers: int | None) -> int:
@@ -168,7 +230,7 @@ def _resolve_workers(workers: int | None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         cores = os.cpu_count() or 1
-    return min(cores, 16)
+    return 0 if cores <= 1 else min(cores, 16)  # one core: a pool would only add copying
 
 
 def tokenize_to_shards(
@@ -191,7 +253,6 @@ def tokenize_to_shards(
     tokenizer whose ids do not fit; FileNotFoundError for missing inputs or tokenizer.
     """
     from seekforge.data.readers import iter_documents
-    from seekforge.tokenizer import load_tokenizer
     from seekforge.utils import atomic_dir
 
     if not 0.0 <= val_fraction < 1.0:
@@ -199,21 +260,21 @@ def tokenize_to_shards(
     if val_inputs is not None and isinstance(val_inputs, (str, Path)):
         val_inputs = [val_inputs]
     tok_dir = Path(tokenizer_dir)
-    hf_tok = load_tokenizer(tok_dir)
-    backend = getattr(hf_tok, "backend_tokenizer", None)
-    if backend is None:
-        raise ValueError(f"{tok_dir}: needs a fast (tokenizers-backed) tokenizer with a tokenizer.json")
-    vocab_size = len(hf_tok)
+    if not tok_dir.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {tok_dir} does not exist (train one with "
+                                f"`seekforge tokenizer train --input ... --out {tok_dir}`)")
+    tok = _open_tokenizer(tok_dir)
+    vocab_size = tok.vocab_size
     dtype = token_dtype(vocab_size)
     workers = _resolve_workers(workers)
     frac = 0.0 if val_inputs else val_fraction
-    initargs = (backend.to_str(), int(hf_tok.bos_token_id), dtype.str, frac)
+    initargs = (tok.backend.to_str(), tok.bos_id, dtype.str, frac)
     reader_kw = dict(text_fields=tuple(text_fields), txt_mode=txt_mode)
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
-        writer = ShardWriter(tmp, vocab_size, int(hf_tok.bos_token_id), shard_tokens=shard_tokens)
+        writer = ShardWriter(tmp, vocab_size, tok.bos_id, shard_tokens=shard_tokens)
         jobs = [(inputs, None)] + ([(val_inputs, "val")] if val_inputs else [])
         for paths, forced in jobs:
             texts = (d.text for d in iter_documents(paths, **reader_kw))
@@ -227,7 +288,7 @@ def tokenize_to_shards(
         if frac > 0 and val.num_docs == 0:
             # Too few documents for the hash split (e.g. one long .txt): cut a token tail instead.
             def count_bytes(ids: np.ndarray) -> int:  # exact except for a UTF-8 character cut in two
-                return len(hf_tok.decode(ids.tolist(), skip_special_tokens=True).encode("utf-8"))
+                return len(tok.backend.decode(ids.tolist(), skip_special_tokens=True).encode("utf-8"))
 
             if writer.split_tail(frac, count_bytes):
                 val_split = "tail"
@@ -236,10 +297,10 @@ def tokenize_to_shards(
             else:
                 val_split = "none"
                 log.warning("val split is empty: the corpus is too small to hold out %.1f%%", 100 * frac)
-        _copy_tokenizer(tok_dir, hf_tok, tmp / "tokenizer")
+        _copy_tokenizer(tok, tmp / "tokenizer")
         manifest = writer.finish(
-            eos_token_id=None if hf_tok.eos_token_id is None else int(hf_tok.eos_token_id),
-            tokenizer=_tokenizer_info(tok_dir, hf_tok),
+            eos_token_id=tok.eos_id,
+            tokenizer=_tokenizer_info(tok),
             val_split=val_split,
             val_fraction=frac,
             inputs=[str(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)],

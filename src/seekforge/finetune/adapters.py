@@ -44,8 +44,15 @@ def _save_tokenizer(tokenizer: Any, out: Path) -> None:
         tokenizer.save_pretrained(str(out))
 
 
-def save_result(model: nn.Module, kind: str, method: str, out_dir: str | Path, *, tokenizer: Any = None,
-                base_path: str | Path | None = None) -> Path:
+def save_result(
+    model: nn.Module,
+    kind: str,
+    method: str,
+    out_dir: str | Path,
+    *,
+    tokenizer: Any = None,
+    base_path: str | Path | None = None,
+) -> Path:
     """Write the model (full/freeze) or the adapter (lora/qlora/prefix) to ``out_dir`` atomically."""
     out_dir = Path(out_dir)
     base = unwrap(model)
@@ -66,10 +73,14 @@ def save_result(model: nn.Module, kind: str, method: str, out_dir: str | Path, *
             peft_model.save_pretrained(str(tmp))
             _fix_adapter_config(tmp / "adapter_config.json", base_path)
         _save_tokenizer(tokenizer, tmp)
-        marker = {"format": "seekforge-adapter-v1", "method": method, "base_kind": kind,
-                  "base_model": str(Path(base_path).resolve()) if base_path else None,
-                  # seekforge and transformers >= 5 store routed experts stacked; see module docstring.
-                  "expert_layout": "stacked"}
+        marker = {
+            "format": "seekforge-adapter-v1",
+            "method": method,
+            "base_kind": kind,
+            "base_model": str(Path(base_path).resolve()) if base_path else None,
+            # seekforge and transformers >= 5 store routed experts stacked; see module docstring.
+            "expert_layout": "stacked",
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
@@ -94,10 +105,15 @@ def _save_mla_prefix(base: nn.Module, out: Path, base_path: str | Path | None) -
     state = prefix_state_dict(base)
     save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     P = next(iter(state.values())).shape[0]
-    cfg = {"peft_type": PREFIX_TYPE, "num_virtual_tokens": P, "task_type": "CAUSAL_LM",
-           "base_model_name_or_path": str(Path(base_path).resolve()) if base_path else None,
-           "kv_lora_rank": base.config.kv_lora_rank, "qk_rope_head_dim": base.config.qk_rope_head_dim,
-           "num_layers": base.config.num_hidden_layers}
+    cfg = {
+        "peft_type": PREFIX_TYPE,
+        "num_virtual_tokens": P,
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(Path(base_path).resolve()) if base_path else None,
+        "kv_lora_rank": base.config.kv_lora_rank,
+        "qk_rope_head_dim": base.config.qk_rope_head_dim,
+        "num_layers": base.config.num_hidden_layers,
+    }
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
@@ -108,8 +124,10 @@ def _save_mla_prefix(base: nn.Module, out: Path, base_path: str | Path | None) -
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{adapter_dir} is not an adapter directory: {path.name} is missing "
-                                "(full/freeze fine-tunes are whole models: load them as the base instead)")
+        raise FileNotFoundError(
+            f"{adapter_dir} is not an adapter directory: {path.name} is missing "
+            "(full/freeze fine-tunes are whole models: load them as the base instead)"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -169,7 +187,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = True) 
 
     if peft_type == PREFIX_TYPE:
         if not is_seekforge:
-            raise ValueError(f"{adapter_dir} is a seekforge MLA prefix; it needs a seekforge (DeepSeek-V3) base")
+            raise ValueError(
+                f"{adapter_dir} is a seekforge MLA prefix; it needs a seekforge (DeepSeek-V3) base"
+            )
         from safetensors.torch import load_file
 
         from seekforge.finetune.prefix import load_prefix
@@ -178,8 +198,10 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = True) 
         return model
     if is_seekforge:
         if peft_type != "LORA":
-            raise ValueError(f"{adapter_dir}: a {peft_type} adapter cannot be used with a seekforge base "
-                             "(LoRA and seekforge MLA prefixes can)")
+            raise ValueError(
+                f"{adapter_dir}: a {peft_type} adapter cannot be used with a seekforge base "
+                "(LoRA and seekforge MLA prefixes can)"
+            )
         return _lora_into_seekforge(inner, adapter_dir)
     peft_model = peft_from_pretrained(inner, adapter_dir)
     if peft_type == "LORA" and merge:
@@ -195,19 +217,24 @@ def adapter_base(adapter_dir: str | Path) -> str | None:
     return read_adapter_config(adapter_dir).get("base_model_name_or_path")
 
 
-def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
-               dtype: torch.dtype = torch.float32) -> Path:
+def merge_lora(
+    base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32
+) -> Path:
     """``seekforge merge``: fold a LoRA adapter into the base weights and write a full model dir."""
     from seekforge.tokenizer import load_tokenizer
 
     cfg = read_adapter_config(adapter_dir)
     if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{adapter_dir} is a {cfg.get('peft_type')} adapter; only LoRA can be merged into "
-                         "weights (a prefix adds attention entries: serve it with --adapter instead)")
+        raise ValueError(
+            f"{adapter_dir} is a {cfg.get('peft_type')} adapter; only LoRA can be merged into "
+            "weights (a prefix adds attention entries: serve it with --adapter instead)"
+        )
     marker = Path(adapter_dir) / MARKER
     if marker.exists() and json.loads(marker.read_text(encoding="utf-8")).get("method") == "qlora":
-        log.warning("merging a QLoRA adapter into a full-precision base: the adapter was trained against "
-                    "4-bit weights, so outputs differ slightly from the QLoRA model")
+        log.warning(
+            "merging a QLoRA adapter into a full-precision base: the adapter was trained against "
+            "4-bit weights, so outputs differ slightly from the QLoRA model"
+        )
     tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base_dir
     tokenizer = load_tokenizer(tok_dir)
     kind = base_kind(base_dir)
@@ -223,8 +250,10 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-    atomic_write_text(Path(out_dir) / "merged_from.json",
-                      json.dumps({"base": str(base_dir), "adapter": str(adapter_dir)}, indent=2) + "\n")
+    atomic_write_text(
+        Path(out_dir) / "merged_from.json",
+        json.dumps({"base": str(base_dir), "adapter": str(adapter_dir)}, indent=2) + "\n",
+    )
     return Path(out_dir)
 
 
@@ -246,8 +275,9 @@ def load_trained_weights(model: nn.Module, kind: str, method: str, path: str | P
         missing, unexpected = base.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
         if missing or unexpected:
-            raise ValueError(f"{path}: weights do not match the model: missing {missing[:6]}, "
-                             f"unexpected {unexpected[:6]}")
+            raise ValueError(
+                f"{path}: weights do not match the model: missing {missing[:6]}, unexpected {unexpected[:6]}"
+            )
         return
     state = load_file(str(path / "adapter_model.safetensors"))
     if method == "prefix" and kind == "seekforge":
@@ -263,3 +293,16 @@ def load_trained_weights(model: nn.Module, kind: str, method: str, path: str | P
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{path}: adapter weights do not match the model: unexpected {unexpected[:6]}")
+
+
+def adapter_engine_args(adapter_dir: str | Path, tokenizer_dir: str | Path | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``Engine.from_pretrained(base, ...)`` that serve base + adapter.
+
+    The adapter directory carries the tokenizer/chat template it was trained with, so that is
+    the default tokenizer (a template mismatch is the classic "never stops talking" bug).
+    """
+    adapter_dir = Path(adapter_dir)
+    read_adapter_config(adapter_dir)  # fail before the base loads
+    has_tok = (adapter_dir / "tokenizer_config.json").exists()
+    return {"transform": lambda model: load_adapter(model, adapter_dir),
+            "tokenizer_dir": tokenizer_dir or (adapter_dir if has_tok else None)}

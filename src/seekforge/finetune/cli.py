@@ -26,22 +26,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from seekforge.cli import add_config_args
 
     sft = subparsers.add_parser(
-        "sft", help="fine-tune a model on chat/instruction data (full, freeze, LoRA, QLoRA, prefix)",
+        "sft",
+        help="fine-tune a model on chat/instruction data (full, freeze, LoRA, QLoRA, prefix)",
         description="Supervised fine-tuning on the trainer loop. Examples:\n"
         "  seekforge sft configs/sft_identity.yaml --set model=runs/base --set template_vars.name=Forge\n"
         "  seekforge sft --set model=~/models/Qwen2-0.5B --set data=my.jsonl --set method=lora\n"
         "  seekforge sft --set model=runs/base --set data=alpaca_zh --set dataset_dir=data/\n"
         "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(sft, add_config_args)
     sft.set_defaults(func=run_sft)
 
     distill = subparsers.add_parser(
-        "distill", help="distil a teacher into a student (logit KD, or teacher-generated SFT data)",
+        "distill",
+        help="distil a teacher into a student (logit KD, or teacher-generated SFT data)",
         description="Knowledge distillation. mode=logits: a*CE + (1-a)*T^2*KL(teacher_T || student_T) "
         "with the teacher online or its top-k log-probs cached; mode=generate: the teacher (a local "
         "model or an OpenAI-compatible endpoint) answers the prompts, then the student is SFT-ed on it.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _common(distill, add_config_args)
     distill.set_defaults(func=run_distill)
 
@@ -54,9 +58,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser, add_config_args) -> None:  # noqa: ANN001
     add_config_args(p)
-    p.add_argument("--resume", nargs="?", const="must", default=None, metavar="CKPT",
-                   help="resume from out_dir's latest checkpoint (error if none), or from CKPT")
-    p.add_argument("--fresh", action="store_true", help="refuse to start if out_dir already holds checkpoints")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="must",
+        default=None,
+        metavar="CKPT",
+        help="resume from out_dir's latest checkpoint (error if none), or from CKPT",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="refuse to start if out_dir already holds checkpoints"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 

@@ -42,8 +42,13 @@ FILE_TYPES = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt")
 
 # Logical column -> default physical column, per format (LLaMA-Factory's names and defaults).
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
-    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-               "history": "history"},
+    "alpaca": {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "system": "system",
+        "history": "history",
+    },
     "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools"},
     "openai": {"messages": "messages", "system": "system", "tools": "tools"},
     "text": {"prompt": "text"},
@@ -53,17 +58,46 @@ DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
 FOREIGN_COLUMNS = ("images", "videos", "audios", "chosen", "rejected", "kto_tag")
 
 DEFAULT_TAGS: dict[str, dict[str, str]] = {
-    "sharegpt": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"},
-    "openai": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-               "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"},
+    "sharegpt": {
+        "role_tag": "from",
+        "content_tag": "value",
+        "user_tag": "human",
+        "assistant_tag": "gpt",
+        "observation_tag": "observation",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
+    "openai": {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "tool",
+        "function_tag": "function_call",
+        "system_tag": "system",
+    },
 }
 
 # Keys of one dataset_info.json entry. Hub/cloud sources are recognised (to say clearly that they
 # need a download) rather than rejected as typos.
-REGISTRY_KEYS = ("file_name", "formatting", "columns", "tags", "num_samples", "split", "subset", "folder",
-                 "ranking", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name",
-                 "file_sha1", "load_from")
+REGISTRY_KEYS = (
+    "file_name",
+    "formatting",
+    "columns",
+    "tags",
+    "num_samples",
+    "split",
+    "subset",
+    "folder",
+    "ranking",
+    "hf_hub_url",
+    "ms_hub_url",
+    "om_hub_url",
+    "script_url",
+    "cloud_file_name",
+    "file_sha1",
+    "load_from",
+)
 REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -258,8 +292,10 @@ def spec_from_registry(name: str, entry: dict[str, Any], dataset_dir: Path) -> D
     _check_keys(entry, REGISTRY_KEYS, where)
     remote = [k for k in REMOTE_KEYS if k in entry]
     if remote and "file_name" not in entry:
-        raise DataError(f"{where}: loads from {remote[0]} ({entry[remote[0]]}); seekforge works offline - "
-                        "download the data and point 'file_name' at the local file")
+        raise DataError(
+            f"{where}: loads from {remote[0]} ({entry[remote[0]]}); seekforge works offline - "
+            "download the data and point 'file_name' at the local file"
+        )
     if entry.get("ranking"):
         raise DataError(f"{where}: is preference data ('ranking': true); sft needs instruction/chat data")
     if "file_name" not in entry:
@@ -269,13 +305,23 @@ def spec_from_registry(name: str, entry: dict[str, Any], dataset_dir: Path) -> D
     columns = dict(entry.get("columns") or {})
     tags = dict(entry.get("tags") or {})
     num = entry.get("num_samples")
-    return DatasetSpec(name=name, path=dataset_dir / entry["file_name"], formatting=formatting,
-                       columns=columns, tags=tags, num_samples=int(num) if num is not None else None)
+    return DatasetSpec(
+        name=name,
+        path=dataset_dir / entry["file_name"],
+        formatting=formatting,
+        columns=columns,
+        tags=tags,
+        num_samples=int(num) if num is not None else None,
+    )
 
 
-def resolve_datasets(data: str | list[str], dataset_dir: str | Path | None = None,
-                     formatting: str = "auto", columns: dict[str, str] | None = None,
-                     tags: dict[str, str] | None = None) -> list[DatasetSpec]:
+def resolve_datasets(
+    data: str | list[str],
+    dataset_dir: str | Path | None = None,
+    formatting: str = "auto",
+    columns: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+) -> list[DatasetSpec]:
     """``data`` (comma-separated or a list of file paths / registry names) -> dataset specs.
 
     A name is looked up in ``dataset_dir/dataset_info.json`` first; otherwise it must be a file or
@@ -298,14 +344,18 @@ def resolve_datasets(data: str | list[str], dataset_dir: str | Path | None = Non
             hint = ""
             if known:
                 near = closest(name, known)
-                hint = (f" Did you mean {', '.join(repr(n) for n in near)}?" if near else "") + \
-                    f" Datasets in {ddir / 'dataset_info.json'}: {', '.join(known)}"
+                hint = (
+                    f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+                ) + f" Datasets in {ddir / 'dataset_info.json'}: {', '.join(known)}"
             else:
                 hint = f" (no dataset_info.json in {ddir})"
             raise DataError(f"dataset {name!r} is neither a file nor a registered dataset.{hint}")
         fmt = _check_format(formatting, "data.format", allow_auto=True)
-        specs.append(DatasetSpec(name=str(path), path=path, formatting=fmt, columns=dict(columns or {}),
-                                 tags=dict(tags or {})))
+        specs.append(
+            DatasetSpec(
+                name=str(path), path=path, formatting=fmt, columns=dict(columns or {}), tags=dict(tags or {})
+            )
+        )
     return specs
 
 
@@ -323,9 +373,11 @@ def detect_format(rows: list[Any], where: str) -> str:
             return "alpaca"
         if "text" in keys:
             return "text"
-        raise DataError(f"{where}: cannot tell the format from the keys {sorted(keys)}; expected "
-                        "'messages' (openai), 'conversations' (sharegpt), 'instruction'/'output' (alpaca) "
-                        "or 'text'. Set data.format and data.columns to map your column names.")
+        raise DataError(
+            f"{where}: cannot tell the format from the keys {sorted(keys)}; expected "
+            "'messages' (openai), 'conversations' (sharegpt), 'instruction'/'output' (alpaca) "
+            "or 'text'. Set data.format and data.columns to map your column names."
+        )
     raise DataError(f"{where}: no JSON object rows to detect the format from")
 
 
@@ -417,8 +469,13 @@ def convert_chat(row: dict, cols: dict[str, str], tags: dict[str, str]) -> list[
     turns = _get(row, cols["messages"], True)
     if not isinstance(turns, list) or not turns:
         raise _Bad(f"bad conversation: {cols['messages']!r} must be a non-empty list of messages")
-    role_map = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system",
-                tags["observation_tag"]: "tool", tags["function_tag"]: "assistant"}
+    role_map = {
+        tags["user_tag"]: "user",
+        tags["assistant_tag"]: "assistant",
+        tags["system_tag"]: "system",
+        tags["observation_tag"]: "tool",
+        tags["function_tag"]: "assistant",
+    }
     messages: list[dict[str, str]] = []
     system = row.get(cols["system"])
     if isinstance(system, str) and system.strip():
@@ -430,8 +487,10 @@ def convert_chat(row: dict, cols: dict[str, str], tags: dict[str, str]) -> list[
         if tag is None:
             raise _Bad(f"missing field: message {i} has no {tags['role_tag']!r}")
         if tag not in role_map:
-            raise _Bad(f"wrong role: message {i} has role {tag!r}; expected one of {sorted(role_map)} "
-                       "(map other names with the dataset's 'tags')")
+            raise _Bad(
+                f"wrong role: message {i} has role {tag!r}; expected one of {sorted(role_map)} "
+                "(map other names with the dataset's 'tags')"
+            )
         role = role_map[tag]
         content = _text_of(turn.get(tags["content_tag"]), f"message {i}")
         if role == "system":
@@ -447,8 +506,10 @@ def convert_chat(row: dict, cols: dict[str, str], tags: dict[str, str]) -> list[
         user_side = m["role"] in ("user", "tool")
         if user_side != (k % 2 == 0):
             want = "user/tool" if k % 2 == 0 else "assistant"
-            raise _Bad(f"wrong role: turn {k} is {m['role']!r} but {want} was expected (turns must alternate "
-                       "user -> assistant)")
+            raise _Bad(
+                f"wrong role: turn {k} is {m['role']!r} but {want} was expected (turns must alternate "
+                "user -> assistant)"
+            )
         if m["role"] == "assistant" and not m["content"].strip():
             raise _Bad(f"empty answer: assistant turn {k}")
     if not chat or chat[-1]["role"] != "assistant":
@@ -494,9 +555,11 @@ def check_unfilled(examples: list[Example], values: dict[str, str], min_share: f
     missing = [n for n, c in counts.items() if c >= 2 and c >= min_share * len(examples)]
     if missing:
         sets = " ".join(f"--set template_vars.{n}=..." for n in sorted(missing))
-        raise DataError(f"the data uses {', '.join('{{' + n + '}}' for n in sorted(missing))} in "
-                        f"{max(counts[n] for n in missing)} rows but template_vars does not set them; "
-                        f"give values, e.g. {sets}")
+        raise DataError(
+            f"the data uses {', '.join('{{' + n + '}}' for n in sorted(missing))} in "
+            f"{max(counts[n] for n in missing)} rows but template_vars does not set them; "
+            f"give values, e.g. {sets}"
+        )
     for name, c in counts.items():
         if name not in missing:
             log.warning("%d rows contain an unfilled {{%s}}; kept as literal text", c, name)
@@ -506,8 +569,9 @@ def check_unfilled(examples: list[Example], values: dict[str, str], min_share: f
 # Entry point
 
 
-def load_examples(specs: list[DatasetSpec], template_vars: dict[str, str] | None = None,
-                  max_samples: int | None = None) -> tuple[list[Example], DataReport]:
+def load_examples(
+    specs: list[DatasetSpec], template_vars: dict[str, str] | None = None, max_samples: int | None = None
+) -> tuple[list[Example], DataReport]:
     """Read and validate every dataset; return the usable examples and a report.
 
     Raises :class:`DataError` if no row is usable (with the first bad rows in the message).
@@ -527,13 +591,17 @@ def load_examples(specs: list[DatasetSpec], template_vars: dict[str, str] | None
     if report.bad:
         log.warning("data: %s", report.summary())
     if not examples:
-        raise DataError("no usable examples in " + ", ".join(str(s.path) for s in specs) + ":\n" +
-                        report.summary(show=10))
+        raise DataError(
+            "no usable examples in " + ", ".join(str(s.path) for s in specs) + ":\n" + report.summary(show=10)
+        )
     check_unfilled(examples, values)
     for ex in examples:
         _fill_example(ex, values)
-    log.info("data: %d examples from %s", len(examples),
-             ", ".join(f"{n} ({c})" for n, c in report.per_dataset.items()))
+    log.info(
+        "data: %d examples from %s",
+        len(examples),
+        ", ".join(f"{n} ({c})" for n, c in report.per_dataset.items()),
+    )
     return examples, report
 
 

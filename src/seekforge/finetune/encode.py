@@ -37,6 +37,7 @@ from seekforge.finetune.data import DataError, Example
 log = logging.getLogger("seekforge.finetune")
 
 IGNORE = -100
+MARKER = "\x00seekforge-answer\x00"  # stands in for an answer when locating it
 TRAIN_ON = ("assistant", "last", "all")
 
 
@@ -61,7 +62,9 @@ class EncodeStats:
 
 
 def render(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 class ChatEncoder:
@@ -71,11 +74,15 @@ class ChatEncoder:
         if train_on not in TRAIN_ON:
             raise DataError(f"train_on must be one of {', '.join(TRAIN_ON)} (got {train_on!r})")
         if not getattr(tokenizer, "is_fast", False):
-            raise DataError("sft needs a fast (Rust) tokenizer for character offsets; this one is "
-                            f"{type(tokenizer).__name__}. Save it with tokenizer.json (tokenizers library).")
+            raise DataError(
+                "sft needs a fast (Rust) tokenizer for character offsets; this one is "
+                f"{type(tokenizer).__name__}. Save it with tokenizer.json (tokenizers library)."
+            )
         if not getattr(tokenizer, "chat_template", None):
-            raise DataError("the tokenizer has no chat template; set 'chat_template' in the config "
-                            "(a Jinja file or string)")
+            raise DataError(
+                "the tokenizer has no chat template; set 'chat_template' in the config "
+                "(a Jinja file or string)"
+            )
         self.tok = tokenizer
         self.max_len = max_len
         self.train_on = train_on
@@ -97,27 +104,40 @@ class ChatEncoder:
             if full.startswith(through) and through.startswith(prompt) and len(prompt) >= cursor:
                 start, end = len(prompt), len(through)
             else:
-                start, end = self._search_span(full, m["content"], cursor)
+                start, end = self._marker_span(messages, i, full)
             spans.append((start, end))
             cursor = end
         return spans
 
-    def _search_span(self, full: str, content: str, cursor: int) -> tuple[int, int]:
-        text = content.strip()
-        start = full.find(text, cursor)
-        if start < 0:
-            raise DataError(f"the chat template drops or rewrites an assistant answer ({text[:40]!r}...); "
+    def _marker_span(self, messages: list[dict[str, str]], i: int, full: str) -> tuple[int, int]:
+        """Where answer i lands in ``full`` when the template rewrites it (e.g. drops ``<think>``).
+
+        Render the chat again with answer i replaced by a marker: the text before and after the
+        marker is the same as in ``full``, so what lies between is the answer as rendered.
+        """
+        marked = [dict(m) for m in messages]
+        marked[i]["content"] = MARKER
+        text = render(self.tok, marked)
+        if text.count(MARKER) != 1:
+            raise DataError("the chat template drops or duplicates an assistant answer; cannot tell which "
+                            "tokens to train. Use another template or train_on=all.")
+        before, after = text.split(MARKER)
+        if not (full.startswith(before) and full.endswith(after) and len(before) + len(after) <= len(full)):
+            raise DataError("the chat template renders earlier turns differently depending on later ones; "
                             "cannot tell which tokens to train. Use another template or train_on=all.")
-        end = start + len(text)
+        start, end = len(before), len(full) - len(after)
         # Take the special tokens the template closes the turn with (EOS / end-of-turn markers).
-        specials = sorted(self.tok.all_special_tokens, key=len, reverse=True)
+        specials = sorted((s for s in self.tok.all_special_tokens if s and s != self.tok.bos_token), key=len,
+                          reverse=True)
         while True:
             rest = full[end:]
             stripped = rest.lstrip(" \n")
-            hit = next((s for s in specials if s and stripped.startswith(s)), None)
-            if hit is None or (hit == self.tok.bos_token and hit != self.tok.eos_token):
+            hit = next((s for s in specials if stripped.startswith(s)), None)
+            if hit is None:
                 return start, end
             end += (len(rest) - len(stripped)) + len(hit)
+            if hit == self.tok.eos_token:
+                return start, end
 
     # -- encoding -----------------------------------------------------------------------------
     def encode(self, ex: Example) -> Encoded | None:
@@ -161,8 +181,14 @@ class ChatEncoder:
         # Insert EOS after answers whose last non-blank token is not special (walk backwards so the
         # indices of earlier spans stay valid).
         for a, b in reversed(token_spans):
-            last = next((k for k in range(b - 1, a - 1, -1) if full[offsets[k][0]:offsets[k][1]].strip()
-                         or ids[k] in self.special_ids), None)
+            last = next(
+                (
+                    k
+                    for k in range(b - 1, a - 1, -1)
+                    if full[offsets[k][0] : offsets[k][1]].strip() or ids[k] in self.special_ids
+                ),
+                None,
+            )
             if last is not None and ids[last] not in self.special_ids:
                 ids.insert(b, self.eos_id)
                 labels.insert(b, self.eos_id)
@@ -173,12 +199,20 @@ class ChatEncoder:
         out = [e for e in (self.encode(ex) for ex in examples) if e is not None]
         s = self.stats
         if s.truncated:
-            log.warning("%d of %d examples were longer than max_len=%d tokens and were truncated%s; "
-                        "raise max_len if answers get cut", s.truncated, s.examples, self.max_len,
-                        f" ({s.dropped} lost every answer token and were dropped)" if s.dropped else "")
+            log.warning(
+                "%d of %d examples were longer than max_len=%d tokens and were truncated%s; "
+                "raise max_len if answers get cut",
+                s.truncated,
+                s.examples,
+                self.max_len,
+                f" ({s.dropped} lost every answer token and were dropped)" if s.dropped else "",
+            )
         if s.eos_added:
-            log.info("the chat template does not close assistant turns with a special token; added EOS "
-                     "to %d turns so the model learns to stop", s.eos_added)
+            log.info(
+                "the chat template does not close assistant turns with a special token; added EOS "
+                "to %d turns so the model learns to stop",
+                s.eos_added,
+            )
         if not out:
             raise DataError(f"no example has an answer token within max_len={self.max_len}")
         return out
@@ -268,7 +302,12 @@ def collate(rows: list[Row], pad_id: int, pad_to: int | None = None) -> dict[str
         if n < T:
             segment_ids[b, n:] = (max(r.segment_ids) + 1) if n else 0
             position_ids[b, n:] = torch.arange(T - n)
-    return {"input_ids": input_ids, "labels": labels, "segment_ids": segment_ids, "position_ids": position_ids}
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "segment_ids": segment_ids,
+        "position_ids": position_ids,
+    }
 
 
 class RowBatches:
@@ -278,8 +317,16 @@ class RowBatches:
     interrupted run would have seen next.
     """
 
-    def __init__(self, rows: list[Row], batch_size: int, pad_id: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, packed: bool = False) -> None:
+    def __init__(
+        self,
+        rows: list[Row],
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        packed: bool = False,
+    ) -> None:
         if not rows:
             raise DataError("no training rows")
         self.rows = rows
@@ -299,14 +346,14 @@ class RowBatches:
         idx = list(range(len(self.rows)))
         random.Random(self.seed * 100_003 + epoch).shuffle(idx)
         per_rank = len(idx) // self.world_size
-        return idx[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         if self.pos >= self.batches_per_epoch:
             self.epoch += 1
             self.pos = 0
         order = self._order(self.epoch)
-        take = order[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]
+        take = order[self.pos * self.batch_size : (self.pos + 1) * self.batch_size]
         self.pos += 1
         return collate([self.rows[i] for i in take], self.pad_id)
 

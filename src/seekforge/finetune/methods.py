@@ -62,7 +62,9 @@ class LoraSettings:
 @dataclass
 class FreezeSettings:
     trainable_layers: int = 2  # last N decoder layers train; negative: the first N
-    modules: list[str] = field(default_factory=lambda: ["all"])  # within those layers: all | self_attn | mlp ...
+    modules: list[str] = field(
+        default_factory=lambda: ["all"]
+    )  # within those layers: all | self_attn | mlp ...
     extra_modules: list[str] = field(default_factory=list)  # also train e.g. embed_tokens, lm_head, norm
 
 
@@ -84,8 +86,10 @@ def base_kind(path: str | Path) -> str:
         return "seekforge"
     cfg = p / "config.json"
     if not cfg.exists():
-        raise FileNotFoundError(f"base model {path}: no config.json (expected a model directory or a preset: "
-                                f"{', '.join(PRESETS)})")
+        raise FileNotFoundError(
+            f"base model {path}: no config.json (expected a model directory or a preset: "
+            f"{', '.join(PRESETS)})"
+        )
     model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
     return "seekforge" if model_type in ("deepseek_v3", "deepseek_v2") else "hf"
 
@@ -103,17 +107,26 @@ class HFCausalLM(nn.Module):
         self.inner = inner
         self.config = inner.config
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
-                position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> ModelOutput:
         kwargs: dict[str, Any] = {}
         if segment_ids is not None:
             if position_ids is None:
                 from seekforge.model.model import segment_positions
+
                 position_ids = segment_positions(segment_ids)
             kwargs["position_ids"] = position_ids
         out = self.inner(input_ids=input_ids, labels=labels, **kwargs)
         loss = out.loss
-        return ModelOutput(logits=out.logits, loss=loss, losses={"main": loss.detach()} if loss is not None else {})
+        return ModelOutput(
+            logits=out.logits, loss=loss, losses={"main": loss.detach()} if loss is not None else {}
+        )
 
 
 @torch.no_grad()
@@ -135,8 +148,9 @@ def honours_packing(model: nn.Module) -> bool:
     return torch.allclose(packed.float(), alone.float(), atol=1e-3, rtol=1e-3)
 
 
-def load_base(path: str | Path, *, device: torch.device, dtype: torch.dtype, quantize_4bit: bool = False
-              ) -> tuple[nn.Module, str]:
+def load_base(
+    path: str | Path, *, device: torch.device, dtype: torch.dtype, quantize_4bit: bool = False
+) -> tuple[nn.Module, str]:
     """(model in seekforge calling convention, kind)."""
     kind = base_kind(path)
     if quantize_4bit:
@@ -155,8 +169,11 @@ def load_base(path: str | Path, *, device: torch.device, dtype: torch.dtype, qua
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
         kwargs["device_map"] = {"": device}
     try:
         inner = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
@@ -170,8 +187,10 @@ def load_base(path: str | Path, *, device: torch.device, dtype: torch.dtype, qua
 def require_qlora(device: torch.device) -> None:
     """QLoRA needs bitsandbytes' 4-bit kernels on CUDA; say so before loading anything."""
     if device.type != "cuda":
-        raise ConfigError("method=qlora needs a CUDA GPU: the 4-bit NF4 base weights use bitsandbytes' CUDA "
-                          "kernels. On this machine use method=lora (same adapter format, full-precision base).")
+        raise ConfigError(
+            "method=qlora needs a CUDA GPU: the 4-bit NF4 base weights use bitsandbytes' CUDA "
+            "kernels. On this machine use method=lora (same adapter format, full-precision base)."
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -189,8 +208,14 @@ def quantize_linears_4bit(model: nn.Module, compute_dtype: torch.dtype) -> None:
         for name, mod in list(layer.named_modules()):
             if type(mod) is not nn.Linear:
                 continue
-            q = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=mod.bias is not None,
-                                  compute_dtype=compute_dtype, quant_type="nf4", device=mod.weight.device)
+            q = bnb.nn.Linear4bit(
+                mod.in_features,
+                mod.out_features,
+                bias=mod.bias is not None,
+                compute_dtype=compute_dtype,
+                quant_type="nf4",
+                device=mod.weight.device,
+            )
             q.weight = bnb.nn.Params4bit(mod.weight.data.to("cpu"), requires_grad=False, quant_type="nf4")
             q.to(mod.weight.device)
             parent_name, _, leaf = name.rpartition(".")
@@ -227,8 +252,10 @@ def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) 
             if n not in valid:
                 near = closest(n, valid)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ConfigError(f"lora.target_modules: {n!r} is not a linear layer of this model{hint}; "
-                                  f"valid: all-linear, {', '.join(sorted(valid))}")
+                raise ConfigError(
+                    f"lora.target_modules: {n!r} is not a linear layer of this model{hint}; "
+                    f"valid: all-linear, {', '.join(sorted(valid))}"
+                )
         return {"target_modules": names}
     cfg = model.config
     present = _linear_leaf_names(model)
@@ -257,8 +284,12 @@ def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) 
     if experts:
         if cfg.n_routed_experts == 0:
             raise ConfigError("lora.target_modules: 'experts' given but this model has no routed experts")
-        out["target_parameters"] = [f"model.layers.{i}.mlp.experts.{p}" for i in range(L) if cfg.is_moe_layer(i)
-                                    for p in EXPERT_PARAMS]
+        out["target_parameters"] = [
+            f"model.layers.{i}.mlp.experts.{p}"
+            for i in range(L)
+            if cfg.is_moe_layer(i)
+            for p in EXPERT_PARAMS
+        ]
     if out["target_modules"] is None and not experts:
         raise ConfigError("lora.target_modules selects nothing")
     return out
@@ -268,8 +299,9 @@ def apply_lora(model: nn.Module, kind: str, s: LoraSettings) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_lora_targets(unwrap(model), kind, s.target_modules)
-    config = LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, use_rslora=s.use_rslora,
-                        **targets)
+    config = LoraConfig(
+        r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, use_rslora=s.use_rslora, **targets
+    )
     if kind == "hf":
         model.inner = get_peft_model(model.inner, config)
         return model
@@ -292,15 +324,19 @@ def apply_freeze(model: nn.Module, kind: str, s: FreezeSettings) -> None:
         wanted = list(subs) if s.modules == ["all"] else s.modules
         for name in wanted:
             if name not in subs:
-                raise ConfigError(f"freeze.modules: {name!r} is not a part of a decoder layer; valid: all, "
-                                  f"{', '.join(subs)}")
+                raise ConfigError(
+                    f"freeze.modules: {name!r} is not a part of a decoder layer; valid: all, "
+                    f"{', '.join(subs)}"
+                )
             for p in subs[name].parameters():
                 p.requires_grad_(True)
     for name in s.extra_modules:
         try:
             mod = base.get_submodule(name) if "." in name or name == "lm_head" else _top_module(base, name)
         except AttributeError:
-            raise ConfigError(f"freeze.extra_modules: no module {name!r}; e.g. embed_tokens, norm, lm_head") from None
+            raise ConfigError(
+                f"freeze.extra_modules: no module {name!r}; e.g. embed_tokens, norm, lm_head"
+            ) from None
         for p in mod.parameters():
             p.requires_grad_(True)
 
@@ -312,7 +348,9 @@ def _top_module(base: nn.Module, name: str) -> nn.Module:
     return base.get_submodule(name)
 
 
-def apply_prefix(model: nn.Module, kind: str, s: PrefixSettings, sample_ids: torch.Tensor | None) -> nn.Module:
+def apply_prefix(
+    model: nn.Module, kind: str, s: PrefixSettings, sample_ids: torch.Tensor | None
+) -> nn.Module:
     if kind == "seekforge":
         from seekforge.finetune.prefix import attach_prefix
 
@@ -327,13 +365,23 @@ def apply_prefix(model: nn.Module, kind: str, s: PrefixSettings, sample_ids: tor
     return model
 
 
-def prepare(model: nn.Module, kind: str, method: str, *, lora: LoraSettings, freeze: FreezeSettings,
-            prefix: PrefixSettings, sample_ids: torch.Tensor | None = None) -> nn.Module:
+def prepare(
+    model: nn.Module,
+    kind: str,
+    method: str,
+    *,
+    lora: LoraSettings,
+    freeze: FreezeSettings,
+    prefix: PrefixSettings,
+    sample_ids: torch.Tensor | None = None,
+) -> nn.Module:
     """Apply ``method``; afterwards exactly the parameters to train have ``requires_grad``."""
     if method not in METHODS:
         near = closest(method, METHODS)
-        raise ConfigError(f"method: {method!r} is not one of {', '.join(METHODS)}"
-                          + (f" (did you mean {near[0]!r}?)" if near else ""))
+        raise ConfigError(
+            f"method: {method!r} is not one of {', '.join(METHODS)}"
+            + (f" (did you mean {near[0]!r}?)" if near else "")
+        )
     if kind == "seekforge" and method != "full":
         base = unwrap(model)
         base.config.bias_update_speed = 0.0
@@ -350,6 +398,11 @@ def prepare(model: nn.Module, kind: str, method: str, *, lora: LoraSettings, fre
     n_all = sum(p.numel() for p in model.parameters())
     if n_train == 0:
         raise ConfigError(f"method={method}: no parameter is trainable")
-    log.info("method %s: %s of %s parameters train (%.3f%%)", method, f"{n_train:,}", f"{n_all:,}",
-             100 * n_train / n_all)
+    log.info(
+        "method %s: %s of %s parameters train (%.3f%%)",
+        method,
+        f"{n_train:,}",
+        f"{n_all:,}",
+        100 * n_train / n_all,
+    )
     return model

@@ -40,11 +40,19 @@ class PrefixMLAttention(MLAttention):
 
     def _prefix(self, B: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         P = self.prefix_kv.shape[0]
-        return (self.prefix_kv.to(dtype)[None].expand(B, P, self.d_c),
-                self.prefix_pe.to(dtype)[None].expand(B, P, self.d_r))
+        return (
+            self.prefix_kv.to(dtype)[None].expand(B, P, self.d_c),
+            self.prefix_pe.to(dtype)[None].expand(B, P, self.d_r),
+        )
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
-                cache: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None = None,
+        cache: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    ) -> Tensor:
         B, T, _ = x.shape
         H, P = self.n_heads, self.prefix_kv.shape[0]
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
@@ -61,15 +69,20 @@ class PrefixMLAttention(MLAttention):
         if self.d_v < self.d_qk:
             v = F.pad(v, (0, self.d_qk - self.d_v))
         # is_causal would align the triangle top-left (wrong with P extra keys): build the mask.
-        own = mask if mask is not None else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
+        own = (
+            mask
+            if mask is not None
+            else torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, None]
+        )
         own = own.expand(B, 1, T, T)
         allowed = torch.cat([own.new_ones(B, 1, T, P), own], dim=-1)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)
         o = o[..., : self.d_v].transpose(1, 2).reshape(B, T, H * self.d_v)
         return self.o_proj(o)
 
-    def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor,
-                         cache: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    def forward_absorbed(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: tuple[Tensor, Tensor, Tensor, Tensor]
+    ) -> Tensor:
         kv_buf, pe_buf, slots, positions = cache
         B, T, _ = x.shape
         H, P = self.n_heads, self.prefix_kv.shape[0]
@@ -86,8 +99,9 @@ class PrefixMLAttention(MLAttention):
         k = torch.cat([c_all, pe_all], dim=-1)[:, None]
         past = torch.arange(S, device=x.device)[None, None, :] <= positions[:, :, None]  # [B, T, S]
         allowed = torch.cat([past.new_ones(B, T, P), past], dim=-1)
-        a = F.scaled_dot_product_attention(q, k, c_all[:, None], attn_mask=allowed[:, None],
-                                           scale=self.scale, enable_gqa=True)
+        a = F.scaled_dot_product_attention(
+            q, k, c_all[:, None], attn_mask=allowed[:, None], scale=self.scale, enable_gqa=True
+        )
         o = torch.einsum("bhtc,hvc->bthv", a, w_uv).reshape(B, T, H * self.d_v)
         return self.o_proj(o)
 
@@ -106,8 +120,10 @@ def _sample_latents(model, input_ids: Tensor | None, P: int, seed: int) -> list[
         input_ids = torch.randint(0, model.config.vocab_size, (1, max(P, 8)), generator=g)
     input_ids = input_ids.to(ref.device)
     captured: list[Tensor] = []
-    hooks = [layer.self_attn.kv_a_proj_with_mqa.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
-             for layer in layers]
+    hooks = [
+        layer.self_attn.kv_a_proj_with_mqa.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+        for layer in layers
+    ]
     try:
         model(input_ids)
     finally:
@@ -124,7 +140,9 @@ def _sample_latents(model, input_ids: Tensor | None, P: int, seed: int) -> list[
     return out
 
 
-def attach_prefix(model, num_virtual_tokens: int, input_ids: Tensor | None = None, seed: int = 0) -> list[nn.Parameter]:
+def attach_prefix(
+    model, num_virtual_tokens: int, input_ids: Tensor | None = None, seed: int = 0
+) -> list[nn.Parameter]:
     """Give every main layer of a seekforge model a learned MLA prefix; return the new parameters."""
     if num_virtual_tokens < 1:
         raise ValueError(f"prefix.num_virtual_tokens must be >= 1 (got {num_virtual_tokens})")
@@ -140,8 +158,11 @@ def attach_prefix(model, num_virtual_tokens: int, input_ids: Tensor | None = Non
 
 
 def prefix_state_dict(model) -> dict[str, Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()
-            if name.endswith((".prefix_kv", ".prefix_pe"))}
+    return {
+        name: p.detach().cpu().contiguous()
+        for name, p in model.named_parameters()
+        if name.endswith((".prefix_kv", ".prefix_pe"))
+    }
 
 
 def load_prefix(model, state: dict[str, Tensor]) -> None:
@@ -152,10 +173,14 @@ def load_prefix(model, state: dict[str, Tensor]) -> None:
     missing = [k for k in own if k.endswith((".prefix_kv", ".prefix_pe")) and k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        raise ValueError(f"prefix adapter does not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise ValueError(
+            f"prefix adapter does not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     with torch.no_grad():
         for k, v in state.items():
             if own[k].shape != v.shape:
-                raise ValueError(f"prefix adapter: {k} has shape {list(v.shape)}, the model needs {list(own[k].shape)} "
-                                 "(adapter trained on a different base?)")
+                raise ValueError(
+                    f"prefix adapter: {k} has shape {list(v.shape)}, the model needs {list(own[k].shape)} "
+                    "(adapter trained on a different base?)"
+                )
             own[k].copy_(v)

@@ -76,10 +76,14 @@ class SFTConfig(TrainConfig):
 
     def validate(self) -> None:
         if not self.model:
-            raise ConfigError("model: required (a seekforge model dir or a local HF causal-LM dir), "
-                              "e.g. --set model=runs/pretrain/final")
+            raise ConfigError(
+                "model: required (a seekforge model dir or a local HF causal-LM dir), "
+                "e.g. --set model=runs/pretrain/final"
+            )
         if not self.data:
-            raise ConfigError("data: required (a .json/.jsonl/... file or a dataset name from dataset_info.json)")
+            raise ConfigError(
+                "data: required (a .json/.jsonl/... file or a dataset name from dataset_info.json)"
+            )
         if not 0.0 <= self.val_size < 1.0:
             raise ConfigError(f"val_size: must be in [0, 1) (got {self.val_size})")
         if self.lora.rank < 1:
@@ -103,11 +107,26 @@ class SFTLoader:
     epoch), so resuming and changing the world size never repeat or skip rows.
     """
 
-    def __init__(self, rows: list[Row], micro_batch_size: int, grad_accum: int, pad_id: int, seed: int,
-                 rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        rows: list[Row],
+        micro_batch_size: int,
+        grad_accum: int,
+        pad_id: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ) -> None:
         if not rows:
             raise ConfigError("no training rows")
-        self.rows, self.B, self.accum, self.pad_id, self.seed = rows, micro_batch_size, grad_accum, pad_id, seed
+        self.rows, self.B, self.accum, self.pad_id, self.seed = (
+            rows,
+            micro_batch_size,
+            grad_accum,
+            pad_id,
+            seed,
+        )
         self.rank, self.world = rank, world_size
         self.device = device or torch.device("cpu")
         self.position = 0
@@ -143,9 +162,11 @@ class SFTLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("rows") != len(self.rows) or state.get("seed") != self.seed:
-            raise ValueError(f"data position was saved for {state.get('rows')} rows / seed {state.get('seed')}; "
-                             f"this run has {len(self.rows)} rows / seed {self.seed} (data, seq_len or packing "
-                             "changed). Resuming would repeat/skip data: keep them equal, or start a new out_dir")
+            raise ValueError(
+                f"data position was saved for {state.get('rows')} rows / seed {state.get('seed')}; "
+                f"this run has {len(self.rows)} rows / seed {self.seed} (data, seq_len or packing "
+                "changed). Resuming would repeat/skip data: keep them equal, or start a new out_dir"
+            )
         self.position = int(state["position"])
 
 
@@ -158,7 +179,9 @@ def load_chat_tokenizer(cfg: SFTConfig):
 
     tok_dir = cfg.tokenizer or cfg.model
     if not Path(tok_dir).is_dir():
-        raise ConfigError(f"tokenizer: {tok_dir!r} is not a directory; set `tokenizer` when `model` is a preset")
+        raise ConfigError(
+            f"tokenizer: {tok_dir!r} is not a directory; set `tokenizer` when `model` is a preset"
+        )
     tok = load_tokenizer(tok_dir)
     if cfg.chat_template:
         p = Path(cfg.chat_template)
@@ -186,8 +209,9 @@ def model_dtype(cfg: TrainConfig, device: torch.device, method: str) -> torch.dt
 def decide_packing(setting: bool | str, kind: str, method: str, model: nn.Module) -> bool:
     if kind == "hf" and method == "prefix":  # peft's prefix passes past_key_values: no packed masks
         if setting is True:
-            raise ConfigError("packing: not available for method=prefix on a transformers model "
-                              "(set packing: false)")
+            raise ConfigError(
+                "packing: not available for method=prefix on a transformers model (set packing: false)"
+            )
         return False
     if kind == "seekforge":
         return setting in (True, "auto")
@@ -197,8 +221,10 @@ def decide_packing(setting: bool | str, kind: str, method: str, model: nn.Module
 
     ok = honours_packing(model)
     if not ok and setting is True:
-        raise ConfigError(f"packing: {type(unwrap(model)).__name__} ignores packed position_ids (its attention "
-                          "would mix examples); set packing: false")
+        raise ConfigError(
+            f"packing: {type(unwrap(model)).__name__} ignores packed position_ids (its attention "
+            "would mix examples); set packing: false"
+        )
     if not ok:
         log.info("packing off: %s does not keep packed examples apart", type(unwrap(model)).__name__)
     return ok
@@ -212,11 +238,18 @@ def model_forward(model: nn.Module, batch: dict[str, torch.Tensor], packed: bool
 
 
 @torch.no_grad()
-def greedy_chat(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, device: torch.device,
-                env: TrainEnv | None = None) -> str:
+def greedy_chat(
+    model: nn.Module,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    device: torch.device,
+    env: TrainEnv | None = None,
+) -> str:
     """Greedy answer to one user message (a plain loop for training-time samples and tests)."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     x = torch.tensor([ids], device=device)
     stops = {tokenizer.eos_token_id}
@@ -259,10 +292,13 @@ class SFTObjective(Objective):
         train_ex, val_ex = split_val(examples, cfg.val_size, cfg.seed)
         self.encoder = ChatEncoder(self.tokenizer, cfg.seq_len, cfg.train_on)
         self.train_encoded: list[Encoded] = self.encoder.encode_all(train_ex)
-        self.val_encoded: list[Encoded] = (ChatEncoder(self.tokenizer, cfg.seq_len, cfg.train_on).encode_all(val_ex)
-                                           if val_ex else [])
+        self.val_encoded: list[Encoded] = (
+            ChatEncoder(self.tokenizer, cfg.seq_len, cfg.train_on).encode_all(val_ex) if val_ex else []
+        )
         if env.rank == 0:
-            log.info("first example (trained tokens in [[...]]):\n%s", self.encoder.preview(self.train_encoded[0]))
+            log.info(
+                "first example (trained tokens in [[...]]):\n%s", self.encoder.preview(self.train_encoded[0])
+            )
         self.packed = False
 
     # -- model ----------------------------------------------------------------------------------
@@ -270,32 +306,53 @@ class SFTObjective(Objective):
         from seekforge.finetune.methods import prepare
 
         cfg, env = self.cfg, self.env
-        model, kind = load_base(cfg.model, device=env.device, dtype=model_dtype(cfg, env.device, cfg.method),
-                                quantize_4bit=cfg.method == "qlora")
+        model, kind = load_base(
+            cfg.model,
+            device=env.device,
+            dtype=model_dtype(cfg, env.device, cfg.method),
+            quantize_4bit=cfg.method == "qlora",
+        )
         base = unwrap(model)
         vocab = base.config.vocab_size
         if len(self.tokenizer) > vocab:
-            raise ConfigError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size is {vocab}: "
-                              "use the tokenizer the model was trained with")
+            raise ConfigError(
+                f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocab_size is {vocab}: "
+                "use the tokenizer the model was trained with"
+            )
         if kind == "seekforge":
             for key in ("mtp_loss_weight", "aux_loss_alpha", "bias_update_speed"):
                 if getattr(cfg, key) is not None:
                     setattr(base.config, key, getattr(cfg, key))
         self.packed = decide_packing(cfg.packing, kind, cfg.method, model)
         sample = torch.tensor([self.train_encoded[0].input_ids], device=env.device)
-        model = prepare(model, kind, cfg.method, lora=cfg.lora, freeze=cfg.freeze, prefix=cfg.prefix,
-                        sample_ids=sample)
+        model = prepare(
+            model, kind, cfg.method, lora=cfg.lora, freeze=cfg.freeze, prefix=cfg.prefix, sample_ids=sample
+        )
         return model
 
     def train_loader(self, micro_batch_size: int, grad_accum: int):
         rows = pack(self.train_encoded, self.cfg.seq_len) if self.packed else single_rows(self.train_encoded)
         n_tok = sum(len(r) for r in rows)
         per_step = micro_batch_size * grad_accum * self.env.world_size
-        log.info("sft data: %d examples -> %d rows (%s), %d tokens, %d label tokens; one epoch = %.1f steps",
-                 len(self.train_encoded), len(rows), "packed" if self.packed else "one example per row", n_tok,
-                 self.encoder.stats.label_tokens, len(rows) / per_step)
-        return SFTLoader(rows, micro_batch_size, grad_accum, self.tokenizer.pad_token_id, self.cfg.seed,
-                         self.env.rank, self.env.world_size, self.env.device)
+        log.info(
+            "sft data: %d examples -> %d rows (%s), %d tokens, %d label tokens; one epoch = %.1f steps",
+            len(self.train_encoded),
+            len(rows),
+            "packed" if self.packed else "one example per row",
+            n_tok,
+            self.encoder.stats.label_tokens,
+            len(rows) / per_step,
+        )
+        return SFTLoader(
+            rows,
+            micro_batch_size,
+            grad_accum,
+            self.tokenizer.pad_token_id,
+            self.cfg.seed,
+            self.env.rank,
+            self.env.world_size,
+            self.env.device,
+        )
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         out = model_forward(model, batch, self.packed)
@@ -312,22 +369,25 @@ class SFTObjective(Objective):
         env = self.env
         bs = self.cfg.eval_batch_size or self.cfg.micro_batch_size
         rows = single_rows(self.val_encoded)
-        mine = rows[env.rank::env.world_size]
+        mine = rows[env.rank :: env.world_size]
         sums = torch.zeros(2, dtype=torch.float64, device=env.device)
         was_training = model.training
         model.eval()
         rounds = math.ceil(len(rows) / env.world_size / bs) if rows else 0
         for i in range(rounds):
-            chunk = mine[i * bs:(i + 1) * bs] or rows[:1]
+            chunk = mine[i * bs : (i + 1) * bs] or rows[:1]
             batch = {k: v.to(env.device) for k, v in collate(chunk, self.tokenizer.pad_token_id).items()}
-            if not mine[i * bs:(i + 1) * bs]:
+            if not mine[i * bs : (i + 1) * bs]:
                 batch["labels"].fill_(IGNORE)  # keep forwards in step across ranks
             with autocast(env):
                 logits = model_forward(model, batch, False, with_labels=False).logits
             targets = batch["labels"][:, 1:]
             sums[0] += torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
-                reduction="sum").double()
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            ).double()
             sums[1] += (targets != IGNORE).sum()
         model.train(was_training)
         dist.all_reduce_sum(sums)
@@ -340,8 +400,10 @@ class SFTObjective(Objective):
         was_training = model.training
         model.eval()
         try:
-            return [(p, greedy_chat(model, self.tokenizer, p, cfg.sample_tokens, self.env.device, self.env))
-                    for p in cfg.sample_prompts]
+            return [
+                (p, greedy_chat(model, self.tokenizer, p, cfg.sample_tokens, self.env.device, self.env))
+                for p in cfg.sample_prompts
+            ]
         finally:
             model.train(was_training)
 
@@ -350,8 +412,14 @@ class SFTObjective(Objective):
         from seekforge.finetune.adapters import save_result
         from seekforge.train.objective import unwrap as unwrap_dist
 
-        save_result(unwrap_dist(model), self.kind, self.cfg.method, path, tokenizer=self.tokenizer,
-                    base_path=self.cfg.model)
+        save_result(
+            unwrap_dist(model),
+            self.kind,
+            self.cfg.method,
+            path,
+            tokenizer=self.tokenizer,
+            base_path=self.cfg.model,
+        )
 
     def load_model_weights(self, model: nn.Module, path: Path) -> None:
         from seekforge.finetune.adapters import load_trained_weights
@@ -361,9 +429,11 @@ class SFTObjective(Objective):
 
     def describe(self, model: nn.Module) -> list[str]:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return [f"sft: base {self.cfg.model} ({self.kind}), method {self.cfg.method}, {n_train:,} trainable "
-                f"parameters, {len(self.train_encoded)} train / {len(self.val_encoded)} val examples, "
-                f"packing {'on' if self.packed else 'off'}"]
+        return [
+            f"sft: base {self.cfg.model} ({self.kind}), method {self.cfg.method}, {n_train:,} trainable "
+            f"parameters, {len(self.train_encoded)} train / {len(self.val_encoded)} val examples, "
+            f"packing {'on' if self.packed else 'off'}"
+        ]
 
     def flops_per_token(self, model: nn.Module) -> float | None:
         if self.kind != "seekforge":
@@ -371,5 +441,6 @@ class SFTObjective(Objective):
         from seekforge.model.accounting import flops_per_token
 
         mc = unwrap(model).config
-        return flops_per_token(mc, self.cfg.seq_len, include_mtp=mc.num_nextn_predict_layers > 0
-                               and mc.mtp_loss_weight > 0)
+        return flops_per_token(
+            mc, self.cfg.seq_len, include_mtp=mc.num_nextn_predict_layers > 0 and mc.mtp_loss_weight > 0
+        )

@@ -67,7 +67,7 @@ def chat_loop(engine: Engine, params: SamplingParams, system: str | None = None,
 def run_chat(args: argparse.Namespace) -> int:
     from seekforge.serve.cli import engine_from_args
 
-    args.max_batch = 1
+    args.max_batch = 1  # one conversation: one cache slot
     engine = engine_from_args(args, queue_size=1)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)

@@ -314,6 +314,8 @@ class Engine:
             log.warning("speculative decoding requested but the model has no MTP layers; disabled")
         # One spare position: a speculative step writes next_token and its draft (pos, pos + 1).
         self.cache = model.new_cache(self.config.max_batch, self.max_len + 1)
+        if not self.speculative:  # the MTP layers' entries would never be read: don't hold them
+            del self.cache.kv[cfg.num_hidden_layers:], self.cache.pe[cfg.num_hidden_layers:]
         self.vocab_size = cfg.vocab_size
         self.penalties = PenaltyState(self.config.max_batch, self.vocab_size, self.device)
         self.eos_ids = _stop_token_ids(tokenizer, cfg)
@@ -383,7 +385,7 @@ class Engine:
         handle = RequestHandle(self, f"req-{next(self._ids)}", ids, params)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while len(self._waiting) >= self.config.queue_size + len(self._free_slots):
+            while not self._closed and len(self._waiting) >= self.config.queue_size + len(self._free_slots):
                 if not block:
                     raise QueueFull(f"the queue is full ({self.config.queue_size} requests waiting)")
                 left = None if deadline is None else deadline - time.monotonic()

@@ -98,13 +98,14 @@ def arch_from_yaml(path: str | Path, overrides: list[str] | None = None) -> tupl
     """A seekforge YAML: a training config (``model:`` key) or a model config (ModelConfig fields).
 
     Returns the architecture and the training keys the planner can use as defaults
-    (``seq_len``, ``batch_tokens``, ``micro_batch``, ``max_steps``).
+    (``seq_len``, ``batch_tokens``, ``micro_batch_size``, ``max_steps``).
     """
     data = read_yaml(path)
     train: dict[str, Any] = {}
     if "model" in data:
         spec = data["model"]
-        train = {k: data[k] for k in ("seq_len", "batch_tokens", "micro_batch", "max_steps") if k in data}
+        keys = ("seq_len", "batch_tokens", "micro_batch_size", "max_steps")
+        train = {k: data[k] for k in keys if k in data}
         if isinstance(spec, str) and spec not in PRESETS and Path(spec).is_dir() and not \
                 _is_deepseek_dir(spec):
             return arch_from_model_dir(spec), train

@@ -332,8 +332,10 @@ def memory_per_device(arch: Arch, hw: Hardware, spec: PlanSpec) -> dict[str, flo
         return n_ne / (tp * pp) / (dp if sharded else 1) + n_e / (tp * pp * ep) / (edp if sharded else 1)
 
     weights = gradients = optimizer = host = kv = 0.0
+    trainable = 0.0  # parameters the optimizer steps on this device
     if spec.method in ("pretrain", "full"):
         wb, gb, ob = STATE_BYTES[prec]
+        trainable = per_device(non_expert, expert, spec.zero >= 1)
         weights = per_device(non_expert, expert, spec.zero >= 3) * wb
         gradients = per_device(non_expert, expert, spec.zero >= 2) * gb
         optimizer = per_device(non_expert, expert, spec.zero >= 1) * ob
@@ -351,6 +353,7 @@ def memory_per_device(arch: Arch, hw: Hardware, spec: PlanSpec) -> dict[str, flo
         weights += per_device(n_lora * 4.0, 0.0, spec.zero >= 3)
         gradients = per_device(n_lora * 4.0, 0.0, spec.zero >= 2)
         optimizer = per_device(n_lora * 8.0, 0.0, spec.zero >= 1)
+        trainable = per_device(n_lora, 0.0, spec.zero >= 1)
     else:  # inference
         weights = per_device(non_expert, expert, False) * WEIGHT_BYTES[prec]
         kv_prec = 4.0 if prec == "fp32" else (1.0 if prec == "fp8" else 2.0)
@@ -379,6 +382,12 @@ def memory_per_device(arch: Arch, hw: Hardware, spec: PlanSpec) -> dict[str, flo
     elif spec.training and dp > 1 and spec.method in ("pretrain", "full"):
         # DDP copies gradients into flat buckets (gradient_as_bucket_view=False by default).
         buffers += gradients if spec.zero == 0 else 2 * DDP_BUCKET_BYTES
+    if spec.training and hw.name == "cpu" and spec.offload == "none":
+        # seekforge's trainer runs AdamW with foreach=True on CPU (fused on CUDA); torch's foreach
+        # Adam materialises sqrt(v) for all parameters at once: one fp32 copy of the trainable
+        # parameters during optimizer.step(). Activations are freed by then, so only the part of that
+        # workspace exceeding them raises the peak.
+        buffers += max(0.0, 4.0 * trainable - act["layers"] - act["logits"])
     parts = {"weights": weights, "gradients": gradients, "optimizer_states": optimizer,
              "activations": act["layers"] + act["logits"], "buffers": buffers, "kv_cache": kv}
     parts["total"] = sum(parts.values())

@@ -19,14 +19,28 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=None, help="context per request (default: the model's)")
     p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens prefilled per engine step")
     p.add_argument("--speculative", action="store_true", help="draft 1 token with the MTP module")
+    p.add_argument("--adapter", default=None, help="LoRA / MLA-prefix adapter dir from `seekforge sft` to "
+                   "apply on MODEL_DIR (its tokenizer and chat template are used)")
+    p.add_argument("--config", default=None, help="YAML file with EngineConfig keys (flags override it)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an EngineConfig key, e.g. --set prefill_chunk=256")
 
 
 def engine_from_args(args: argparse.Namespace, queue_size: int = 64):  # noqa: ANN201
+    """Flags -> EngineConfig through the config system: defaults <- flags <- --config YAML <- --set."""
+    from seekforge.config import load_config
     from seekforge.infer import Engine, EngineConfig
 
-    cfg = EngineConfig(max_batch=args.max_batch, max_len=args.max_len, queue_size=queue_size,
-                       prefill_chunk=args.prefill_chunk, speculative=args.speculative, device=args.device,
-                       dtype=args.dtype)
+    flags = dict(max_batch=args.max_batch, max_len=args.max_len, queue_size=queue_size,
+                 prefill_chunk=args.prefill_chunk, speculative=args.speculative, device=args.device,
+                 dtype=args.dtype)
+    cfg = load_config(EngineConfig, getattr(args, "config", None), getattr(args, "overrides", []), base=flags)
+    adapter = getattr(args, "adapter", None)
+    if adapter:  # seekforge.finetune owns adapters; the engine only gets the transformed model
+        from seekforge.finetune.adapters import adapter_engine_args
+
+        return Engine.from_pretrained(args.model_dir, cfg, **adapter_engine_args(adapter, args.tokenizer),
+                                      name=getattr(args, "model_name", None))
     return Engine.from_pretrained(args.model_dir, cfg, tokenizer_dir=args.tokenizer,
                                   name=getattr(args, "model_name", None))
 

@@ -14,7 +14,7 @@ Design (see docs/tokenizer.md for the measurements):
   decode(encode(s)) == s for any text, NBSP/zero-width/``\\r\\n`` included. A normaliser (NFKC,
   strip) would silently change user text, so there is none.
 * **Pre-tokenisation** (the "seekforge" splitter), modelled on the DeepSeek-V3 split rules as
-  described in llama.cpp's ``DEEPSEEK3_LLM`` entry (rewritten here, not copied):
+  described in llama.cpp's ``DEEPSEEK3_LLM`` entry (rewritten here as one regex, not copied):
   1. numbers are cut into groups of at most 3 digits (``2788000`` -> ``278|800|0``), so the model
      sees a small closed set of number pieces instead of thousands of arbitrary numerals;
   2. runs of Han/Kana characters are isolated, so ``个GPU小时`` becomes ``个|GPU|小时`` (GPT-2's
@@ -92,17 +92,21 @@ CHAT_TEMPLATE = (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Pre-tokenisation regexes (Oniguruma syntax, as used by ``tokenizers.Regex``).
-DIGITS_RE = r"\p{N}{1,3}"
-# Han ideographs plus Japanese kana (and the long-vowel mark) form one run; Hangul stays with letters.
-CJK_RE = r"[\p{Han}\p{Hiragana}\p{Katakana}ー]+"
-MAIN_RE = "|".join([
-    r"'(?i:[sdmt]|ll|ve|re)",                       # English contractions: 's 'll 're ...
-    r"[^\r\n\p{L}\p{N}\p{P}\p{S}]?[\p{L}\p{M}]+",   # words, with one leading space/odd char
-    r"[!-/:-@\[-`{-~][A-Za-z]+",                    # ASCII punctuation + ASCII letters: .com -V _x
-    r"\s?[\p{P}\p{S}]+[\r\n]*",                     # punctuation/symbol runs (+ the newlines after)
-    r"\s*[\r\n]+",                                  # newline runs with their leading spaces
-    r"\s+(?!\S)",                                   # trailing spaces (so " word" stays together)
+# Pre-tokenisation regex (Oniguruma syntax, as used by ``tokenizers.Regex``). One alternation
+# instead of DeepSeek-V3's three chained Split steps: same pieces (up to how runs of several spaces
+# before a digit are cut), and 13% less CPU per MB encoded (measured, see docs/tokenizer.md).
+# At each position the first alternative that matches wins, so the order matters.
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}ー"  # Han + Japanese kana (+ long-vowel mark); Hangul is a letter
+_NON_CJK_LETTER = rf"[\p{{L}}\p{{M}}&&[^{_CJK}]]"
+SPLIT_RE = "|".join([
+    r"\p{N}{1,3}",                                   # numbers in groups of at most 3 digits
+    rf"[{_CJK}]+",                                   # CJK runs, apart from Latin text and digits
+    r"'(?i:[sdmt]|ll|ve|re)",                        # English contractions: 's 'll 're ...
+    rf"[^\r\n\p{{L}}\p{{N}}\p{{P}}\p{{S}}]?{_NON_CJK_LETTER}+",  # words, with one leading space
+    rf"[!-/:-@\[-`{{-~]{_NON_CJK_LETTER}+",            # ASCII punctuation + letters: .com -V _x
+    r"\s?[\p{P}\p{S}]+[\r\n]*",                      # punctuation/symbol runs (+ the newlines after)
+    r"\s*[\r\n]+",                                   # newline runs with their leading spaces
+    r"\s+(?!\S)",                                    # trailing spaces (so " word" stays together)
     r"\s+",
 ])
 PRETOKENIZERS = ("seekforge", "bytelevel")
@@ -118,10 +122,9 @@ def build_pre_tokenizer(kind: str = "seekforge"):
     if kind != "seekforge":
         raise ValueError(f"unknown pre-tokenizer {kind!r}; expected one of {', '.join(PRETOKENIZERS)}")
     return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(DIGITS_RE), behavior="isolated"),
-        pre_tokenizers.Split(Regex(CJK_RE), behavior="isolated"),
-        pre_tokenizers.Split(Regex(MAIN_RE), behavior="isolated"),
-        # Regex off: the splits above already cut the text; ByteLevel only maps bytes to symbols.
+        # "isolated": matches become pieces and so does any text between them (nothing is lost).
+        pre_tokenizers.Split(Regex(SPLIT_RE), behavior="isolated"),
+        # Regex off: the split above already cut the text; ByteLevel only maps bytes to symbols.
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
 

@@ -233,6 +233,8 @@ class Trainer:
         old = state.get("config", {})
         new = to_dict(self.cfg)
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "resume"]
+        if not self.dist.is_main:
+            return
         if changed:
             log.warning("resuming with changed settings: %s (exact continuation is only guaranteed without changes)",
                         ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
@@ -349,6 +351,10 @@ class Trainer:
         samples = []
         if cfg.sample_tokens and (self.dist.is_main or self._fsdp):
             samples = obj.samples(self.eval_model)
+        if self._fsdp:
+            # A forward without backward leaves FSDP2's root unit all-gathered (it reshards in the
+            # backward). Reshard now: optimizer-state gathering maps the *sharded* parameters.
+            self.model.reshard()
         if self.dist.is_main:
             parts = [f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)]
             self._print(f"step {self.state.step}: " + ", ".join(parts) + f" ({time.perf_counter() - t0:.1f}s)")

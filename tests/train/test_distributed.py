@@ -1,0 +1,58 @@
+"""2 CPU processes (gloo, torchrun) give the same per-step loss as 1 process with 2x accumulation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seekforge.train import Trainer
+from seekforge.train.metrics import read_metrics
+
+
+def _losses(out) -> list[float]:
+    return [r["train_loss"] for r in read_metrics(out / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_shards, tmp_path_factory):
+    """1 process, micro_batch_size 4 x grad_accum 2 (batch 512 tokens)."""
+    from seekforge.train.config import load_train_config
+
+    out = tmp_path_factory.mktemp("ref") / "run"
+    sets = _sets(tiny_shards, out)
+    cfg = load_train_config(None, sets)
+    assert cfg.grad_accum(1) == 2 and cfg.grad_accum(2) == 1
+    Trainer(cfg).run()
+    return out
+
+
+def _sets(shards, out, **extra) -> list[str]:
+    base = {"data.train": shards, "out_dir": out, "seq_len": 64, "batch_tokens": 512, "micro_batch_size": 4,
+            "max_steps": 6, "warmup_steps": 2, "lr": 3e-3, "eval_every": 3, "log_every": 1, "sample_tokens": 0,
+            "tensorboard": False, "plot": False, "progress": False, "wandb": False, "num_threads": 1}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_accumulation(reference, tiny_shards, tmp_path, strategy):
+    out = tmp_path / strategy
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "seekforge", "train"]
+    for s in _sets(tiny_shards, out, distributed=strategy):
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    one, two = _losses(reference), _losses(out)
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two):
+        assert abs(a - b) / a <= 1e-4, (one, two)
+    v1 = [r["val_bpb"] for r in read_metrics(reference / "metrics.jsonl") if "val_bpb" in r]
+    v2 = [r["val_bpb"] for r in read_metrics(out / "metrics.jsonl") if "val_bpb" in r]
+    assert v1 == pytest.approx(v2, rel=1e-5)
+    assert (out / "latest" / "model.safetensors").is_file()
