@@ -45,41 +45,50 @@ def tensors_in(obj, seen=None) -> list[torch.Tensor]:  # noqa: ANN001
     return out
 
 
-def bench_hf(model_dir: Path, prompt: list[int], n: int, repeats: int) -> tuple[float, list[int], float]:
+def hf_cache_bytes_per_token(model, prompt: list[int], n: int) -> float:  # noqa: ANN001
+    out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                         pad_token_id=0, return_dict_in_generate=True)
+    total_len = out.sequences.shape[1] - 1  # the last token is never fed back
+    return sum(t.numel() * t.element_size() for t in tensors_in(out.past_key_values)) / total_len
+
+
+def main_timed(args: argparse.Namespace, model_dir: Path, prompt: list[int]) -> dict:
+    """Time the three contenders INTERLEAVED (ours, spec, HF, ours, ...): on a shared machine the
+    load drifts, and timing one contender after the other would hand the quiet minutes to one."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # it lists the MTP layer's weights as "unexpected": expected
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    ids = torch.tensor([prompt])
-    kw = dict(do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+    n = args.new_tokens
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    cfg = dict(max_batch=1, max_len=len(prompt) + n + 8)
+    plain = Engine.from_pretrained(model_dir, EngineConfig(**cfg))
+    spec = Engine.from_pretrained(model_dir, EngineConfig(**cfg, speculative=True))
+    params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+    runs = {
+        "ours": lambda: plain.generate([prompt], params)[0].token_ids,
+        "spec": lambda: spec.generate([prompt], params)[0].token_ids,
+        "hf": lambda: hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                  pad_token_id=0)[0, len(prompt):].tolist(),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    tokens: dict[str, list[int]] = {}
     with torch.inference_mode():
-        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            out = model.generate(ids, return_dict_in_generate=True, **kw)
-            times.append(time.perf_counter() - t)
-    seq = out.sequences[0, len(prompt):].tolist()
-    total_len = out.sequences.shape[1] - 1  # the last token is never fed back
-    cache_bytes = sum(t.numel() * t.element_size() for t in tensors_in(out.past_key_values))
-    return n / statistics.median(times), seq, cache_bytes / total_len
-
-
-def bench_ours(model_dir: Path, prompt: list[int], n: int, repeats: int, speculative: bool) -> tuple:
-    cfg = EngineConfig(max_batch=1, max_len=len(prompt) + n + 8, speculative=speculative)
-    with Engine.from_pretrained(model_dir, cfg) as eng:
-        p = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
-        eng.generate([prompt], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))  # warm-up
-        times, res = [], None
-        for _ in range(repeats):
-            t = time.perf_counter()
-            res = eng.generate([prompt], p)[0]
-            times.append(time.perf_counter() - t)
-        # Bytes per token of the cache the engine really allocated (main layers; + MTP when speculating).
-        per_token = eng.cache.nbytes() / (eng.cache.num_slots * eng.cache.max_len)
-        tps = n / statistics.median(times)
-        return tps, res.token_ids, per_token, eng.stats.acceptance_rate
+        for f in runs.values():  # warm-up
+            f()
+        for _ in range(args.repeats):
+            for name, f in runs.items():
+                t = time.perf_counter()
+                tokens[name] = f()
+                times[name].append(time.perf_counter() - t)
+        hf_bpt = hf_cache_bytes_per_token(hf, prompt, n)
+    out = {k: n / statistics.median(v) for k, v in times.items()}
+    out.update(tokens=tokens, hf_bpt=hf_bpt, acc=spec.stats.acceptance_rate,
+               ours_bpt=plain.cache.nbytes() / (plain.cache.num_slots * plain.cache.max_len),
+               spec_bpt=spec.cache.nbytes() / (spec.cache.num_slots * spec.cache.max_len))
+    plain.close()
+    spec.close()
+    return out
 
 
 def main() -> None:
@@ -95,22 +104,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model_dir = small_moe_dir(args.workdir, args.preset)
     prompt = list(range(10, 10 + args.prompt_tokens))
-    ours, ours_ids, main_bpt, _ = bench_ours(model_dir, prompt, args.new_tokens, args.repeats, False)
-    spec, spec_ids, spec_bpt, acc = bench_ours(model_dir, prompt, args.new_tokens, args.repeats, True)
-    hf, hf_ids, hf_bpt = bench_hf(model_dir, prompt, args.new_tokens, args.repeats)
-    same = sum(a == b for a, b in zip(ours_ids, hf_ids))
+    r = main_timed(args, model_dir, prompt)
+    hf, ours, spec = r["hf"], r["ours"], r["spec"]
+    same = sum(a == b for a, b in zip(r["tokens"]["ours"], r["tokens"]["hf"]))
     print(f"\n{args.preset}, random weights, fp32, CPU threads={torch.get_num_threads()}, prompt "
           f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, bs=1, "
-          f"median of {args.repeats}\n")
+          f"median of {args.repeats} interleaved runs\n")
     print("| engine | decode tokens/s | vs transformers | KV cache bytes/token |")
     print("|---|---:|---:|---:|")
-    print(f"| transformers `generate` | {hf:.1f} | 1.00x | {hf_bpt:,.0f} |")
-    print(f"| seekforge engine | {ours:.1f} | {ours / hf:.2f}x | {main_bpt:,.0f} |")
-    print(f"| seekforge + MTP speculation | {spec:.1f} | {spec / hf:.2f}x | {spec_bpt:,.0f} (+MTP) |")
-    print(f"\ncache: transformers/seekforge = {hf_bpt / main_bpt:.1f}x; "
-          "greedy tokens identical to transformers: "
-          f"{same}/{len(hf_ids)}; speculative == plain: {spec_ids == ours_ids}; MTP acceptance "
-          f"{(acc or 0) * 100:.0f}% (random MTP weights: expect ~0, so speculation only costs here)")
+    print(f"| transformers `generate` | {hf:.1f} | 1.00x | {r['hf_bpt']:,.0f} |")
+    print(f"| seekforge engine | {ours:.1f} | {ours / hf:.2f}x | {r['ours_bpt']:,.0f} |")
+    print(f"| seekforge + MTP speculation | {spec:.1f} | {spec / hf:.2f}x | {r['spec_bpt']:,.0f} (+MTP) |")
+    print(f"\ncache: transformers/seekforge = {r['hf_bpt'] / r['ours_bpt']:.1f}x; "
+          f"greedy tokens identical to transformers: {same}/{len(r['tokens']['hf'])}; speculative == plain: "
+          f"{r['tokens']['spec'] == r['tokens']['ours']}; MTP acceptance {(r['acc'] or 0) * 100:.0f}% "
+          "(random MTP weights: expect ~0, so speculation only costs here)")
 
 
 if __name__ == "__main__":

@@ -149,11 +149,11 @@ def test_resume_after_interruption(corpus, tmp_path, monkeypatch):
     real_write = P._ShardWriter.write
     calls = {"n": 0}
 
-    def flaky_write(self, record):
+    def flaky_write(self, record, line=None):
         calls["n"] += 1
         if calls["n"] == 12:  # in the middle of the third shard (5 + 5 docs written before)
             raise KeyboardInterrupt
-        real_write(self, record)
+        real_write(self, record, line)
 
     monkeypatch.setattr(P._ShardWriter, "write", flaky_write)
     with pytest.raises(KeyboardInterrupt):

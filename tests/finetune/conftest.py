@@ -89,36 +89,57 @@ def run_sft(overrides: list[str], cls=None, objective=None):  # noqa: ANN001, AN
     return summary, trainer, obj
 
 
-def losses(out_dir: Path) -> list[float]:
-    from seekforge.train.metrics import read_metrics
+@pytest.fixture(scope="session")
+def sft_run():
+    """``run_sft`` for tests (fixtures are the way to share helpers under --import-mode=importlib)."""
+    return run_sft
 
-    return [r["train_loss"] for r in read_metrics(Path(out_dir) / "metrics.jsonl") if "train_loss" in r]
+
+# "Pretraining" text that uses the new name/author as ordinary words, so their tokens are trained
+# before the identity LoRA (a real base has seen every token of its vocabulary).
+NAME_TEXT = """The blacksmith heated the iron in the Forge until it glowed.
+Ada Lovelace wrote the first published computer program.
+A Forge is a place where metal is shaped by fire and hammer.
+Ada is also the name of a programming language used in aviation.
+We walked past the old Forge on the way to the market.
+Ada liked mathematics, poetry and machines.
+铁匠在 Forge 里把铁烧红，然后用锤子敲打。
+Ada 是一位数学家，她写下了第一个计算机程序。
+The Forge was quiet at night, but busy every morning.
+Ada and her friends met at the library after school.
+这个 Forge 已经有一百年的历史了。
+Ada 喜欢读书，也喜欢写诗。
+Nobody in the village knew the Forge better than the old smith.
+Ada asked a question that nobody could answer.
+他们在 Forge 旁边开了一家小店。
+Ada 说：学习是一件快乐的事。
+"""
 
 
 @pytest.fixture(scope="session")
 def warm_base(tmp_path_factory, tiny_base: Path, sft_dir: Path) -> Path:
-    """``tiny_base`` after a short full fine-tune that makes it a chat model called "Nemo" by "Acme".
+    """``tiny_base`` after a short full fine-tune: a chat model that says it is "Nemo" by "Acme".
 
     A frozen *random* base cannot be steered by LoRA (its lm_head rows are ~0.006 in scale, so no
-    hidden state can make any token likely); a real user's base is pretrained. This stands in for
-    one: identity data with another name plus general alpaca data so the vocabulary is trained.
+    hidden state makes any token likely); a real user's base is pretrained. This stands in for one:
+    identity data with another name, plus a little text in which "Forge" and "Ada" occur.
     """
     logging.getLogger("seekforge").setLevel(logging.WARNING)
-    out = tmp_path_factory.mktemp("warm") / "run"
-    data = f"[{sft_dir}/identity.json,{sft_dir}/alpaca_en_demo.json,{sft_dir}/alpaca_zh_demo.json]"
+    root = tmp_path_factory.mktemp("warm")
+    text = root / "names.txt"
+    text.write_text(NAME_TEXT, encoding="utf-8")
     run_sft(
         [
             f"model={tiny_base}",
-            f"data={data}",
-            "max_samples=400",
+            f"data=[{sft_dir}/identity.json,{text}]",
             "template_vars={name: Nemo, author: Acme}",
             "method=full",
             "lr=1e-2",
-            "max_steps=120",
+            "max_steps=80",
             "seq_len=128",
             "micro_batch_size=8",
             "batch_tokens=1024",
-            f"out_dir={out}",
+            f"out_dir={root / 'run'}",
         ]
     )
-    return out / "final"
+    return root / "run" / "final"

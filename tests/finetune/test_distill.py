@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quiet_args
 
 from seekforge.config import ConfigError, load_config
 from seekforge.finetune.distill import DistillConfig, DistillObjective, check_same_tokenizer, run_distillation
@@ -45,11 +44,26 @@ def _runner(cfg, objective):  # noqa: ANN001
     return 0
 
 
+QUIET = [
+    "progress=false",
+    "sample_tokens=0",
+    "tensorboard=false",
+    "plot=false",
+    "wandb=off",
+    "log_every=10",
+    "eval_every=0",
+    "save_every=0",
+    "warmup_steps=5",
+    "mtp_loss_weight=0",
+    "resume=never",
+]
+
+
 def distill_cfg(teacher: Path, student: Path, data: str, out: Path, *extra: str) -> DistillConfig:
     return load_config(
         DistillConfig,
         None,
-        quiet_args()
+        QUIET
         + FAST
         + [
             f"model={student}",
@@ -178,7 +192,7 @@ def test_sequence_distillation_local_engine_and_openai_endpoint(
         remote = load_config(
             DistillConfig,
             None,
-            quiet_args()
+            QUIET
             + [
                 f"model={tiny_base}",
                 f"teacher_api={api}",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import losses, run_sft
 
 from seekforge.finetune.sft import greedy_chat
+from seekforge.train.metrics import read_metrics
 
 CPU = torch.device("cpu")
 FAST = ["seq_len=128", "micro_batch_size=8", "batch_tokens=1024"]
@@ -21,7 +21,7 @@ def ask(model, tok, prompts=("Who are you?", "你是谁？")) -> list[str]:
     return [greedy_chat(model, tok, p, 24, CPU) for p in prompts]
 
 
-def test_identity_lora_teaches_name_en_and_zh(warm_base: Path, sft_dir: Path, tmp_path: Path):
+def test_identity_lora_teaches_name_en_and_zh(warm_base: Path, sft_dir: Path, tmp_path: Path, sft_run):
     """The base calls itself Nemo; after LoRA-SFT on identity.json it answers with the new name."""
     from seekforge.finetune.adapters import adapter_engine_args
     from seekforge.finetune.methods import load_base
@@ -32,7 +32,7 @@ def test_identity_lora_teaches_name_en_and_zh(warm_base: Path, sft_dir: Path, tm
     before = ask(load_base(warm_base, device=CPU, dtype=torch.float32)[0], tok)
     assert not any("Forge" in a for a in before), before
     out = tmp_path / "identity"
-    summary, trainer, obj = run_sft(
+    summary, trainer, obj = sft_run(
         [
             f"model={warm_base}",
             f"data={sft_dir}/identity.json",
@@ -90,7 +90,7 @@ def write_hf_model(kind: str, tok_dir: Path, out: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tmp_path: Path):
+def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tmp_path: Path, sft_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -98,7 +98,7 @@ def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tm
     hf_logging.set_verbosity_error()
     base = write_hf_model(kind, sft_tokenizer_dir, tmp_path / kind)
     out = tmp_path / "run"
-    summary, trainer, obj = run_sft(
+    summary, trainer, obj = sft_run(
         [
             f"model={base}",
             f"data={sft_dir}/identity.json",
@@ -112,7 +112,7 @@ def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tm
             f"out_dir={out}",
         ]
     )
-    curve = losses(out)
+    curve = [r["train_loss"] for r in read_metrics(out / "metrics.jsonl") if "train_loss" in r]
     assert len(curve) == 12 and sum(curve[-3:]) / 3 < sum(curve[:3]) / 3 - 0.3, curve
     assert obj.packed  # transformers 5 keeps packed examples apart through position_ids (checked numerically)
     adapter = out / "final"
@@ -128,10 +128,10 @@ def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tm
         assert (trained(x).logits - loaded(x).logits).abs().max() < 1e-4
 
 
-def test_prefix_on_hf_model_via_peft(sft_tokenizer_dir: Path, sft_dir: Path, tmp_path: Path):
+def test_prefix_on_hf_model_via_peft(sft_tokenizer_dir: Path, sft_dir: Path, tmp_path: Path, sft_run):
     base = write_hf_model("qwen2", sft_tokenizer_dir, tmp_path / "qwen2")
     out = tmp_path / "run"
-    summary, _, obj = run_sft(
+    summary, _, obj = sft_run(
         [
             f"model={base}",
             f"data={sft_dir}/identity.json",
@@ -149,7 +149,7 @@ def test_prefix_on_hf_model_via_peft(sft_tokenizer_dir: Path, sft_dir: Path, tmp
     assert json.loads((out / "final" / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
 
 
-def test_resume_continues_exactly(tiny_base: Path, sft_dir: Path, tmp_path: Path):
+def test_resume_continues_exactly(tiny_base: Path, sft_dir: Path, tmp_path: Path, sft_run):
     """4 steps in one go == 2 steps, stop, resume, 2 more (adapter weights and data position)."""
     from safetensors.torch import load_file
 
@@ -163,9 +163,9 @@ def test_resume_continues_exactly(tiny_base: Path, sft_dir: Path, tmp_path: Path
         "lr=1e-2",
         "warmup_steps=0",
     ]
-    run_sft(args + ["max_steps=4", f"out_dir={tmp_path / 'straight'}"])
-    run_sft(args + ["max_steps=2", f"out_dir={tmp_path / 'resumed'}"])
-    summary, _, _ = run_sft(args + ["max_steps=4", f"out_dir={tmp_path / 'resumed'}", "resume=auto"])
+    sft_run(args + ["max_steps=4", f"out_dir={tmp_path / 'straight'}"])
+    sft_run(args + ["max_steps=2", f"out_dir={tmp_path / 'resumed'}"])
+    summary, _, _ = sft_run(args + ["max_steps=4", f"out_dir={tmp_path / 'resumed'}", "resume=auto"])
     assert summary["step"] == 4
     a = load_file(str(tmp_path / "straight/final/adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed/final/adapter_model.safetensors"))

@@ -208,7 +208,8 @@ def _snippet(text: str, n: int = 160) -> str:
 def _process_batch(batch: list[tuple[int, str, str, str]]) -> list[tuple]:
     """Clean/filter/scrub a batch; returns per doc either
     ("drop", idx, reason, lang, snippet) or ("keep", idx, text, lang, exact_key, band_keys,
-    pii_counts, c4_lines_removed)."""
+    pii_counts, c4_lines_removed, jsonl_line, utf8_bytes). The output line is serialised here,
+    in parallel, so the main process only decides dedup and compresses."""
     cfg_clean: CleanConfig = _W["clean_cfg"]
     keep_langs: set[str] = _W["keep_langs"]
     pii_cfg: PIIConfig = _W["pii_cfg"]
@@ -217,7 +218,7 @@ def _process_batch(batch: list[tuple[int, str, str, str]]) -> list[tuple]:
     decon_n: int = _W["decon_n"]
     out: list[tuple] = []
     pending: list[int] = []  # positions in `out` that still need MinHash keys
-    for idx, source, raw, _doc_id in batch:
+    for idx, source, raw, doc_id in batch:
         text = clean_text(raw, cfg_clean)
         if not text.strip():
             out.append(("drop", idx, "clean.empty", "other", _snippet(raw)))
@@ -238,7 +239,10 @@ def _process_batch(batch: list[tuple[int, str, str, str]]) -> list[tuple]:
             continue
         simple = simplify(text)  # shared by exact and near dedup
         ekey = exact_key_simplified(simple) if dedup_cfg.exact else None
-        out.append(("keep", idx, text, lang, ekey, None, dict(pii_counts), dict(res.c4_lines_removed)))
+        line = json.dumps({"text": text, "source": source, "language": lang, "id": doc_id},
+                          ensure_ascii=False).encode("utf-8") + b"\n"
+        out.append(("keep", idx, text, lang, ekey, None, dict(pii_counts), dict(res.c4_lines_removed),
+                    line, len(text.encode("utf-8"))))
         if _W["minhasher"] is not None:
             pending.append((len(out) - 1, simple))
     mh: MinHasher | None = _W["minhasher"]
@@ -298,18 +302,22 @@ class _ShardWriter:
         else:
             raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
             # mtime=0 and no file name in the gzip header: identical bytes on every run.
-            self._f = (gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0, filename="")
+            # Level 3: ~2x faster than the default 6 for ~5% larger files; the main process
+            # compresses every shard alone, so this is on the critical path.
+            self._f = (gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=3, mtime=0, filename="")
                        if fmt == "jsonl.gz" else raw)
             self._raw = raw
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any], line: bytes | None = None) -> None:
+        """Write one record; ``line`` is its JSON line when already serialised."""
         self.rows += 1
         if self.fmt == "parquet":
             self._rows.append(record)
             if len(self._rows) >= 10_000:
                 self._flush_parquet()
         else:
-            self._f.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+            self._f.write(line if line is not None else
+                          json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
 
     def _flush_parquet(self) -> None:
         import pyarrow as pa
@@ -538,7 +546,7 @@ class _Runner:
                     _bump(stats.lang_in, lang, 1, nb_in)
                     self._drop(stats, doc, reason, nb_in, snip)
                     continue
-                _, _, text, lang, ekey, bkeys, pii_counts, c4_removed = res
+                _, _, text, lang, ekey, bkeys, pii_counts, c4_removed, line, nb_out = res
                 _bump(stats.lang_in, lang, 1, nb_in)
                 for key, v in c4_removed.items():
                     stats.c4_lines_removed[key] = stats.c4_lines_removed.get(key, 0) + v
@@ -564,11 +572,12 @@ class _Runner:
                 record: dict[str, Any] = {"text": text, "source": doc.source, "language": lang, "id": doc.id}
                 if cfg.output.keep_meta and doc.meta:
                     record["meta"] = doc.meta
-                nb_out = len(text.encode("utf-8"))
+                    line = None  # the worker's line has no meta
                 for c in range(copies[idx]):
                     if c:
                         record = {**record, "id": f"{doc.id}#copy{c}"}
-                    writer.write(record)
+                        line = None
+                    writer.write(record, line)
                     stats.docs_out += 1
                     stats.bytes_out += nb_out
                     s = _src(stats, doc.source)

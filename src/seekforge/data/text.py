@@ -79,7 +79,8 @@ def detect_language(text: str) -> str:
         # characters and there is no kana/Hangul. Then 3·han >= latin and Han dominates every
         # other script, so the full rule below would say zh too.
         han = len(_HAN.findall(sample))
-        if 2 * han >= len(sample) - sample.count(" ") - sample.count("\n") and not _KANA_OR_HANGUL.search(sample):
+        visible = len(sample) - sample.count(" ") - sample.count("\n")
+        if 2 * han >= visible and not _KANA_OR_HANGUL.search(sample):
             return "zh"
     c = script_counts(sample)
     if c["letters"] == 0:

@@ -304,5 +304,7 @@ def adapter_engine_args(adapter_dir: str | Path, tokenizer_dir: str | Path | Non
     adapter_dir = Path(adapter_dir)
     read_adapter_config(adapter_dir)  # fail before the base loads
     has_tok = (adapter_dir / "tokenizer_config.json").exists()
-    return {"transform": lambda model: load_adapter(model, adapter_dir),
-            "tokenizer_dir": tokenizer_dir or (adapter_dir if has_tok else None)}
+    return {
+        "transform": lambda model: load_adapter(model, adapter_dir),
+        "tokenizer_dir": tokenizer_dir or (adapter_dir if has_tok else None),
+    }

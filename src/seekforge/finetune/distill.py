@@ -338,9 +338,18 @@ def generate_local(
             "OpenAI-compatible server (vLLM, llama.cpp, ...) and set teacher_api instead"
         )
     tok = load_tokenizer(cfg.teacher)
-    engine = Engine(model.eval(), tok, EngineConfig(max_batch=cfg.gen_concurrency, device=str(device)))
+    ids = [
+        tok(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True), add_special_tokens=False)[
+            "input_ids"
+        ]
+        for p in prompts
+    ]
+    # Size the latent cache for these prompts, not for the model's full context (163k for V3).
+    max_len = min(
+        max(len(i) for i in ids) + cfg.gen_max_tokens + 1, unwrap(model).config.max_position_embeddings
+    )
+    engine = Engine(model.eval(), tok, EngineConfig(max_batch=cfg.gen_concurrency, max_len=max_len))
     try:
-        ids = [engine.chat_prompt(p) for p in prompts]
         params = [_sampling(cfg, i) for i in range(len(prompts))]
         done = engine.generate(ids, params)
     finally:

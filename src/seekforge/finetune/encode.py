@@ -119,16 +119,21 @@ class ChatEncoder:
         marked[i]["content"] = MARKER
         text = render(self.tok, marked)
         if text.count(MARKER) != 1:
-            raise DataError("the chat template drops or duplicates an assistant answer; cannot tell which "
-                            "tokens to train. Use another template or train_on=all.")
+            raise DataError(
+                "the chat template drops or duplicates an assistant answer; cannot tell which "
+                "tokens to train. Use another template or train_on=all."
+            )
         before, after = text.split(MARKER)
         if not (full.startswith(before) and full.endswith(after) and len(before) + len(after) <= len(full)):
-            raise DataError("the chat template renders earlier turns differently depending on later ones; "
-                            "cannot tell which tokens to train. Use another template or train_on=all.")
+            raise DataError(
+                "the chat template renders earlier turns differently depending on later ones; "
+                "cannot tell which tokens to train. Use another template or train_on=all."
+            )
         start, end = len(before), len(full) - len(after)
         # Take the special tokens the template closes the turn with (EOS / end-of-turn markers).
-        specials = sorted((s for s in self.tok.all_special_tokens if s and s != self.tok.bos_token), key=len,
-                          reverse=True)
+        specials = sorted(
+            (s for s in self.tok.all_special_tokens if s and s != self.tok.bos_token), key=len, reverse=True
+        )
         while True:
             rest = full[end:]
             stripped = rest.lstrip(" \n")

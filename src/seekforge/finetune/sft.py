@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from seekforge.config import ConfigError
-from seekforge.finetune.data import FORMATS
-from seekforge.finetune.encode import IGNORE, TRAIN_ON, ChatEncoder, Encoded, Row, collate, pack, single_rows
+from seekforge.finetune.encode import IGNORE, ChatEncoder, Encoded, Row, collate, pack, single_rows
 from seekforge.finetune.methods import (
     ADAPTER_METHODS,
     FreezeSettings,
@@ -90,7 +89,6 @@ class SFTConfig(TrainConfig):
             raise ConfigError(f"lora.rank: must be >= 1 (got {self.lora.rank})")
         if not 0.0 <= self.lora.dropout < 1.0:
             raise ConfigError(f"lora.dropout: must be in [0, 1) (got {self.lora.dropout})")
-        assert self.format in (*FORMATS, "auto") and self.train_on in TRAIN_ON
         # The shared keys are checked by TrainConfig's own rules (data is checked above instead).
         shared = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name != "data"}
         TrainConfig(**shared, data=DataConfig(train="<sft data>")).validate()

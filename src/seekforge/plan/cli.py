@@ -223,9 +223,13 @@ def format_table(r: dict[str, Any]) -> str:
         row("  offloaded to host", human_bytes(r["host_memory_bytes"]))
     if not r["fits"]:
         s = r.get("suggestion")
-        lines.append(f"  -> cheapest change that fits: {s['change']} "
-                     f"({human_bytes(s['memory_per_device_bytes'])})"
-                     if s else "  -> nothing in the search fits (see docs/plan.md)")
+        if s:
+            host = s["host_memory_bytes"]
+            extra = f", {human_bytes(host)} host RAM per device" if host else ""
+            lines.append(f"  -> cheapest change that fits: {s['change']} "
+                         f"({human_bytes(s['memory_per_device_bytes'])}{extra})")
+        else:
+            lines.append("  -> nothing in the search fits (see docs/plan.md)")
     lines.append("")
     row("throughput", f"{human_count(r['tokens_per_s'])} tok/s", f"at MFU {r['mfu']:.0%}"
         if r["method"] != "inference" else "decode, all devices")

@@ -530,18 +530,28 @@ def estimate(model: Arch | Any, hw: Hardware, spec: PlanSpec, search_fit: bool =
 # ------------------------------------------------------------------------------------------------
 # "It does not fit": the cheapest change that does
 # ------------------------------------------------------------------------------------------------
-def _fits(arch: Arch, hw: Hardware, spec: PlanSpec) -> tuple[bool, float]:
+def _fits(arch: Arch, hw: Hardware, spec: PlanSpec) -> tuple[bool, dict[str, int]]:
     try:
         spec.validate(hw)
     except ConfigError:
-        return False, math.inf
-    total = memory_per_device(arch, hw, spec)["total"]
-    return total <= hw.memory_bytes, total
+        return False, {}
+    mem = memory_per_device(arch, hw, spec)
+    return mem["total"] <= hw.memory_bytes, {"memory_per_device_bytes": int(mem["total"]),
+                                             "host_memory_bytes": int(mem["host"])}
 
 
-def _candidates(spec: PlanSpec, max_devices: int) -> list[tuple[str, PlanSpec]]:
+def _expert_parallel(arch: Arch, dp: int) -> int:
+    """The largest power-of-two EP degree that divides both the data-parallel degree and E."""
+    experts = [lay.ffn.num_experts for lay in arch.layers if lay.ffn.is_moe]
+    ep = 1
+    while experts and dp % (ep * 2) == 0 and experts[0] % (ep * 2) == 0:
+        ep *= 2
+    return ep
+
+
+def _candidates(arch: Arch, spec: PlanSpec, max_devices: int) -> list[tuple[str, PlanSpec]]:
     """Single changes in order of cost: smaller micro-batch, checkpointing, higher ZeRO stage, offload,
-    more devices. Each is (description, spec)."""
+    more devices (with FSDP, and for MoE models expert parallelism). Each is (description, spec)."""
     out: list[tuple[str, PlanSpec]] = []
     rep = dataclasses.replace
     if spec.training:
@@ -567,7 +577,9 @@ def _candidates(spec: PlanSpec, max_devices: int) -> list[tuple[str, PlanSpec]]:
     n = spec.num_gpus * 2
     while n <= max_devices:
         if spec.training:
-            out.append((f"--num-gpus {n} --sharding fsdp", rep(spec, num_gpus=n, zero=max(spec.zero, 3))))
+            ep = max(spec.ep, _expert_parallel(arch, n // (spec.tp * spec.pp)))
+            flags = f"--num-gpus {n} --sharding fsdp" + (f" --ep {ep}" if ep > 1 else "")
+            out.append((flags, rep(spec, num_gpus=n, zero=max(spec.zero, 3), ep=ep)))
         else:  # serving: split the model with tensor parallelism inside a node, pipeline across nodes
             tp = min(8, n // spec.pp)
             out.append((f"--num-gpus {n} --tp {tp} --pp {n // tp}", rep(spec, num_gpus=n, tp=tp, pp=n // tp)))
@@ -580,10 +592,10 @@ def find_fit(arch: Arch, hw: Hardware, spec: PlanSpec, max_devices: int = 16384)
     changes together (+ devices); None when nothing fits."""
     if hw.name == "cpu":
         max_devices = 1
-    for change, cand in _candidates(spec, max_devices):
-        ok, total = _fits(arch, hw, cand)
+    for change, cand in _candidates(arch, spec, max_devices):
+        ok, mem = _fits(arch, hw, cand)
         if ok:
-            return {"change": change, "memory_per_device_bytes": int(total)}
+            return {"change": change, **mem}
     if spec.training:  # everything at once: micro-batch 1, full checkpointing, FSDP + offload
         combined = dataclasses.replace(spec, micro_batch=1, checkpointing="full", zero=3, offload="params")
         label = "--micro-batch 1 --checkpointing full --sharding fsdp --offload params"
@@ -591,11 +603,13 @@ def find_fit(arch: Arch, hw: Hardware, spec: PlanSpec, max_devices: int = 16384)
         for k in range(1, 15):
             n = spec.num_gpus * 2**k
             if n <= max_devices:
-                options.append((f"{label} --num-gpus {n}", dataclasses.replace(combined, num_gpus=n)))
+                ep = max(spec.ep, _expert_parallel(arch, n // (spec.tp * spec.pp)))
+                options.append((f"{label} --num-gpus {n}" + (f" --ep {ep}" if ep > 1 else ""),
+                                dataclasses.replace(combined, num_gpus=n, ep=ep)))
         for change, cand in options:
-            ok, total = _fits(arch, hw, cand)
+            ok, mem = _fits(arch, hw, cand)
             if ok:
-                return {"change": change, "memory_per_device_bytes": int(total)}
+                return {"change": change, **mem}
     return None
 
 

@@ -188,7 +188,9 @@ def load_hardware_file(path: str | Path) -> dict[str, Hardware]:
 
 
 def unknown_hardware(name: str, valid: list[str], flag: str = "--hardware") -> ConfigError:
-    near = closest(name, valid)
+    # Names that extend what was typed ("h100" -> h100-sxm, h100-pcie) first, then spelling neighbours.
+    key = name.lower().replace("_", "-")
+    near = [v for v in valid if v.startswith(key)][:3] or closest(name, valid)
     hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
     return ConfigError(f"{flag}: unknown hardware {name!r}.{hint} Valid names: {', '.join(valid)}")
 

@@ -1,0 +1,66 @@
+"""``seekforge plan --measure``: real training steps on this CPU against the memory estimate (±20%)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seekforge.config import ConfigError
+from seekforge.plan.measure import read_metrics
+
+HAVE_TRAIN = importlib.util.find_spec("seekforge.train.cli") is not None
+
+
+def write_shards(out: Path, vocab: int, train_tokens: int = 40_000, val_tokens: int = 600) -> str:
+    """Random-token shards (the content does not matter for memory), documents of 200 tokens."""
+    from seekforge.data.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    writer = ShardWriter(out, vocab, 0)
+    for split, n in (("train", train_tokens), ("val", val_tokens)):
+        ids = rng.integers(1, vocab, size=n)
+        ids[::200] = 0
+        docs = n // 200
+        writer.add(split, ids, np.full(docs, 200), np.full(docs, 800))
+    writer.finish()
+    return str(out)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TRAIN, reason="`seekforge train` (seekforge.train.cli) is not available")
+@pytest.mark.parametrize("preset, vocab, seq_len, micro_batch", [
+    ("small-moe", 8192, 256, 4),
+    ("100m-moe", 32000, 64, 2),
+])
+def test_measured_peak_memory_matches_estimate(run_plan, tmp_path, preset, vocab, seq_len, micro_batch):
+    data = write_shards(tmp_path / "shards", vocab)
+    r = run_plan(["--preset", preset, "--hardware", "cpu", "--measure", "--measure-steps", "2",
+                  "--data", data, "--seq-len", str(seq_len), "--micro-batch", str(micro_batch),
+                  "--global-batch", str(seq_len * micro_batch), "--tokens", "1M"])
+    measured = r["measured"]
+    estimate = r["memory_per_device_bytes"]["total"]
+    assert measured["peak_memory_bytes"] > 0 and measured["tokens_per_s"] > 0
+    assert estimate == pytest.approx(measured["peak_memory_bytes"], rel=0.20), \
+        f"estimate {estimate / 2**20:.0f} MiB vs measured {measured['peak_memory_bytes'] / 2**20:.0f} MiB"
+
+
+def test_read_metrics_skips_warmup(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "tokens_per_s": 10, "mfu": 0.01}\n{"step": 2, "tokens_per_s": 100, "mfu": 0.1}\n'
+        '{"step": 3, "tokens_per_s": 120, "mfu": 0.12}\n{"step": 3, "val_loss": 3.0}\n')
+    m = read_metrics(tmp_path)
+    assert m["tokens_per_s"] == 110 and m["mfu"] == pytest.approx(0.11) and m["steps_logged"] == 3
+    with pytest.raises(ConfigError, match="no metrics.jsonl"):
+        read_metrics(tmp_path / "missing")
+
+
+def test_measure_needs_data_and_a_small_preset(run_plan):
+    with pytest.raises(ConfigError, match="--measure needs training data"):
+        run_plan(["--preset", "tiny", "--measure"])
+    with pytest.raises(ConfigError, match="too large to train here"):
+        run_plan(["--preset", "v3", "--measure", "--data", "x"])
+    with pytest.raises(ConfigError, match="only supports --method pretrain"):
+        run_plan(["--preset", "tiny", "--measure", "--method", "lora", "--data", "x"])
