@@ -232,3 +232,18 @@ def test_small_and_large_ngram_paths_agree():
             assert F.ngram_repetition(words, 0) == small
         finally:
             F._SMALL_DOC_WORDS = old
+
+
+def test_fasttext_option_fails_clearly(tmp_path):
+    from seekforge.data.text import LanguageIdentifier
+
+    with pytest.raises(FileNotFoundError, match="lid.176"):
+        LanguageIdentifier(str(tmp_path / "missing.bin"))
+    model = tmp_path / "lid.176.bin"
+    model.write_bytes(b"x")
+    try:
+        import fasttext  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install fasttext"):
+            LanguageIdentifier(str(model))
+    assert LanguageIdentifier()("你好，世界。今天天气很好。") == "zh"

@@ -84,7 +84,10 @@ def test_merge_and_load_adapter_match(tiny_base: Path, tmp_path: Path):
     model.eval()
     with torch.no_grad():
         ref = model(x).logits
-    merged_dir = merge_lora(tiny_base, adapter, tmp_path / "merged")
+    from seekforge.cli import main
+
+    assert main(["merge", str(tiny_base), str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    merged_dir = tmp_path / "merged"
     merged, _ = load_base(merged_dir, device=CPU, dtype=torch.float32)
     served = load_adapter(load_base(tiny_base, device=CPU, dtype=torch.float32)[0], adapter)
     with torch.no_grad():

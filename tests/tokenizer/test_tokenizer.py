@@ -222,3 +222,17 @@ def test_max_chars_caps_training_text(tmp_path):
     out = train_tokenizer(["abcdefghij"] * 100, 300, tmp_path / "t", max_chars=25, doc_max_chars=8)
     info = json.loads((out / "seekforge_tokenizer.json").read_text())
     assert info["train_chars"] == 25 and info["train_docs"] == 4  # 8 + 8 + 8 + 1
+
+
+def test_save_pretrained_round_trip(tok, tmp_path):
+    """Checkpoints re-save the tokenizer with transformers; nothing may change on the way."""
+    tok.save_pretrained(str(tmp_path / "resaved"))
+    again = load_tokenizer(tmp_path / "resaved")
+    text = "你好 world 2024！\n"
+    assert again.encode(text) == tok.encode(text)
+    chat = tok.apply_chat_template(MESSAGES, tokenize=False)
+    assert again.apply_chat_template(MESSAGES, tokenize=False) == chat
+    assert (again.bos_token_id, again.eos_token_id, again.pad_token_id, len(again)) == (0, 1, 2, len(tok))
+    out = again.apply_chat_template(MESSAGES, tokenize=True, return_dict=True,
+                                    return_assistant_tokens_mask=True)
+    assert sum(out["assistant_masks"]) > 0

@@ -19,7 +19,8 @@ def synthetic_corpus(n_docs: int = 300, seed: int = 0) -> list[str]:
     zh = ["我们训练模型。", "模型学习数据。", "今天天气很好。", "老师写代码。", "学生读书。"]
     docs = []
     for _ in range(n_docs):
-        sents = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}." for _ in range(rng.randint(3, 8))]
+        n = rng.randint(3, 8)
+        sents = [f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}." for _ in range(n)]
         sents += rng.sample(zh, k=2)
         docs.append(" ".join(sents))
     return docs

@@ -98,7 +98,8 @@ def test_partial_eval_counts_the_bytes_of_the_documents_it_reads(tiny_shards, to
     starts = list(shards.doc_starts()) + [shards.num_tokens]
     assert es.num_tokens in starts and es.num_tokens <= shards.num_tokens // 2
     n_docs = starts.index(es.num_tokens)
-    expect = sum(len(tok.decode(shards.doc(d).tolist(), skip_special_tokens=True).encode()) for d in range(n_docs))
+    expect = sum(len(tok.decode(shards.doc(d).tolist(), skip_special_tokens=True).encode())
+                 for d in range(n_docs))
     assert es.num_bytes == expect
     rows = sum(ids.shape[0] for ids, _ in eval_batches(es, 64, 1000))
     assert rows == math.ceil((es.num_tokens - 1) / 63)

@@ -31,7 +31,8 @@ def reference(tiny_shards, tmp_path_factory):
 
 def _sets(shards, out, **extra) -> list[str]:
     base = {"data.train": shards, "out_dir": out, "seq_len": 64, "batch_tokens": 512, "micro_batch_size": 4,
-            "max_steps": 6, "warmup_steps": 2, "lr": 3e-3, "eval_every": 3, "log_every": 1, "sample_tokens": 0,
+            "max_steps": 6, "warmup_steps": 2, "lr": 3e-3, "eval_every": 3, "log_every": 1,
+            "sample_tokens": 0,
             "tensorboard": False, "plot": False, "progress": False, "wandb": False, "num_threads": 1}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -18,8 +18,8 @@ def _losses(out_dir) -> list[float]:
 
 
 def test_training_reduces_loss_and_writes_everything(make_config, tmp_path):
-    cfg = make_config(max_steps=30, eval_every=15, save_every=10, sample_tokens=4, plot=True, tensorboard=True,
-                      keep_last=1)
+    cfg = make_config(max_steps=30, eval_every=15, save_every=10, sample_tokens=4, plot=True,
+                      tensorboard=True, keep_last=1)
     summary = Trainer(cfg).run()
     out = tmp_path / "run"
     losses = _losses(out)
@@ -89,7 +89,8 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(make_config, tmp_path):
     assert records[2]["loss"] == "nan" and records[2]["grad_norm"] == "nan"  # JSON-safe
 
     cfg = make_config(max_steps=20, save_every=2, max_bad_steps=3, out_dir=tmp_path / "stop")
-    with pytest.raises(TrainingError, match=r"3 consecutive steps \(up to step 7\).*resume from .*step-000004"):
+    expect = r"3 consecutive steps \(up to step 7\).*resume from .*step-000004"
+    with pytest.raises(TrainingError, match=expect):
         Trainer(cfg, FlakyObjective({5, 6, 7, 8})).run()
 
 
@@ -116,7 +117,8 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(make_config, tmp_pat
     monkeypatch.setattr(ckpt, "write_trainer_state", real)
     summary = Trainer(cfg).run()
     assert summary["step"] == 6
-    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 7))
 
 
 def test_keep_last_and_best_are_kept(make_config, tmp_path):

@@ -31,7 +31,8 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     t0 = time.time()
     while not pred():
         if proc.poll() is not None:
-            raise AssertionError(f"run ended (rc {proc.returncode}) before the condition: {proc.stderr.read()[-3000:]}")
+            err = proc.stderr.read()[-3000:]
+            raise AssertionError(f"run ended (rc {proc.returncode}) before the condition: {err}")
         if time.time() - t0 > timeout:
             proc.kill()
             raise AssertionError("timed out")

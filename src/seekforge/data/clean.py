@@ -160,9 +160,26 @@ def normalize_whitespace(text: str) -> str:
 # --------------------------------------------------------------------------- all together
 
 
+_ANY_WORK: regex.Pattern | None = None
+
+
+def _any_work() -> regex.Pattern:
+    """One regex matching anything any step could change (except NFC), so that an already clean
+    document costs one scan instead of five."""
+    global _ANY_WORK
+    if _ANY_WORK is None:
+        parts = [_MOJIBAKE_HINT, _HTML_HINT, _CONTROL_OR_BREAK, _SAFE_NFKC_HINT, _WS_TODO]
+        _ANY_WORK = regex.compile("|".join(f"(?:{p.pattern})" for p in parts))
+    return _ANY_WORK
+
+
 def clean_text(text: str, cfg: CleanConfig) -> str:
     if not cfg.enabled:
         return text
+    if cfg.normalization in ("nfkc_safe", "nfc") and not _any_work().search(text):
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        return text.strip() if cfg.normalize_whitespace else text
     if cfg.fix_mojibake:
         text = fix_mojibake(text)
     if cfg.strip_html:

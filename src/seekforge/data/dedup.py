@@ -214,18 +214,14 @@ def exact_key_simplified(simplified: str) -> bytes:
 # --------------------------------------------------------------------------- the index
 
 
-@dataclass
 class LSHIndex:
-    """Band key -> index of the first document that had it (its cluster representative)."""
+    """Band key -> index of the first document that had it (its cluster representative), one
+    dict per band; plus normalised-text hash -> first document for exact dedup."""
 
-    num_bands: int
-    buckets: dict[int, int] = field(default_factory=dict)
-    exact: dict[bytes, int] = field(default_factory=dict)
-
-    def _key(self, band: int, key: int) -> int:
-        # One dict for all bands (fewer objects than one dict per band): the band number goes
-        # above the 64 key bits, so equal values in different bands never alias.
-        return (band << 64) | int(key)
+    def __init__(self, num_bands: int):
+        self.num_bands = num_bands
+        self.bands: list[dict[int, int]] = [{} for _ in range(num_bands)]
+        self.exact: dict[bytes, int] = {}
 
     def find_exact(self, key: bytes) -> int | None:
         return self.exact.get(key)
@@ -237,12 +233,10 @@ class LSHIndex:
         """Representative of the first earlier document sharing a band, else None. The keys
         are added either way, so chains of near-duplicates join one cluster."""
         hit = None
-        for band, key in enumerate(keys.tolist()):
-            k = self._key(band, key)
-            rep = self.buckets.get(k)
-            if rep is None:
-                self.buckets[k] = doc
-            elif hit is None:
+        # setdefault inserts or returns the existing entry in one lookup per band
+        for band, key in zip(self.bands, keys.tolist()):
+            rep = band.setdefault(key, doc)
+            if rep != doc and hit is None:
                 hit = rep
         return hit
 

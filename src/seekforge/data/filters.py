@@ -203,6 +203,13 @@ class DocView:
         self.text = text
         self._words: list[str] | None = None
         self._lines: list[str] | None = None
+        self._learned = False
+
+    def learn(self) -> None:
+        """Make sure every token of the document is in the symbol/alpha memo sets."""
+        if not self._learned:
+            _learn(self.words)
+            self._learned = True
 
     def line_words(self, line: str) -> list[str]:
         """Words of one line (segmented for CJK, whitespace tokens otherwise)."""
@@ -282,7 +289,7 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
     words = view.words
     if not words:
         return "gopher_quality.too_few_words"
-    _learn(words)
+    view.learn()
     real = [w for w in words if w not in _SYMBOL]
     n_words = len(words)
     if r.min_doc_words is not None and len(real) < r.min_doc_words:
@@ -511,7 +518,7 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
     check_curly = cfg.filter_curly_bracket and "{" in view.text
     check_cite = cfg.remove_citations and "[" in view.text
     if r.min_words_per_line is not None:
-        _learn(view.words)  # per-line symbol counts below are then set lookups only
+        view.learn()  # per-line symbol counts below are then set lookups only
     for raw in view.lines:
         line = raw.strip()
         if not line:

@@ -272,6 +272,7 @@ class ShardStats:
     lang_out: dict[str, dict[str, int]] = field(default_factory=dict)
     pii: dict[str, int] = field(default_factory=dict)
     c4_lines_removed: dict[str, int] = field(default_factory=dict)
+    source_drops: dict[str, dict[str, int]] = field(default_factory=dict)  # source -> reason -> docs
     # representative doc index -> [duplicates found, representative id, first duplicate id, its snippet]
     clusters: dict[str, list] = field(default_factory=dict)
 
@@ -524,6 +525,8 @@ class _Runner:
             if n == 0:
                 s["sampled_out"] += 1
                 _bump(stats.drops, "weight.sampled_out", 1, nb)
+                sd = stats.source_drops.setdefault(doc.source, {})
+                sd["weight.sampled_out"] = sd.get("weight.sampled_out", 0) + 1
                 continue
             copies[idx] = n
             docs_by_idx[idx] = doc
@@ -600,6 +603,8 @@ class _Runner:
         _bump(stats.drops, reason, 1, nbytes)
         s = _src(stats, doc.source)
         s["dropped"] += 1
+        sd = stats.source_drops.setdefault(doc.source, {})
+        sd[reason] = sd.get(reason, 0) + 1
         ex = stats.examples.setdefault(reason, [])
         if len(ex) < self.cfg.output.examples_per_reason:
             ex.append([doc.id, snippet])
@@ -611,7 +616,7 @@ class _Runner:
 def _sum_stats(markers: list[dict[str, Any]]) -> dict[str, Any]:
     total: dict[str, Any] = {"docs_in": 0, "bytes_in": 0, "docs_out": 0, "bytes_out": 0, "sources": {},
                              "drops": {}, "examples": {}, "lang_in": {}, "lang_out": {}, "pii": {},
-                             "c4_lines_removed": {}, "clusters": {}}
+                             "c4_lines_removed": {}, "clusters": {}, "source_drops": {}}
     for m in markers:
         s = m["stats"]
         for k in ("docs_in", "bytes_in", "docs_out", "bytes_out"):
@@ -625,6 +630,9 @@ def _sum_stats(markers: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("pii", "c4_lines_removed"):
             for name, v in s[key].items():
                 total[key][name] = total[key].get(name, 0) + v
+        for name, d in s.get("source_drops", {}).items():
+            t = total["source_drops"].setdefault(name, Counter())
+            t.update(d)
         for reason, ex in s["examples"].items():
             total["examples"].setdefault(reason, []).extend(ex)
         for rep, c in s["clusters"].items():
@@ -760,6 +768,7 @@ def _build_report(cfg, sources, markers, read_stats, fingerprint, decon_info, el
             "workers": workers, "shards": len(markers), "shards_resumed": resumed,
         },
         "sources": {s.name: {"paths": s.paths, "weight": s.weight, **total["sources"].get(s.name, {}),
+                             "drops": dict(total["source_drops"].get(s.name, Counter()).most_common()),
                              "read": _read_info(read_stats[s.name])} for s in sources},
         "drops": drops,
         "languages": {"in": total["lang_in"], "out": total["lang_out"]},
@@ -816,13 +825,14 @@ def _report_markdown(r: dict[str, Any]) -> str:
         f"- time: {t['elapsed_s']:.1f} s, {t['mb_per_s']:.2f} MB/s with {t['workers']} worker(s); "
         f"{t['shards']} shard(s), {t['shards_resumed']} resumed",
         "", "## Sources", "",
-        "| source | weight | docs in | docs out | bytes in | bytes out | sampled out | malformed |",
+        "| source | weight | docs in | docs out | bytes in | bytes out | malformed | top drop reasons |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in r["sources"].items():
+        top = ", ".join(f"{k} {v}" for k, v in list(s["drops"].items())[:4]) or "-"
         lines.append(f"| {name} | {s['weight']} | {s.get('docs_in', 0)} | {s.get('docs_out', 0)} | "
                      f"{human_bytes(s.get('bytes_in', 0))} | {human_bytes(s.get('bytes_out', 0))} | "
-                     f"{s.get('sampled_out', 0)} | {s['read']['malformed']} |")
+                     f"{s['read']['malformed']} | {top} |")
     lines += ["", "## Drops by reason", "", "| reason | docs | % of input | bytes |", "|---|---|---|---|"]
     for reason, d in r["drops"].items():
         share = _pct(d["docs"], t["docs_in"])

@@ -62,6 +62,16 @@ def script_counts(text: str) -> dict[str, int]:
     }
 
 
+def _count_han(text: str) -> int:
+    """Han characters (CJK unified ideographs, extensions, compatibility) — numpy over code
+    points, 3-4x faster than a regex findall on Chinese text."""
+    import numpy as np
+
+    cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return int((((cp >= 0x4E00) & (cp <= 0x9FFF)) | ((cp >= 0x3400) & (cp <= 0x4DBF))
+                | ((cp >= 0xF900) & (cp <= 0xFAFF)) | ((cp >= 0x20000) & (cp <= 0x3134F))).sum())
+
+
 def detect_language(text: str) -> str:
     """Script-based language guess: ``zh``, ``ja``, ``ko``, ``en`` or ``other``.
 
@@ -78,7 +88,7 @@ def detect_language(text: str) -> str:
         # Fast path for the common Chinese document: Han is at least half of the non-space
         # characters and there is no kana/Hangul. Then 3·han >= latin and Han dominates every
         # other script, so the full rule below would say zh too.
-        han = len(_HAN.findall(sample))
+        han = _count_han(sample)
         visible = len(sample) - sample.count(" ") - sample.count("\n")
         if 2 * han >= visible and not _KANA_OR_HANGUL.search(sample):
             return "zh"
@@ -196,7 +206,10 @@ def split_words(text: str, lang: str) -> list[str]:
     - everything else: whitespace tokens, as Gopher and C4 count them.
     """
     if lang == "zh":
-        return [w for w in _segmenter()(text) if not w.isspace()]
+        words = _segmenter()(text)
+        if " " in text or "\t" in text or "\n" in text or "\u3000" in text:
+            return [w for w in words if not w.isspace()]
+        return words
     if lang in CJK_LANGS:
         return _CJK_OR_WORD.findall(text)
     return text.split()

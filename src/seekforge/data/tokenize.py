@@ -1,14 +1,17 @@
 """``seekforge data tokenize``: documents -> memory-mappable token shards for the trainer.
 
 Pipeline: ``iter_documents`` (any input the readers understand, including ``data prepare``
-outputs) -> batches of about 1 MB of text -> worker processes, each running ``tokenizers``'
-``encode_batch_fast`` single-threaded -> results taken back **in submission order** -> the
-``ShardWriter`` (format in docs/ARCHITECTURE.md and :mod:`seekforge.data.shards`).
+outputs) -> batches of about 1 MB of text -> ``tokenizers``' ``encode_batch_fast`` (in this
+process on the library's thread pool, or in worker processes) -> results taken back **in
+submission order** -> the ``ShardWriter`` (format in docs/ARCHITECTURE.md and
+:mod:`seekforge.data.shards`).
 
 Choices worth knowing:
 
-* **Deterministic.** Workers only compute; the main process writes in input order, so the output
-  is byte-identical for any number of workers.
+* **Parallel across cores, deterministic.** Below 8 cores the default is in-process: encoding
+  runs on the library's Rust thread pool (all cores) while the Python thread reads and writes;
+  from 8 cores on, one process per core (``workers``). Workers only compute; the main process
+  writes in input order, so the output is byte-identical for any ``workers`` value.
 * **Train/val split per document, by a hash of its text** (BLAKE2b, 64 bits): a document goes to
   val when ``hash / 2**64 < val_fraction``. Hashing the text rather than the reader's doc id means
   exact duplicates always land in the same split (no train->val leakage) and the split does not
@@ -17,8 +20,8 @@ Choices worth knowing:
 * **Tiny corpora.** If the hash split leaves val empty (say, one long ``.txt`` file is a single
   document), val becomes the last ``val_fraction`` of the train tokens instead, like nanoGPT's
   90/10 cut; the manifest records ``"val_split": "tail"``.
-* **Bounded memory.** At most ``2 x workers`` batches are in flight (``Pool.imap`` would read the
-  whole corpus ahead into its task queue).
+* **Bounded memory.** At most ``2 x workers`` batches (2 in-process) are in flight
+  (``Pool.imap`` would read the whole corpus ahead into its task queue).
 * **Atomic.** Everything is written into a temporary directory renamed to ``out_dir`` at the end.
 """
 
@@ -34,6 +37,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,17 +56,21 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 # ---------------------------------------------------------------------------------------------
 # Worker side: encode one batch of texts. Module-level state, set once per process.
 
-_WORKER: dict[str, Any] = {}
+_WORKER: dict[str, Any] = {}  # per pool process; the in-process path passes its own state
 
 
-def _init_worker(tokenizer_json: str, bos_id: int, dtype: str, val_fraction: float) -> None:
+def _make_state(tokenizer_json: str, bos_id: int, dtype: str, val_fraction: float) -> dict[str, Any]:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_str(tokenizer_json)
     # Raw text that happens to contain "<|eos|>" or "<|user|>" must stay text: special tokens in
     # training data would teach the model fake turn boundaries (and let scraped pages inject them).
     tok.encode_special_tokens = True
-    _WORKER.update(tok=tok, bos=bos_id, dtype=np.dtype(dtype), val_fraction=val_fraction)
+    return {"tok": tok, "bos": bos_id, "dtype": np.dtype(dtype), "val_fraction": val_fraction}
+
+
+def _init_worker(*initargs: Any) -> None:
+    _WORKER.update(_make_state(*initargs))
 
 
 def _is_val(text: str, val_fraction: float) -> bool:
@@ -72,9 +80,10 @@ def _is_val(text: str, val_fraction: float) -> bool:
     return int.from_bytes(h, "little") / 2**64 < val_fraction
 
 
-def _encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _encode_batch(texts: list[str], state: dict[str, Any] | None = None) -> tuple[np.ndarray, ...]:
     """texts -> (concatenated ids with BOS before each doc, lengths, UTF-8 bytes, is_val)."""
-    tok, bos, dtype, frac = _WORKER["tok"], _WORKER["bos"], _WORKER["dtype"], _WORKER["val_fraction"]
+    state = _WORKER if state is None else state
+    tok, bos, dtype, frac = state["tok"], state["bos"], state["dtype"], state["val_fraction"]
     # No special tokens from the tokenizer's post-processor: BOS is added here explicitly, and a
     # foreign tokenizer's post-processor might append EOS or nothing at all.
     encs = tok.encode_batch_fast(texts, add_special_tokens=False)
@@ -108,11 +117,23 @@ def _batches(texts: Iterable[str], batch_bytes: int, max_docs: int = 4096) -> It
 
 
 def _ordered_map(batches: Iterator[list[str]], workers: int, initargs: tuple) -> Iterator[tuple]:
-    """Encode batches in a process pool, yielding results in input order, few batches in flight."""
-    if workers <= 0:  # in-process (tests, tiny inputs, debugging)
-        _init_worker(*initargs)
-        for batch in batches:
-            yield _encode_batch(batch)
+    """Encode batches, yielding results in input order with at most a few batches in flight.
+
+    ``workers == 0``: in this process. ``encode_batch_fast`` runs on a helper thread and uses the
+    library's own thread pool across all cores (it releases the GIL), while this thread reads the
+    next batch and writes the previous one. ``workers >= 1``: a process pool, each worker
+    single-threaded, which also spreads the Python-side work (id lists -> numpy) over cores.
+    """
+    if workers <= 0:
+        state = _make_state(*initargs)
+        with ThreadPoolExecutor(max_workers=1) as helper:
+            queued: collections.deque = collections.deque()
+            for batch in batches:
+                queued.append(helper.submit(_encode_batch, batch, state))
+                if len(queued) >= 2:
+                    yield queued.popleft().result()
+            while queued:
+                yield queued.popleft().result()
         return
     # fork is fast and needs no re-import; spawn is the portable fallback (macOS, Windows).
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -230,7 +251,11 @@ def _resolve_workers(workers: int | None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         cores = os.cpu_count() or 1
-    return 0 if cores <= 1 else min(cores, 16)  # one core: a pool would only add copying
+    # Measured on 2 cores (docs/LOG.md): in-process with the library's threads gets ~90% of a bare
+    # encode_batch_fast, a 2-process pool ~70% (fork, pickling, a third busy process). The
+    # in-process path tops out where its one Python thread (reading ~80 MB/s, id conversion
+    # ~40 MB/s) saturates, roughly 8-10 cores' worth of encoding; from 8 cores on, use processes.
+    return 0 if cores < 8 else min(cores, 32)
 
 
 def tokenize_to_shards(
@@ -248,7 +273,8 @@ def tokenize_to_shards(
 ) -> dict[str, Any]:
     """Tokenize ``inputs`` (and ``val_inputs``) into a shard directory; return its manifest.
 
-    ``workers``: processes (None = one per core, 0 = in this process). ``val_fraction`` is
+    ``workers``: 0 = in this process (on all cores via the library's threads), N = N processes,
+    None = 0 below 8 cores, else one process per core. ``val_fraction`` is
     ignored when ``val_inputs`` are given. Raises ValueError for empty input, bad fractions or a
     tokenizer whose ids do not fit; FileNotFoundError for missing inputs or tokenizer.
     """
@@ -387,7 +413,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--txt-mode", choices=["file", "paragraphs", "lines"],
                    help=".txt: one doc per file, paragraph or line")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="processes (default: one per core; 0 = in-process)")
+                   help="0 = in-process on the tokenizers thread pool, N = N processes (default: 0 "
+                   "below 8 cores, else one per core)")
     p.add_argument("--shard-tokens", type=int, metavar="N", help="max tokens per shard file")
     add_config_args(p)
     p.set_defaults(func=_run)

@@ -122,7 +122,8 @@ class HFCausalLM(nn.Module):
 
                 position_ids = segment_positions(segment_ids)
             kwargs["position_ids"] = position_ids
-        out = self.inner(input_ids=input_ids, labels=labels, **kwargs)
+        # use_cache=False: training needs no KV cache, and with one transformers skips packed masks.
+        out = self.inner(input_ids=input_ids, labels=labels, use_cache=False, **kwargs)
         loss = out.loss
         return ModelOutput(
             logits=out.logits, loss=loss, losses={"main": loss.detach()} if loss is not None else {}

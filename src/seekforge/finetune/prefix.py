@@ -151,8 +151,9 @@ def attach_prefix(
     for layer, (c, pe) in zip(model.main_layers, init):
         attn = layer.self_attn
         attn.__class__ = PrefixMLAttention  # same module, two more parameters, prefix-aware forwards
-        attn.prefix_kv = nn.Parameter(c.clone().float().to(attn.kv_b_proj.weight.dtype))
-        attn.prefix_pe = nn.Parameter(pe.clone().float().to(attn.kv_b_proj.weight.dtype))
+        # fp32 even over a bf16 base: these few numbers are all that trains (cast at use).
+        attn.prefix_kv = nn.Parameter(c.clone().float())
+        attn.prefix_pe = nn.Parameter(pe.clone().float())
         params += [attn.prefix_kv, attn.prefix_pe]
     return params
 

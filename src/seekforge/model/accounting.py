@@ -97,6 +97,9 @@ class Arch:
     layers: tuple[Layer, ...]
     tie_word_embeddings: bool = False
     mtp_layers: tuple[Layer, ...] = field(default=())  # DeepSeek-V3 multi-token prediction depths
+    # seekforge's model computes its loss with a fused cross-entropy that keeps only the logits and
+    # their logsumexp (no fp32 log-probabilities); HF/torchtitan models use the stock one. Memory only.
+    fused_cross_entropy: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -132,6 +135,7 @@ def arch_from_model_config(cfg: ModelConfig, name: str = "deepseek") -> Arch:
         layers=tuple(layer(i) for i in range(L)), tie_word_embeddings=cfg.tie_word_embeddings,
         # MTP block k sits at layer index L + k - 1 and follows the dense/MoE rule of that index.
         mtp_layers=tuple(layer(L + k) for k in range(cfg.num_nextn_predict_layers)),
+        fused_cross_entropy=True,
     )
 
 

@@ -272,6 +272,21 @@ def layer_activation_bytes(layer: Layer, d: int, policy: str, act_bytes: float) 
     return (6 * d + att + ffn) * act_bytes + att_fp32 + ffn_fp32
 
 
+def logits_bytes_per_element(arch: Arch, act_bytes: float) -> float:
+    """Bytes per [token, vocab] element the loss keeps, summed over heads (main + MTP depths).
+
+    Stock cross-entropy (HF ``ForCausalLMLoss``, torchtitan): logits are upcast to fp32 and
+    ``log_softmax`` keeps its fp32 output for backward (4 B per head); the caller drops the logits;
+    at the start of backward two fp32 gradients exist at once (8 B). seekforge's fused
+    cross-entropy keeps each head's logits (act_bytes) and recomputes the softmax in backward
+    (fp32, 4 B) before casting it back (act_bytes more when the logits are not fp32).
+    """
+    heads = 1 + len(arch.mtp_layers)
+    if arch.fused_cross_entropy:
+        return act_bytes * heads + 4.0 + (act_bytes if act_bytes < 4 else 0.0)
+    return 4.0 * heads + 8.0
+
+
 def activation_bytes(arch: Arch, spec: PlanSpec) -> dict[str, float]:
     """Activation bytes per device: the layers' saved tensors and the logits (see docs/plan.md)."""
     prec = spec.precision or "bf16"
@@ -293,11 +308,7 @@ def activation_bytes(arch: Arch, spec: PlanSpec) -> dict[str, float]:
     # 1F1B pipelines keep pp micro-batches in flight on the first stage, each through L/pp layers:
     # the first stage therefore holds about a whole model's worth (Korthikanti et al. 2022, §4.2.3).
     layer_bytes = kept * tokens / spec.tp  # tensor parallel with sequence parallel splits every tensor
-    # Logits: the main head's logits (held by the caller until backward), fp32 log-probs saved by
-    # the cross-entropy of every head (main + MTP depths), and ~two fp32 [tokens, V] gradients
-    # transiently at the start of backward.
-    heads = 1 + len(arch.mtp_layers)
-    logits = tokens * V * (ab + 4.0 * heads + 8.0) / spec.tp
+    logits = tokens * V * logits_bytes_per_element(arch, ab) / spec.tp
     if spec.pp > 1:  # the logits live on the last stage, which holds only its own L/pp layers
         return {"layers": max(layer_bytes, layer_bytes / spec.pp + logits), "logits": 0.0}
     return {"layers": layer_bytes, "logits": logits}

@@ -109,7 +109,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def write_trainer_state(ckpt_dir: Path, state: dict[str, Any], config_yaml: str, meta: dict[str, Any]) -> None:
+def write_trainer_state(ckpt_dir: Path, state: dict[str, Any], config_yaml: str,
+                        meta: dict[str, Any]) -> None:
     d = ckpt_dir / STATE_DIR
     d.mkdir(parents=True, exist_ok=True)
     torch.save(state, d / STATE_FILE)

@@ -25,9 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument("--resume", nargs="?", const="must", default=None, metavar="CKPT",
-                   help="resume from out_dir's latest checkpoint (error if none), or from CKPT. Default: resume "
-                   "automatically when out_dir has a checkpoint")
-    p.add_argument("--fresh", action="store_true", help="refuse to start if out_dir already holds checkpoints")
+                   help="resume from out_dir's latest checkpoint (error if none), or from CKPT. Default: "
+                   "resume automatically when out_dir has a checkpoint")
+    p.add_argument("--fresh", action="store_true",
+                   help="refuse to start if out_dir already holds checkpoints")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=run)
 

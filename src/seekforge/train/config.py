@@ -76,7 +76,7 @@ class TrainConfig:
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     sample_tokens: int = 40  # greedy tokens per prompt at each eval; 0 = no samples
     tensorboard: bool = True
-    # Weights & Biases. auto: on when wandb is installed and WANDB_MODE or WANDB_API_KEY is set
+    # Weights & Biases. auto: on when wandb is installed and WANDB_MODE or WANDB_API_KEY is set.
     wandb: bool | Literal["auto"] = "auto"
     wandb_project: str = "seekforge"
     plot: bool = True  # loss-curve PNG at the end
@@ -96,8 +96,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0 (got {getattr(self, name)})")
-        non_negative = ["warmup_steps", "eval_every", "save_every", "grad_clip", "weight_decay", "sample_tokens",
-                        "early_stopping_patience", "lr", "muon_lr"]
+        non_negative = ["warmup_steps", "eval_every", "save_every", "grad_clip", "weight_decay",
+                        "sample_tokens", "early_stopping_patience", "lr", "muon_lr"]
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0 (got {getattr(self, name)})")
@@ -113,14 +113,17 @@ class TrainConfig:
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction: must be in [0, 1) (got {self.data.val_fraction})")
         if self.eval_tokens is not None and self.eval_tokens < self.seq_len:
-            raise ConfigError(f"eval_tokens: must be >= seq_len ({self.seq_len}) or null (got {self.eval_tokens})")
+            raise ConfigError(f"eval_tokens: must be >= seq_len ({self.seq_len}) or null "
+                              f"(got {self.eval_tokens})")
         if self.batch_tokens % self.seq_len:
-            raise ConfigError(f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len ({self.seq_len})")
+            raise ConfigError(f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len "
+                              f"({self.seq_len})")
         if self.data.train is None:
             raise ConfigError("data.train: required (a token-shard folder from `seekforge data tokenize`, or "
                               "raw .txt/.jsonl files with `tokenizer` set), e.g. --set data.train=shards/")
         if self.resume not in ("auto", "must", "never") and not Path(self.resume).exists():
-            raise ConfigError(f"resume: {self.resume!r} is neither auto/must/never nor an existing checkpoint")
+            raise ConfigError(f"resume: {self.resume!r} is neither auto/must/never nor an existing "
+                              "checkpoint")
 
     def grad_accum(self, world_size: int) -> int:
         """batch_tokens / (micro_batch_size · seq_len · world_size), which must be a whole number."""
@@ -130,8 +133,8 @@ class TrainConfig:
             fits = [b for b in range(1, self.micro_batch_size + 1) if rows % (b * world_size) == 0]
             hint = f"; micro_batch_size {fits[-1]} would fit" if fits else ""
             raise ConfigError(
-                f"batch_tokens ({self.batch_tokens}) is not divisible by micro_batch_size x seq_len x world_size "
-                f"({self.micro_batch_size} x {self.seq_len} x {world_size} = {per_pass}){hint}")
+                f"batch_tokens ({self.batch_tokens}) is not divisible by micro_batch_size x seq_len x "
+                f"world_size ({self.micro_batch_size} x {self.seq_len} x {world_size} = {per_pass}){hint}")
         return self.batch_tokens // per_pass
 
 

@@ -164,9 +164,10 @@ class PretrainLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seq_len") != self.rows.seq_len or state.get("seed") != self.rows.seed:
-            raise ValueError(f"data position was saved with seq_len={state.get('seq_len')}, seed={state.get('seed')}"
-                             f"; this run has seq_len={self.rows.seq_len}, seed={self.rows.seed}. Resuming would "
-                             "repeat/skip data: keep them equal, or start a new out_dir")
+            raise ValueError(f"data position was saved with seq_len={state.get('seq_len')}, "
+                             f"seed={state.get('seed')}; this run has seq_len={self.rows.seq_len}, "
+                             f"seed={self.rows.seed}. Resuming would repeat/skip data: keep them equal, or "
+                             "start a new out_dir")
         self.position = int(state["position"])
 
 
@@ -192,7 +193,8 @@ def make_eval_set(shards: TokenShards, max_tokens: int | None, tokenizer=None,
                       | {i for i in (shards.bos_token_id, shards.eos_token_id) if i is not None})
     total = shards.num_tokens
     if total < 2:
-        raise ValueError(f"{shards.path}: validation split {shards.split!r} has {total} tokens; nothing to evaluate")
+        raise ValueError(f"{shards.path}: validation split {shards.split!r} has {total} tokens; nothing to "
+                         "evaluate")
     if max_tokens is None or max_tokens >= total:
         return EvalSet(shards, total, shards.num_bytes, specials)
     starts = np.append(shards.doc_starts(), total)
@@ -202,7 +204,8 @@ def make_eval_set(shards: TokenShards, max_tokens: int | None, tokenizer=None,
         return EvalSet(shards, total, shards.num_bytes, specials)
     if tokenizer is None:
         raise ValueError("eval_tokens < the validation split needs a tokenizer to count the bytes of the "
-                         "evaluated documents (set `tokenizer`), or set eval_tokens: null to use the whole split")
+                         "evaluated documents (set `tokenizer`), or set eval_tokens: null to use the whole "
+                         "split")
     nbytes = 0
     for d in range(n_docs):
         ids = shards.doc(d).tolist()
@@ -210,7 +213,8 @@ def make_eval_set(shards: TokenShards, max_tokens: int | None, tokenizer=None,
     return EvalSet(shards, end, nbytes, specials)
 
 
-def eval_batches(es: EvalSet, seq_len: int, batch_size: int, pad_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(es: EvalSet, seq_len: int, batch_size: int,
+                 pad_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(input_ids, labels) [B, T]: rows overlap by one token so targets tile positions 1..N-1."""
     stride = seq_len - 1
     n_rows = math.ceil((es.num_tokens - 1) / stride)
@@ -219,7 +223,8 @@ def eval_batches(es: EvalSet, seq_len: int, batch_size: int, pad_id: int = 0) ->
         rows = []
         for r in range(b0, min(n_rows, b0 + batch_size)):
             a = r * stride
-            rows.append(torch.from_numpy(es.shards.tokens(a, min(a + seq_len, es.num_tokens)).astype(np.int64)))
+            piece = es.shards.tokens(a, min(a + seq_len, es.num_tokens))
+            rows.append(torch.from_numpy(piece.astype(np.int64)))
         ids = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
         labels = torch.full((len(rows), seq_len), IGNORE_INDEX, dtype=torch.long)
         for i, r in enumerate(rows):

@@ -17,6 +17,7 @@ MFU = achieved model FLOP/s over the hardware peak (PaLM App. B). Model FLOPs pe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -81,7 +82,8 @@ def measure_cpu_peak_flops(n: int = 1024, seconds: float = 0.5) -> float:
 
 def cpu_peak_flops(cache: Path | None = None) -> float:
     """Measured once per (CPU model, thread count, torch version), then read from the cache."""
-    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "seekforge" / "peak_flops.json"
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cache = cache or base / "seekforge" / "peak_flops.json"
     key = _cpu_key()
     try:
         table = json.loads(cache.read_text())
@@ -91,10 +93,8 @@ def cpu_peak_flops(cache: Path | None = None) -> float:
         return float(table[key])
     peak = measure_cpu_peak_flops()
     table[key] = peak
-    try:
+    with contextlib.suppress(OSError):  # read-only home: measure again next time, no harm
         atomic_write_text(cache, json.dumps(table, indent=2))
-    except OSError:  # read-only home: measure again next time, no harm
-        pass
     log.info("measured CPU fp32 matmul peak: %.1f GFLOP/s (%s)", peak / 1e9, key)
     return peak
 
@@ -130,7 +130,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events past the checkpoint that a killed run had already written.
-            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=(resume_step + 1) if resume_step else None)
+            purge = (resume_step + 1) if resume_step else None
+            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge)
         self.wandb = self._init_wandb(wandb_mode, wandb_project, config, run_name, out_dir)
 
     @staticmethod
@@ -165,9 +166,9 @@ class MetricsLogger:
         self._file.flush()
         step = record["step"]
         for k, v in record.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                if self.tb is not None:
-                    self.tb.add_scalar(k, v, step)
+            scalar = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if self.tb is not None and k != "step" and scalar:
+                self.tb.add_scalar(k, v, step)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
 
@@ -199,7 +200,8 @@ def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path 
     """Train loss (raw and smoothed) and val loss vs tokens, val bits/byte on a second panel."""
     records = read_metrics(metrics_path)
     train = [(r["tokens"], r["train_loss"]) for r in records if isinstance(r.get("train_loss"), float)]
-    val = [(r["tokens"], r["val_loss"], r.get("val_bpb")) for r in records if isinstance(r.get("val_loss"), float)]
+    val = [(r["tokens"], r["val_loss"], r.get("val_bpb")) for r in records
+           if isinstance(r.get("val_loss"), float)]
     if not train and not val:
         return None
     import matplotlib

@@ -39,7 +39,8 @@ from torch import Tensor
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def zeropower_newton_schulz(g: Tensor, steps: int = 5, coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+def zeropower_newton_schulz(g: Tensor, steps: int = 5,
+                            coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
                             eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Approximately orthogonalise the last two dims of ``g`` (``[m, n]`` or ``[batch, m, n]``)."""
     if g.ndim not in (2, 3):
@@ -86,10 +87,11 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim not in (2, 3):
-                    raise ValueError(f"Muon only takes 2-D or stacked 3-D matrices, got shape {tuple(p.shape)}")
+                    raise ValueError("Muon only takes 2-D or stacked 3-D matrices, got shape "
+                                     f"{tuple(p.shape)}")
                 if p.shape[-2] % group["split"]:
-                    raise ValueError(f"Muon: split={group['split']} does not divide the {p.shape[-2]} rows of a "
-                                     f"parameter of shape {tuple(p.shape)}")
+                    raise ValueError(f"Muon: split={group['split']} does not divide the {p.shape[-2]} rows "
+                                     f"of a parameter of shape {tuple(p.shape)}")
 
     def _ns_dtype(self, p: Tensor) -> torch.dtype:
         if self.ns_dtype is not None:

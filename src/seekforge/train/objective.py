@@ -171,8 +171,9 @@ class PretrainObjective(Objective):
 
             self.tokenizer = load_tokenizer(self.tokenizer_dir)
             if len(self.tokenizer) != self.train_shards.vocab_size:
-                raise ConfigError(f"tokenizer {self.tokenizer_dir} has {len(self.tokenizer)} tokens but the shards "
-                                  f"in {train_dir} were made with vocab_size {self.train_shards.vocab_size}: "
+                raise ConfigError(f"tokenizer {self.tokenizer_dir} has {len(self.tokenizer)} tokens but the "
+                                  f"shards in {train_dir} were made with vocab_size "
+                                  f"{self.train_shards.vocab_size}: "
                                   "use the tokenizer the data was tokenized with")
         elif cfg.sample_tokens:
             log.info("no tokenizer found (set `tokenizer`): no text samples")
@@ -199,19 +200,20 @@ class PretrainObjective(Objective):
                 raise ConfigError(f"data: {p} does not exist (data.train / data.val take token-shard folders "
                                   "or raw .txt/.jsonl/.parquet files)")
         if not cfg.tokenizer:
-            raise ConfigError(f"data.train {data.train!r} is raw text: set `tokenizer` (a tokenizer directory from "
-                              "`seekforge tokenizer train`) so the trainer can tokenize it")
+            raise ConfigError(f"data.train {data.train!r} is raw text: set `tokenizer` (a tokenizer "
+                              "directory from `seekforge tokenizer train`) so the trainer can tokenize it")
         out = env.out_dir / "data"
         if env.rank == 0:
             key = _cache_key(inputs, val_inputs, Path(cfg.tokenizer), cfg)
             stamp = out / "cache_key.txt"
-            if not (stamp.is_file() and stamp.read_text().strip() == key and (out / "manifest.json").is_file()):
+            cached = stamp.is_file() and stamp.read_text().strip() == key
+            if not (cached and (out / "manifest.json").is_file()):
                 from seekforge.data.tokenize import tokenize_to_shards
 
                 log.info("tokenizing %s into %s", ", ".join(inputs), out)
                 tokenize_to_shards(inputs, cfg.tokenizer, out, val_fraction=data.val_fraction,
-                                   val_inputs=val_inputs, text_fields=data.text_fields, txt_mode=data.txt_mode,
-                                   workers=0)
+                                   val_inputs=val_inputs, text_fields=data.text_fields,
+                                   txt_mode=data.txt_mode, workers=0)
                 stamp.write_text(key + "\n")
         dist.barrier()
         return out, None
@@ -226,7 +228,8 @@ class PretrainObjective(Objective):
         splits = self.train_shards.manifest["splits"]
         if splits.get("val", {}).get("tokens", 0) > 1:
             return TokenShards(train_dir, "val")
-        log.warning("%s has no validation split: no val loss / bpb (set data.val or data.val_fraction)", train_dir)
+        log.warning("%s has no validation split: no val loss / bpb (set data.val or data.val_fraction)",
+                    train_dir)
         return None
 
     def train_loader(self, micro_batch_size: int, grad_accum: int):
@@ -279,7 +282,8 @@ class PretrainObjective(Objective):
         from seekforge.model import build_model
 
         mcfg, source_dir = self.model_config()
-        model = build_model(mcfg, self.env.device, torch.float32)  # fp32 master weights; autocast does the rest
+        # fp32 master weights; autocast (bf16 on CUDA) does the low-precision compute.
+        model = build_model(mcfg, self.env.device, torch.float32)
         if source_dir is not None:
             self.load_model_weights(model, source_dir)
             log.info("continuing from the weights in %s", source_dir)
@@ -305,8 +309,9 @@ class PretrainObjective(Objective):
         from seekforge.utils import human_count
 
         pc = param_counts(unwrap(model).config)
-        return [f"model: {human_count(pc['total'])} parameters ({human_count(pc['active'])} active per token), "
-                f"{self.train_shards.num_tokens:,} train tokens, vocab {unwrap(model).config.vocab_size}"]
+        vocab = unwrap(model).config.vocab_size
+        return [f"model: {human_count(pc['total'])} parameters ({human_count(pc['active'])} active per "
+                f"token), {self.train_shards.num_tokens:,} train tokens, vocab {vocab}"]
 
     def flops_per_token(self, model: nn.Module) -> float | None:
         from seekforge.model.accounting import flops_per_token
@@ -342,7 +347,10 @@ class PretrainObjective(Objective):
         was_training = model.training
         model.eval()
         for i in range(rounds):
-            ids, labels = mine[i] if i < len(mine) else (batches[0][0][:1], torch.full_like(batches[0][1][:1], -100))
+            if i < len(mine):
+                ids, labels = mine[i]
+            else:  # nothing left for this rank: a fully ignored row keeps the forwards in lockstep
+                ids, labels = batches[0][0][:1], torch.full_like(batches[0][1][:1], -100)
             ids, labels = ids.to(env.device), labels.to(env.device)
             with autocast(env):
                 logits = model(ids).logits

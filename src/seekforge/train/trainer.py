@@ -150,7 +150,8 @@ class Trainer:
             return found
         path = Path(cfg.resume)
         if not (path / ckpt.STATE_DIR / ckpt.STATE_FILE).is_file():
-            raise ConfigError(f"resume: {path} is not a training checkpoint (no {ckpt.STATE_DIR}/{ckpt.STATE_FILE})")
+            raise ConfigError(f"resume: {path} is not a training checkpoint "
+                              f"(no {ckpt.STATE_DIR}/{ckpt.STATE_FILE})")
         return path
 
     def _seed(self) -> None:
@@ -180,8 +181,9 @@ class Trainer:
         self.model = self._wrap(model)
         self.eval_model = self.model if cfg.distributed == "fsdp" and self.dist.enabled else model
         trainable = obj.trainable_parameters(model)
-        spec = OptimizerSpec(kind=cfg.optimizer, lr=cfg.lr, muon_lr=cfg.muon_lr, muon_momentum=cfg.muon_momentum,
-                             weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        spec = OptimizerSpec(kind=cfg.optimizer, lr=cfg.lr, muon_lr=cfg.muon_lr,
+                             muon_momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         self.optimizer = build_optimizer(trainable, spec, self.device)
         self.params = [p for _, p in trainable if p.requires_grad]
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -227,8 +229,8 @@ class Trainer:
         self.state = TrainState(**state["train_state"])
         rngs = state["rng"]
         if len(rngs) != self.dist.world_size:
-            log.warning("checkpoint was written by %d ranks, this run has %d: RNG streams restart from rank 0's "
-                        "(data order is unaffected)", len(rngs), self.dist.world_size)
+            log.warning("checkpoint was written by %d ranks, this run has %d: RNG streams restart from "
+                        "rank 0's (data order is unaffected)", len(rngs), self.dist.world_size)
         ckpt.set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
         old = state.get("config", {})
         new = to_dict(self.cfg)
@@ -236,8 +238,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         if changed:
-            log.warning("resuming with changed settings: %s (exact continuation is only guaranteed without changes)",
-                        ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+            log.warning("resuming with changed settings: %s (exact continuation is only guaranteed without "
+                        "changes)", ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
         log.info("resumed from %s (step %d, %s tokens)", path, self.state.step, f"{self.state.tokens:,}")
 
     @property
@@ -282,7 +284,8 @@ class Trainer:
             vals = torch.stack([out.loss.detach().float()] + [out.parts[k].float() for k in part_names])
             sums += vals.double() * counts[i]
             if out.expert_loads is not None:
-                loads = out.expert_loads.detach().float() if loads is None else loads + out.expert_loads.detach()
+                ld = out.expert_loads.detach().float()
+                loads = ld if loads is None else loads + ld
         dist.all_reduce_sum(sums)
         means = (sums / max(n_global, 1)).tolist()
         if self.scaler is not None:
@@ -325,16 +328,17 @@ class Trainer:
 
     def _on_bad_step(self, loss: float, grad_norm: float) -> None:
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
-        log.warning("step %d: non-finite %s; update skipped (%d in a row, %d in total)", self.state.step + 1, what,
-                    self.state.bad_streak, self.state.skipped_steps)
+        log.warning("step %d: non-finite %s; update skipped (%d in a row, %d in total)", self.state.step + 1,
+                    what, self.state.bad_streak, self.state.skipped_steps)
         if self.state.bad_streak >= self.cfg.max_bad_steps:
             latest = ckpt.find_latest(self.out_dir)
             where = (f"resume from {latest} (re-run the same command)" if latest is not None
                      else "no checkpoint was written yet; restart")
             raise TrainingError(
-                f"{self.state.bad_streak} consecutive steps (up to step {self.state.step + 1}) had a non-finite "
-                f"{what.split(' ')[0]}; stopping. The model diverged or the data holds a bad batch: {where} with "
-                f"a lower lr (now {self.cfg.lr}) or a lower grad_clip, or use dtype: bfloat16 instead of float16")
+                f"{self.state.bad_streak} consecutive steps (up to step {self.state.step + 1}) had a "
+                f"non-finite {what.split(' ')[0]}; stopping. The model diverged or the data holds a bad "
+                f"batch: {where} with a lower lr (now {self.cfg.lr}) or a lower grad_clip, or use dtype: "
+                "bfloat16 instead of float16")
 
     # =========================================================================================
     # eval / checkpoints
@@ -357,7 +361,8 @@ class Trainer:
             self.model.reshard()
         if self.dist.is_main:
             parts = [f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)]
-            self._print(f"step {self.state.step}: " + ", ".join(parts) + f" ({time.perf_counter() - t0:.1f}s)")
+            took = time.perf_counter() - t0
+            self._print(f"step {self.state.step}: " + ", ".join(parts) + f" ({took:.1f}s)")
             for prompt, text in samples:
                 self._print(f"  sample: {prompt!r} -> {text!r}")
             if samples and self.metrics is not None:
@@ -385,7 +390,8 @@ class Trainer:
 
         from seekforge.model import build_model
 
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(self.model, options=opts)
         if not self.dist.is_main:
             return self.raw_model
         copy = build_model(self.raw_model.config, "cpu", torch.float32, init=False)
@@ -434,8 +440,8 @@ class Trainer:
             if self._signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # second Ctrl-C: stop now
             self._signal = signum
-            log.warning("received %s: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to "
-                        "abort without saving)", signal.Signals(signum).name)
+            log.warning("received %s: finishing this step, saving a checkpoint, then exiting (Ctrl-C again "
+                        "to abort without saving)", signal.Signals(signum).name)
 
         import threading
 
@@ -461,7 +467,8 @@ class Trainer:
         self.metrics = None
         resume_from = self._resume_target()
         self._seed()
-        self._env = TrainEnv(cfg, self.device, self.amp_dtype, self.dist.rank, self.dist.world_size, self.out_dir)
+        self._env = TrainEnv(cfg, self.device, self.amp_dtype, self.dist.rank, self.dist.world_size,
+                             self.out_dir)
         self.objective.setup(self._env)
         self._build(resume_from)
         if resume_from is not None:
@@ -481,8 +488,10 @@ class Trainer:
         try:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step", dynamic_ncols=True,
-                             disable=None if (self.dist.is_main and cfg.progress) else True, mininterval=1.0)
+            # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
+            self._bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step",
+                             dynamic_ncols=True, mininterval=1.0,
+                             disable=None if (self.dist.is_main and cfg.progress) else True)
             if self._bar.disable:
                 self._bar = None
             while st.step < cfg.max_steps:
@@ -501,14 +510,15 @@ class Trainer:
                 window_time += dt
                 if self._bar is not None:
                     self._bar.update(1)
-                    self._bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{cfg.batch_tokens / dt:,.0f}",
-                                          refresh=False)
+                    self._bar.set_postfix(loss=f"{record['train_loss']:.3f}",
+                                          tok_s=f"{cfg.batch_tokens / dt:,.0f}", refresh=False)
                 last = st.step == cfg.max_steps
                 do_eval = last or (cfg.eval_every and st.step % cfg.eval_every == 0)
                 if st.step % cfg.log_every == 0 or st.step == 1 or last or do_eval or record.get("skipped"):
                     tps = window_tokens / max(window_time, 1e-9)
                     record = {"step": st.step, "tokens": st.tokens, **record, "tokens_per_s": tps,
-                              "epoch": round(self.loader.epoch, 4), "elapsed_s": round(time.perf_counter() - t_start, 2)}
+                              "epoch": round(self.loader.epoch, 4),
+                              "elapsed_s": round(time.perf_counter() - t_start, 2)}
                     if peak and self.flops_per_token:
                         record["mfu"] = self.flops_per_token * tps / (peak * self.dist.world_size)
                     window_tokens, window_time = 0, 0.0
@@ -550,7 +560,8 @@ class Trainer:
             self.metrics.log(record)
         if self.dist.is_main and (self._bar is None or record["step"] % self.cfg.log_every == 0):
             msg = (f"step {record['step']}/{self.cfg.max_steps} loss {record['train_loss']:.4f} "
-                   f"lr {record['lr']:.2e} gnorm {record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s")
+                   f"lr {record['lr']:.2e} gnorm {record['grad_norm']:.3f} "
+                   f"{record['tokens_per_s']:,.0f} tok/s")
             if "mfu" in record:
                 msg += f" mfu {100 * record['mfu']:.1f}%"
             if "expert_imbalance" in record:
@@ -567,14 +578,16 @@ class Trainer:
             return
         cfg = self.cfg
         lines = self.objective.describe(self.raw_model)
-        lines.append(f"batch: {cfg.batch_tokens:,} tokens/step = micro_batch_size {cfg.micro_batch_size} x seq_len "
-                     f"{cfg.seq_len} x world_size {self.dist.world_size} x grad_accum {self.grad_accum}; "
+        lines.append(f"batch: {cfg.batch_tokens:,} tokens/step = micro_batch_size {cfg.micro_batch_size} x "
+                     f"seq_len {cfg.seq_len} x world_size {self.dist.world_size} x grad_accum "
+                     f"{self.grad_accum}; "
                      f"{cfg.max_steps} steps = {cfg.max_steps * cfg.batch_tokens:,} tokens")
         lines.append(f"device {self.device}, autocast {str(self.amp_dtype).replace('torch.', '')}, "
                      f"compile {self.compile}, activation_checkpointing {cfg.activation_checkpointing}, "
                      f"optimizer {cfg.optimizer}, schedule {cfg.schedule}"
                      + (f", {cfg.distributed} x {self.dist.world_size}" if self.dist.enabled else ""))
-        lines.append(f"out_dir {self.out_dir}" + (f" (resuming from {resume_from.name})" if resume_from else ""))
+        resuming = f" (resuming from {resume_from.name})" if resume_from else ""
+        lines.append(f"out_dir {self.out_dir}{resuming}")
         for line in lines:
             log.info(line)
 
@@ -583,7 +596,8 @@ class Trainer:
         latest = self.out_dir / ckpt.step_dir_name(st.step)
         summary = {
             "step": st.step, "tokens": st.tokens, "stopped": stopped, **st.last_eval,
-            "best_val_bpb": None if math.isinf(st.best_val_bpb) else st.best_val_bpb, "best_step": st.best_step,
+            "best_val_bpb": None if math.isinf(st.best_val_bpb) else st.best_val_bpb,
+            "best_step": st.best_step,
             "skipped_steps": st.skipped_steps, "train_seconds": round(st.train_seconds, 3),
             "wall_seconds": round(time.perf_counter() - t_start, 3),
             "tokens_per_s": st.tokens / st.train_seconds if st.train_seconds else None,
@@ -592,7 +606,8 @@ class Trainer:
         if self.dist.is_main:
             from seekforge.train.metrics import read_metrics
 
-            mfus = [r["mfu"] for r in read_metrics(self.out_dir / "metrics.jsonl") if isinstance(r.get("mfu"), float)]
+            records = read_metrics(self.out_dir / "metrics.jsonl")
+            mfus = [r["mfu"] for r in records if isinstance(r.get("mfu"), float)]
             if mfus:
                 summary["mfu"] = sorted(mfus)[len(mfus) // 2]  # median: robust to the warm-up step
             import json
@@ -600,12 +615,13 @@ class Trainer:
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             if cfg.plot:
                 try:
-                    plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png", title=self.out_dir.name)
+                    plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png",
+                                    title=self.out_dir.name)
                 except Exception as e:  # noqa: BLE001 (a plot must never fail a finished run)
                     log.warning("could not draw loss.png: %s", e)
+            evals = ", ".join(f"{k} {v:.4f}" for k, v in st.last_eval.items() if isinstance(v, float))
             log.info("done (%s): step %d, %s tokens, %s; checkpoint %s", stopped, st.step, f"{st.tokens:,}",
-                     ", ".join(f"{k} {v:.4f}" for k, v in st.last_eval.items() if isinstance(v, float)) or "no eval",
-                     latest)
+                     evals or "no eval", latest)
         if self._signal is not None:
             summary["signal"] = self._signal
         return summary
