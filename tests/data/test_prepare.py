@@ -262,3 +262,12 @@ def test_shared_corpora_sanity(shared_data, tmp_path):
     src = report["sources"]
     assert src["tang"]["docs_out"] / src["tang"]["docs_in"] > 0.85
     assert 0.5 < src["c4"]["docs_out"] / src["c4"]["docs_in"] < 0.95
+
+
+def test_parquet_output_is_readable(corpus, tmp_path):
+    cfg = cfg_for([corpus], tmp_path / "pq")
+    cfg.output.format = "parquet"
+    report = P.prepare(cfg)
+    assert [s["file"] for s in report["shards"]] == ["part-00000.parquet"]
+    docs = list(iter_documents(tmp_path / "pq"))
+    assert len(docs) == report["totals"]["docs_out"] and {d.meta["language"] for d in docs} == {"en", "zh"}

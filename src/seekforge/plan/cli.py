@@ -145,11 +145,24 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         presets = {n: arch_from_model_config(preset_config(n), name=n) for n in PRESETS}
         return budget_plan(hw, spec, hours=hours, usd=args.budget_usd, model=arch, presets=presets)
     arch, train_defaults = resolve_arch(args.preset, args.config, args.model_dir, args.overrides)
+    if args.measure:  # plan exactly what `seekforge train` will run: its defaults unless given
+        train_defaults = {**_trainer_defaults(), **train_defaults}
     spec = spec_from_args(args, train_defaults)
     result = estimate(arch, hw, spec)
     if args.measure:
         result["measured"] = _measure(args, spec, hw.name)
     return result
+
+
+def _trainer_defaults() -> dict[str, Any]:
+    import dataclasses
+
+    try:
+        from seekforge.train.config import TrainConfig
+    except ImportError as e:
+        raise ConfigError(f"--measure needs `seekforge train`, which is not importable here: {e}") from None
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {k: fields[k] for k in ("seq_len", "batch_tokens", "micro_batch_size")}
 
 
 def _measure(args: argparse.Namespace, spec: PlanSpec, hw_name: str) -> dict[str, Any]:
