@@ -227,6 +227,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     for k, v in rows:
         print(f"  {k:<12} {v}")
-    print(f"\nNext: chat with it (`seekforge chat {done['checkpoint']}`), or train longer: re-run with "
-          f"`seekforge train --resume {done['checkpoint']} ...`; loss curve: {run_dir / 'loss.png'}")
+    ckpt = done["checkpoint"]
+    print(f"\nNext: chat with it: seekforge chat {ckpt}\n      train longer: seekforge train "
+          f"{ckpt}/trainer_state/config.yaml --set max_steps=2000   (resumes from the checkpoint)\n"
+          f"      loss curve: {run_dir / 'loss.png'}")
     return 0

@@ -76,6 +76,7 @@ def distill_cfg(teacher: Path, student: Path, data: str, out: Path, *extra: str)
     )
 
 
+@pytest.mark.slow
 def test_logit_distillation_online_and_cached(
     warm_base: Path, tiny_base: Path, sft_dir: Path, tmp_path: Path, caplog
 ):
@@ -169,6 +170,7 @@ def seekforge_server(model_dir: Path):
         engine.close()
 
 
+@pytest.mark.slow
 def test_sequence_distillation_local_engine_and_openai_endpoint(
     warm_base: Path, tiny_base: Path, sft_dir: Path, tmp_path: Path
 ):

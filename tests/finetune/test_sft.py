@@ -21,6 +21,7 @@ def ask(model, tok, prompts=("Who are you?", "你是谁？")) -> list[str]:
     return [greedy_chat(model, tok, p, 24, CPU) for p in prompts]
 
 
+@pytest.mark.slow
 def test_identity_lora_teaches_name_en_and_zh(warm_base: Path, sft_dir: Path, tmp_path: Path, sft_run):
     """The base calls itself Nemo; after LoRA-SFT on identity.json it answers with the new name."""
     from seekforge.finetune.adapters import adapter_engine_args
@@ -89,6 +90,7 @@ def write_hf_model(kind: str, tok_dir: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tmp_path: Path, sft_run):
     from peft import PeftModel
@@ -149,6 +151,7 @@ def test_prefix_on_hf_model_via_peft(sft_tokenizer_dir: Path, sft_dir: Path, tmp
     assert json.loads((out / "final" / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tiny_base: Path, sft_dir: Path, tmp_path: Path, sft_run):
     """4 steps in one go == 2 steps, stop, resume, 2 more (adapter weights and data position)."""
     from safetensors.torch import load_file

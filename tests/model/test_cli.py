@@ -1,4 +1,4 @@
-"""``seekforge model init/info`` and ``seekforge demo`` through the real command line entry point."""
+"""``seekforge model init/info`` through the real command line entry point."""
 
 from __future__ import annotations
 
@@ -56,8 +56,3 @@ def test_init_with_tokenizer_sets_vocab_and_special_ids(tmp_path):
     assert (tmp_path / "m" / "tokenizer.json").exists()
     assert len(load_tokenizer(tmp_path / "m")) == len(tok)
 
-
-def test_demo_runs(capsys):
-    assert main(["demo", "--preset", "tiny", "--batch", "2", "--seq-len", "16", "--steps", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "| v3 | 671.03B | 37.55B |" in out and "tokens/s" in out

@@ -133,6 +133,8 @@ def spec_from_args(args: argparse.Namespace, train_defaults: dict[str, Any]) -> 
 
 def plan(args: argparse.Namespace) -> dict[str, Any]:
     """The JSON-ready result of ``seekforge plan`` for parsed arguments (used by run() and tests)."""
+    if args.measure:
+        _check_measure_args(args)
     hw_name = args.hardware or ("cpu" if args.measure else "h100-sxm")
     hw = get_hardware(hw_name, args.hardware_file)
     inverse = args.budget is not None or args.budget_usd is not None
@@ -165,22 +167,26 @@ def _trainer_defaults() -> dict[str, Any]:
     return {k: fields[k] for k in ("seq_len", "batch_tokens", "micro_batch_size")}
 
 
-def _measure(args: argparse.Namespace, spec: PlanSpec, hw_name: str) -> dict[str, Any]:
-    from seekforge.plan.measure import measure
-
-    if spec.method != "pretrain":
+def _check_measure_args(args: argparse.Namespace) -> None:
+    """Fail fast (before measuring the CPU or planning) on --measure requests that cannot run."""
+    if args.method != "pretrain":
         raise ConfigError("--measure runs `seekforge train` and so only supports --method pretrain")
     if args.model_dir or (args.preset and args.overrides):
         raise ConfigError("--measure needs --preset NAME (without --set) or a training --config")
     if args.preset in LARGE_PRESETS:
         raise ConfigError(f"--measure: preset {args.preset!r} is too large to train here; "
                           "measure a small one")
-    if hw_name != "cpu":
-        print("note: --measure runs on this machine; compare its numbers with --hardware cpu",
-              file=sys.stderr)
     if not args.data and not args.config:
         raise ConfigError("--measure needs training data: --data PATH (token shards or .txt/.jsonl), "
                           "or a training --config with data.train")
+
+
+def _measure(args: argparse.Namespace, spec: PlanSpec, hw_name: str) -> dict[str, Any]:
+    from seekforge.plan.measure import measure
+
+    if hw_name != "cpu":
+        print("note: --measure runs on this machine; compare its numbers with --hardware cpu",
+              file=sys.stderr)
     batch = spec.global_batch_tokens or spec.micro_batch * spec.seq_len
     return measure(steps=args.measure_steps, preset=args.preset, config=args.config, seq_len=spec.seq_len,
                    batch_tokens=batch, micro_batch=spec.micro_batch, data=args.data, tokenizer=args.tokenizer,
