@@ -58,8 +58,8 @@ def sets(*kv: str) -> list[str]:
     return [x for item in kv for x in ("--set", item)]
 
 
-def prepare(work: Path, preset: str, warm_steps: int) -> tuple[Path, Path]:
-    """Tokenizer (vocab 4000 on the SFT demos) -> random preset -> warm base "Nemo by Acme"."""
+def prepare(work: Path, preset: str, warm_steps: int, vocab: int) -> tuple[Path, Path]:
+    """Tokenizer (trained on the SFT demos) -> random preset -> warm base "Nemo by Acme"."""
     sys.path.insert(0, str(REPO / "tests" / "finetune"))
     from conftest import NAME_TEXT as text
 
@@ -73,7 +73,7 @@ def prepare(work: Path, preset: str, warm_steps: int) -> tuple[Path, Path]:
             for n in ("identity", "alpaca_en_demo", "alpaca_zh_demo")
             for r in json.loads((SFT / f"{n}.json").read_text(encoding="utf-8"))
         ]
-        train_tokenizer(texts + [text], vocab_size=4000, out_dir=tok_dir)
+        train_tokenizer(texts + [text], vocab_size=vocab, out_dir=tok_dir)
     tok = load_tokenizer(tok_dir)
     if not base.exists():
         torch.manual_seed(0)
@@ -318,6 +318,7 @@ def main() -> None:
     p.add_argument("--lora-steps", type=int, default=60)
     p.add_argument("--bench-steps", type=int, default=20)
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=1500, help="tokenizer size (the tests use 1500)")
     p.add_argument("--out", default=None, help="write the results JSON here")
     p.add_argument(
         "--plain-loop-child", nargs=4, metavar=("LLAMA", "STEPS", "SEQ_LEN", "OUT"), help=argparse.SUPPRESS
@@ -327,10 +328,10 @@ def main() -> None:
         llama, steps, seq_len, out = args.plain_loop_child
         print(json.dumps(plain_loop(Path(llama), int(steps), int(seq_len), Path(out))))
         return
-    work = Path(args.work) / args.preset
+    work = Path(args.work) / f"{args.preset}-v{args.vocab}"
     work.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
-    tok_dir, warm = prepare(work, args.preset, args.warm_steps)
+    tok_dir, warm = prepare(work, args.preset, args.warm_steps, args.vocab)
     results: dict = {
         "preset": args.preset,
         "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -68,3 +68,14 @@ def test_cli_reports_config_errors_without_a_traceback(capsys, tmp_path):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--set", "data.train=x", "--print-config"]) == 0
     assert "batch_tokens: 16384" in capsys.readouterr().out
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    train_cfgs = [c for c in configs if c.name.startswith(("train_", "pretrain_", "speedrun_"))]
+    assert len(train_cfgs) >= 4
+    for path in train_cfgs:
+        cfg = load_train_config(path, ["data.train=x"])
+        assert cfg.batch_tokens % (cfg.micro_batch_size * cfg.seq_len) == 0, path

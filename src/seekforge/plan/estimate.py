@@ -223,13 +223,14 @@ def _attention_saved(layer: Layer, d: int) -> tuple[float, float]:
 def _ffn_saved(layer: Layer, d: int) -> tuple[float, float]:
     """(elements, fp32 bytes) kept per token for one SwiGLU FFN (gate, up, silu(gate), product).
 
-    MoE: each of the K routed copies keeps its gathered input, gate/up outputs, silu and product and
-    its weighted output; the fp32 router keeps logits, scores and the biased choice scores (3E).
+    MoE (seekforge's grouped experts): each of the K routed copies keeps its gathered input (d), the
+    fused gate/up output (2·I_m), silu, silu·up and the gate-weighted product (3·I_m; the weight is
+    applied before the down projection); the fp32 router keeps logits, scores and choice scores (3E).
     """
     f = layer.ffn
     if not f.is_moe:
         return 4.0 * f.intermediate_size, 0.0
-    routed = f.experts_per_token * (2 * d + 4 * f.expert_intermediate_size)
+    routed = f.experts_per_token * (d + 5 * f.expert_intermediate_size)
     return routed + 4.0 * f.shared_intermediate_size, 3 * 4.0 * f.num_experts
 
 
