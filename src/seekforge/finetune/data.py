@@ -574,6 +574,7 @@ def load_examples(
 ) -> tuple[list[Example], DataReport]:
     """Read and validate every dataset; return the usable examples and a report.
 
+    ``max_samples`` caps each dataset (like LLaMA-Factory's), after its own ``num_samples``.
     Raises :class:`DataError` if no row is usable (with the first bad rows in the message).
     """
     values = {k: str(v) for k, v in (template_vars or {}).items()}
@@ -581,12 +582,11 @@ def load_examples(
     examples: list[Example] = []
     for spec in specs:
         got = _load_one(spec, report)
-        if spec.num_samples is not None:
-            got = got[: spec.num_samples]
+        for cap in (spec.num_samples, max_samples):
+            if cap is not None:
+                got = got[:cap]
         report.per_dataset[spec.name] = len(got)
         examples += got
-    if max_samples is not None:
-        examples = examples[:max_samples]
     report.used = len(examples)
     if report.bad:
         log.warning("data: %s", report.summary())

@@ -53,7 +53,7 @@ class SFTConfig(TrainConfig):
     chat_template: str | None = None  # a Jinja file or string replacing the tokenizer's template
     train_on: Literal["assistant", "last", "all"] = "assistant"  # which tokens carry loss
     packing: bool | Literal["auto"] = "auto"  # auto: on where the attention keeps examples apart
-    max_samples: int | None = None
+    max_samples: int | None = None  # per dataset
     val_size: float = 0.0  # fraction of examples held out for val_loss (0 = none)
     out_dir: str = "runs/sft"
     # --- method --------------------------------------------------------------------------------

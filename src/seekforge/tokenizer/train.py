@@ -20,7 +20,7 @@ Design (see docs/tokenizer.md for the measurements):
   2. runs of Han/Kana characters are isolated, so ``个GPU小时`` becomes ``个|GPU|小时`` (GPT-2's
      regex counts CJK as letters and would glue them to Latin text);
   3. a GPT-4-style rule set for the rest: contractions, an optional space before letters,
-     ASCII punctuation glued to following ASCII letters (``.com``, ``-V``), punctuation runs that
+     ASCII punctuation glued to following (non-CJK) letters (``.com``, ``-V``), punctuation runs that
      swallow the newlines after them (``。\\n``, ``:\\n`` become single tokens), newline runs and
      trailing whitespace. CJK punctuation (``，。、！？``) is ``\\p{P}`` and follows the punctuation rule.
   The library default (``ByteLevel(use_regex=True)``, the GPT-2 regex) is available as
@@ -93,9 +93,9 @@ CHAT_TEMPLATE = (
 
 # ---------------------------------------------------------------------------------------------
 # Pre-tokenisation regex (Oniguruma syntax, as used by ``tokenizers.Regex``). One alternation
-# instead of DeepSeek-V3's three chained Split steps: same pieces (up to how runs of several spaces
-# before a digit are cut), and 13% less CPU per MB encoded (measured, see docs/tokenizer.md).
-# At each position the first alternative that matches wins, so the order matters.
+# instead of DeepSeek-V3's three chained Split steps: 13% less CPU per MB encoded (docs/LOG.md),
+# nearly the same pieces. At each position the first alternative that matches wins, so the order
+# matters: digits and CJK runs come first, and the letter rules exclude CJK explicitly.
 _CJK = r"\p{Han}\p{Hiragana}\p{Katakana}ー"  # Han + Japanese kana (+ long-vowel mark); Hangul is a letter
 _NON_CJK_LETTER = rf"[\p{{L}}\p{{M}}&&[^{_CJK}]]"
 SPLIT_RE = "|".join([
