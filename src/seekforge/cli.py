@@ -14,22 +14,30 @@ import sys
 from seekforge import __version__
 from seekforge.config import ConfigError
 
-# Modules that contribute subcommands, in the order they appear in ``seekforge --help``.
-COMMAND_MODULES = [
-    "seekforge.model.cli",
-    "seekforge.demo",
-    "seekforge.tokenizer.cli",
-    "seekforge.data.cli",  # data prepare
-    "seekforge.data.tokenize",  # adds `data tokenize` to the `data` group (creating it if needed)
-    "seekforge.train.cli",
-    "seekforge.infer.chat",
-    "seekforge.serve.cli",
-    "seekforge.finetune.cli",  # sft, distill, merge
-    "seekforge.plan.cli",
-]
+# Modules that contribute subcommands, with the top-level commands each one adds, in the order
+# they appear in ``seekforge --help``. Only the modules of the command being run are imported, so
+# ``seekforge data prepare`` does not pay for importing torch or the server.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "seekforge.model.cli": ("model",),
+    "seekforge.demo": ("demo",),
+    "seekforge.tokenizer.cli": ("tokenizer",),
+    "seekforge.data.cli": ("data",),  # data prepare
+    "seekforge.data.tokenize": ("data",),  # data tokenize
+    "seekforge.train.cli": ("train",),
+    "seekforge.infer.chat": ("chat",),
+    "seekforge.serve.cli": ("serve",),
+    "seekforge.finetune.cli": ("sft", "distill", "merge"),
+    "seekforge.plan.cli": ("plan",),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: list[str]) -> list[str]:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    wanted = [m for m, cmds in COMMAND_MODULES.items() if command in cmds]
+    return wanted or list(COMMAND_MODULES)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seekforge",
         description="Build your own DeepSeek-style language model: data -> tokenizer -> pretrain -> "
@@ -38,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"seekforge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in _modules_for(sys.argv[1:] if argv is None else argv):
         importlib.import_module(name).register(sub)
     return parser
 
@@ -55,7 +63,7 @@ def add_config_args(parser: argparse.ArgumentParser, config_positional: bool = T
 def main(argv: list[str] | None = None) -> int:
     from seekforge.utils import setup_logging
 
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

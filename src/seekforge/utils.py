@@ -14,8 +14,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily: data/tokenizer commands should not pay ~1 s for it
+    import torch
 
 log = logging.getLogger("seekforge")
 
@@ -92,11 +94,15 @@ def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_device(name: str | None) -> torch.device:
     """``auto``/None -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    import torch
+
     if name in (None, "", "auto"):
         return default_device()
     return torch.device(name)
@@ -104,21 +110,25 @@ def resolve_device(name: str | None) -> torch.device:
 
 def default_dtype(device: torch.device) -> torch.dtype:
     """float32 on CPU (bf16 matmuls are slow on most CPUs), bfloat16 on CUDA."""
+    import torch
+
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
 
 
 def parse_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    import torch
+
     if name is None or name == "auto":
         return default_dtype(device)
     if isinstance(name, torch.dtype):
         return name
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of auto, {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, DTYPE_NAMES[name])
 
 
 def human_count(n: float) -> str:

@@ -172,7 +172,7 @@ def test_budget_inverse_mode(run_plan):
     assert usd["budget_hours"] == pytest.approx(100 / (8 * hw.price_per_hour))
     assert usd["model"]["tokens"] > 0
     with pytest.raises(ConfigError, match="--budget-usd needs a price"):
-        run_plan(["--budget-usd", "10", "--hardware", "cpu"])
+        run_plan(["--budget-usd", "10", "--hardware", "rtx-3090", "--price", "0"])
 
 
 def test_hardware_table_and_file(tmp_path):

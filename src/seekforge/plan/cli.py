@@ -103,8 +103,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     x = p.add_argument_group("measure (runs the real trainer for a few steps)")
     x.add_argument("--measure", action="store_true", help="run `seekforge train` for a few steps and report "
                    "peak memory, tokens/s and MFU next to the estimate")
-    x.add_argument("--measure-steps", type=int, default=4,
-                   help="steps to run (default 4; the first is warm-up)")
+    x.add_argument("--measure-steps", type=int, default=3,
+                   help="steps to run (default 3; the first is warm-up)")
     x.add_argument("--data", help="training data for --measure (token shards or .txt/.jsonl)")
     x.add_argument("--tokenizer", help="tokenizer directory for --measure with raw text data")
     x.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",

@@ -153,19 +153,61 @@ def measure_idle_rss_gib() -> float:
         return 0.32  # what this measured at on the reference machine (torch 2.13 CPU wheel)
 
 
+def _cache_path() -> Path:
+    import os
+
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "seekforge" / "plan_cpu.json"
+
+
+def _cpu_probe() -> tuple[float, float]:
+    """(fp32 TFLOP/s, runtime GiB) of this machine, measured once and cached on disk.
+
+    The probe takes seconds (a child process imports torch), so its result is kept in
+    ``~/.cache/seekforge/plan_cpu.json`` per CPU model, thread count, torch and seekforge version;
+    delete the file to measure again.
+    """
+    import platform
+
+    import torch
+
+    import seekforge
+
+    key = f"{platform.processor() or platform.machine()}|{torch.get_num_threads()} threads|" \
+          f"torch {torch.__version__}|seekforge {seekforge.__version__}"
+    path = _cache_path()
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8")).get(key)
+        if cached:
+            return float(cached["fp32_tflops"]), float(cached["runtime_gib"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    fp32, runtime = measure_cpu_matmul_tflops(), measure_idle_rss_gib()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        data = data if isinstance(data, dict) else {}
+        data[key] = {"fp32_tflops": fp32, "runtime_gib": runtime}
+        from seekforge.utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(data, indent=1))
+    except (OSError, ValueError):
+        pass  # a read-only home only costs a re-measurement next time
+    return fp32, runtime
+
+
 def cpu_hardware() -> Hardware:
-    """This machine as a device (measured once per process and cached)."""
+    """This machine as a device (probed once per machine, see :func:`_cpu_probe`)."""
     global _cpu_cache
     if _cpu_cache is None:
         import psutil
 
-        fp32 = measure_cpu_matmul_tflops()
+        fp32, runtime = _cpu_probe()
         _cpu_cache = Hardware(
             name=CPU_NAME, memory_gib=psutil.virtual_memory().total / GIB,
             # seekforge trains in fp32 on CPUs; bf16 matmuls are not faster on most of them.
             bf16_tflops=fp32, fp8_tflops=0.0, fp32_tflops=fp32, mem_bw_gbs=20.0, tdp_w=65.0,
             # MFU against the measured matmul rate; small models are dominated by non-matmul work.
-            mfu=0.3, price_per_hour=0.0, runtime_gib=measure_idle_rss_gib(), mbu=0.5,
+            mfu=0.3, price_per_hour=0.0, runtime_gib=runtime, mbu=0.5,
             notes=f"this machine: {psutil.cpu_count(logical=True)} threads, fp32 peak = measured matmul",
         )
     return dataclasses.replace(_cpu_cache)

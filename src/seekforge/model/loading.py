@@ -1,0 +1,74 @@
+"""Building, loading and saving models (the implementation behind ``seekforge.model.load_model``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seekforge.model.config import LARGE_PRESETS, PRESETS, ModelConfig, model_config_from
+from seekforge.model.model import DeepseekV3ForCausalLM
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                init: bool = True) -> DeepseekV3ForCausalLM:
+    """Construct on the meta device (no wasted init), then materialise on ``device`` and initialise.
+
+    ``device="meta"`` returns the shapes only (for parameter counts of 671B models).
+    """
+    with torch.device("meta"):
+        model = DeepseekV3ForCausalLM(cfg)
+    device = torch.device(device)
+    if dtype is not None:
+        model.to(dtype)
+    if device.type != "meta":
+        model.to_empty(device=device)
+        if init:
+            model.init_weights()
+        else:  # weights will be loaded; only the non-persistent rope table must be rebuilt
+            model.model.rotary_emb.reset_parameters()
+    return model
+
+
+def load_model(preset_or_dir: str | Path | ModelConfig, *, device: torch.device | str | None = None,
+               dtype: torch.dtype | str | None = None, **config_overrides: Any) -> DeepseekV3ForCausalLM:
+    """A preset name (random init), a model directory (config.json + safetensors) or a ModelConfig.
+
+    ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA; ``config_overrides`` are ModelConfig
+    fields (``load_model("tiny", q_lora_rank=None)``).
+    """
+    from seekforge.utils import parse_dtype, resolve_device
+
+    spec = preset_or_dir
+    cfg = model_config_from(spec, config_overrides or None)
+    is_dir = not isinstance(spec, ModelConfig) and str(spec) not in PRESETS and Path(spec).is_dir()
+    if device is None and not is_dir and str(spec) in LARGE_PRESETS:
+        return build_model(cfg, "meta")
+    dev = resolve_device(None if device is None else str(device))
+    dt = parse_dtype(dtype, dev)
+    if not is_dir:
+        return build_model(cfg, dev, dt)
+    from seekforge.model.hf import load_checkpoint
+
+    cfg, state = load_checkpoint(spec, cfg)
+    model = build_model(cfg, dev, dt, init=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if cfg.scoring_func != "sigmoid":  # V2 (softmax) checkpoints carry no router bias: it stays 0
+        missing = [k for k in missing if not k.endswith("e_score_correction_bias")]
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.zero_()
+    if missing or unexpected:
+        raise ValueError(f"{spec}: weights do not match config.json: missing {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                         f"{' ...' if len(unexpected) > 8 else ''}")
+    return model
+
+
+def save_model(model: DeepseekV3ForCausalLM, out_dir: str | Path, tokenizer: Any = None,
+               **kwargs: Any) -> Path:
+    """Write an HF model directory (see :func:`seekforge.model.hf.save_model`)."""
+    from seekforge.model.hf import save_model as _save
+
+    return _save(model, out_dir, tokenizer=tokenizer, **kwargs)
