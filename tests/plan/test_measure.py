@@ -14,7 +14,7 @@ from seekforge.plan.measure import read_metrics
 HAVE_TRAIN = importlib.util.find_spec("seekforge.train.cli") is not None
 
 
-def write_shards(out: Path, vocab: int, train_tokens: int = 40_000, val_tokens: int = 600) -> str:
+def write_shards(out: Path, vocab: int, train_tokens: int = 20_000, val_tokens: int = 200) -> str:
     """Random-token shards (the content does not matter for memory), documents of 200 tokens."""
     from seekforge.data.shards import ShardWriter
 
@@ -55,6 +55,16 @@ def test_read_metrics_skips_warmup(tmp_path):
     assert m["tokens_per_s"] == 110 and m["mfu"] == pytest.approx(0.11) and m["steps_logged"] == 3
     with pytest.raises(ConfigError, match="no metrics.jsonl"):
         read_metrics(tmp_path / "missing")
+
+
+def test_measured_numbers_are_printed_next_to_the_estimate(run_plan):
+    from seekforge.plan.cli import format_table
+
+    r = run_plan(["--preset", "small-moe", "--hardware", "rtx-4090", "--tokens", "1B"])
+    r["measured"] = {"peak_memory_bytes": r["memory_per_device_bytes"]["total"] // 2, "tokens_per_s": 1234.0,
+                     "mfu": 0.05}
+    out = format_table(r)
+    assert "measured (this machine)" in out and "+100%" in out and "1,234" in out and "5.0%" in out
 
 
 def test_measure_needs_data_and_a_small_preset(run_plan):

@@ -149,3 +149,13 @@ def test_objective_controls_trainable_parameters(make_config, tmp_path):
     changed = {n for (n, a), b in zip(init.state_dict().items(), trained.state_dict().values())
                if not torch.equal(a, b)}
     assert changed == {"lm_head.weight"}
+
+
+def test_early_stopping_on_val_bpb(make_config, tmp_path):
+    # lr 0: val bpb never improves after the first eval, so patience 2 stops at the third eval
+    cfg = make_config(max_steps=40, eval_every=2, save_every=2, early_stopping_patience=2, lr=0.0,
+                      muon_lr=0.0, warmup_steps=0, bias_update_speed=0.0)
+    summary = Trainer(cfg).run()
+    assert summary["step"] == 6 and summary["stopped"].startswith("early stopping")
+    assert summary["best_step"] == 2 and summary["best_checkpoint"].endswith("step-000002")
+    assert ckpt.read_pointer(tmp_path / "run", "best").name == "step-000002"

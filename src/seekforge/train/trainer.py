@@ -61,11 +61,14 @@ class TrainState:
     tokens: int = 0  # training tokens consumed over all ranks
     skipped_steps: int = 0
     bad_streak: int = 0
-    best_val_bpb: float = math.inf
+    best_val_bpb: float = math.inf  # over all evaluations (early stopping, summary)
     best_step: int | None = None
+    best_ckpt_bpb: float = math.inf  # over checkpoints saved at an evaluation step (OUT/best)
+    best_ckpt_step: int | None = None
     evals_since_best: int = 0
     train_seconds: float = 0.0  # time inside optimizer steps, summed over resumes
     last_eval: dict[str, float] = field(default_factory=dict)
+    last_eval_step: int | None = None
 
 
 def compile_default(device: torch.device) -> bool:
@@ -267,17 +270,19 @@ class Trainer:
                              decay_fraction=cfg.decay_fraction)
         set_lr(self.optimizer, mult)
         counts = [obj.count_targets(b) for b in batches]
-        n_global = int(dist.all_reduce_sum(torch.tensor([sum(counts)], dtype=torch.float64))[0])
+        n_global = int(dist.all_reduce_sum(torch.tensor([sum(counts)], dtype=torch.float64,
+                                                        device=self.device))[0])
         world = self.dist.world_size
         part_names: list[str] = []
         sums: torch.Tensor | None = None  # [total loss, parts...] weighted by target counts
         loads = None
         for i, batch in enumerate(batches):
-            with self._sync_context(i == len(batches) - 1), autocast(self._env):
-                out = obj.loss(self.model, batch)
-                # x world: DDP/FSDP *average* gradients over ranks, we want the sum over all targets.
-                scaled = out.loss * (counts[i] * world / max(n_global, 1))
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            with self._sync_context(i == len(batches) - 1):  # must cover forward *and* backward
+                with autocast(self._env):  # forward only: backward runs in the forward's dtypes
+                    out = obj.loss(self.model, batch)
+                    # x world: DDP/FSDP *average* gradients over ranks; we want the mean over all targets.
+                    scaled = out.loss * (counts[i] * world / max(n_global, 1))
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if sums is None:
                 part_names = list(out.parts)
                 sums = torch.zeros(1 + len(part_names), dtype=torch.float64, device=self.device)
@@ -368,6 +373,7 @@ class Trainer:
             if samples and self.metrics is not None:
                 self.metrics.text("samples", "\n\n".join(f"**{p}** {t}" for p, t in samples), self.state.step)
         self.state.last_eval = {k: v for k, v in res.items() if isinstance(v, (int, float))}
+        self.state.last_eval_step = self.state.step
         return res
 
     def _trainer_state(self) -> dict[str, Any]:
@@ -402,6 +408,11 @@ class Trainer:
         """Write ``OUT/step-N`` atomically, point ``latest`` at it, prune old ones (collective)."""
         st = self.state
         path = self.out_dir / ckpt.step_dir_name(st.step)
+        # "best" = lowest val bpb among checkpoints taken right after an evaluation; steps that were
+        # evaluated but not saved cannot be kept (align save_every with eval_every).
+        bpb = st.last_eval.get("val_bpb") if st.last_eval_step == st.step else None
+        if bpb is not None and bpb < st.best_ckpt_bpb:
+            st.best_ckpt_bpb, st.best_ckpt_step = bpb, st.step
         state = self._trainer_state()  # collective (RNG gather, FSDP optimizer gather)
         model = self._model_for_save()  # collective under FSDP
         if self.dist.is_main:
@@ -415,7 +426,7 @@ class Trainer:
                                                                     allow_unicode=True), meta)
                 ckpt.make_readable(tmp)
             ckpt.set_pointer(self.out_dir, "latest", path)
-            best = self.out_dir / ckpt.step_dir_name(st.best_step) if st.best_step is not None else None
+            best = self._best_checkpoint()
             if best is not None and best.is_dir():
                 ckpt.set_pointer(self.out_dir, "best", best)
             ckpt.prune(self.out_dir, self.cfg.keep_last, [best, path])
@@ -423,6 +434,10 @@ class Trainer:
         dist.barrier()
         self._last_saved = st.step
         return path
+
+    def _best_checkpoint(self) -> Path | None:
+        step = self.state.best_ckpt_step
+        return None if step is None else self.out_dir / ckpt.step_dir_name(step)
 
     # =========================================================================================
     # logging helpers
@@ -525,8 +540,6 @@ class Trainer:
                     if do_eval:
                         record.update(self._evaluate())
                     self._log_record(record)
-                elif do_eval:
-                    self._evaluate()
                 if cfg.early_stopping_patience and st.evals_since_best >= cfg.early_stopping_patience:
                     stopped = f"early stopping: no better val bpb in {st.evals_since_best} evals"
                     self._print(stopped)
@@ -597,7 +610,7 @@ class Trainer:
         summary = {
             "step": st.step, "tokens": st.tokens, "stopped": stopped, **st.last_eval,
             "best_val_bpb": None if math.isinf(st.best_val_bpb) else st.best_val_bpb,
-            "best_step": st.best_step,
+            "best_step": st.best_step, "best_checkpoint": str(self._best_checkpoint() or "") or None,
             "skipped_steps": st.skipped_steps, "train_seconds": round(st.train_seconds, 3),
             "wall_seconds": round(time.perf_counter() - t_start, 3),
             "tokens_per_s": st.tokens / st.train_seconds if st.train_seconds else None,
