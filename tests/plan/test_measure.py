@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from seekforge.config import ConfigError
 from seekforge.plan.measure import read_metrics
 
 HAVE_TRAIN = importlib.util.find_spec("seekforge.train.cli") is not None
+# small-moe takes ~40 s here and runs by default; 100m-moe takes ~85 s (2 shared cores), above the
+# project's 60 s budget for default tests, so it runs only when asked for.
+FULL = os.environ.get("SEEKFORGE_PLAN_MEASURE_ALL") == "1"
 
 
 def write_shards(out: Path, vocab: int, train_tokens: int = 20_000, val_tokens: int = 200) -> str:
@@ -33,7 +37,8 @@ def write_shards(out: Path, vocab: int, train_tokens: int = 20_000, val_tokens: 
 @pytest.mark.skipif(not HAVE_TRAIN, reason="`seekforge train` (seekforge.train.cli) is not available")
 @pytest.mark.parametrize("preset, vocab, seq_len, micro_batch", [
     ("small-moe", 8192, 256, 4),
-    ("100m-moe", 32000, 64, 2),
+    pytest.param("100m-moe", 32000, 64, 2, marks=pytest.mark.skipif(
+        not FULL, reason="~85 s on 2 cores; run with SEEKFORGE_PLAN_MEASURE_ALL=1")),
 ])
 def test_measured_peak_memory_matches_estimate(run_plan, tmp_path, preset, vocab, seq_len, micro_batch):
     data = write_shards(tmp_path / "shards", vocab)

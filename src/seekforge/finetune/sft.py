@@ -326,6 +326,10 @@ class SFTObjective(Objective):
         model = prepare(
             model, kind, cfg.method, lora=cfg.lora, freeze=cfg.freeze, prefix=cfg.prefix, sample_ids=sample
         )
+        if kind == "seekforge" and base.config.num_nextn_predict_layers and base.config.mtp_loss_weight == 0:
+            # MTP modules get no gradient without their loss: freeze them, or DDP waits for their grads.
+            for layer in base.mtp_layers:
+                layer.requires_grad_(False)
         return model
 
     def train_loader(self, micro_batch_size: int, grad_accum: int):

@@ -33,7 +33,7 @@ def train_command(*, preset: str | None, config: str | None, steps: int, out_dir
     if config:
         cmd.append(config)
     sets = [f"max_steps={steps}", f"out_dir={out_dir}", "eval_every=0", "save_every=0", "sample_tokens=0",
-            "log_every=1", "warmup_steps=0", "resume=never", "plot=false", "tensorboard=false", "wandb=off",
+            "log_every=1", "warmup_steps=0", "resume=never", "plot=false", "tensorboard=false", "wandb=false",
             "progress=false"]
     if preset:
         sets.append(f"model={preset}")
@@ -96,10 +96,11 @@ def run_measured(cmd: list[str], timeout: float) -> dict[str, Any]:
         stop.set()
         poller.join()
     maxrss = None
-    for line in reversed(output.splitlines()):
+    lines = output.splitlines()
+    for line in lines:
         if line.startswith("SEEKFORGE_MAXRSS_KB="):
             maxrss = int(line.split("=", 1)[1]) * 1024  # Linux reports KiB
-            break
+    output = "\n".join(line for line in lines if not line.startswith("SEEKFORGE_MAXRSS_KB="))
     return {"returncode": proc.returncode, "output": output, "peak_rss_bytes": maxrss,
             "peak_polled": peak_polled}
 
