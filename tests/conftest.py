@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,11 @@ def tiny_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
     tok = load_tokenizer(tokenizer_dir)
     model = load_model("tiny", device="cpu", dtype=torch.float32)
     return save_model(model, tmp_path_factory.mktemp("models") / "tiny-chat", tokenizer=tok)
+
+
+# Runs before any test imports torch (conftest is loaded first; nothing above imports torch).
+# PyTorch's OpenMP threads spin while they wait for each other; on a machine with more runnable
+# threads than cores (parallel test runs, other jobs) a descheduled thread then stalls every small op:
+# measured here with 2 threads under load 5, one 512x64 grouped matmul took 218 ms instead of 0.3 ms.
+# PASSIVE makes waiting threads sleep (docs/LOG.md, trainer notes). An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

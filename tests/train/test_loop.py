@@ -159,3 +159,21 @@ def test_early_stopping_on_val_bpb(make_config, tmp_path):
     assert summary["step"] == 6 and summary["stopped"].startswith("early stopping")
     assert summary["best_step"] == 2 and summary["best_checkpoint"].endswith("step-000002")
     assert ckpt.read_pointer(tmp_path / "run", "best").name == "step-000002"
+
+
+def test_raw_text_is_tokenized_once_into_out_dir(tokenizer_dir, tmp_path):
+    from seekforge.train.config import load_train_config
+
+    text = tmp_path / "story.txt"
+    text.write_text(" ".join(f"line {i}: the quick brown fox jumps over the lazy dog." for i in range(600)))
+    out = tmp_path / "run"
+    sets = [f"data.train={text}", f"tokenizer={tokenizer_dir}", f"out_dir={out}", "model=tiny", "seq_len=32",
+            "batch_tokens=256", "micro_batch_size=8", "max_steps=2", "log_every=1", "sample_tokens=3",
+            "tensorboard=false", "plot=false", "progress=false", "wandb=false", "data.val_fraction=0.1"]
+    summary = Trainer(load_train_config(None, sets)).run()
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["val_split"] == "tail" and summary["val_bpb"] > 0  # one document: nanoGPT-style tail split
+    stamp = (out / "data" / "manifest.json").stat().st_mtime_ns
+    Trainer(load_train_config(None, [*sets, "max_steps=3"])).run()  # resumes, reuses the tokenized data
+    assert (out / "data" / "manifest.json").stat().st_mtime_ns == stamp
+    assert len(read_metrics(out / "metrics.jsonl")) == 3

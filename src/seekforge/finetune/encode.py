@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-import random
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -313,65 +311,3 @@ def collate(rows: list[Row], pad_id: int, pad_to: int | None = None) -> dict[str
         "segment_ids": segment_ids,
         "position_ids": position_ids,
     }
-
-
-class RowBatches:
-    """Endless, seeded, resumable batches of rows (reshuffled each epoch, sharded over ranks).
-
-    ``state_dict()`` is (epoch, position), so a resumed run continues with exactly the batches the
-    interrupted run would have seen next.
-    """
-
-    def __init__(
-        self,
-        rows: list[Row],
-        batch_size: int,
-        pad_id: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        packed: bool = False,
-    ) -> None:
-        if not rows:
-            raise DataError("no training rows")
-        self.rows = rows
-        self.batch_size = batch_size
-        self.pad_id = pad_id
-        self.seed = seed
-        self.rank, self.world_size = rank, world_size
-        self.packed = packed
-        self.epoch = 0
-        self.pos = 0  # index into this epoch's order, in batches
-        per_rank = len(rows) // world_size
-        if per_rank < 1:
-            raise DataError(f"{len(rows)} training rows cannot be split over {world_size} ranks")
-        self.batches_per_epoch = max(1, per_rank // batch_size) if per_rank >= batch_size else 1
-
-    def _order(self, epoch: int) -> list[int]:
-        idx = list(range(len(self.rows)))
-        random.Random(self.seed * 100_003 + epoch).shuffle(idx)
-        per_rank = len(idx) // self.world_size
-        return idx[self.rank * per_rank : (self.rank + 1) * per_rank]
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        if self.pos >= self.batches_per_epoch:
-            self.epoch += 1
-            self.pos = 0
-        order = self._order(self.epoch)
-        take = order[self.pos * self.batch_size : (self.pos + 1) * self.batch_size]
-        self.pos += 1
-        return collate([self.rows[i] for i in take], self.pad_id)
-
-    def __iter__(self):
-        while True:
-            yield self.next_batch()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-
-    @property
-    def tokens_per_epoch(self) -> int:
-        return sum(len(r) for r in self.rows)
