@@ -12,8 +12,8 @@ import json
 from seekforge.cli import add_config_args
 
 
-def _data_verbs(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The ``seekforge data`` group's verbs, creating the group if nobody did yet."""
+def data_verbs(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``seekforge data`` group's verbs (prepare, tokenize), creating the group if nobody did yet."""
     data = subparsers.choices.get("data")
     if data is None:
         data = subparsers.add_parser("data", help="prepare raw text (clean, filter, dedup) and tokenize it")
@@ -25,7 +25,7 @@ def _data_verbs(subparsers: argparse._SubParsersAction) -> argparse._SubParsersA
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = _data_verbs(subparsers).add_parser(
+    p = data_verbs(subparsers).add_parser(
         "prepare",
         help="clean, filter, PII-scrub and deduplicate raw text into jsonl.gz shards + report",
         description="Read raw text (txt/jsonl/json/parquet/csv, compressed, folders, globs, HF datasets), "

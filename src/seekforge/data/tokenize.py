@@ -383,21 +383,11 @@ class TokenizeConfig:
             raise ConfigError(f"shard_tokens: expected a positive integer, got {self.shard_tokens}")
 
 
-def _data_subcommands(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The ``seekforge data`` group's sub-subcommands, created if no other module made it yet."""
-    parser = subparsers.choices.get("data")
-    if parser is None:
-        parser = subparsers.add_parser("data", help="prepare raw text and tokenize it into shards")
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest="data_command", metavar="STEP")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from seekforge.cli import add_config_args
+    from seekforge.data.cli import data_verbs
 
-    p = _data_subcommands(subparsers).add_parser(
+    p = data_verbs(subparsers).add_parser(
         "tokenize", help="tokenize documents into memory-mapped token shards for training",
         description="Tokenize files/folders/globs (or a `data prepare` output) into uint16/uint32 token "
         "shards with a manifest, split into train/val per document.")
