@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--out", required=True, type=Path, help="output directory (prep cache, run, result.json)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    ap.add_argument("--vocab-size", type=int, default=1024)
+    ap.add_argument("--vocab-size", type=int, default=2048)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="extra `seekforge train --set` overrides (experiments)")
     args = ap.parse_args()

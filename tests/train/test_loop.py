@@ -172,7 +172,8 @@ def test_raw_text_is_tokenized_once_into_out_dir(tokenizer_dir, tmp_path):
             "tensorboard=false", "plot=false", "progress=false", "wandb=false", "data.val_fraction=0.1"]
     summary = Trainer(load_train_config(None, sets)).run()
     manifest = json.loads((out / "data" / "manifest.json").read_text())
-    assert manifest["val_split"] == "tail" and summary["val_bpb"] > 0  # one document: nanoGPT-style tail split
+    # one document: nanoGPT-style tail split
+    assert manifest["val_split"] == "tail" and summary["val_bpb"] > 0
     stamp = (out / "data" / "manifest.json").stat().st_mtime_ns
     Trainer(load_train_config(None, [*sets, "max_steps=3"])).run()  # resumes, reuses the tokenized data
     assert (out / "data" / "manifest.json").stat().st_mtime_ns == stamp
