@@ -3,13 +3,15 @@
     raw text -> data prepare -> tokenizer train -> data tokenize -> train small-moe -> samples + report
 
 The corpus is text every Python installation already has: the docstrings of the standard library
-(~1.6 MB of English prose about programming), read from the ``.py`` sources with ``ast`` — nothing
+(~1.5 MB of English prose about programming), read from the ``.py`` sources with ``ast`` — nothing
 is imported or executed, nothing is downloaded. Each stage is the real seekforge stage with its real
 outputs in ``--out`` (default ``demo_out/``), so the demo doubles as a template for your own data:
 swap the corpus for your files and the preset for a bigger one.
 
 Re-running reuses finished stages (prepare, tokenizer and shards are cached; training resumes
-from its checkpoint), so an interrupted demo picks up where it stopped.
+from its checkpoint), so an interrupted demo picks up where it stopped. Measured here (2 cores): 6 min
+43 s under load 2-4 (training 389 s at ~1.4K tokens/s; ~2.7K tokens/s when the cores are free),
+final val 2.34 bits per byte after 467K tokens.
 """
 
 from __future__ import annotations
@@ -197,12 +199,16 @@ def run(args: argparse.Namespace) -> int:
     summary_path = run_dir / "summary.json"
     done = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     if done is None:
-        steps, tok_s = stage("measure step time", steps_for_budget, shards, args.preset, args.device,
-                             args.minutes)
-        print(f"   {tok_s:,.0f} tokens/s -> {steps} steps of 8,192 tokens for a {args.minutes:g}-minute "
-              "budget")
+        sized = out / "train_steps.json"
+        if sized.is_file():  # an interrupted run: keep its schedule, resume from its checkpoint
+            steps = json.loads(sized.read_text())["max_steps"]
+        else:
+            steps, tok_s = stage("measure step time", steps_for_budget, shards, args.preset, args.device,
+                                 args.minutes)
+            print(f"   {tok_s:,.0f} tokens/s -> {steps} steps of 8,192 tokens for a {args.minutes:g}-minute "
+                  "budget")
+            sized.write_text(json.dumps({"max_steps": steps}) + "\n")
         cfg = demo_config(shards, out, args.preset, args.device, steps, args.overrides)
-        (out / "train_config.json").write_text(json.dumps({"max_steps": steps}) + "\n")
         done = stage(f"train {args.preset}", Trainer(cfg).run)
     manifest = json.loads((shards / "manifest.json").read_text())
     print("\n== samples (greedy) from the final checkpoint")

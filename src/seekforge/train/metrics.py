@@ -217,11 +217,13 @@ def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path 
     if train:
         x, y = zip(*train)
         ax1.plot(x, y, alpha=0.35, color="C0", label="train (logged steps)")
+        # EMA over ~5% of the logged points: a fixed factor would lag far behind on sparse logs.
+        alpha = 2 / (max(1, len(y) // 20) + 1)
         ema, smooth = y[0], []
         for v in y:
-            ema = 0.9 * ema + 0.1 * v
+            ema = (1 - alpha) * ema + alpha * v
             smooth.append(ema)
-        ax1.plot(x, smooth, color="C0", label="train (EMA 0.9)")
+        ax1.plot(x, smooth, color="C0", label="train (smoothed)")
     if val:
         ax1.plot([v[0] for v in val], [v[1] for v in val], "o-", color="C1", label="val")
         bpb = [(v[0], v[2]) for v in val if isinstance(v[2], float)]

@@ -475,6 +475,17 @@ class Trainer:
     # =========================================================================================
     def run(self) -> dict[str, Any]:
         """Train to ``max_steps`` (or a stop condition); returns the summary also written to summary.json."""
+        try:
+            return self._run()
+        finally:
+            handler = getattr(self, "_file_log", None)
+            if handler is not None:  # also after a config/data error during setup
+                logging.getLogger("seekforge").removeHandler(handler)
+                logging.getLogger("seekforge").setLevel(self._old_level)
+                handler.close()
+                self._file_log = None
+
+    def _run(self) -> dict[str, Any]:
         t_start = time.perf_counter()
         self._setup_runtime()
         cfg = self.cfg
@@ -560,10 +571,6 @@ class Trainer:
                 self._bar = None
             if self.metrics is not None:
                 self.metrics.close()
-            if getattr(self, "_file_log", None) is not None:
-                logging.getLogger("seekforge").removeHandler(self._file_log)
-                logging.getLogger("seekforge").setLevel(self._old_level)
-                self._file_log.close()
         summary = self._finish(stopped, t_start)
         dist.cleanup()
         return summary
