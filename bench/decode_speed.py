@@ -1,42 +1,49 @@
 """Batch-size-1 greedy decode speed and KV-cache size: seekforge's engine vs ``transformers``.
 
-Both run the SAME weights (a ``small-moe`` directory with random weights, loaded by transformers
-with ``AutoModelForCausalLM``) on the same prompt, greedy, a fixed number of new tokens, float32 on
-this CPU. The cache size of transformers is measured from the tensors its cache object really
-holds after ``generate``; ours is the preallocated MLA latent cache.
+All contenders run the SAME weights (a ``small-moe`` directory with random weights, loaded by
+transformers with ``AutoModelForCausalLM``) on the same prompt, greedy, a fixed number of new
+tokens, float32 on this CPU. The cache size of transformers is measured from the tensors its cache
+object really holds after ``generate``; ours is the preallocated MLA latent cache.
 
-    .venv/bin/python bench/decode_speed.py [--new-tokens 128] [--repeats 3] [--threads N] [--timer cpu]
+    .venv/bin/python bench/decode_speed.py [--new-tokens 128] [--repeats 5] [--threads N] [--timer cpu]
+                                           [--no-compile] [--hf-compile]
 
-``--timer cpu`` times the process's CPU time instead of wall time (the engine decodes on a thread of
-this process, so its work is counted too). With ``--threads 1`` it is insensitive to other jobs on a
-shared machine, where wall-clock rates of one contender can collapse for a whole phase.
+Every contender lives in its OWN process and the rounds are interleaved (A, B, C, A, B, C, ...):
+two libraries in one process would share OpenMP, and two OpenMP thread pools in one process slow
+each other down (docs/LOG.md), and timing one contender after the other would hand a quiet phase
+of a shared machine to one of them. ``--timer cpu`` times each process's CPU time instead of wall
+time: with ``--threads 1`` it is insensitive to other jobs on a shared machine.
+
+Contenders: transformers ``generate`` (its default dynamic cache), optionally transformers with its
+static cache + ``torch.compile`` (``--hf-compile``: its own fast path), the seekforge engine eager
+and with ``compile=True`` (compile time is reported separately), and MTP speculation (only useful
+with trained MTP weights: with random ones every draft is rejected).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import DEFAULT_WORKDIR, small_moe_dir  # noqa: E402
 
-from seekforge.infer import Engine, EngineConfig, SamplingParams  # noqa: E402
 
-
-def tensors_in(obj, seen=None) -> list[torch.Tensor]:  # noqa: ANN001
+def tensors_in(obj, seen=None) -> list:  # noqa: ANN001
     """Every tensor reachable from a cache object (HF caches change shape between versions)."""
+    import torch
+
     seen = seen if seen is not None else set()
     if id(obj) in seen:
         return []
     seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
         return [obj]
-    out: list[torch.Tensor] = []
+    out: list = []
     if isinstance(obj, (list, tuple)):
         for x in obj:
             out += tensors_in(x, seen)
@@ -49,51 +56,83 @@ def tensors_in(obj, seen=None) -> list[torch.Tensor]:  # noqa: ANN001
     return out
 
 
-def hf_cache_bytes_per_token(model, prompt: list[int], n: int) -> float:  # noqa: ANN001
-    out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                         pad_token_id=0, return_dict_in_generate=True)
-    total_len = out.sequences.shape[1] - 1  # the last token is never fed back
-    return sum(t.numel() * t.element_size() for t in tensors_in(out.past_key_values)) / total_len
-
-
-def main_timed(args: argparse.Namespace, model_dir: Path, prompt: list[int]) -> dict:
-    """Time the three contenders INTERLEAVED (ours, spec, HF, ours, ...): on a shared machine the
-    load drifts, and timing one contender after the other would hand the quiet minutes to one."""
+def _hf_runner(model_dir: Path, prompt: list[int], n: int, compiled: bool, dtype: str):  # noqa: ANN202
+    import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # it lists the MTP layer's weights as "unexpected": expected
-    n = args.new_tokens
-    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    cfg = dict(max_batch=1, max_len=len(prompt) + n + 8)
-    plain = Engine.from_pretrained(model_dir, EngineConfig(**cfg))
-    spec = Engine.from_pretrained(model_dir, EngineConfig(**cfg, speculative=True))
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).eval()
+    kw = dict(do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+    if compiled:  # transformers' documented fast path: static cache, compiled forward
+        kw["cache_implementation"] = "static"
+        hf.forward = torch.compile(hf.forward, fullgraph=False)
+    ids = torch.tensor([prompt])
+
+    def run() -> list[int]:
+        with torch.inference_mode():
+            return hf.generate(ids, **kw)[0, len(prompt):].tolist()
+
+    def cache_bytes() -> float:
+        with torch.inference_mode():
+            out = hf.generate(ids, **kw, return_dict_in_generate=True)
+        total_len = out.sequences.shape[1] - 1  # the last token is never fed back
+        return sum(t.numel() * t.element_size() for t in tensors_in(out.past_key_values)) / total_len
+
+    return run, cache_bytes, None
+
+
+def _engine_runner(model_dir: Path, prompt: list[int], n: int, compiled: bool, speculative: bool,  # noqa: ANN202
+                   dtype: str):
+    from seekforge.infer import Engine, EngineConfig, SamplingParams
+
+    cfg = EngineConfig(max_batch=1, max_len=len(prompt) + n + 8, compile=compiled, speculative=speculative,
+                       dtype=dtype)
+    engine = Engine.from_pretrained(model_dir, cfg)
     params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
-    runs = {
-        "ours": lambda: plain.generate([prompt], params)[0].token_ids,
-        "spec": lambda: spec.generate([prompt], params)[0].token_ids,
-        "hf": lambda: hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                                  pad_token_id=0)[0, len(prompt):].tolist(),
-    }
-    clock = time.process_time if args.timer == "cpu" else time.perf_counter
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    tokens: dict[str, list[int]] = {}
-    with torch.inference_mode():
-        for f in runs.values():  # warm-up
-            f()
-        for _ in range(args.repeats):
-            for name, f in runs.items():
-                t = clock()
-                tokens[name] = f()
-                times[name].append(clock() - t)
-        hf_bpt = hf_cache_bytes_per_token(hf, prompt, n)
-    out = {k: n / statistics.median(v) for k, v in times.items()}
-    out.update(tokens=tokens, hf_bpt=hf_bpt, acc=spec.stats.acceptance_rate,
-               ours_bpt=plain.cache.nbytes() / (plain.cache.num_slots * plain.cache.max_len),
-               spec_bpt=spec.cache.nbytes() / (spec.cache.num_slots * spec.cache.max_len))
-    plain.close()
-    spec.close()
-    return out
+
+    def run() -> list[int]:
+        return engine.generate([prompt], params)[0].token_ids
+
+    def cache_bytes() -> float:
+        return engine.cache.nbytes() / (engine.cache.num_slots * engine.cache.max_len)
+
+    return run, cache_bytes, engine
+
+
+def _worker(conn, kind: str, model_dir: Path, prompt: list[int], n: int, threads: int | None,  # noqa: ANN001
+            timer: str, dtype: str) -> None:
+    """One contender in its own process: build, report the build time, then time runs on request."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    if kind.startswith("hf"):
+        run, cache_bytes, engine = _hf_runner(model_dir, prompt, n, compiled=kind == "hf-compile", dtype=dtype)
+    else:
+        run, cache_bytes, engine = _engine_runner(model_dir, prompt, n, compiled=kind == "ours-compile",
+                                                  speculative=kind == "spec", dtype=dtype)
+    tokens = run()  # warm-up (for compiled contenders: the first run triggers or checks compilation)
+    conn.send(dict(build_s=time.perf_counter() - t0, threads=torch.get_num_threads()))
+    clock = time.process_time if timer == "cpu" else time.perf_counter
+    while conn.recv() == "run":
+        t = clock()
+        tokens = run()
+        conn.send(clock() - t)
+    acc = engine.stats.acceptance_rate if engine is not None else None
+    conn.send(dict(tokens=tokens, cache_bytes=cache_bytes(), acceptance=acc))
+    if engine is not None:
+        engine.close()
+
+
+LABELS = {
+    "hf": "transformers `generate`",
+    "hf-compile": "transformers, static cache + torch.compile",
+    "ours": "seekforge engine",
+    "ours-compile": "seekforge engine, compile=True",
+    "spec": "seekforge + MTP speculation",
+}
 
 
 def main() -> None:
@@ -101,31 +140,64 @@ def main() -> None:
     ap.add_argument("--preset", default="small-moe")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per contender (default: torch's)")
     ap.add_argument("--timer", choices=["wall", "cpu"], default="wall",
                     help="wall clock, or process CPU time (use with --threads 1 on a shared machine)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="weights and compute dtype of every contender")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled seekforge contender")
+    ap.add_argument("--hf-compile", action="store_true",
+                    help="add transformers with static cache + torch.compile (several minutes of compiling)")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model_dir = small_moe_dir(args.workdir, args.preset)
     prompt = list(range(10, 10 + args.prompt_tokens))
-    r = main_timed(args, model_dir, prompt)
-    hf, ours, spec = r["hf"], r["ours"], r["spec"]
-    same = sum(a == b for a, b in zip(r["tokens"]["ours"], r["tokens"]["hf"]))
-    print(f"\n{args.preset}, random weights, fp32, CPU threads={torch.get_num_threads()}, prompt "
-          f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, bs=1, "
-          f"median of {args.repeats} interleaved runs, {args.timer} time\n")
-    print("| engine | decode tokens/s | vs transformers | KV cache bytes/token |")
-    print("|---|---:|---:|---:|")
-    print(f"| transformers `generate` | {hf:.1f} | 1.00x | {r['hf_bpt']:,.0f} |")
-    print(f"| seekforge engine | {ours:.1f} | {ours / hf:.2f}x | {r['ours_bpt']:,.0f} |")
-    print(f"| seekforge + MTP speculation | {spec:.1f} | {spec / hf:.2f}x | {r['spec_bpt']:,.0f} (+MTP) |")
-    print(f"\ncache: transformers/seekforge = {r['hf_bpt'] / r['ours_bpt']:.1f}x; "
-          f"greedy tokens identical to transformers: {same}/{len(r['tokens']['hf'])}; speculative == plain: "
-          f"{r['tokens']['spec'] == r['tokens']['ours']}; MTP acceptance {(r['acc'] or 0) * 100:.0f}% "
-          "(random MTP weights: expect ~0, so speculation only costs here)")
+    kinds = ["hf"] + (["hf-compile"] if args.hf_compile else []) + ["ours"]
+    kinds += ([] if args.no_compile else ["ours-compile"]) + ["spec"]
+
+    ctx = mp.get_context("spawn")
+    procs, conns, info = {}, {}, {}
+    for kind in kinds:  # built one at a time, so no build (compile) competes with another
+        parent, child = ctx.Pipe()
+        procs[kind] = ctx.Process(target=_worker, args=(child, kind, model_dir, prompt, args.new_tokens,
+                                                        args.threads, args.timer, args.dtype))
+        procs[kind].start()
+        conns[kind] = parent
+        info[kind] = parent.recv()
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.repeats):
+        for kind in kinds:
+            # Let the previous contender's OpenMP workers stop spinning (libgomp spins ~0.1 s after
+            # each parallel region), or they would steal a core from this one.
+            time.sleep(0.5)
+            conns[kind].send("run")
+            times[kind].append(conns[kind].recv())
+    final = {}
+    for kind in kinds:
+        conns[kind].send("stop")
+        final[kind] = conns[kind].recv()
+        procs[kind].join()
+
+    rate = {k: args.new_tokens / statistics.median(v) for k, v in times.items()}
+    threads = info["hf"]["threads"]
+    print(f"\n{args.preset}, random weights, {args.dtype}, {threads} CPU thread(s) per contender (each in its own "
+          f"process), prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, bs=1, median "
+          f"of {args.repeats} interleaved runs, {args.timer} time\n")
+    print("| contender | decode tokens/s | vs transformers | KV cache bytes/token | start-up s |")
+    print("|---|---:|---:|---:|---:|")
+    for kind in kinds:
+        extra = " (+MTP)" if kind == "spec" else ""
+        print(f"| {LABELS[kind]} | {rate[kind]:.1f} | {rate[kind] / rate['hf']:.2f}x | "
+              f"{final[kind]['cache_bytes']:,.0f}{extra} | {info[kind]['build_s']:.1f} |")
+    ref = final["hf"]["tokens"]
+    same = {k: sum(a == b for a, b in zip(final[k]["tokens"], ref)) for k in kinds}
+    acc = final["spec"]["acceptance"] or 0
+    print(f"\ngreedy tokens identical to transformers: "
+          + ", ".join(f"{k} {same[k]}/{len(ref)}" for k in kinds if k != "hf")
+          + f"; MTP acceptance {acc * 100:.0f}% (random MTP weights: expect ~0, so speculation only costs here)."
+          "\nstart-up = load + first generate (includes compiling for compiled contenders; torch caches "
+          "compiled kernels on disk, so a second start is faster).")
 
 
 if __name__ == "__main__":

@@ -171,3 +171,30 @@ def test_burst_of_prompts_is_prefilled_in_one_padded_forward(engine, monkeypatch
         lp = engine.model(torch.tensor([ids])).logits[0].log_softmax(-1)
     got = [x.logprob for x in results[0].prompt_logprobs[1:]]
     assert got == pytest.approx([lp[i, ids[i + 1]].item() for i in range(len(ids) - 1)], abs=1e-4)
+
+
+def test_compiled_decode_matches_the_reference(tiny_model_dir) -> None:
+    # compile=True: one torch.compile'd decode graph for batch 1 and for 2+ (different prompt lengths,
+    # so rows sit at different positions and attention masks differ per row). Greedy output must equal
+    # the full-forward reference token for token, alone and with requests joining and leaving.
+    cfg = EngineConfig(max_batch=2, max_len=64, compile=True)
+    with Engine.from_pretrained(tiny_model_dir, cfg) as eng:
+        res = eng.generate(PROMPTS[:3], [greedy(10), greedy(14), greedy(6)])
+        alone = eng.generate([PROMPTS[3]], greedy(8))[0]
+        for prompt, r, n in zip(PROMPTS, [*res, alone], [10, 14, 6, 8]):
+            assert r.token_ids == reference_greedy(eng.model, eng.encode(prompt), n)
+
+
+def test_engine_threads(tiny_model_dir) -> None:
+    with pytest.raises(InvalidParam, match="threads"):
+        Engine.from_pretrained(tiny_model_dir, EngineConfig(threads=0))
+    before = torch.get_num_threads()
+    seen = []
+    with Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch=1, max_len=32, threads=1)) as eng:
+        # The engine thread runs every torch op of the engine with ITS thread count; the caller's
+        # setting is untouched (loading ran single-threaded and restored it).
+        step = eng._decode
+        eng._decode = lambda *a: (seen.append(torch.get_num_threads()), step(*a))[1]
+        eng.generate(["hi"], greedy(3))
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before

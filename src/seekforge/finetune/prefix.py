@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seekforge.model.model import MLAttention, _write_cache
+from seekforge.model.model import CacheView, MLAttention, _write_cache
 
 PREFIX_TYPE = "SEEKFORGE_MLA_PREFIX"
 
@@ -51,7 +51,7 @@ class PrefixMLAttention(MLAttention):
         cos: Tensor,
         sin: Tensor,
         mask: Tensor | None = None,
-        cache: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+        cache: CacheView | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         H, P = self.n_heads, self.prefix_kv.shape[0]
@@ -80,18 +80,15 @@ class PrefixMLAttention(MLAttention):
         o = o[..., : self.d_v].transpose(1, 2).reshape(B, T, H * self.d_v)
         return self.o_proj(o)
 
-    def forward_absorbed(
-        self, x: Tensor, cos: Tensor, sin: Tensor, cache: tuple[Tensor, Tensor, Tensor, Tensor]
-    ) -> Tensor:
-        kv_buf, pe_buf, slots, positions = cache
+    def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor, cache: CacheView) -> Tensor:
         B, T, _ = x.shape
-        H, P = self.n_heads, self.prefix_kv.shape[0]
+        H, P, S = self.n_heads, self.prefix_kv.shape[0], cache.length
+        positions = cache.positions
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
         _write_cache(cache, c, k_pe)
-        S = int(positions.max()) + 1
-        pkv, ppe = self._prefix(B, kv_buf.dtype)
-        c_all = torch.cat([pkv, kv_buf[slots, :S]], dim=1)  # [B, P+S, d_c]
-        pe_all = torch.cat([ppe, pe_buf[slots, :S]], dim=1)
+        pkv, ppe = self._prefix(B, cache.kv.dtype)
+        c_all = torch.cat([pkv, cache.kv[cache.slots, :S]], dim=1)  # [B, P+S, d_c]
+        pe_all = torch.cat([ppe, cache.pe[cache.slots, :S]], dim=1)
         w = self._kv_b_weight().view(H, self.d_n + self.d_v, self.d_c)
         w_uk, w_uv = w[:, : self.d_n], w[:, self.d_n :]
         q_lat = torch.einsum("bthn,hnc->bhtc", q_nope, w_uk)

@@ -236,8 +236,12 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     removed — the output distribution is exactly p. For greedy rows this reduces to
     "accept iff argmax == d", so greedy output is unchanged by speculation.
     """
-    logits = logits.float()
     want_lp = [p.logprobs for p in params]
+    if draft is None and penalties.counts is None and all(p.greedy and k is None for p, k in zip(params, want_lp)):
+        # Plain greedy batch (the common case for evaluation and bs=1 benchmarks): the argmax is the
+        # whole answer, so skip the fp32 copy, filters and softmax over the vocabulary.
+        return SampleResult(logits.argmax(-1), [None] * len(params)), None
+    logits = logits.float()
     raw_lp = logits.log_softmax(-1) if any(k is not None for k in want_lp) else None
     logits = apply_penalties(logits, params, slots, penalties)
     greedy = torch.tensor([p.greedy for p in params], device=logits.device)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +183,22 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # =============================================================================================
 
 
+class CacheView(NamedTuple):
+    """One layer's view of the latent cache for one cached forward.
+
+    ``kv`` [slots, max_len, d_c] and ``pe`` [slots, max_len, d_r] are the layer's buffers; row b of the
+    batch lives in slot ``slots[b]`` at ``positions[b]`` ([B, T]). ``length`` (a Python int, at least
+    max(positions) + 1) is how many cached positions attention reads: passing it in, instead of reading
+    it from ``positions``, keeps the decode path free of host syncs, so it compiles as one graph.
+    """
+
+    kv: Tensor
+    pe: Tensor
+    slots: Tensor
+    positions: Tensor
+    length: int
+
+
 class MLAttention(nn.Module):
     """MLA: queries through a low-rank latent, keys/values through ONE shared d_c latent per token.
 
@@ -226,11 +243,11 @@ class MLAttention(nn.Module):
         return q_nope, pe[:, :, :H], self.kv_a_layernorm(c), pe[:, :, H]
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
-                cache: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
+                cache: CacheView | None = None) -> Tensor:
         """Training / prefill: expand k, v for every head and run SDPA over the T tokens.
 
         ``mask``: None = plain causal, else a bool [B, 1, T, T] (True = may attend).
-        ``cache``: (kv_buf, pe_buf, slots, positions) to also store this chunk's latents (prefill).
+        ``cache``: where to also store this chunk's latents (prefill).
         """
         B, T, _ = x.shape
         H = self.n_heads
@@ -265,23 +282,20 @@ class MLAttention(nn.Module):
         ref = w if w is not None else next(self.kv_b_proj.parameters())
         return self.kv_b_proj(torch.eye(self.d_c, device=ref.device, dtype=ref.dtype)).T
 
-    def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor,
-                         cache: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor, cache: CacheView) -> Tensor:
         """Decode with weight absorption (spec §2.5): attention runs in the d_c latent space.
 
         score = scale * ((W_UK^T q_nope) . c_s + q_pe . k_pe_s)   -> MQA with one 576-dim shared key
         out   = W_O [W_UV (sum_s p_s c_s)]                          (per head)
         The keys/values are never expanded to H heads: the cache holds d_c + d_r numbers per token.
         """
-        kv_buf, pe_buf, slots, positions = cache
         B, T, _ = x.shape
-        H = self.n_heads
+        H, S = self.n_heads, cache.length
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
         _write_cache(cache, c, k_pe)
-        # Attend over positions 0 .. max(position) of each row's slot; later ones are masked out.
-        S = int(positions.max()) + 1  # one host sync per step (inference only, never compiled)
-        c_all = kv_buf[slots, :S]  # [B, S, d_c]
-        pe_all = pe_buf[slots, :S]  # [B, S, d_r]
+        # Attend over positions 0 .. S-1 of each row's slot; positions after a row's own are masked.
+        c_all = cache.kv[cache.slots, :S]  # [B, S, d_c]
+        pe_all = cache.pe[cache.slots, :S]  # [B, S, d_r]
         w = self._kv_b_weight().view(H, self.d_n + self.d_v, self.d_c)
         w_uk, w_uv = w[:, : self.d_n], w[:, self.d_n :]
         # Absorbed query W_UK^T q_nope: one matmul batched over heads, [H, B*T, d_n] @ [H, d_n, d_c].
@@ -293,8 +307,11 @@ class MLAttention(nn.Module):
         # the cost, and this needs no concatenation of q or of the cached keys.
         scores = torch.bmm(q_pe.reshape(B, T * H, self.d_r), pe_all.transpose(1, 2))
         scores = torch.baddbmm(scores, q_lat, c_all.transpose(1, 2), beta=self.scale, alpha=self.scale)
-        if B > 1 or T > 1:  # one row, one token: S = its position + 1, every cached token is visible
-            hidden = torch.arange(S, device=x.device) > positions[:, :, None]  # [B, T, S]
+        # Eager with one row and one token: the caller's S is that token's position + 1, nothing to
+        # hide, and skipping the mask saves three ops per layer. A compiled graph always masks, so one
+        # graph serves every batch size.
+        if B > 1 or T > 1 or torch.compiler.is_compiling():
+            hidden = torch.arange(S, device=x.device) > cache.positions[:, :, None]  # [B, T, S]
             scores = scores.view(B, T, H, S).masked_fill(hidden[:, :, None], float("-inf")).view(B, T * H, S)
         p = scores.softmax(dim=-1, dtype=torch.float32).to(c_all.dtype)
         a = torch.bmm(p, c_all).view(B * T, H, self.d_c)  # sum_s p_s c_s per head
@@ -302,12 +319,11 @@ class MLAttention(nn.Module):
         return self.o_proj(o.transpose(0, 1).reshape(B, T, H * self.d_v))
 
 
-def _write_cache(cache: tuple[Tensor, Tensor, Tensor, Tensor], c: Tensor, k_pe: Tensor) -> None:
+def _write_cache(cache: CacheView, c: Tensor, k_pe: Tensor) -> None:
     """Store latents of the new tokens at [slot, position] (rows may be at different positions)."""
-    kv_buf, pe_buf, slots, positions = cache
-    rows = slots[:, None].expand_as(positions)
-    kv_buf[rows, positions] = c.to(kv_buf.dtype)
-    pe_buf[rows, positions] = k_pe.to(pe_buf.dtype)
+    rows = cache.slots[:, None].expand_as(cache.positions)
+    cache.kv[rows, cache.positions] = c.to(cache.kv.dtype)
+    cache.pe[rows, cache.positions] = k_pe.to(cache.pe.dtype)
 
 
 # =============================================================================================
@@ -478,17 +494,32 @@ class RoutedExperts(nn.Module):
         K = flat.numel() // x.shape[0]
         w = weights.to(x.dtype)
         if x.device.type == "cpu":
-            # On the CPU reading the expert ids waits for no device: two plain matmuls per pair, no copies.
-            ys = []
-            for j, e in enumerate(flat.tolist()):
-                gate, up = F.linear(x[j // K], self.gate_up_proj[e]).chunk(2, dim=-1)
-                ys.append(F.linear(F.silu(gate) * up * w[j], self.down_proj[e]))
-            return torch.stack(ys)
+            return _expert_pairs_cpu(x, flat, w, self.gate_up_proj, self.down_proj, K)
         # Accelerators: no host sync; gather the chosen experts' weights, one batched matmul each.
         xs = x.repeat_interleave(K, dim=0)[:, :, None]  # [N*K, d, 1]
         gate, up = torch.bmm(self.gate_up_proj[flat], xs).squeeze(-1).chunk(2, dim=-1)
         act = F.silu(gate) * up * w[:, None]
         return torch.bmm(self.down_proj[flat], act[:, :, None]).squeeze(-1)
+
+
+@torch.library.custom_op("seekforge::expert_pairs", mutates_args=())
+def _expert_pairs_cpu(x: Tensor, flat: Tensor, w: Tensor, gate_up: Tensor, down: Tensor, K: int) -> Tensor:
+    """CPU decode: each (token, choice) pair through its own expert, reading the weights in place.
+
+    On the CPU reading the expert ids waits for no device, so two plain matmuls per pair beat
+    gathering the chosen experts' weights (a 768 KB copy per layer on small-moe: 205 vs 37 us,
+    docs/LOG.md). A custom op, so a compiled decode graph keeps this path instead of the copy.
+    """
+    ys = []
+    for j, e in enumerate(flat.tolist()):
+        gate, up = F.linear(x[j // K], gate_up[e]).chunk(2, dim=-1)
+        ys.append(F.linear(F.silu(gate) * up * w[j], down[e]))
+    return torch.stack(ys)
+
+
+@_expert_pairs_cpu.register_fake
+def _(x: Tensor, flat: Tensor, w: Tensor, gate_up: Tensor, down: Tensor, K: int) -> Tensor:
+    return x.new_empty(flat.shape[0], down.shape[1])
 
 
 class _Dispatch(torch.autograd.Function):
@@ -591,8 +622,7 @@ class DecoderLayer(nn.Module):
         y, loads, bal = self.mlp(h, with_aux)
         return x + y, loads, bal
 
-    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, cache: tuple[Tensor, ...],
-                       prefill: bool) -> Tensor:
+    def forward_cached(self, x: Tensor, cos: Tensor, sin: Tensor, cache: CacheView, prefill: bool) -> Tensor:
         h = self.input_layernorm(x)
         if prefill:
             attn = self.self_attn(h, cos, sin, None, cache)
@@ -888,15 +918,17 @@ class DeepseekV3ForCausalLM(nn.Module):
                         pe=[buf(cfg.qk_rope_head_dim) for _ in range(n)])
 
     def _cache_args(self, cache: MLACache, slots: Tensor, start_pos: Tensor, T: int,
-                    device: torch.device) -> tuple[Tensor, Tensor, bool]:
+                    device: torch.device) -> tuple[Tensor, Tensor, int, bool]:
+        """-> (slots, positions [B, T], attention length, is-prefill), validated against the cache."""
         slots = torch.as_tensor(slots, device=device).long()
         start_pos = torch.as_tensor(start_pos, device=device).long()
         positions = start_pos[:, None] + torch.arange(T, device=device)
-        if int(positions.max()) >= cache.max_len:
-            raise ValueError(f"forward_cached: position {int(positions.max())} does not fit the cache "
+        length = int(positions.max()) + 1
+        if length > cache.max_len:
+            raise ValueError(f"forward_cached: position {length - 1} does not fit the cache "
                              f"(max_len {cache.max_len})")
         prefill = T > 1 and not bool(start_pos.any())
-        return slots, positions, prefill
+        return slots, positions, length, prefill
 
     @torch.no_grad()
     def forward_cached(self, input_ids: Tensor, cache: MLACache, slots: Tensor,
@@ -904,15 +936,36 @@ class DeepseekV3ForCausalLM(nn.Module):
         """Run ``input_ids`` [B, T] at positions start_pos[b] .. +T-1 of cache slot slots[b].
 
         The new latents are written to the cache. T>1 with every row at position 0 is a prefill (SDPA
-        over the chunk); anything else attends to the cache with the absorbed-MLA path. Returns
-        ``logits`` [B, T, V] and ``hidden`` [B, T, d] (after the final norm; MTP depth-1 input).
+        over the chunk); anything else attends to the cache with the absorbed-MLA path
+        (:meth:`decode_step`). Returns ``logits`` [B, T, V] and ``hidden`` [B, T, d] (after the final
+        norm; MTP depth-1 input).
         """
         B, T = input_ids.shape
-        slots, positions, prefill = self._cache_args(cache, slots, start_pos, T, input_ids.device)
+        slots, positions, length, prefill = self._cache_args(cache, slots, start_pos, T, input_ids.device)
+        if not prefill:
+            return self.decode_step(input_ids, cache, slots, positions, length)
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, h.dtype)
         for i, layer in enumerate(self.main_layers):
-            h = layer.forward_cached(h, cos, sin, (cache.kv[i], cache.pe[i], slots, positions), prefill)
+            h = layer.forward_cached(h, cos, sin, CacheView(cache.kv[i], cache.pe[i], slots, positions, length),
+                                     prefill=True)
+        h = self.model.norm(h)
+        return ModelOutput(logits=self.lm_head(h), hidden=h)
+
+    @torch.no_grad()
+    def decode_step(self, input_ids: Tensor, cache: MLACache, slots: Tensor, positions: Tensor,
+                    length: int) -> ModelOutput:
+        """Tokens after a cached prefix (decode, a later prefill chunk, speculative verification).
+
+        ``positions`` [B, T] must be valid (use :meth:`forward_cached` for checked arguments);
+        ``length`` = max(positions) + 1. Nothing here reads a tensor back to the host, so the engine
+        can hand this method to ``torch.compile`` as one graph for every batch size and length.
+        """
+        h = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary_emb(positions, h.dtype)
+        for i, layer in enumerate(self.main_layers):
+            h = layer.forward_cached(h, cos, sin, CacheView(cache.kv[i], cache.pe[i], slots, positions, length),
+                                     prefill=False)
         h = self.model.norm(h)
         return ModelOutput(logits=self.lm_head(h), hidden=h)
 
@@ -929,12 +982,13 @@ class DeepseekV3ForCausalLM(nn.Module):
         if not 1 <= depth <= len(self.mtp_layers):
             raise ValueError(f"mtp_forward_cached: depth must be in 1..{len(self.mtp_layers)}, got {depth}")
         B, T = next_ids.shape
-        slots, positions, prefill = self._cache_args(cache, slots, start_pos, T, next_ids.device)
+        slots, positions, length, prefill = self._cache_args(cache, slots, start_pos, T, next_ids.device)
         layer = self.mtp_layers[depth - 1]
         li = self.config.num_hidden_layers + depth - 1
         x = layer.combine(hidden, self.model.embed_tokens(next_ids))
         cos, sin = self.model.rotary_emb(positions, x.dtype)
-        h = layer.forward_cached(x, cos, sin, (cache.kv[li], cache.pe[li], slots, positions), prefill)
+        view = CacheView(cache.kv[li], cache.pe[li], slots, positions, length)
+        h = layer.forward_cached(x, cos, sin, view, prefill)
         return ModelOutput(logits=self.lm_head(layer.shared_head.norm(h)), hidden=h)
 
     # --- sizes ------------------------------------------------------------------------------------
@@ -943,5 +997,5 @@ class DeepseekV3ForCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
 
-__all__ = ["DeepseekV3ForCausalLM", "ModelOutput", "MLACache", "RMSNorm", "MLAttention", "MoE", "Router",
+__all__ = ["DeepseekV3ForCausalLM", "ModelOutput", "MLACache", "CacheView", "RMSNorm", "MLAttention", "MoE", "Router",
            "RoutedExperts", "DecoderLayer", "MTPLayer", "segment_positions", "softmax_scale", "rope_inv_freq"]

@@ -19,6 +19,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=None, help="context per request (default: the model's)")
     p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens prefilled per engine step")
     p.add_argument("--speculative", action="store_true", help="draft 1 token with the MTP module")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step: ~1.7x faster "
+                   "bs=1 decode on CPU after a one-time compile (~20-50 s, cached on disk)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the engine (default: all cores)")
     p.add_argument("--adapter", default=None, help="LoRA / MLA-prefix adapter dir from `seekforge sft` to "
                    "apply on MODEL_DIR (its tokenizer and chat template are used)")
     p.add_argument("--config", default=None, help="YAML file with EngineConfig keys (flags override it)")
@@ -33,7 +36,7 @@ def engine_from_args(args: argparse.Namespace, queue_size: int = 64):  # noqa: A
 
     flags = dict(max_batch=args.max_batch, max_len=args.max_len, queue_size=queue_size,
                  prefill_chunk=args.prefill_chunk, speculative=args.speculative, device=args.device,
-                 dtype=args.dtype)
+                 dtype=args.dtype, compile=args.compile, threads=args.threads)
     cfg = load_config(EngineConfig, getattr(args, "config", None), getattr(args, "overrides", []), base=flags)
     adapter = getattr(args, "adapter", None)
     if adapter:  # seekforge.finetune owns adapters; the engine only gets the transformed model
