@@ -109,7 +109,7 @@ def _worker(conn, kind: str, model_dir: Path, prompt: list[int], n: int, threads
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     if kind.startswith("hf"):
-        run, cache_bytes, engine = _hf_runner(model_dir, prompt, n, compiled=kind == "hf-compile", dtype=dtype)
+        run, cache_bytes, engine = _hf_runner(model_dir, prompt, n, kind == "hf-compile", dtype)
     else:
         run, cache_bytes, engine = _engine_runner(model_dir, prompt, n, compiled=kind == "ours-compile",
                                                   speculative=kind == "spec", dtype=dtype)
@@ -141,7 +141,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads per contender (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per contender (default: torch's)")
     ap.add_argument("--timer", choices=["wall", "cpu"], default="wall",
                     help="wall clock, or process CPU time (use with --threads 1 on a shared machine)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
@@ -181,9 +182,9 @@ def main() -> None:
 
     rate = {k: args.new_tokens / statistics.median(v) for k, v in times.items()}
     threads = info["hf"]["threads"]
-    print(f"\n{args.preset}, random weights, {args.dtype}, {threads} CPU thread(s) per contender (each in its own "
-          f"process), prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, bs=1, median "
-          f"of {args.repeats} interleaved runs, {args.timer} time\n")
+    print(f"\n{args.preset}, random weights, {args.dtype}, {threads} CPU thread(s) per contender (each in "
+          f"its own process), prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, "
+          f"bs=1, median of {args.repeats} interleaved runs, {args.timer} time\n")
     print("| contender | decode tokens/s | vs transformers | KV cache bytes/token | start-up s |")
     print("|---|---:|---:|---:|---:|")
     for kind in kinds:
@@ -193,9 +194,10 @@ def main() -> None:
     ref = final["hf"]["tokens"]
     same = {k: sum(a == b for a, b in zip(final[k]["tokens"], ref)) for k in kinds}
     acc = final["spec"]["acceptance"] or 0
-    print(f"\ngreedy tokens identical to transformers: "
+    print("\ngreedy tokens identical to transformers: "
           + ", ".join(f"{k} {same[k]}/{len(ref)}" for k in kinds if k != "hf")
-          + f"; MTP acceptance {acc * 100:.0f}% (random MTP weights: expect ~0, so speculation only costs here)."
+          + f"; MTP acceptance {acc * 100:.0f}% (random MTP weights: expect ~0, so speculation only "
+          "costs here)."
           "\nstart-up = load + first generate (includes compiling for compiled contenders; torch caches "
           "compiled kernels on disk, so a second start is faster).")
 

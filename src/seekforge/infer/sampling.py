@@ -237,7 +237,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     "accept iff argmax == d", so greedy output is unchanged by speculation.
     """
     want_lp = [p.logprobs for p in params]
-    if draft is None and penalties.counts is None and all(p.greedy and k is None for p, k in zip(params, want_lp)):
+    plain_greedy = all(p.greedy and k is None for p, k in zip(params, want_lp))
+    if draft is None and penalties.counts is None and plain_greedy:
         # Plain greedy batch (the common case for evaluation and bs=1 benchmarks): the argmax is the
         # whole answer, so skip the fp32 copy, filters and softmax over the vocabulary.
         return SampleResult(logits.argmax(-1), [None] * len(params)), None

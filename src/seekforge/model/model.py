@@ -947,8 +947,8 @@ class DeepseekV3ForCausalLM(nn.Module):
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, h.dtype)
         for i, layer in enumerate(self.main_layers):
-            h = layer.forward_cached(h, cos, sin, CacheView(cache.kv[i], cache.pe[i], slots, positions, length),
-                                     prefill=True)
+            view = CacheView(cache.kv[i], cache.pe[i], slots, positions, length)
+            h = layer.forward_cached(h, cos, sin, view, prefill=True)
         h = self.model.norm(h)
         return ModelOutput(logits=self.lm_head(h), hidden=h)
 
@@ -964,8 +964,8 @@ class DeepseekV3ForCausalLM(nn.Module):
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, h.dtype)
         for i, layer in enumerate(self.main_layers):
-            h = layer.forward_cached(h, cos, sin, CacheView(cache.kv[i], cache.pe[i], slots, positions, length),
-                                     prefill=False)
+            view = CacheView(cache.kv[i], cache.pe[i], slots, positions, length)
+            h = layer.forward_cached(h, cos, sin, view, prefill=False)
         h = self.model.norm(h)
         return ModelOutput(logits=self.lm_head(h), hidden=h)
 
@@ -997,5 +997,5 @@ class DeepseekV3ForCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
 
-__all__ = ["DeepseekV3ForCausalLM", "ModelOutput", "MLACache", "CacheView", "RMSNorm", "MLAttention", "MoE", "Router",
-           "RoutedExperts", "DecoderLayer", "MTPLayer", "segment_positions", "softmax_scale", "rope_inv_freq"]
+__all__ = ["DeepseekV3ForCausalLM", "ModelOutput", "MLACache", "CacheView", "RMSNorm", "MLAttention", "MoE",
+           "Router", "RoutedExperts", "DecoderLayer", "MTPLayer", "segment_positions", "softmax_scale", "rope_inv_freq"]
