@@ -998,4 +998,5 @@ class DeepseekV3ForCausalLM(nn.Module):
 
 
 __all__ = ["DeepseekV3ForCausalLM", "ModelOutput", "MLACache", "CacheView", "RMSNorm", "MLAttention", "MoE",
-           "Router", "RoutedExperts", "DecoderLayer", "MTPLayer", "segment_positions", "softmax_scale", "rope_inv_freq"]
+           "Router", "RoutedExperts", "DecoderLayer", "MTPLayer", "segment_positions", "softmax_scale",
+           "rope_inv_freq"]
