@@ -9,7 +9,9 @@ Every command (``model init``, ``train``, ``sft``, ``plan`` ...) describes its s
 
 Override values are parsed as YAML scalars, so ``null``, ``true``, ``3e-4`` and ``[1, 2]`` mean
 what they look like. Unknown keys are errors that name the closest valid keys: a typo must never
-be silently ignored (a misspelled learning-rate key that does nothing is a classic lost day).
+be silently ignored (a misspelled learning-rate key that does nothing is a classic lost day). A key
+that another tool spells differently (``learning_rate``, ``cutoff_len``, ``lora_r`` ...) is still an
+error, but one that names seekforge's key for it (:data:`KEY_ALIASES`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -39,12 +41,128 @@ def closest(name: str, valid: typing.Iterable[str], n: int = 3) -> list[str]:
     return hits
 
 
-def unknown_key_error(key: str, valid: typing.Iterable[str], where: str = "") -> ConfigError:
+class Alias(NamedTuple):
+    """seekforge's key for another tool's name: a dotted path from the top of the config."""
+
+    key: str | tuple[str, ...]  # several: the first that exists in the config being loaded is named
+    note: str = ""  # how the meaning differs, when it does
+
+
+# Names that Hugging Face TrainingArguments, LLaMA-Factory, TRL/PEFT, litgpt, nanoGPT and torchtitan
+# use for settings seekforge has under another name. Spelling-based "did you mean" cannot find these
+# (``learning_rate`` is closer to ``early_stopping_patience`` than to ``lr``), so they are listed.
+# They only word the error: an alias is never accepted, so each setting has exactly one spelling in
+# configs and logs. An alias whose key is not in the config being loaded falls back to "did you mean".
+KEY_ALIASES: dict[str, Alias] = {
+    # Hugging Face TrainingArguments (LLaMA-Factory and TRL inherit these names)
+    "learning_rate": Alias("lr"),
+    "per_device_train_batch_size": Alias("micro_batch_size"),
+    "per_device_eval_batch_size": Alias("eval_batch_size"),
+    "gradient_accumulation_steps": Alias(
+        "batch_tokens", "accumulation is derived: batch_tokens / (micro_batch_size x seq_len x GPUs)"),
+    "max_grad_norm": Alias("grad_clip"),
+    "adam_epsilon": Alias("adam_eps"),
+    "lr_scheduler_type": Alias("schedule"),
+    "optim": Alias("optimizer"),
+    "output_dir": Alias("out_dir"),
+    "logging_steps": Alias("log_every"),
+    "eval_steps": Alias("eval_every"),
+    "save_steps": Alias("save_every"),
+    "save_total_limit": Alias("keep_last"),
+    "bf16": Alias("dtype", "dtype=bfloat16"),
+    "fp16": Alias("dtype", "dtype=float16"),
+    "gradient_checkpointing": Alias("activation_checkpointing"),
+    "torch_compile": Alias("compile"),
+    "resume_from_checkpoint": Alias("resume"),
+    "model_name_or_path": Alias("model"),
+    # LLaMA-Factory
+    "cutoff_len": Alias("seq_len"),
+    "finetuning_type": Alias("method"),
+    "dataset": Alias(("data.train", "data")),
+    "lora_rank": Alias("lora.rank"),
+    "lora_alpha": Alias("lora.alpha"),
+    "lora_dropout": Alias("lora.dropout"),
+    "lora_target": Alias("lora.target_modules"),
+    "use_rslora": Alias("lora.use_rslora"),
+    "freeze_trainable_layers": Alias("freeze.trainable_layers"),
+    "freeze_trainable_modules": Alias("freeze.modules"),
+    "freeze_extra_modules": Alias("freeze.extra_modules"),
+    "train_on_prompt": Alias("train_on", "train_on=all"),
+    "mask_history": Alias("train_on", "train_on=last"),
+    # TRL / PEFT
+    "max_seq_length": Alias("seq_len"),
+    "max_length": Alias("seq_len"),
+    "r": Alias("lora.rank"),
+    "target_modules": Alias("lora.target_modules"),
+    "num_virtual_tokens": Alias("prefix.num_virtual_tokens"),
+    # litgpt
+    "lora_r": Alias("lora.rank"),
+    "global_batch_size": Alias("batch_tokens", "counted in tokens, not rows"),
+    "lr_warmup_steps": Alias("warmup_steps"),
+    # nanoGPT
+    "block_size": Alias("seq_len"),
+    "batch_size": Alias("micro_batch_size"),
+    "max_iters": Alias("max_steps"),
+    "warmup_iters": Alias("warmup_steps"),
+    "min_lr": Alias("min_lr_ratio", "a fraction of lr, not an absolute LR"),
+    "beta1": Alias("adam_beta1"),
+    "beta2": Alias("adam_beta2"),
+    "eval_interval": Alias("eval_every"),
+    "log_interval": Alias("log_every"),
+    "wandb_log": Alias("wandb"),
+    "n_layer": Alias("num_hidden_layers"),
+    "n_head": Alias("num_attention_heads"),
+    "n_embd": Alias("hidden_size"),
+    # torchtitan
+    "steps": Alias("max_steps"),
+    "max_norm": Alias("grad_clip"),
+    "local_batch_size": Alias("micro_batch_size"),
+    "mixed_precision_param": Alias("dtype"),
+}
+
+
+def has_key(cls: type, path: str) -> bool:
+    """Whether the dotted ``path`` names a field of dataclass ``cls`` (through nested dataclasses)."""
+    *parents, name = path.split(".")
+    for part in parents:
+        tp = field_types(cls).get(part)
+        if not _is_dataclass_type(tp):
+            return False
+        cls = tp
+    return name in field_types(cls)
+
+
+def alias_of(key: str, cls: type) -> tuple[str, str] | None:
+    """(seekforge key, note) when the unknown dotted ``key`` in ``cls`` is another tool's name for it.
+
+    ``key`` is the full path from the top of the config and ``cls`` the dataclass at its parent, so
+    ``lora.lora_alpha`` in LoraSettings and ``lora_alpha`` in SFTConfig both resolve to ``lora.alpha``.
+    """
+    prefix, _, name = key.rpartition(".")
+    alias = KEY_ALIASES.get(name)
+    if alias is None:
+        return None
+    prefix = prefix + "." if prefix else ""
+    for target in (alias.key,) if isinstance(alias.key, str) else alias.key:
+        if target.startswith(prefix) and has_key(cls, target[len(prefix):]):
+            return target, alias.note
+    return None
+
+
+def unknown_key_error(
+    key: str, valid: typing.Iterable[str], where: str = "", cls: type | None = None
+) -> ConfigError:
+    """The error for an unknown ``key``: seekforge's name for it if it is an alias, else the closest keys."""
     valid = sorted(valid)
-    near = closest(key.split(".")[-1], valid)
-    hint = f" Did you mean {', '.join(repr(h) for h in near)}?" if near else ""
     place = f" in {where}" if where else ""
-    return ConfigError(f"unknown config key {key!r}{place}.{hint} Valid keys: {', '.join(valid)}")
+    alias = alias_of(key, cls) if cls is not None else None
+    if alias is not None:
+        target, note = alias
+        hint = f": seekforge calls it {target!r}" + (f" ({note})" if note else "") + "."
+    else:
+        near = closest(key.split(".")[-1], valid)
+        hint = "." + (f" Did you mean {', '.join(repr(h) for h in near)}?" if near else "")
+    return ConfigError(f"unknown config key {key!r}{place}{hint} Valid keys: {', '.join(valid)}")
 
 
 def parse_value(text: str) -> Any:
@@ -146,7 +264,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in types_:
-            raise unknown_key_error(prefix + key, types_, where=cls.__name__)
+            raise unknown_key_error(prefix + key, types_, where=cls.__name__, cls=cls)
         kwargs[key] = _coerce(value, types_[key], prefix + key)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

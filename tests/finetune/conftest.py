@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from seekforge.train.config import QUIET_RUN
+
 SFT = "sft"
 
 
@@ -58,20 +60,9 @@ def tiny_base(tmp_path_factory, sft_tokenizer_dir: Path) -> Path:
 
 
 def quiet_args() -> list[str]:
-    """Trainer settings for fast test runs (no eval samples, no plots, no tensorboard)."""
-    return [
-        "progress=false",
-        "sample_tokens=0",
-        "tensorboard=false",
-        "plot=false",
-        "wandb=off",
-        "log_every=10",
-        "eval_every=0",
-        "save_every=0",
-        "warmup_steps=5",
-        "mtp_loss_weight=0",
-        "resume=never",
-    ]
+    """Trainer settings for fast test runs: a quiet run (no eval samples, plots, tensorboard ...),
+    few log lines, a short warmup and no MTP loss."""
+    return [*QUIET_RUN, "log_every=10", "warmup_steps=5", "mtp_loss_weight=0"]
 
 
 def run_sft(overrides: list[str], cls=None, objective=None):  # noqa: ANN001, ANN201

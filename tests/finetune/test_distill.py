@@ -16,6 +16,8 @@ from seekforge.config import ConfigError, load_config
 from seekforge.finetune.distill import DistillConfig, DistillObjective, check_same_tokenizer, run_distillation
 from seekforge.finetune.objectives import kl_full, kl_topk
 
+from .conftest import quiet_args
+
 FAST = ["seq_len=128", "micro_batch_size=8", "batch_tokens=1024"]
 
 
@@ -44,26 +46,11 @@ def _runner(cfg, objective):  # noqa: ANN001
     return 0
 
 
-QUIET = [
-    "progress=false",
-    "sample_tokens=0",
-    "tensorboard=false",
-    "plot=false",
-    "wandb=off",
-    "log_every=10",
-    "eval_every=0",
-    "save_every=0",
-    "warmup_steps=5",
-    "mtp_loss_weight=0",
-    "resume=never",
-]
-
-
 def distill_cfg(teacher: Path, student: Path, data: str, out: Path, *extra: str) -> DistillConfig:
     return load_config(
         DistillConfig,
         None,
-        QUIET
+        quiet_args()
         + FAST
         + [
             f"model={student}",
@@ -195,7 +182,7 @@ def test_sequence_distillation_local_engine_and_openai_endpoint(
         remote = load_config(
             DistillConfig,
             None,
-            QUIET
+            quiet_args()
             + [
                 f"model={tiny_base}",
                 f"teacher_api={api}",

@@ -270,6 +270,35 @@ def test_grouped_experts_equal_a_loop_over_experts():
     assert torch.allclose(grouped_matmul(xs, wt, counts, counts.cumsum(0).int()), loop, atol=1e-5)
 
 
+def test_router_scores_stay_fp32_under_bf16_autocast():
+    """The trainer runs bf16 under autocast, which would cast the router's fp32 matmul back to bf16."""
+    gate = tiny().moe_layers[0].mlp.gate
+    x = torch.randn(64, gate.weight.shape[1], generator=torch.Generator().manual_seed(1))
+    idx, w, scores = gate(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        idx_a, w_a, scores_a = gate(x)
+    assert scores_a.dtype == torch.float32 and w_a.dtype == torch.float32
+    assert torch.allclose(scores_a, scores, rtol=0, atol=1e-6)
+    assert torch.equal(idx_a.sort().values, idx.sort().values) and torch.allclose(w_a, w, rtol=0, atol=1e-6)
+
+
+def test_moe_under_bf16_autocast_runs_bf16_grouped_matmuls_with_fp32_grads():
+    moe = tiny().moe_layers[0].mlp
+    experts = [moe.experts.gate_up_proj, moe.experts.down_proj]
+    x = torch.randn(2, 16, moe.cfg.hidden_size, generator=torch.Generator().manual_seed(2))
+    ref, _, _ = moe(x)
+    ref_grads = torch.autograd.grad(ref.pow(2).sum(), experts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _, _ = moe(x)
+    # Autocast does not know the grouped matmul: without the explicit cast it would run in fp32.
+    assert y.dtype == torch.bfloat16
+    grads = torch.autograd.grad(y.float().pow(2).sum(), experts)
+    for g, r, p in zip(grads, ref_grads, experts):
+        assert g.dtype == p.dtype == torch.float32 and torch.isfinite(g).all()
+        assert (g - r).norm() < 3e-2 * r.norm()  # bf16 products, fp32 parameters
+    assert (y.float() - ref).norm() < 1e-2 * ref.norm()
+
+
 # --------------------------------------------------------------------------------------------
 # Construction, sizes, config errors
 # --------------------------------------------------------------------------------------------

@@ -76,3 +76,16 @@ def test_measure_needs_data_and_a_small_preset(run_plan):
         run_plan(["--preset", "v3", "--measure", "--data", "x"])
     with pytest.raises(ConfigError, match="only supports --method pretrain"):
         run_plan(["--preset", "tiny", "--measure", "--method", "lora", "--data", "x"])
+
+
+def test_train_command_is_a_quiet_run_that_logs_every_step():
+    from seekforge.plan.measure import train_command
+    from seekforge.train.config import load_train_config
+
+    cmd = train_command(preset="tiny", config=None, steps=3, out_dir="o", seq_len=64, batch_tokens=256,
+                        micro_batch=2, data="shards", tokenizer=None, extra=["eval_every=7"])
+    sets = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--set"]
+    cfg = load_train_config(None, sets)
+    assert (cfg.max_steps, cfg.log_every, cfg.warmup_steps, cfg.micro_batch_size) == (3, 1, 0, 2)
+    assert not any([cfg.plot, cfg.tensorboard, cfg.wandb, cfg.progress]) and cfg.resume == "never"
+    assert cfg.eval_every == 7  # the caller's extra overrides come last and win

@@ -100,6 +100,28 @@ def test_completions_logprobs_and_echo_for_eval_harnesses(server, client) -> Non
     assert text == full.choices[0].text
 
 
+def test_completions_streaming_echo_logprobs_and_usage(server, client) -> None:
+    """Streamed text completions: the echoed prompt first, then the same tokens, logprobs, finish
+    reason and usage as the non-streamed answer (the SSE loop is shared with chat)."""
+    prompt = "the model learns to predict"
+    kw = dict(model="tiny-chat", prompt=prompt, max_tokens=6, temperature=0, logprobs=2)
+    r = client.completions.create(**kw)
+    full = r.choices[0]
+    chunks = list(client.completions.create(stream=True, echo=True, stream_options={"include_usage": True},
+                                            **kw))
+    first = chunks[0].choices[0]
+    assert first.text.endswith(prompt) and first.logprobs is None and first.finish_reason is None
+    body = [c.choices[0] for c in chunks[1:] if c.choices]
+    assert "".join(c.text for c in body) == full.text
+    assert sum((c.logprobs.tokens for c in body if c.logprobs), []) == full.logprobs.tokens
+    lps = sum((c.logprobs.token_logprobs for c in body if c.logprobs), [])
+    assert lps == pytest.approx(full.logprobs.token_logprobs, abs=1e-4)
+    assert [c.finish_reason for c in body if c.finish_reason] == [full.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert {c.object for c in chunks} == {"text_completion"} and len({c.id for c in chunks}) == 1
+
+
 def test_concurrent_streaming_clients(server) -> None:
     def ask(i: int, out: dict) -> None:
         c = openai.OpenAI(base_url=server.api, api_key="x", max_retries=0, timeout=60)

@@ -79,3 +79,54 @@ def test_shipped_configs_load():
     for path in train_cfgs:
         cfg = load_train_config(path, ["data.train=x"])
         assert cfg.batch_tokens % (cfg.micro_batch_size * cfg.seq_len) == 0, path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learning_rate=1e-3", "unknown config key 'learning_rate' in TrainConfig: seekforge calls it 'lr'\\."),
+    ("cutoff_len=512", "'cutoff_len'.*seekforge calls it 'seq_len'"),
+    ("max_grad_norm=1", "'max_grad_norm'.*seekforge calls it 'grad_clip'"),
+    ("bf16=true", r"seekforge calls it 'dtype' \(dtype=bfloat16\)"),
+    ("gradient_accumulation_steps=4", "seekforge calls it 'batch_tokens' \\(accumulation is derived"),
+    ("dataset=shards", "seekforge calls it 'data.train'"),
+    ("lora_r=16", "'lora_r' in TrainConfig\\. Did you mean"),  # pretraining has no LoRA: no alias
+])
+def test_other_tools_key_names_are_errors_that_name_the_seekforge_key(override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_train_config(None, REQ + [override])
+    assert "Valid keys: activation_checkpointing" in str(e.value)  # the valid keys are still listed
+
+
+def test_sft_aliases_resolve_through_nested_blocks():
+    from seekforge.config import load_config
+    from seekforge.finetune.sft import SFTConfig
+
+    need = ["model=tiny", "data=x.jsonl"]
+    for override, target in [("lora_r=16", "lora.rank"), ("lora.r=16", "lora.rank"),
+                             ("lora.lora_alpha=32", "lora.alpha"), ("dataset=x", "data"),
+                             ("freeze_trainable_layers=2", "freeze.trainable_layers")]:
+        with pytest.raises(ConfigError, match=f"seekforge calls it '{target}'"):
+            load_config(SFTConfig, None, need + [override])
+
+
+def test_every_alias_names_a_real_key_and_is_not_one():
+    """A stale alias would send users to a key that does not exist (or shadow one that does)."""
+    from seekforge.config import KEY_ALIASES, has_key
+    from seekforge.finetune.distill import DistillConfig
+    from seekforge.finetune.sft import SFTConfig
+    from seekforge.model.config import ModelConfig
+    from seekforge.train.config import TrainConfig
+
+    classes = [TrainConfig, SFTConfig, DistillConfig, ModelConfig]
+    for name, alias in KEY_ALIASES.items():
+        targets = (alias.key,) if isinstance(alias.key, str) else alias.key
+        for target in targets:
+            assert any(has_key(cls, target) for cls in classes), f"{name} -> {target}"
+        assert not any(has_key(cls, name) for cls in classes), f"{name} is a real key"
+
+
+def test_quiet_run_overrides_turn_off_every_side_output():
+    from seekforge.train.config import QUIET_RUN
+
+    cfg = load_train_config(None, REQ + list(QUIET_RUN))
+    assert (cfg.eval_every, cfg.save_every, cfg.sample_tokens, cfg.resume) == (0, 0, 0, "never")
+    assert not any([cfg.plot, cfg.tensorboard, cfg.wandb, cfg.progress])

@@ -374,15 +374,17 @@ class Engine:
         """``model.decode_step`` through torch.compile, compiled now (not on the first request).
 
         dynamic=True makes batch size and cache length symbolic; torch still specialises a batch
-        of exactly 1, so both classes are warmed up. The warm-up writes latents to slots 0/1 at
-        positions 0/1, which every request overwrites (prefill) before it reads them. On CPU the
-        C++ wrapper removes the Python call overhead between kernels, which is most of a bs=1 step.
+        of exactly 1, and the MoE layer picks its few-pairs path below a batch size, so the graphs
+        are told apart by batch size 1 / 2 / the largest: warming up those three covers every batch
+        the engine will run (no compile stalls while serving). The warm-up writes latents to slots
+        at positions 0/1, which every request overwrites (prefill) before it reads them. On CPU the
+        C++ wrapper removes the Python call overhead between kernels, most of a bs=1 step.
         """
         options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
         fn = torch.compile(self.model.decode_step, dynamic=True, fullgraph=True, options=options)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            for B in sorted({1, min(2, self.config.max_batch)}):
+            for B in sorted({1, min(2, self.config.max_batch), self.config.max_batch}):
                 ids = torch.zeros(B, 1, dtype=torch.long, device=self.device)
                 slots = torch.arange(B, device=self.device)
                 fn(ids, self.cache, slots, torch.ones(B, 1, dtype=torch.long, device=self.device), 2)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from seekforge.config import ConfigError
+from seekforge.train.config import QUIET_RUN
 
 
 def train_command(*, preset: str | None, config: str | None, steps: int, out_dir: str, seq_len: int | None,
@@ -32,9 +33,8 @@ def train_command(*, preset: str | None, config: str | None, steps: int, out_dir
     cmd = [sys.executable, "-m", "seekforge", "train"]
     if config:
         cmd.append(config)
-    sets = [f"max_steps={steps}", f"out_dir={out_dir}", "eval_every=0", "save_every=0", "sample_tokens=0",
-            "log_every=1", "warmup_steps=0", "resume=never", "plot=false", "tensorboard=false", "wandb=false",
-            "progress=false"]
+    # Every step logged (throughput per step), no warmup (steps at full LR, like the steady state).
+    sets = [f"max_steps={steps}", f"out_dir={out_dir}", *QUIET_RUN, "log_every=1", "warmup_steps=0"]
     if preset:
         sets.append(f"model={preset}")
     if seq_len:

@@ -16,7 +16,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from seekforge.infer import (
     QueueFull,
     RequestHandle,
     SamplingParams,
+    StreamEvent,
 )
 from seekforge.serve import protocol as P
 from seekforge.serve.metrics import HttpStats, render_metrics
@@ -342,54 +343,24 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
             for h in handles:
                 h.cancel()
 
-    def _stream_chat(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
-                     include_usage: bool, n_prompt: int) -> StreamingResponse:
+    def _stream(handles: list[RequestHandle], rid: str, created: int, object_: str,
+                opening: list[dict[str, Any]], choice: Callable[[int, StreamEvent], dict[str, Any] | None],
+                include_usage: bool, n_prompt: int) -> StreamingResponse:
+        """The SSE loop of both endpoints; they differ only in what goes into a chunk.
+
+        ``opening``: choices sent before any token (chat: the assistant role; completions: the echoed
+        prompt). ``choice(i, event)``: the chunk's choice for an engine event, or None for nothing
+        worth a chunk. Then the usage chunk (``stream_options.include_usage``) and ``[DONE]``.
+        """
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
-                         "model": engine.name, "system_fingerprint": None, "choices": choices, **extra})
-
-        async def gen() -> AsyncIterator[str]:
-            n_out = 0
-            try:
-                for i in range(len(handles)):
-                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                  "finish_reason": None}])
-                async for i, ev in _merged(handles, opts.ping_seconds):
-                    if ev is None:
-                        yield ": ping\n\n"
-                        continue
-                    if ev.error:
-                        yield _sse(P.APIError(500, f"generation failed: {ev.error}", "server_error").body())
-                        break
-                    n_out += len(ev.token_ids)
-                    lp = P.chat_logprobs(ev.logprobs, token_text) if params.logprobs is not None else None
-                    finish = ev.finish_reason
-                    if ev.text or (lp and lp["content"]) or finish:
-                        delta = {"content": ev.text} if ev.text else {}
-                        yield chunk([{"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}])
-                if include_usage:
-                    yield chunk([], usage=P.usage(n_prompt * len(handles), n_out))
-                yield "data: [DONE]\n\n"
-            finally:
-                for h in handles:
-                    h.cancel()
-
-        return StreamingResponse(gen(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    def _stream_completion(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
-                           include_usage: bool, echo: bool) -> StreamingResponse:
-        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            return _sse({"id": rid, "object": "text_completion", "created": created, "model": engine.name,
+            return _sse({"id": rid, "object": object_, "created": created, "model": engine.name,
                          "system_fingerprint": None, "choices": choices, **extra})
 
         async def gen() -> AsyncIterator[str]:
             n_out = 0
             try:
-                if echo:
-                    for i, h in enumerate(handles):
-                        yield chunk([{"index": i, "text": tok.decode(h.prompt_ids, skip_special_tokens=False),
-                                      "logprobs": None, "finish_reason": None}])
+                for c in opening:
+                    yield chunk([c])
                 async for i, ev in _merged(handles, opts.ping_seconds):
                     if ev is None:
                         yield ": ping\n\n"
@@ -398,15 +369,10 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
                         yield _sse(P.APIError(500, f"generation failed: {ev.error}", "server_error").body())
                         break
                     n_out += len(ev.token_ids)
-                    lp = None
-                    if params.logprobs is not None and ev.token_ids:
-                        pieces = [ev.text] + [""] * (len(ev.token_ids) - 1)
-                        lp = P.completion_logprobs(ev.logprobs, ev.token_ids, pieces, token_text)
-                    if ev.text or lp or ev.finish_reason:
-                        yield chunk([{"index": i, "text": ev.text, "logprobs": lp,
-                                      "finish_reason": ev.finish_reason}])
+                    c = choice(i, ev)
+                    if c is not None:
+                        yield chunk([c])
                 if include_usage:
-                    n_prompt = sum(len(h.prompt_ids) for h in handles)
                     yield chunk([], usage=P.usage(n_prompt, n_out))
                 yield "data: [DONE]\n\n"
             finally:
@@ -415,6 +381,36 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
 
         return StreamingResponse(gen(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def _stream_chat(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
+                     include_usage: bool, n_prompt: int) -> StreamingResponse:
+        def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
+            lp = P.chat_logprobs(ev.logprobs, token_text) if params.logprobs is not None else None
+            if not (ev.text or (lp and lp["content"]) or ev.finish_reason):
+                return None
+            delta = {"content": ev.text} if ev.text else {}
+            return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
+
+        opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None} for i in range(len(handles))]
+        return _stream(handles, rid, created, "chat.completion.chunk", opening, choice, include_usage,
+                       n_prompt * len(handles))
+
+    def _stream_completion(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
+                           include_usage: bool, echo: bool) -> StreamingResponse:
+        def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
+            lp = None
+            if params.logprobs is not None and ev.token_ids:
+                pieces = [ev.text] + [""] * (len(ev.token_ids) - 1)
+                lp = P.completion_logprobs(ev.logprobs, ev.token_ids, pieces, token_text)
+            if not (ev.text or lp or ev.finish_reason):
+                return None
+            return {"index": i, "text": ev.text, "logprobs": lp, "finish_reason": ev.finish_reason}
+
+        opening = [{"index": i, "text": tok.decode(h.prompt_ids, skip_special_tokens=False), "logprobs": None,
+                    "finish_reason": None} for i, h in enumerate(handles)] if echo else []
+        return _stream(handles, rid, created, "text_completion", opening, choice, include_usage,
+                       sum(len(h.prompt_ids) for h in handles))
 
     # --- the web chat page -----------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

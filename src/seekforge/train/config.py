@@ -17,6 +17,13 @@ from seekforge.config import ConfigError, deep_merge, load_config, parse_overrid
 
 DEFAULT_PROMPTS = ["The meaning of life is", "Once upon a time", "人工智能是"]
 
+# ``--set`` overrides for a run that only trains: no periodic eval or checkpoints (the final ones
+# still happen), no sample generation, plots, TensorBoard, W&B or progress bar, and no resuming of an
+# earlier run in the same out_dir. For short programmatic runs (``plan --measure``, tests), where
+# those side outputs would cost more than the steps themselves or disturb what is measured.
+QUIET_RUN = ("eval_every=0", "save_every=0", "sample_tokens=0", "plot=false", "tensorboard=false",
+             "wandb=false", "progress=false", "resume=never")
+
 
 @dataclass
 class DataConfig:
