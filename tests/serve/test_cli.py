@@ -33,3 +33,22 @@ def test_serve_command(tiny_model_dir) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_and_chat_ask_for_huge_pages_before_torch_loads(monkeypatch) -> None:
+    import os
+
+    from seekforge.cli import _modules_for
+
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "x")  # records the original value for teardown
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    _modules_for(["train", "cfg.yaml"])
+    assert "THP_MEM_ALLOC_ENABLE" not in os.environ
+    _modules_for(["-v", "serve", "model_dir"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the user's own setting wins
+    _modules_for(["chat", "model_dir"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+    # The flag must be set before torch is imported: nothing on the way to the serve module may import it.
+    code = "import sys, seekforge.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
