@@ -348,6 +348,10 @@ def load_config(
     try:
         return from_dict(cls, data)
     except ConfigError as e:
+        # Say where the bad key came from: a --set override, else the YAML file.
+        leaves = {o.split("=", 1)[0].strip().rsplit(".", 1)[-1] for o in overrides}
+        if any(f"'{leaf}'" in str(e) for leaf in leaves):
+            raise ConfigError(f"--set: {e}") from None
         if path is not None:
             raise ConfigError(f"{path}: {e}") from None
         raise

@@ -130,3 +130,16 @@ def test_quiet_run_overrides_turn_off_every_side_output():
     cfg = load_train_config(None, REQ + list(QUIET_RUN))
     assert (cfg.eval_every, cfg.save_every, cfg.sample_tokens, cfg.resume) == (0, 0, 0, "never")
     assert not any([cfg.plot, cfg.tensorboard, cfg.wandb, cfg.progress])
+
+
+def test_error_says_whether_the_bad_key_came_from_the_file_or_from_set(tmp_path):
+    from seekforge.config import load_config
+    from seekforge.train.config import TrainConfig
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("lr: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=r"^--set: unknown config key 'learning_rate'"):
+        load_config(TrainConfig, cfg, ["learning_rate=1e-3"])
+    cfg.write_text("learning_rate: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: unknown config key 'learning_rate'"):
+        load_config(TrainConfig, cfg, ["seed=1"])
