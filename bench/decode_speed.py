@@ -111,8 +111,8 @@ def _worker(conn, kind: str, model_dir: Path, prompt: list[int], n: int, threads
     if kind.startswith("hf"):
         run, cache_bytes, engine = _hf_runner(model_dir, prompt, n, kind == "hf-compile", dtype)
     else:
-        run, cache_bytes, engine = _engine_runner(model_dir, prompt, n, compiled=kind == "ours-compile",
-                                                  speculative=kind == "spec", dtype=dtype)
+        run, cache_bytes, engine = _engine_runner(model_dir, prompt, n, compiled=kind.endswith("-compile"),
+                                                  speculative=kind.startswith("spec"), dtype=dtype)
     tokens = run()  # warm-up (for compiled contenders: the first run triggers or checks compilation)
     conn.send(dict(build_s=time.perf_counter() - t0, threads=torch.get_num_threads()))
     clock = time.process_time if timer == "cpu" else time.perf_counter
@@ -132,6 +132,7 @@ LABELS = {
     "ours": "seekforge engine",
     "ours-compile": "seekforge engine, compile=True",
     "spec": "seekforge + MTP speculation",
+    "spec-compile": "seekforge + MTP speculation, compile=True",
 }
 
 
@@ -150,12 +151,23 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled seekforge contender")
     ap.add_argument("--hf-compile", action="store_true",
                     help="add transformers with static cache + torch.compile (several minutes of compiling)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a trained model directory (e.g. demo_out/run/best) instead of random weights; "
+                    "MTP speculation only pays off with a trained MTP module")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     args = ap.parse_args()
-    model_dir = small_moe_dir(args.workdir, args.preset)
+    model_dir = args.model or small_moe_dir(args.workdir, args.preset)
     prompt = list(range(10, 10 + args.prompt_tokens))
+    if args.model:  # a trained model gets real text (its tokenizer), like the demo's docstrings
+        from seekforge.tokenizer import load_tokenizer
+
+        text = ("Return a new list containing all items from the iterable in ascending order. A custom key "
+                "function can be supplied to customize the sort order, and the reverse flag can be set to "
+                "request the result in descending order.")
+        prompt = load_tokenizer(model_dir)(text)["input_ids"][: args.prompt_tokens]
     kinds = ["hf"] + (["hf-compile"] if args.hf_compile else []) + ["ours"]
-    kinds += ([] if args.no_compile else ["ours-compile"]) + ["spec"]
+    compiled = [] if args.no_compile else ["ours-compile"]
+    kinds += compiled + ["spec"] + (["spec-compile"] if compiled else [])
 
     ctx = mp.get_context("spawn")
     procs, conns, info = {}, {}, {}
@@ -182,7 +194,8 @@ def main() -> None:
 
     rate = {k: args.new_tokens / statistics.median(v) for k, v in times.items()}
     threads = info["hf"]["threads"]
-    print(f"\n{args.preset}, random weights, {args.dtype}, {threads} CPU thread(s) per contender (each in "
+    weights = f"weights of {model_dir}" if args.model else f"{args.preset}, random weights"
+    print(f"\n{weights}, {args.dtype}, {threads} CPU thread(s) per contender (each in "
           f"its own process), prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, "
           f"bs=1, median of {args.repeats} interleaved runs, {args.timer} time\n")
     print("| contender | decode tokens/s | vs transformers | KV cache bytes/token | start-up s |")
@@ -194,10 +207,13 @@ def main() -> None:
     ref = final["hf"]["tokens"]
     same = {k: sum(a == b for a, b in zip(final[k]["tokens"], ref)) for k in kinds}
     acc = final["spec"]["acceptance"] or 0
+    if not args.model:
+        note = " (random MTP weights: expect ~0, so speculation only costs here)"
+    else:
+        note = ""
     print("\ngreedy tokens identical to transformers: "
           + ", ".join(f"{k} {same[k]}/{len(ref)}" for k in kinds if k != "hf")
-          + f"; MTP acceptance {acc * 100:.0f}% (random MTP weights: expect ~0, so speculation only "
-          "costs here)."
+          + f"; MTP acceptance {acc * 100:.0f}%{note}."
           "\nstart-up = load + first generate (includes compiling for compiled contenders; torch caches "
           "compiled kernels on disk, so a second start is faster).")
 

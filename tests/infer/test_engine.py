@@ -132,19 +132,23 @@ def test_speculative_greedy_is_unchanged_and_reports_acceptance(tiny_model_dir, 
         assert [r.token_ids for r in res] == refs
         # 2) a draft that is right except at every 3rd position: exercises acceptance, bonus tokens
         #    and the recovery after a rejection (one prompt at a time, so the oracle knows which).
-        real = eng.model.mtp_forward_cached
         current: dict[str, object] = {}
 
-        def drafted(hidden, next_ids, cache, slots, start_pos, depth=1):
-            out = real(hidden, next_ids, cache, slots, start_pos, depth)
+        def oracle(out, next_ids, start: int):
             n, ref = current["n"], current["ref"]
             for t in range(next_ids.shape[1]):
-                pos = int(start_pos[0]) + t + 2  # the position this row of logits predicts
+                pos = start + t + 2  # the position this row of logits predicts
                 if 0 <= pos - n < len(ref) and pos % 3:
                     out.logits[0, t, ref[pos - n]] += 1e4
             return out
 
-        monkeypatch.setattr(eng.model, "mtp_forward_cached", drafted)
+        # The first draft comes from the prompt (mtp_forward_cached), later ones from the engine's
+        # decode-time drafter (mtp_decode_step, possibly compiled): steer both.
+        real_prompt, real_step = eng.model.mtp_forward_cached, eng._mtp_decode
+        monkeypatch.setattr(eng.model, "mtp_forward_cached", lambda h, ids, c, sl, start, depth=1: oracle(
+            real_prompt(h, ids, c, sl, start, depth), ids, int(start[0])))
+        monkeypatch.setattr(eng, "_mtp_decode", lambda h, ids, c, sl, pos, length, depth=1: oracle(
+            real_step(h, ids, c, sl, pos, length, depth), ids, int(pos[0, 0])))
         before = (eng.stats.draft_tokens_total, eng.stats.accepted_tokens_total)
         for p, ref in zip(PROMPTS[:3], refs):
             current.update(n=len(eng.encode(p)), ref=ref)
@@ -177,12 +181,15 @@ def test_compiled_decode_matches_the_reference(tiny_model_dir) -> None:
     # compile=True: one torch.compile'd decode graph for batch 1 and for 2+ (different prompt lengths,
     # so rows sit at different positions and attention masks differ per row). Greedy output must equal
     # the full-forward reference token for token, alone and with requests joining and leaving.
-    cfg = EngineConfig(max_batch=2, max_len=64, compile=True)
-    with Engine.from_pretrained(tiny_model_dir, cfg) as eng:
-        res = eng.generate(PROMPTS[:3], [greedy(10), greedy(14), greedy(6)])
-        alone = eng.generate([PROMPTS[3]], greedy(8))[0]
-        for prompt, r, n in zip(PROMPTS, [*res, alone], [10, 14, 6, 8]):
-            assert r.token_ids == reference_greedy(eng.model, eng.encode(prompt), n)
+    # With speculative=True the compiled graphs are the [B, 2] verification step and the MTP drafter.
+    for speculative in (False, True):
+        cfg = EngineConfig(max_batch=2, max_len=64, compile=True, speculative=speculative)
+        with Engine.from_pretrained(tiny_model_dir, cfg) as eng:
+            res = eng.generate(PROMPTS[:3], [greedy(10), greedy(14), greedy(6)])
+            alone = eng.generate([PROMPTS[3]], greedy(8))[0]
+            for prompt, r, n in zip(PROMPTS, [*res, alone], [10, 14, 6, 8]):
+                assert r.token_ids == reference_greedy(eng.model, eng.encode(prompt), n)
+            assert (eng.stats.acceptance_rate is not None) == speculative
 
 
 def test_engine_threads(tiny_model_dir) -> None:

@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -357,7 +358,10 @@ class Engine:
         if not self.speculative:  # the MTP layers' entries would never be read: don't hold them
             del self.cache.kv[cfg.num_hidden_layers:], self.cache.pe[cfg.num_hidden_layers:]
         self.penalties = PenaltyState(self.config.max_batch, self.vocab_size, self.device)
-        self._decode = self._compiled_decode() if self.config.compile else self.model.decode_step
+        if self.config.compile:
+            self._decode, self._mtp_decode = self._compiled_decode()
+        else:
+            self._decode, self._mtp_decode = self.model.decode_step, self.model.mtp_decode_step
 
     def _run(self) -> None:
         try:
@@ -370,26 +374,41 @@ class Engine:
             self._ready.set()
         self._loop()
 
-    def _compiled_decode(self) -> Callable[..., Any]:
-        """``model.decode_step`` through torch.compile, compiled now (not on the first request).
+    def _compiled_decode(self) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """``model.decode_step`` (and ``mtp_decode_step`` when speculating) through torch.compile,
+        compiled now, not on the first request.
 
         dynamic=True makes batch size and cache length symbolic; torch still specialises a batch
         of exactly 1, and the MoE layer picks its few-pairs path below a batch size, so the graphs
         are told apart by batch size 1 / 2 / the largest: warming up those three covers every batch
         the engine will run (no compile stalls while serving). The warm-up writes latents to slots
-        at positions 0/1, which every request overwrites (prefill) before it reads them. On CPU the
+        at positions 1..T, which every request overwrites (prefill) before it reads them. On CPU the
         C++ wrapper removes the Python call overhead between kernels, most of a bs=1 step.
         """
         options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
-        fn = torch.compile(self.model.decode_step, dynamic=True, fullgraph=True, options=options)
+
+        def compiled(method: Callable[..., Any]) -> Callable[..., Any]:
+            # Compile the plain function with the model as an argument, not the bound method: torch
+            # keys compiled code by code object, and every bound method it compiles shares one
+            # wrapper's code, so two engines (or decode + MTP) would evict each other's graphs.
+            fn = torch.compile(method, dynamic=True, fullgraph=True, options=options)
+            return functools.partial(fn, self.model)
+
+        cls = type(self.model)
+        decode = compiled(cls.decode_step)
+        mtp = compiled(cls.mtp_decode_step) if self.speculative else self.model.mtp_decode_step
+        T = 2 if self.speculative else 1  # a speculative step feeds [next_token, draft]
         t0 = time.perf_counter()
         with torch.inference_mode():
             for B in sorted({1, min(2, self.config.max_batch), self.config.max_batch}):
-                ids = torch.zeros(B, 1, dtype=torch.long, device=self.device)
+                ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
                 slots = torch.arange(B, device=self.device)
-                fn(ids, self.cache, slots, torch.ones(B, 1, dtype=torch.long, device=self.device), 2)
+                pos = torch.arange(1, T + 1, device=self.device).repeat(B, 1)  # contiguous, as served
+                out = decode(ids, self.cache, slots, pos, T + 1)
+                if self.speculative:
+                    mtp(out.hidden, ids, self.cache, slots, pos, T + 1)
         log.info("decode step compiled in %.1f s", time.perf_counter() - t0)
-        return fn
+        return decode, mtp
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -723,8 +742,9 @@ class Engine:
         dev = self.device
         ids = torch.tensor([[s.next_token, s.draft] for s in seqs], device=dev)
         slots = torch.tensor([s.slot for s in seqs], device=dev)
-        pos = torch.tensor([s.pos for s in seqs], device=dev)
-        out = self.model.forward_cached(ids, self.cache, slots, pos)
+        pos = torch.tensor([[s.pos, s.pos + 1] for s in seqs], device=dev)
+        length = max(s.pos for s in seqs) + 2
+        out = self._decode(ids, self.cache, slots, pos, length)
         self.stats.decode_steps_total += 1
         params, gens = [s.params for s in seqs], [s.generator for s in seqs]
         draft = ids[:, 1]
@@ -760,7 +780,7 @@ class Engine:
         if not keep:
             return
         k = torch.tensor(keep, device=dev)
-        mtp = self.model.mtp_forward_cached(out.hidden[k], torch.tensor(mtp_next, device=dev), self.cache,
-                                            slots[k], pos[k])
+        mtp = self._mtp_decode(out.hidden[k], torch.tensor(mtp_next, device=dev), self.cache, slots[k], pos[k],
+                               length)
         for j, i in enumerate(keep):
             seqs[i].draft = int(mtp.logits[j, 1 if i in bonus else 0].argmax())

@@ -961,7 +961,6 @@ class DeepseekV3ForCausalLM(nn.Module):
         h = self.model.norm(h)
         return ModelOutput(logits=self.lm_head(h), hidden=h)
 
-    @torch.no_grad()
     def decode_step(self, input_ids: Tensor, cache: MLACache, slots: Tensor, positions: Tensor,
                     length: int) -> ModelOutput:
         """Tokens after a cached prefix (decode, a later prefill chunk, speculative verification).
@@ -969,6 +968,8 @@ class DeepseekV3ForCausalLM(nn.Module):
         ``positions`` [B, T] must be valid (use :meth:`forward_cached` for checked arguments);
         ``length`` = max(positions) + 1. Nothing here reads a tensor back to the host, so the engine
         can hand this method to ``torch.compile`` as one graph for every batch size and length.
+        Call it under ``torch.no_grad()`` / ``inference_mode()`` (it is not decorated: torch.compile
+        would then trace the decorator's wrapper, whose code every decorated function shares).
         """
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, h.dtype)
@@ -992,6 +993,19 @@ class DeepseekV3ForCausalLM(nn.Module):
             raise ValueError(f"mtp_forward_cached: depth must be in 1..{len(self.mtp_layers)}, got {depth}")
         B, T = next_ids.shape
         slots, positions, length, prefill = self._cache_args(cache, slots, start_pos, T, next_ids.device)
+        if not prefill:
+            return self.mtp_decode_step(hidden, next_ids, cache, slots, positions, length, depth)
+        return self._mtp_cached(hidden, next_ids, cache, slots, positions, length, depth, prefill=True)
+
+    def mtp_decode_step(self, hidden: Tensor, next_ids: Tensor, cache: MLACache, slots: Tensor,
+                        positions: Tensor, length: int, depth: int = 1) -> ModelOutput:
+        """:meth:`mtp_forward_cached` after a cached prefix, like :meth:`decode_step`: arguments are
+        trusted, nothing is read back to the host, so the engine can compile it (call it without
+        gradients, as decode_step)."""
+        return self._mtp_cached(hidden, next_ids, cache, slots, positions, length, depth, prefill=False)
+
+    def _mtp_cached(self, hidden: Tensor, next_ids: Tensor, cache: MLACache, slots: Tensor, positions: Tensor,
+                    length: int, depth: int, prefill: bool) -> ModelOutput:
         layer = self.mtp_layers[depth - 1]
         li = self.config.num_hidden_layers + depth - 1
         x = layer.combine(hidden, self.model.embed_tokens(next_ids))
