@@ -69,9 +69,9 @@ class EngineConfig:
     queue_size: int = 64  # requests waiting for a slot before submit() raises QueueFull
     prefill_chunk: int = 512  # prompt tokens prefilled per loop turn (keeps decode latency bounded)
     speculative: bool = False  # use the MTP module as a 1-token draft
-    # torch.compile the decode step (one graph for every batch size and cache length). On CPU it
-    # runs ~2.5x faster at batch 1 (docs/LOG.md) after a one-time compile of ~20 s per batch-size
-    # class (1, and 2+), which torch caches on disk for later starts.
+    # torch.compile the decode step (and the MTP drafter): graphs for every batch size and cache
+    # length, compiled at start-up. bs=1 decode on CPU 1.5-2.5x faster than eager (docs/serve.md);
+    # the first start compiles for 20-50 s on 2 cores, later starts reuse torch's on-disk cache.
     compile: bool = False
     threads: int | None = None  # CPU threads of the engine; None = torch.get_num_threads() of the creator
     device: str = "auto"

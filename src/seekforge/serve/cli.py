@@ -19,8 +19,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=None, help="context per request (default: the model's)")
     p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens prefilled per engine step")
     p.add_argument("--speculative", action="store_true", help="draft 1 token with the MTP module")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step: ~1.7x faster "
-                   "bs=1 decode on CPU after a one-time compile (~20-50 s, cached on disk)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step: 1.5-2.5x faster "
+                   "bs=1 decode on CPU after compiling at start-up (20-50 s the first time, then cached)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the engine (default: all cores)")
     p.add_argument("--adapter", default=None, help="LoRA / MLA-prefix adapter dir from `seekforge sft` to "
                    "apply on MODEL_DIR (its tokenizer and chat template are used)")
