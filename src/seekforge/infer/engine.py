@@ -780,7 +780,7 @@ class Engine:
         if not keep:
             return
         k = torch.tensor(keep, device=dev)
-        mtp = self._mtp_decode(out.hidden[k], torch.tensor(mtp_next, device=dev), self.cache, slots[k], pos[k],
-                               length)
+        nxt = torch.tensor(mtp_next, device=dev)
+        mtp = self._mtp_decode(out.hidden[k], nxt, self.cache, slots[k], pos[k], length)
         for j, i in enumerate(keep):
             seqs[i].draft = int(mtp.logits[j, 1 if i in bonus else 0].argmax())
