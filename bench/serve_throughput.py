@@ -40,19 +40,19 @@ PROMPTS = ["The history of language models begins", "我们用数据训练一个
 
 
 @contextlib.contextmanager
-def serve(model_dir: Path, max_batch: int, threads: int | None) -> Iterator[str]:
+def serve(model_dir: Path, max_batch: int, threads: int | None, compile_: bool = False) -> Iterator[str]:
     """``seekforge serve`` in a subprocess; yields its URL and stops it afterwards."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "seekforge", "serve", str(model_dir), "--port", str(port), "--max-batch",
            str(max_batch), "--max-len", "256", "--queue-size", str(4 * max_batch),
-           "--model-name", "tiny-chat"]
+           "--model-name", "tiny-chat"] + (["--compile"] if compile_ else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):  # bounded: 60 s
+        for _ in range(3000 if compile_ else 600):  # bounded: 300 s with compiling, else 60 s
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
@@ -120,10 +120,11 @@ def main() -> None:
     ap.add_argument("--requests-seq", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="server torch threads (default: torch's)")
+    ap.add_argument("--compile", action="store_true", help="serve with --compile (compiled decode step)")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     args = ap.parse_args()
     model_dir = small_moe_dir(args.workdir, args.preset)
-    with serve(model_dir, args.clients, args.threads) as url:
+    with serve(model_dir, args.clients, args.threads, args.compile) as url:
         one_request(url, 0, 4)  # warm-up
         seq_tokens, seq_time, seq_ttft = 0, 0.0, []
         for i in range(args.requests_seq):
@@ -134,7 +135,8 @@ def main() -> None:
         steps0 = metric(url, "seekforge:decode_steps_total")
         conc_tps, conc_ttft = run(url, args.clients, args.max_tokens, offset=100)
         steps = metric(url, "seekforge:decode_steps_total") - steps0
-    print(f"\n{args.preset}, random weights, fp32, server threads={args.threads or 'default'}, streamed "
+    print(f"\n{args.preset}, random weights, fp32, server threads={args.threads or 'default'}, "
+          f"{'compiled' if args.compile else 'eager'} decode, streamed "
           f"/v1/completions, {args.max_tokens} tokens per request, max_batch={args.clients}\n")
     print("| mode | clients | aggregate tokens/s | speed-up | TTFT p50 (s) | TTFT p95 (s) |")
     print("|---|---:|---:|---:|---:|---:|")
