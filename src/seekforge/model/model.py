@@ -951,15 +951,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         """
         B, T = input_ids.shape
         slots, positions, length, prefill = self._cache_args(cache, slots, start_pos, T, input_ids.device)
-        if not prefill:
-            return self.decode_step(input_ids, cache, slots, positions, length)
-        h = self.model.embed_tokens(input_ids)
-        cos, sin = self.model.rotary_emb(positions, h.dtype)
-        for i, layer in enumerate(self.main_layers):
-            view = CacheView(cache.kv[i], cache.pe[i], slots, positions, length)
-            h = layer.forward_cached(h, cos, sin, view, prefill=True)
-        h = self.model.norm(h)
-        return ModelOutput(logits=self.lm_head(h), hidden=h)
+        return self._main_cached(input_ids, cache, slots, positions, length, prefill)
 
     def decode_step(self, input_ids: Tensor, cache: MLACache, slots: Tensor, positions: Tensor,
                     length: int) -> ModelOutput:
@@ -971,11 +963,15 @@ class DeepseekV3ForCausalLM(nn.Module):
         Call it under ``torch.no_grad()`` / ``inference_mode()`` (it is not decorated: torch.compile
         would then trace the decorator's wrapper, whose code every decorated function shares).
         """
+        return self._main_cached(input_ids, cache, slots, positions, length, prefill=False)
+
+    def _main_cached(self, input_ids: Tensor, cache: MLACache, slots: Tensor, positions: Tensor, length: int,
+                     prefill: bool) -> ModelOutput:
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, h.dtype)
         for i, layer in enumerate(self.main_layers):
             view = CacheView(cache.kv[i], cache.pe[i], slots, positions, length)
-            h = layer.forward_cached(h, cos, sin, view, prefill=False)
+            h = layer.forward_cached(h, cos, sin, view, prefill)
         h = self.model.norm(h)
         return ModelOutput(logits=self.lm_head(h), hidden=h)
 
