@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import functools
 import itertools
 import logging
@@ -399,14 +398,13 @@ class Engine:
         mtp = compiled(cls.mtp_decode_step) if self.speculative else self.model.mtp_decode_step
         T = 2 if self.speculative else 1  # a speculative step feeds [next_token, draft]
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            for B in sorted({1, min(2, self.config.max_batch), self.config.max_batch}):
-                ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
-                slots = torch.arange(B, device=self.device)
-                pos = torch.arange(1, T + 1, device=self.device).repeat(B, 1)  # contiguous, as served
-                out = decode(ids, self.cache, slots, pos, T + 1)
-                if self.speculative:
-                    mtp(out.hidden, ids, self.cache, slots, pos, T + 1)
+        for B in sorted({1, min(2, self.config.max_batch), self.config.max_batch}):  # in inference_mode
+            ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
+            slots = torch.arange(B, device=self.device)
+            pos = torch.arange(1, T + 1, device=self.device).repeat(B, 1)  # contiguous, as served
+            out = decode(ids, self.cache, slots, pos, T + 1)
+            if self.speculative:
+                mtp(out.hidden, ids, self.cache, slots, pos, T + 1)
         log.info("decode step compiled in %.1f s", time.perf_counter() - t0)
         return decode, mtp
 
@@ -438,8 +436,6 @@ class Engine:
                 model = transform(model)
         finally:
             torch.set_num_threads(threads)
-        if config.threads is None:
-            config = dataclasses.replace(config, threads=threads)
         tokenizer = load_tokenizer(tokenizer_dir or model_dir)
         return cls(model, tokenizer, config, name=name or Path(model_dir).resolve().name)
 
