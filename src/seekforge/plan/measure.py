@@ -35,18 +35,9 @@ def train_command(*, preset: str | None, config: str | None, steps: int, out_dir
         cmd.append(config)
     # Every step logged (throughput per step), no warmup (steps at full LR, like the steady state).
     sets = [f"max_steps={steps}", f"out_dir={out_dir}", *QUIET_RUN, "log_every=1", "warmup_steps=0"]
-    if preset:
-        sets.append(f"model={preset}")
-    if seq_len:
-        sets.append(f"seq_len={seq_len}")
-    if batch_tokens:
-        sets.append(f"batch_tokens={batch_tokens}")
-    if micro_batch:
-        sets.append(f"micro_batch_size={micro_batch}")
-    if data:
-        sets.append(f"data.train={data}")
-    if tokenizer:
-        sets.append(f"tokenizer={tokenizer}")
+    given = {"model": preset, "seq_len": seq_len, "batch_tokens": batch_tokens,
+             "micro_batch_size": micro_batch, "data.train": data, "tokenizer": tokenizer}
+    sets += [f"{key}={value}" for key, value in given.items() if value]
     if checkpointing:
         sets.append(f"activation_checkpointing={'true' if checkpointing == 'full' else 'false'}")
     sets += list(extra or [])
