@@ -205,3 +205,17 @@ def test_engine_threads(tiny_model_dir) -> None:
         eng.generate(["hi"], greedy(3))
     assert seen and set(seen) == {1}
     assert torch.get_num_threads() == before
+
+
+def test_compile_failure_is_a_clear_error(tiny_model_dir, monkeypatch) -> None:
+    # A machine without a C++ compiler fails inside inductor with a long trace; the engine must say
+    # what failed and what to do instead.
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise OSError("cannot find a C++ compiler\n<long inductor trace>")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    expected = r"compile=True: .*OSError: cannot find a C\+\+ compiler\)\. On CPU"
+    with pytest.raises(RuntimeError, match=expected):
+        Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch=1, max_len=32, compile=True))

@@ -398,13 +398,21 @@ class Engine:
         mtp = compiled(cls.mtp_decode_step) if self.speculative else self.model.mtp_decode_step
         T = 2 if self.speculative else 1  # a speculative step feeds [next_token, draft]
         t0 = time.perf_counter()
-        for B in sorted({1, min(2, self.config.max_batch), self.config.max_batch}):  # in inference_mode
-            ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
-            slots = torch.arange(B, device=self.device)
-            pos = torch.arange(1, T + 1, device=self.device).repeat(B, 1)  # contiguous, as served
-            out = decode(ids, self.cache, slots, pos, T + 1)
-            if self.speculative:
-                mtp(out.hidden, ids, self.cache, slots, pos, T + 1)
+        log.info("compiling the decode step (once; later starts reuse torch's cache) ...")
+        try:
+            for B in sorted({1, min(2, self.config.max_batch), self.config.max_batch}):  # in inference_mode
+                ids = torch.zeros(B, T, dtype=torch.long, device=self.device)
+                slots = torch.arange(B, device=self.device)
+                pos = torch.arange(1, T + 1, device=self.device).repeat(B, 1)  # contiguous, as served
+                out = decode(ids, self.cache, slots, pos, T + 1)
+                if self.speculative:
+                    mtp(out.hidden, ids, self.cache, slots, pos, T + 1)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise RuntimeError(
+                f"compile=True: torch.compile failed on the decode step ({type(e).__name__}: {first}). "
+                "On CPU it needs a working C++ compiler (g++ or clang) for torch's inductor; install one "
+                "or run without compile (--compile off).") from e
         log.info("decode step compiled in %.1f s", time.perf_counter() - t0)
         return decode, mtp
 
