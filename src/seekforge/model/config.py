@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seekforge.config import ConfigError, closest, deep_merge, from_dict, parse_overrides, to_dict
+from seekforge.config import ConfigError, closest, deep_merge, from_dict, parse_overrides, read_json, to_dict
 
 
 @dataclass
@@ -190,10 +190,7 @@ class ModelConfig:
         path = Path(directory) / "config.json"
         if not path.exists():
             raise ConfigError(f"{directory} is not a model directory: {path} is missing")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        data = read_json(path)
         try:
             return cls.from_hf_dict(data)
         except ConfigError as e:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from seekforge.config import ConfigError, closest, read_yaml
+from seekforge.config import ConfigError, closest, read_json, read_yaml
 from seekforge.model.accounting import Arch, Attention, FeedForward, Layer, arch_from_model_config
 from seekforge.model.config import PRESETS, ModelConfig, model_config_from, preset_config
 
@@ -87,11 +87,7 @@ def arch_from_model_dir(directory: str | Path) -> Arch:
         raise ConfigError(f"--model {directory}: not a directory (expected an HF model dir with config.json)")
     if not path.exists():
         raise ConfigError(f"--model {directory}: {path.name} is missing (expected an HF model directory)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    return arch_from_hf_dict(data, where=str(path))
+    return arch_from_hf_dict(read_json(path), where=str(path))
 
 
 def arch_from_yaml(path: str | Path, overrides: list[str] | None = None) -> tuple[Arch, dict[str, Any]]:
