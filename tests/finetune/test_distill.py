@@ -14,7 +14,7 @@ import torch
 
 from seekforge.config import ConfigError, load_config
 from seekforge.finetune.distill import DistillConfig, DistillObjective, check_same_tokenizer, run_distillation
-from seekforge.finetune.objectives import kl_full, kl_topk
+from seekforge.finetune.losses import kl_full, kl_topk
 
 from .conftest import quiet_args
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seekforge.finetune.data import Example
+from seekforge.finetune.datasets import Example
 from seekforge.finetune.encode import IGNORE, ChatEncoder, collate, pack
 from seekforge.tokenizer import load_tokenizer
 

@@ -2,12 +2,12 @@
 
 Read in this order:
 
-    data.py        files / dataset_info.json registries -> validated chats (alpaca, sharegpt, openai, text)
+    datasets.py    files / dataset_info.json registries -> validated chats (alpaca, sharegpt, openai, text)
     encode.py      chat template -> ids + loss labels (answers + their end token), packing, batches
     methods.py     base models (seekforge or transformers) and full / freeze / LoRA / QLoRA / prefix
     prefix.py      prefix tuning native to MLA: learned latent-cache entries per layer
     sft.py         SFTConfig + SFTObjective for the one trainer loop (seekforge.train.trainer)
-    objectives.py  distillation losses (T^2-scaled KL, top-k) and agreement numbers
+    losses.py      distillation losses (T^2-scaled KL, top-k) and agreement numbers
     distill.py     DistillConfig + logit KD objective + teacher-generated SFT data (engine or API)
     adapters.py    saving results, loading adapters for serving, merging LoRA, PEFT interop
     cli.py         the commands

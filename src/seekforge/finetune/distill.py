@@ -3,7 +3,7 @@
 Two recipes (``mode``):
 
 * ``logits`` - logit distillation on the SFT data: ``alpha*CE + (1-alpha)*T^2*KL(p_T || q_T)``
-  (:mod:`.objectives`). The teacher runs online (full distribution), or with ``teacher_topk: k``
+  (:mod:`.losses`). The teacher runs online (full distribution), or with ``teacher_topk: k``
   its top-k logits over the whole training set are computed once and cached on disk
   (``teacher_cache``), then reused by every step, epoch and later run with the same data.
   Teacher and student must share the tokenizer; that is checked before anything loads.
@@ -36,8 +36,8 @@ from torch import nn
 
 from seekforge.config import ConfigError, to_dict
 from seekforge.finetune.encode import collate, single_rows
+from seekforge.finetune.losses import agreement_stats, kl_full, kl_topk, shift_mask
 from seekforge.finetune.methods import load_base, unwrap
-from seekforge.finetune.objectives import agreement_stats, kl_full, kl_topk, shift_mask
 from seekforge.finetune.sft import SFTConfig, SFTLoader, SFTObjective, model_dtype, model_forward
 from seekforge.train.objective import LossOutput, autocast
 from seekforge.utils import atomic_write_text
@@ -404,7 +404,7 @@ def generate_api(cfg: DistillConfig, prompts: list[list[dict[str, str]]]) -> lis
 
 def build_teacher_dataset(cfg: DistillConfig, device: torch.device) -> Path:
     """Ask the teacher; write ``OUT/teacher_data.jsonl`` (reused when prompts and teacher are unchanged)."""
-    from seekforge.finetune.data import load_examples, resolve_datasets
+    from seekforge.finetune.datasets import load_examples, resolve_datasets
 
     out = Path(cfg.out_dir) / "teacher_data.jsonl"
     specs = resolve_datasets(cfg.data, cfg.dataset_dir, cfg.format, cfg.columns, cfg.tags)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seekforge.finetune.data import DataError, Example
+from seekforge.finetune.datasets import DataError, Example
 
 log = logging.getLogger("seekforge.finetune")
 

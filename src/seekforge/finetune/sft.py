@@ -95,7 +95,7 @@ class SFTConfig(TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-# Data loader (same contract as seekforge.train.data.PretrainLoader)
+# Data loader (same contract as seekforge.train.loader.PretrainLoader)
 
 
 class SFTLoader:
@@ -277,7 +277,7 @@ class SFTObjective(Objective):
     name = "sft"
 
     def setup(self, env: TrainEnv) -> None:
-        from seekforge.finetune.data import load_examples, resolve_datasets
+        from seekforge.finetune.datasets import load_examples, resolve_datasets
         from seekforge.finetune.methods import base_kind
 
         super().setup(env)

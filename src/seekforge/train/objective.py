@@ -179,7 +179,7 @@ class PretrainObjective(Objective):
             log.info("no tokenizer found (set `tokenizer`): no text samples")
         self.eval_set = None
         if self.val_shards is not None:
-            from seekforge.train.data import make_eval_set
+            from seekforge.train.loader import make_eval_set
 
             specials = list(self.tokenizer.all_special_ids) if self.tokenizer is not None else []
             self.eval_set = make_eval_set(self.val_shards, cfg.eval_tokens, self.tokenizer, specials)
@@ -233,7 +233,7 @@ class PretrainObjective(Objective):
         return None
 
     def train_loader(self, micro_batch_size: int, grad_accum: int):
-        from seekforge.train.data import PackedRows, PretrainLoader
+        from seekforge.train.loader import PackedRows, PretrainLoader
 
         env = self.env
         rows = PackedRows(self.train_shards, env.cfg.seq_len, env.cfg.seed, shuffle=env.cfg.data.shuffle)
@@ -333,7 +333,7 @@ class PretrainObjective(Objective):
         Rows are split round-robin over ranks and the sums all-reduced. Every rank runs the same
         number of forwards (an empty batch pads the count) because FSDP all-gathers inside forward.
         """
-        from seekforge.train.data import eval_batches
+        from seekforge.train.loader import eval_batches
 
         if self.eval_set is None:
             return {}

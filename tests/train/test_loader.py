@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seekforge.data.shards import TokenShards
-from seekforge.train.data import PackedRows, PretrainLoader, eval_batches, make_eval_set
+from seekforge.train.loader import PackedRows, PretrainLoader, eval_batches, make_eval_set
 
 
 def test_rows_are_deterministic_and_cover_each_epoch_once(tiny_shards):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seekforge.finetune.data import DataError, detect_format, load_examples, resolve_datasets
+from seekforge.finetune.datasets import DataError, detect_format, load_examples, resolve_datasets
 
 
 def write(path: Path, rows, jsonl: bool = False) -> Path:
