@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from seekforge.infer.constraints import Constraint, GrammarError
 from seekforge.infer.engine import (
     Completion,
     Engine,
@@ -18,5 +19,5 @@ from seekforge.infer.engine import (
 )
 from seekforge.infer.sampling import InvalidParam, SamplingParams, TokenLogprob
 
-__all__ = ["Completion", "Engine", "EngineClosed", "EngineConfig", "InvalidParam", "QueueFull",
-           "RequestHandle", "SamplingParams", "StreamEvent", "TokenLogprob"]
+__all__ = ["Completion", "Constraint", "Engine", "EngineClosed", "EngineConfig", "GrammarError",
+           "InvalidParam", "QueueFull", "RequestHandle", "SamplingParams", "StreamEvent", "TokenLogprob"]

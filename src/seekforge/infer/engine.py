@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from seekforge.infer.constraints import ConstraintCompiler, ConstraintMatcher, apply_bitmask
 from seekforge.infer.detok import IncrementalDecoder, StopMatcher
 from seekforge.infer.sampling import (
     InvalidParam,
@@ -134,6 +135,7 @@ class RequestHandle:
         self.prompt_logprobs: list[TokenLogprob | None] | None = None
         self.submitted = time.perf_counter()
         self.first_token_time: float | None = None
+        self.grammar: Any = None  # the compiled constraint (compiled in submit, on the caller's thread)
         self.finished_time: float | None = None
         self._events: collections.deque[StreamEvent] = collections.deque()
         self._cv = threading.Condition()
@@ -235,6 +237,7 @@ class _Seq:
     prompt_lp: list[TokenLogprob | None] = field(default_factory=list)
     n_out: int = 0
     stop_hit: bool = False  # a stop string matched: nothing after it may be emitted
+    matcher: ConstraintMatcher | None = None  # grammar state of a constrained request
 
     @property
     def params(self) -> SamplingParams:
@@ -323,6 +326,8 @@ class Engine:
         self.vocab_size = cfg.vocab_size
         self.eos_ids = _stop_token_ids(tokenizer, cfg)
         self.stats = EngineStats()
+        self._constraints: ConstraintCompiler | None = None  # built on the first constrained request
+        self._constraints_lock = threading.Lock()
         self._threads = self.config.threads or torch.get_num_threads()  # the caller's setting by default
         self._free_slots = list(range(self.config.max_batch))[::-1]
         self._waiting: collections.deque[RequestHandle] = collections.deque()
@@ -459,12 +464,22 @@ class Engine:
         # The template writes BOS itself; adding special tokens again would double it.
         return self.encode(text, add_special_tokens=False)
 
+    @property
+    def constraints(self) -> ConstraintCompiler:
+        """The grammar compiler for this model's vocabulary (created on first use; thread-safe)."""
+        with self._constraints_lock:
+            if self._constraints is None:
+                self._constraints = ConstraintCompiler(self.tokenizer, self.vocab_size, self.eos_ids)
+            return self._constraints
+
     def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
                block: bool = False, timeout: float | None = None) -> RequestHandle:
-        """Queue a request. Raises :class:`InvalidParam` (bad params / too long) and, when the
-        queue is full, :class:`QueueFull` — or with ``block=True`` waits for room."""
+        """Queue a request. Raises :class:`InvalidParam` (bad params / too long / a constraint that
+        does not compile) and, when the queue is full, :class:`QueueFull` — or with ``block=True``
+        waits for room."""
         params = params or SamplingParams()
         params.validate()
+        grammar = self.constraints.compile(params.constraint) if params.constraint is not None else None
         ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise InvalidParam("prompt", "the prompt is empty")
@@ -475,6 +490,7 @@ class Engine:
             raise InvalidParam("prompt", f"the prompt has {len(ids)} tokens but the context is "
                                f"{self.max_len} tokens (prompt + at least one generated token must fit)")
         handle = RequestHandle(self, f"req-{next(self._ids)}", ids, params)
+        handle.grammar = grammar
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             while not self._closed and len(self._waiting) >= self.config.queue_size + len(self._free_slots):
@@ -565,10 +581,13 @@ class Engine:
             p = handle.params
             room = self.max_len - len(handle.prompt_ids)
             max_new = room if p.max_tokens is None else min(p.max_tokens, room)
-            stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_ids)
+            # A constrained request always ends at EOS: the grammar allows it only where it is complete.
+            constrained = handle.grammar is not None
+            stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos and not constrained else self.eos_ids)
+            matcher = self.constraints.matcher(handle.grammar, stop_ids) if constrained else None
             out.append(_Seq(handle, self._free_slots.pop(), make_generator(p.seed, self.device),
                             IncrementalDecoder(self.tokenizer, handle.prompt_ids), StopMatcher(p.stop),
-                            stop_ids, max_new))
+                            stop_ids, max_new, matcher=matcher))
         if out:
             self._cv.notify_all()  # submitters blocked on a full queue may proceed
         return out
@@ -656,7 +675,7 @@ class Engine:
             self._finish(seq, "length")
             return
         slots = torch.tensor([seq.slot], device=self.device)
-        res, _ = sample(logits, [seq.params], [seq.generator], slots, self.penalties)
+        res, _ = sample(self._constrain(logits, [seq]), [seq.params], [seq.generator], slots, self.penalties)
         self.penalties.update(slots, res.tokens)
         now = time.perf_counter()
         seq.handle.first_token_time = now
@@ -676,6 +695,9 @@ class Engine:
         """Account one sampled token: stream its text, decide whether the request is done."""
         self.stats.add_tokens(1)
         seq.n_out += 1
+        if seq.matcher is not None and not seq.matcher.accept(token):  # the mask makes this unreachable
+            self._finish(seq, "error", error=f"token {token} violates the request's grammar")
+            return True
         if token in seq.stop_ids:
             self._push(seq, "", [token], lp)  # the stop token counts but has no text
             self._finish(seq, "stop")
@@ -687,6 +709,9 @@ class Engine:
             self._finish(seq, "stop")
             return True
         self._push(seq, text, [token], lp)
+        if seq.matcher is not None and seq.matcher.terminated:  # grammar complete, no stop token to wait for
+            self._finish(seq, "stop")
+            return True
         if seq.n_out >= seq.max_new:
             self._finish(seq, "length")
             return True
@@ -729,11 +754,34 @@ class Engine:
         self.stats.decode_steps_total += 1
         for s in seqs:
             s.pos += 1
-        res, _ = sample(out.logits[:, -1], [s.params for s in seqs], [s.generator for s in seqs], slots,
-                        self.penalties)
+        res, _ = sample(self._constrain(out.logits[:, -1], seqs), [s.params for s in seqs],
+                        [s.generator for s in seqs], slots, self.penalties)
         self.penalties.update(slots, res.tokens)
         for s, tok, lp in zip(seqs, res.tokens.tolist(), res.logprobs):
             self._emit(s, tok, lp)
+
+    def _constrain(self, logits: torch.Tensor, seqs: list[_Seq],
+                   after: list[int] | None = None) -> torch.Tensor:
+        """Mask ``logits[i]`` (next-token logits of ``seqs[i]``) with each constrained sequence's grammar;
+        unconstrained rows pass through untouched, an all-unconstrained batch costs nothing.
+
+        With ``after``, row i is masked for the state after ``after[i]`` (an accepted speculative draft):
+        the matcher takes the token, fills the mask and rolls back, so ``_emit`` accepts it as usual.
+        On CUDA the forward's kernels are still running while the masks are filled here on the CPU.
+        """
+        rows = [i for i, s in enumerate(seqs) if s.matcher is not None]
+        if not rows:
+            return logits
+        bitmask = self.constraints.new_bitmask(len(rows))
+        for j, i in enumerate(rows):
+            m = seqs[i].matcher
+            if after is None:
+                m.fill(bitmask, j)
+            elif m.accept(after[i]):
+                if not m.terminated:  # a terminated matcher has no next mask; its bonus token is dropped
+                    m.fill(bitmask, j)
+                m.rollback(1)
+        return apply_bitmask(logits, rows, bitmask)
 
     def _speculative_step(self) -> None:
         """Feed [next_token, draft] for every row; keep the draft where exact verification accepts it.
@@ -752,7 +800,10 @@ class Engine:
         self.stats.decode_steps_total += 1
         params, gens = [s.params for s in seqs], [s.generator for s in seqs]
         draft = ids[:, 1]
-        first, accepted = sample(out.logits[:, 0], params, gens, slots, self.penalties, draft=draft)
+        # Constrained rows verify the draft against the grammar mask too: a draft the grammar forbids
+        # has probability 0 under the masked distribution and is always rejected (still exact).
+        first, accepted = sample(self._constrain(out.logits[:, 0], seqs), params, gens, slots, self.penalties,
+                                 draft=draft)
         self.penalties.update(slots, first.tokens)
         acc = accepted.tolist()
         # Bonus tokens only for accepted rows, sampled after the penalty update for the draft.
@@ -760,7 +811,9 @@ class Engine:
         bonus = {}
         if rows:
             r = torch.tensor(rows, device=dev)
-            res, _ = sample(out.logits[r, 1], [params[i] for i in rows], [gens[i] for i in rows], slots[r],
+            bonus_logits = self._constrain(out.logits[r, 1], [seqs[i] for i in rows],
+                                           after=[int(draft[i]) for i in rows])
+            res, _ = sample(bonus_logits, [params[i] for i in rows], [gens[i] for i in rows], slots[r],
                             self.penalties)
             bonus = {i: (t, lp) for i, t, lp in zip(rows, res.tokens.tolist(), res.logprobs)}
         self.stats.draft_tokens_total += len(seqs)

@@ -18,8 +18,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from seekforge.infer.constraints import Constraint
 
 
 class InvalidParam(ValueError):
@@ -48,6 +52,10 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # None = off; 0 = chosen token only; k = also the top-k alternatives
     prompt_logprobs: int | None = None  # same, for every prompt token (completions `echo` + `logprobs`)
+    # Output must match this grammar (JSON object / JSON Schema / regex / EBNF), see infer/constraints.py.
+    # A constrained request ends when its grammar is complete: EOS is allowed only there, ignore_eos
+    # does not apply.
+    constraint: Constraint | None = None
 
     def validate(self) -> None:
         """Raise :class:`InvalidParam` for values no sampler can honour."""
@@ -73,6 +81,12 @@ class SamplingParams:
             raise InvalidParam("stop", "stop strings must be non-empty strings")
         if len(self.stop) > 16:
             raise InvalidParam("stop", f"at most 16 stop strings, got {len(self.stop)}")
+        if self.constraint is not None:
+            from seekforge.infer.constraints import Constraint
+
+            if not isinstance(self.constraint, Constraint):
+                raise InvalidParam("constraint", "constraint must be a seekforge.infer.Constraint, got "
+                                   f"{type(self.constraint).__name__}")
 
     @property
     def greedy(self) -> bool:
