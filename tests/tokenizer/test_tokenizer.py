@@ -139,7 +139,7 @@ def test_chat_template_content_parts_and_bad_role(tok):
     parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
     assert tok.apply_chat_template(parts, tokenize=False) == f"{BOS}{USER}ab{END_OF_TURN}"
     with pytest.raises(Exception, match="unknown chat role"):
-        tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+        tok.apply_chat_template([{"role": "function", "content": "x"}], tokenize=False)
 
 
 def test_assistant_tokens_mask(tok):

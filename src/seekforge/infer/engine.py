@@ -456,10 +456,10 @@ class Engine:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    def chat_prompt(self, messages: Sequence[dict[str, Any]],
-                    add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of ``messages`` rendered with the tokenizer's chat template."""
-        text = self.tokenizer.apply_chat_template(list(messages), tokenize=False,
+    def chat_prompt(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Token ids of ``messages`` (and the ``tools`` they may call) rendered with the chat template."""
+        text = self.tokenizer.apply_chat_template(list(messages), tools=tools or None, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt)
         # The template writes BOS itself; adding special tokens again would double it.
         return self.encode(text, add_special_tokens=False)

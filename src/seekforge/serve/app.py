@@ -42,6 +42,7 @@ from seekforge.infer import (
     StreamEvent,
 )
 from seekforge.serve import protocol as P
+from seekforge.serve import tools as T
 from seekforge.serve.metrics import HttpStats, render_metrics
 
 STATIC = Path(__file__).parent / "static"
@@ -92,8 +93,11 @@ class _Choice:
     lps: list = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)  # text per generated token (for text_offset)
     finish: str | None = None
+    tool_parser: T.ToolCallParser | None = None  # set when the request has tools
 
     def add(self, ev) -> None:  # noqa: ANN001
+        if self.tool_parser is not None:
+            self.tool_parser.feed(ev.text, ev.token_ids)
         self.text.append(ev.text)
         if ev.token_ids:
             self.pieces += [ev.text] + [""] * (len(ev.token_ids) - 1)
@@ -252,6 +256,26 @@ async def generation_request(request: Request) -> tuple[ServerState, ServedModel
     return state, state.model_for(body), body
 
 
+async def constrained(engine: Engine, params: SamplingParams, constraint: Any, param: str) -> SamplingParams:
+    """``params`` with ``constraint``, compiled now (off the event loop) so a bad schema, regex or tool
+    schema is a 400 naming ``param``; the engine's compile cache makes the submit's compile a hit."""
+    if constraint is None:
+        return params
+    try:
+        await asyncio.to_thread(engine.constraints.compile, constraint)
+    except InvalidParam as e:
+        raise P.bad(param, f"'{param}': {e}") from None
+    return params.replace(constraint=constraint)
+
+
+def chat_tools(body: dict[str, Any], model: ServedModel) -> tuple[T.ToolRequest | None, T.ToolFormat | None]:
+    """The request's tools and, when calls are possible (choice not "none"), the tokenizer's format."""
+    req = T.parse_tools(body)
+    if req is None or req.choice == "none":
+        return req, None
+    return req, T.require_format(model.tokenizer)
+
+
 def submit_all(engine: Engine, prompts: list[Any], params: SamplingParams, n: int) -> list[RequestHandle]:
     """Submit ``n`` choices per prompt; engine refusals become 400/503 (nothing stays queued)."""
     handles: list[RequestHandle] = []
@@ -338,8 +362,15 @@ async def chat_completions(request: Request) -> Response:
     messages = P.chat_messages(body)
     params = P.sampling_params(body, chat=True, vocab_size=engine.vocab_size)
     n = P.field(body, "n", int, 1, lo=1, hi=state.options.max_n)
+    tool_req, tool_fmt = chat_tools(body, model)
+    constraint, param = T.request_constraint(body)
+    if tool_req is not None and tool_fmt is not None and tool_req.constrained:
+        constraint, param = T.tool_constraint(tool_req, tool_fmt), "tools"
+    params = await constrained(engine, params, constraint, param)
+    # "none" still shows the tools when the template can render them (the model knows, but may not call).
+    show_tools = tool_req is not None and T.ToolFormat.of(model.tokenizer) is not None
     try:
-        prompt = engine.chat_prompt(messages)
+        prompt = engine.chat_prompt(messages, tools=tool_req.template_tools if show_tools else None)
     except Exception as e:  # template errors (e.g. a role the template rejects) are the client's
         raise P.APIError(400, f"could not apply the chat template: {e}", param="messages") from None
     stream = P.field(body, "stream", bool, False)
@@ -353,14 +384,20 @@ async def chat_completions(request: Request) -> Response:
     rid, created = P.new_id("chatcmpl"), P.now()
     ping = state.options.ping_seconds
     if stream:
-        return _stream_chat(model, handles, rid, created, params, include_usage, len(prompt), ping)
-    choices = [_Choice() for _ in handles]
+        return _stream_chat(model, handles, rid, created, params, include_usage, len(prompt), ping, tool_fmt)
+    choices = [_Choice(tool_parser=T.ToolCallParser(tool_fmt) if tool_fmt else None) for _ in handles]
     await _collect(handles, choices, ping)
     out = []
     for i, c in enumerate(choices):
         lp = P.chat_logprobs(c.lps, model.token_text) if params.logprobs is not None else None
-        out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
-                    "logprobs": lp, "finish_reason": c.finish})
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text)}
+        finish = c.finish
+        if c.tool_parser is not None:
+            message["content"] = "".join(c.tool_parser.content) or None
+            if c.tool_parser.calls:
+                message["tool_calls"] = [call.to_dict() for call in c.tool_parser.calls]
+            finish = c.tool_parser.finish_reason(finish)
+        out.append({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
     return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model.name,
                          "choices": out, "system_fingerprint": None,
                          "usage": P.usage(len(prompt), sum(len(c.ids) for c in choices))})
@@ -372,6 +409,7 @@ async def completions(request: Request) -> Response:
     engine, tok = model.engine, model.tokenizer
     prompts = P.completion_prompts(body)
     params = P.sampling_params(body, chat=False, vocab_size=engine.vocab_size)
+    params = await constrained(engine, params, *T.request_constraint(body))
     echo = P.field(body, "echo", bool, False)
     if echo and params.logprobs is not None:
         params = params.replace(prompt_logprobs=params.logprobs)
@@ -468,13 +506,22 @@ def _stream(model_name: str, handles: list[RequestHandle], rid: str, created: in
 
 def _stream_chat(model: ServedModel, handles: list[RequestHandle], rid: str, created: int,
                  params: SamplingParams, include_usage: bool, n_prompt: int,
-                 ping: float) -> StreamingResponse:
+                 ping: float, tool_fmt: T.ToolFormat | None = None) -> StreamingResponse:
+    parsers = [T.ToolCallParser(tool_fmt) for _ in handles] if tool_fmt is not None else None
+
     def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
         lp = P.chat_logprobs(ev.logprobs, model.token_text) if params.logprobs is not None else None
-        if not (ev.text or (lp and lp["content"]) or ev.finish_reason):
+        delta: dict[str, Any] = {"content": ev.text} if ev.text else {}
+        finish = ev.finish_reason
+        if parsers is not None:  # tool-call markers route the text into content or call deltas
+            parsed = parsers[i].feed(ev.text, ev.token_ids)
+            delta = {"content": parsed.content} if parsed.content else {}
+            if parsed.tool_calls:
+                delta["tool_calls"] = parsed.tool_calls
+            finish = parsers[i].finish_reason(finish)
+        if not (delta or (lp and lp["content"]) or finish):
             return None
-        delta = {"content": ev.text} if ev.text else {}
-        return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
+        return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
     opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                 "finish_reason": None} for i in range(len(handles))]

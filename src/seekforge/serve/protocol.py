@@ -115,15 +115,18 @@ def sampling_params(body: dict[str, Any], *, chat: bool, vocab_size: int) -> Sam
     return params
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("messages", "'messages' must be a non-empty list", code="invalid_type")
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise bad(f"messages[{i}].role",
-                      f"messages[{i}]: role must be system, developer, user or assistant")
+                      f"messages[{i}]: role must be system, developer, user, assistant or tool")
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
             if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
@@ -134,7 +137,31 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(content, str):
             raise bad(f"messages[{i}].content", "content must be a string or a list of text parts")
         role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": content})
+        message: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant" and m.get("tool_calls"):
+            message["tool_calls"] = _tool_calls(i, m["tool_calls"])
+        if role == "tool" and m.get("tool_call_id") is not None:
+            if not isinstance(m["tool_call_id"], str):
+                raise bad(f"messages[{i}].tool_call_id", "tool_call_id must be a string")
+            message["tool_call_id"] = m["tool_call_id"]
+        out.append(message)
+    return out
+
+
+def _tool_calls(i: int, calls: Any) -> list[dict[str, Any]]:
+    """An assistant message's ``tool_calls`` (from a previous response), checked for the template."""
+    where = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise bad(where, f"{where} must be a list", code="invalid_type")
+    out = []
+    for j, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not (isinstance(fn, dict) and isinstance(fn.get("name"), str)
+                and isinstance(fn.get("arguments", ""), str)):
+            raise bad(f"{where}[{j}]", f"{where}[{j}] must be {{\"type\": \"function\", \"function\": "
+                      "{\"name\": str, \"arguments\": str}}")
+        out.append({"id": c.get("id"), "type": "function",
+                    "function": {"name": fn["name"], "arguments": fn.get("arguments", "")}})
     return out
 
 

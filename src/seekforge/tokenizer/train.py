@@ -48,13 +48,21 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SYSTEM, USER, ASSISTANT, END_OF_TURN = "<|system|>", "<|user|>", "<|assistant|>", "<|eot|>"
 # Fill-in-the-middle in DeepSeek's PSM order: <fim_begin> prefix <fim_hole> suffix <fim_end> middle.
 FIM_BEGIN, FIM_HOLE, FIM_END = "<|fim_begin|>", "<|fim_hole|>", "<|fim_end|>"
-NUM_RESERVED = 6  # spare ids for later features (tool calls, images) without resizing the model
+# Tool calls in DeepSeek-V3's layout: <calls_begin> (<call_begin> NAME <sep> ARGUMENTS-JSON <call_end>)+
+# <calls_end>, then EOS; a tool's result comes back as its own turn: <tool_output> RESULT <|eot|>.
+TOOL_CALLS_BEGIN, TOOL_CALLS_END = "<|tool_calls_begin|>", "<|tool_calls_end|>"
+TOOL_CALL_BEGIN, TOOL_SEP, TOOL_CALL_END = "<|tool_call_begin|>", "<|tool_sep|>", "<|tool_call_end|>"
+TOOL_OUTPUT = "<|tool_output|>"
+TOOL_TOKENS = [TOOL_CALLS_BEGIN, TOOL_CALL_BEGIN, TOOL_SEP, TOOL_CALL_END, TOOL_CALLS_END, TOOL_OUTPUT]
+# Spare ids for later features without resizing the model. The tool tokens took the six ids 10-15 that
+# earlier versions reserved (<|reserved_0..5|>), so the default layout still has 16 specials.
+NUM_RESERVED = 0
 
 
 def special_tokens(num_reserved: int = NUM_RESERVED) -> list[str]:
     """All special tokens in id order."""
     fixed = [BOS, EOS, PAD, SYSTEM, USER, ASSISTANT, END_OF_TURN, FIM_BEGIN, FIM_HOLE, FIM_END]
-    return fixed + [f"<|reserved_{i}|>" for i in range(num_reserved)]
+    return fixed + TOOL_TOKENS + [f"<|reserved_{i}|>" for i in range(num_reserved)]
 
 
 # The chat template. Format, e.g. with a system prompt and one exchange:
@@ -65,6 +73,9 @@ def special_tokens(num_reserved: int = NUM_RESERVED) -> list[str]:
 #   ``apply_chat_template(..., return_dict=True, return_assistant_tokens_mask=True)`` gives the SFT
 #   loss mask. The role marker <|assistant|> is outside: it is given, not predicted.
 # * Message content may be a string or a list of {"type": "text", "text": ...} parts.
+# * Tools (``apply_chat_template(..., tools=[...])``, OpenAI's function format) are listed in a system
+#   turn of their own; an assistant message's ``tool_calls`` follow its text inside the generation
+#   span, so SFT teaches the call format; ``role: "tool"`` messages are <|tool_output|> turns.
 CHAT_TEMPLATE = (
     "{%- macro text(content) -%}"
     "{%- if content is string -%}{{ content }}"
@@ -76,6 +87,16 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- endmacro -%}"
     "{{- bos_token -}}"
+    "{%- if tools -%}"
+    "{{- '" + SYSTEM + "# Tools\\nYou may call these functions. Each is a JSON object: name, "
+    "description, parameters (a JSON Schema).\\n' -}}"
+    "{%- for tool in tools -%}"
+    "{%- set fn = tool['function'] if tool['function'] is defined else tool -%}"
+    "{{- {'name': fn['name'], 'description': fn['description'] | default(''), "
+    "'parameters': fn['parameters'] | default({})} | tojson -}}{{- '\\n' -}}"
+    "{%- endfor -%}"
+    "{{- '" + END_OF_TURN + "' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'system' -%}"
     "{{- '" + SYSTEM + "' + text(message['content']) + '" + END_OF_TURN + "' -}}"
@@ -83,9 +104,23 @@ CHAT_TEMPLATE = (
     "{{- '" + USER + "' + text(message['content']) + '" + END_OF_TURN + "' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{- '" + ASSISTANT + "' -}}"
-    "{%- generation -%}{{- text(message['content']) + eos_token -}}{%- endgeneration -%}"
+    "{%- generation -%}{{- text(message['content']) -}}"
+    "{%- if message['tool_calls'] -%}"
+    "{{- '" + TOOL_CALLS_BEGIN + "' -}}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
+    "{{- '" + TOOL_CALL_BEGIN + "' + fn['name'] + '" + TOOL_SEP + "' -}}"
+    "{{- fn['arguments'] if fn['arguments'] is string else fn['arguments'] | tojson -}}"
+    "{{- '" + TOOL_CALL_END + "' -}}"
+    "{%- endfor -%}"
+    "{{- '" + TOOL_CALLS_END + "' -}}"
+    "{%- endif -%}"
+    "{{- eos_token -}}{%- endgeneration -%}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{{- '" + TOOL_OUTPUT + "' + text(message['content']) + '" + END_OF_TURN + "' -}}"
     "{%- else -%}"
-    "{{- raise_exception('unknown chat role ' + message['role'] + '; expected system, user or assistant') -}}"
+    "{{- raise_exception('unknown chat role ' + message['role'] + "
+    "'; expected system, user, assistant or tool') -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '" + ASSISTANT + "' -}}{%- endif -%}"
