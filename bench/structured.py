@@ -2,13 +2,17 @@
 and the per-step mask time of the two CPU grammar libraries (xgrammar, llguidance) on our tokenizer.
 
     .venv/bin/python bench/structured.py [--new-tokens 64] [--repeats 3] [--batches 1 16] [--compile]
+                                         [--threads N] [--timer wall|cpu]
 
 Engine table: the ``small-moe`` model (random weights, fp32) and its real 8192-token tokenizer, the same
 prompt for every row, sampling at temperature 1 with a seed per row. The constrained rows follow a
 schema (an array of objects with enum, integer, boolean and string fields, ``minItems`` 50) that
 cannot be complete within ``--new-tokens``, so both modes decode exactly the same number of tokens
-per row; tokens/s = generated tokens / wall time of the whole batch. Modes alternate round by round
+per row; tokens/s = generated tokens / time of the whole batch. Modes alternate round by round
 (A, B, A, B, ...) so a busy phase of a shared machine hits both; the median round is reported.
+``--timer cpu`` times the process's CPU time instead of wall time (all its threads: the engine's
+torch work and the mask computation; also each mask call of the library table): with ``--threads 1``
+it is insensitive to other jobs on a shared machine.
 
 Library table: one random walk per seed through the same schema (at each step: fill the mask, pick a
 random allowed token, advance the matcher); mean / median / p99 of the mask call. llguidance is
@@ -41,6 +45,9 @@ SCHEMA = {
 }
 
 
+CLOCK = time.perf_counter
+
+
 def engine_round(engine, batch: int, n: int, constrained: bool, seed: int) -> tuple[float, int, int]:  # noqa: ANN001
     """(seconds, generated tokens, rows that finished early) for one batch."""
     from seekforge.infer import Constraint, SamplingParams
@@ -48,21 +55,23 @@ def engine_round(engine, batch: int, n: int, constrained: bool, seed: int) -> tu
     c = Constraint.json_schema(SCHEMA) if constrained else None
     params = [SamplingParams(max_tokens=n, temperature=1.0, seed=seed * 1000 + i, ignore_eos=not constrained,
                              constraint=c) for i in range(batch)]
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     res = engine.generate(["Give me the weather as JSON:"] * batch, params)
-    dt = time.perf_counter() - t0
+    dt = CLOCK() - t0
     return dt, sum(len(r.token_ids) for r in res), sum(r.finish_reason != "length" for r in res)
 
 
-def engine_table(model_dir: Path, batches: list[int], n: int, repeats: int, compile_: bool) -> None:
+def engine_table(model_dir: Path, batches: list[int], n: int, repeats: int, compile_: bool,
+                 threads: int | None, timer: str) -> None:
     from seekforge.infer import Engine, EngineConfig
 
-    cfg = EngineConfig(max_batch=max(batches), max_len=512, compile=compile_)
+    cfg = EngineConfig(max_batch=max(batches), max_len=512, compile=compile_, threads=threads)
     with Engine.from_pretrained(model_dir, cfg) as engine:
         engine.generate(["warm up"], [None])  # first-call costs (allocations, grammar compiler set-up)
         engine_round(engine, 1, 4, True, 0)
         print(f"\n## engine: small-moe, fp32, {'compiled' if compile_ else 'eager'} decode, "
-              f"{n} new tokens per row, median of {repeats} rounds")
+              f"{engine._threads} thread(s), {timer} time, {n} new tokens per row, "
+              f"median of {repeats} rounds")
         print("| batch | unconstrained tok/s | JSON-schema tok/s | ratio | rows ended early |")
         print("|---|---|---|---|---|")
         for b in batches:
@@ -82,9 +91,9 @@ def walk(fill, accept, done, bitmask, vocab: int, steps: int, seed: int) -> list
     for _ in range(steps):
         if done():
             break
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fill(bitmask)
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
         words = bitmask[0].tolist()
         allowed = [v for v in range(vocab) if (words[v >> 5] >> (v & 31)) & 1]
         if not accept(rng.choice(allowed)):
@@ -104,7 +113,7 @@ def library_table(tokenizer, vocab: int, steps: int, seeds: int) -> None:  # noq
     import xgrammar as xgr
 
     print(f"\n## mask per step: the same schema, {vocab}-token tokenizer, {seeds} random walks of <= {steps} "
-          "steps")
+          f"steps, {'cpu' if CLOCK is time.process_time else 'wall'} time")
     print("| library | tokenizer + compile ms | steps | mean us | median us | p99 us |")
     print("|---|---|---|---|---|---|")
     t0 = time.perf_counter()
@@ -145,7 +154,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="compiled decode step (EngineConfig.compile)")
     ap.add_argument("--walk-steps", type=int, default=200)
     ap.add_argument("--walks", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="engine CPU threads (default: torch's)")
+    ap.add_argument("--timer", choices=["wall", "cpu"], default="wall")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.timer == "cpu" else time.perf_counter
     import torch
 
     from seekforge.tokenizer import load_tokenizer
@@ -154,7 +167,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     library_table(load_tokenizer(model_dir), 8192, args.walk_steps, args.walks)
-    engine_table(model_dir, args.batches, args.new_tokens, args.repeats, args.compile)
+    engine_table(model_dir, args.batches, args.new_tokens, args.repeats, args.compile, args.threads,
+                 args.timer)
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -772,14 +772,14 @@ class Engine:
         rows = [i for i, s in enumerate(seqs) if s.matcher is not None]
         if not rows:
             return logits
-        bitmask = self.constraints.new_bitmask(len(rows))
-        for j, i in enumerate(rows):
+        bitmask = self.constraints.new_bitmask(len(seqs))  # row i for seqs[i]; free rows stay unread
+        for i in rows:
             m = seqs[i].matcher
             if after is None:
-                m.fill(bitmask, j)
+                m.fill(bitmask, i)
             elif m.accept(after[i]):
                 if not m.terminated:  # a terminated matcher has no next mask; its bonus token is dropped
-                    m.fill(bitmask, j)
+                    m.fill(bitmask, i)
                 m.rollback(1)
         return apply_bitmask(logits, rows, bitmask)
 
