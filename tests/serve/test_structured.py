@@ -164,3 +164,44 @@ def test_parser_reads_the_template_tool_format(server) -> None:
     assert [(c.name, c.arguments) for c in parser.calls] == expected
     assert streamed == {0: '{"city": "北京"}', 1: '{"utc": true}'}
     assert parser.finish_reason("stop") == "tool_calls" and parser.finish_reason("length") == "length"
+
+
+def test_auto_tools_and_streamed_completions_schema(client) -> None:
+    auto = client.chat.completions.create(model="tiny-chat", messages=ASK, tools=[WEATHER_TOOL], max_tokens=8,
+                                          seed=0, n=2)
+    for c in auto.choices:  # the random model rarely calls; either way the answer is well-formed
+        assert c.finish_reason in ("stop", "length", "tool_calls")
+        assert c.message.content is not None or c.message.tool_calls
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    stream = client.completions.create(model="tiny-chat", prompt="JSON:", max_tokens=60, seed=2, stream=True,
+                                       extra_body={"response_format": {"type": "json_schema", "json_schema": {
+                                           "name": "ok", "schema": schema, "strict": True}}})
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(text)["ok"], bool)
+
+
+def test_tokenizer_without_tool_tokens_answers_400(tmp_path, monkeypatch) -> None:
+    """A tokenizer from before the tool-call tokens (ids 10-15 reserved) still chats; tools are a 400."""
+    import torch
+
+    import seekforge.tokenizer.train as train
+    from seekforge.model import load_model, save_model
+    from seekforge.tokenizer import load_tokenizer
+
+    old = [train.BOS, train.EOS, train.PAD, train.SYSTEM, train.USER, train.ASSISTANT, train.END_OF_TURN,
+           train.FIM_BEGIN, train.FIM_HOLE, train.FIM_END] + [f"<|reserved_{i}|>" for i in range(6)]
+    monkeypatch.setattr(train, "special_tokens", lambda num_reserved=0: old)
+    tok = load_tokenizer(train.train_tokenizer(["the model learns 我们用数据训练"] * 50, vocab_size=300,
+                                               out_dir=tmp_path / "tok"))
+    torch.manual_seed(0)
+    model = load_model("tiny", device="cpu", dtype=torch.float32, vocab_size=len(tok))
+    model_dir = save_model(model, tmp_path / "old", tokenizer=tok)
+    with run_server(model_dir, EngineConfig(max_batch=1, max_len=256)) as s:
+        body = {"model": "tiny-chat", "messages": ASK, "max_tokens": 3}
+        assert httpx.post(s.api + "/chat/completions", json=body, timeout=60).status_code == 200
+        r = httpx.post(s.api + "/chat/completions", json={**body, "tools": [WEATHER_TOOL]}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+        assert "tool-call tokens" in r.json()["error"]["message"]
