@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from seekforge.data.text import LanguageIdentifier
 from seekforge.tokenizer import load_tokenizer, train_tokenizer
-from seekforge.tokenizer.evaluate import evaluate, format_table, line_language
+from seekforge.tokenizer.evaluate import evaluate, format_table, measure
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,12 +26,14 @@ def one_merge_tok(tmp_path_factory):
     return train_tokenizer(["aaaa"] * 10, 273, tmp_path_factory.mktemp("t") / "tok")
 
 
-def test_line_language():
-    assert line_language("今天天气很好 ok") == "zh"
-    assert line_language("The weather is nice 好") == "en"
-    assert line_language("Погода хорошая") == "other"
-    assert line_language("12345 !!!\n") == "other"
-    assert line_language("") == "other"
+def test_line_languages_are_the_ones_data_prepare_assigns(one_merge_tok):
+    lines = ["今天天气很好 ok", "The weather is nice 好", "Погода хорошая", "12345 !!!", "",
+             "用 PyTorch 训练模型"]  # 6 Han characters vs 7 Latin letters: mostly Chinese text
+    expected = ["zh", "en", "other", "other", "other", "zh"]
+    assert [LanguageIdentifier()(line) for line in lines] == expected  # data prepare's detector
+    mixed = "用 PyTorch 训练模型"
+    report = measure(one_merge_tok, [mixed])
+    assert report.langs["zh"].bytes == len(mixed.encode("utf-8")) and report.langs["en"].bytes == 0
 
 
 def test_eval_numbers_on_known_text(tmp_path, one_merge_tok):
