@@ -113,3 +113,22 @@ def test_cli_config_errors(tmp_path):
                                  "--set", "vocab_sise=100"])
     with pytest.raises(ConfigError, match="vocab_size"):
         args.func(args)
+
+
+def test_cli_train_reads_fine_tuning_files_by_their_format(tmp_path, capsys):
+    alpaca = [{"instruction": f"问题{i}", "input": "", "output": f"回答 zebrafish {i}"} for i in range(30)]
+    (tmp_path / "alpaca.json").write_text(json.dumps(alpaca, ensure_ascii=False), encoding="utf-8")
+    share = [{"conversations": [{"from": "human", "value": f"q {i}"}, {"from": "gpt", "value": "platypus"}]}
+             for i in range(20)]
+    share.append({"conversations": [{"from": "gpt", "value": "wrong order"}]})  # invalid: skipped, counted
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in share), encoding="utf-8")
+    out = tmp_path / "tok"
+    args = _parser().parse_args(["tokenizer", "train", "--input", str(tmp_path / "alpaca.json"),
+                                 str(tmp_path / "chat.jsonl"), "--vocab-size", "400", "--out", str(out)])
+    assert args.func(args) == 0
+    assert "1 malformed records skipped" in capsys.readouterr().out
+    assert json.loads((out / "seekforge_tokenizer.json").read_text())["train_docs"] == 50
+    tok = load_tokenizer(out)
+    # words that occur only in the answers were learned: each is one token
+    assert len(tok(" zebrafish", add_special_tokens=False)["input_ids"]) == 1
+    assert len(tok("platypus", add_special_tokens=False)["input_ids"]) == 1  # starts its line
