@@ -1,7 +1,8 @@
 """Pretraining data: token shards -> fixed-length packed rows, deterministic and resumable.
 
-Packing (DeepSeek-V3 spec §5: "document packing without cross-sample attention masking"):
-every epoch the documents of the split are put in a seeded random order and concatenated
+Packing as in DeepSeek-V3 (technical report, arXiv:2412.19437, §4.1: documents are packed into
+sequences and no cross-sample attention mask is used): every epoch the documents of the split
+are put in a seeded random order and concatenated
 (each already starts with BOS), the stream is cut into rows of ``seq_len`` tokens after a seeded
 random offset, and the rows are visited in a seeded random order. Nothing is padded or dropped
 except < ``seq_len`` tokens at the ends of each epoch.
