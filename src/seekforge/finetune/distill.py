@@ -38,7 +38,7 @@ from seekforge.config import ConfigError, to_dict
 from seekforge.finetune.encode import collate, single_rows
 from seekforge.finetune.losses import agreement_stats, kl_full, kl_topk, shift_mask
 from seekforge.finetune.methods import load_base, unwrap
-from seekforge.finetune.sft import SFTConfig, SFTLoader, SFTObjective, model_dtype, model_forward
+from seekforge.finetune.sft import SFTConfig, SFTObjective, model_dtype, model_forward
 from seekforge.train.objective import LossOutput, autocast
 from seekforge.utils import atomic_write_text
 
@@ -109,6 +109,7 @@ class DistillObjective(SFTObjective):
     """SFT data and student + a frozen teacher; loss = alpha*CE + (1-alpha)*T^2*KL."""
 
     name = "distill"
+    loader_row_index = True
 
     def setup(self, env) -> None:  # noqa: ANN001
         from seekforge.tokenizer import load_tokenizer
@@ -155,7 +156,7 @@ class DistillObjective(SFTObjective):
         cfg: DistillConfig = self.cfg  # type: ignore[assignment]
         if cfg.alpha < 1.0 and cfg.teacher_topk > 0:
             self.topk = self._topk_cache(loader.rows)
-        return _IndexedLoader(loader)
+        return loader
 
     def _cache_path(self, rows) -> Path:  # noqa: ANN001
         cfg: DistillConfig = self.cfg  # type: ignore[assignment]
@@ -282,30 +283,6 @@ class DistillObjective(SFTObjective):
         self.agreement_after = self.agreement(model)  # every rank: FSDP forwards are collective
         res.update({k: float(v) for k, v in self.agreement_after.items() if k != "agree_positions"})
         return res
-
-
-class _IndexedLoader:
-    """The SFT loader, with each batch's row indices (to find cached teacher logits)."""
-
-    def __init__(self, inner: SFTLoader) -> None:
-        self.inner = inner
-
-    def next_step(self) -> list[dict[str, torch.Tensor]]:
-        inner = self.inner
-        start = inner.position
-        batches = inner.next_step()
-        for m, batch in enumerate(batches):
-            first = start + (m * inner.world + inner.rank) * inner.B
-            idx = []
-            for b in range(inner.B):
-                epoch, j = divmod(first + b, len(inner.rows))
-                inner._row(first + b)  # materialise that epoch's permutation
-                idx.append(inner._perm[1][j])
-            batch["row_index"] = torch.tensor(idx)
-        return batches
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 # ---------------------------------------------------------------------------------------------
