@@ -243,7 +243,7 @@ def open_binary(path: Path) -> BinaryIO:
         return bz2.open(path, "rb")  # type: ignore[return-value]
     if comp == ".xz":
         return lzma.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # noqa: SIM115
+    return open(path, "rb")
 
 
 def _iter_lines(path: Path, stats: ReadStats | None) -> Iterator[tuple[int, str]]:

@@ -73,7 +73,7 @@ def publish_final(summary: dict, out_dir: str | Path) -> Path | None:
     return final
 
 
-def _run(cfg, objective) -> int:  # noqa: ANN001
+def _run(cfg, objective) -> int:
     from seekforge.train.cli import run_trainer
 
     code, summary = run_trainer(cfg, objective, objective.name)
@@ -82,7 +82,7 @@ def _run(cfg, objective) -> int:  # noqa: ANN001
     return code
 
 
-def _load(cls, args: argparse.Namespace):  # noqa: ANN001
+def _load(cls, args: argparse.Namespace):
     from seekforge.config import load_config
     from seekforge.train.cli import print_config, run_overrides
 

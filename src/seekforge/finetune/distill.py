@@ -111,7 +111,7 @@ class DistillObjective(SFTObjective):
     name = "distill"
     loader_row_index = True
 
-    def setup(self, env) -> None:  # noqa: ANN001
+    def setup(self, env) -> None:
         from seekforge.tokenizer import load_tokenizer
 
         super().setup(env)
@@ -158,7 +158,7 @@ class DistillObjective(SFTObjective):
             self.topk = self._topk_cache(loader.rows)
         return loader
 
-    def _cache_path(self, rows) -> Path:  # noqa: ANN001
+    def _cache_path(self, rows) -> Path:
         cfg: DistillConfig = self.cfg  # type: ignore[assignment]
         h = hashlib.sha256()
         h.update(str(Path(cfg.teacher).resolve()).encode())
@@ -173,7 +173,7 @@ class DistillObjective(SFTObjective):
         return root / f"topk{cfg.teacher_topk}-{h.hexdigest()[:16]}.safetensors"
 
     @torch.no_grad()
-    def _topk_cache(self, rows) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    def _topk_cache(self, rows) -> dict[str, torch.Tensor]:
         """Top-k teacher logits at every trained position of every row, computed once, on disk."""
         from safetensors.torch import load_file, save_file
 
@@ -289,7 +289,7 @@ class DistillObjective(SFTObjective):
 # Sequence-level distillation: teacher answers -> SFT data
 
 
-def prompts_of(examples) -> list[list[dict[str, str]]]:  # noqa: ANN001
+def prompts_of(examples) -> list[list[dict[str, str]]]:
     """Each chat without its final answer (what the teacher must answer)."""
     out = []
     for ex in examples:
@@ -334,7 +334,7 @@ def generate_local(
     return [(c.text, c.finish_reason) for c in done]
 
 
-def _sampling(cfg: DistillConfig, i: int):  # noqa: ANN202
+def _sampling(cfg: DistillConfig, i: int):
     from seekforge.infer import SamplingParams
 
     return SamplingParams(
@@ -450,7 +450,7 @@ def _wait_for(path: Path, timeout: float = 24 * 3600) -> None:
         time.sleep(2)
 
 
-def run_distillation(cfg: DistillConfig, runner) -> int:  # noqa: ANN001
+def run_distillation(cfg: DistillConfig, runner) -> int:
     """``seekforge distill``: returns the exit code of the training run (see :mod:`.cli`)."""
     from seekforge.utils import resolve_device
 

@@ -498,7 +498,7 @@ class Trainer:
             log.info(msg)
 
     def _install_signals(self) -> dict:
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             if self._signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # second Ctrl-C: stop now
             self._signal = signum
@@ -603,7 +603,7 @@ class Trainer:
                 self.save_checkpoint()
         return "max_steps"
 
-    def _progress_bar(self):  # noqa: ANN202
+    def _progress_bar(self):
         from tqdm.auto import tqdm
 
         # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
@@ -701,7 +701,7 @@ class Trainer:
                 try:
                     plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png",
                                     title=self.out_dir.name)
-                except Exception as e:  # noqa: BLE001 (a plot must never fail a finished run)
+                except Exception as e:  # a plot must never fail a finished run
                     log.warning("could not draw loss.png: %s", e)
             evals = ", ".join(f"{k} {v:.4f}" for k, v in st.last_eval.items() if isinstance(v, float))
             log.info("done (%s): step %d, %s tokens, %s; checkpoint %s", stopped, st.step, f"{st.tokens:,}",
