@@ -103,7 +103,7 @@ def build_corpora(shared: Path, n: int = 60, seed: int = 0) -> dict[str, list[st
     poems = tang_poems(shared)
     phrases = _phrases(rng.sample(poems, 3000))
     corpora: dict[str, list[str]] = {}
-    corpora["zh.tang_poem"] = [p["text"] for p in rng.sample(poems, 5 * n)]  # one rare miss each
+    corpora["zh.tang_poem"] = [p["text"] for p in rng.sample(poems, 5 * n)]  # a stable share
     corpora["zh.tang_anthology"] = [
         "\n".join(f"{p['title']}\n{p['author']}\n{p['text']}" for p in rng.sample(poems, 10))
         for _ in range(n)
