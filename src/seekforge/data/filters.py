@@ -4,8 +4,11 @@ The rules are those of Gopher (Rae et al. 2021, table A1 and §A.1.1), C4 (Raffe
 via the TFDS code) and FineWeb (Penedo et al. 2024), with datatrove 0.10's defaults for
 English. The thresholds for Chinese are FineWeb-2's ``cmn_Hani`` values (huggingface/fineweb-2
 ``configs/cmn_Hani.yml``), which were computed on jieba-segmented words; we segment Chinese
-with jieba too (``text.split_words``). Where seekforge departs from a source it says so next to
-the value (and in docs/data.md).
+with jieba too (``text.split_words``). Where line shape matters (C4's words per line, FineWeb's
+newlines per word) the zh tables count CJK units instead (:func:`count_units`: a character, or
+a run of other letters/digits), because jieba's word count for verse, names and list items is
+unstable, and verse, anthologies and dialogue must keep every line. Where seekforge departs from
+a source it says so next to the value (and in docs/data.md).
 
 Every rule table exists per language group: ``en``, ``zh`` (Chinese, also used for Japanese
 and other CJK text, segmented per character) and ``other`` (everything else: English
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import regex
@@ -131,7 +135,7 @@ class C4Rules:
     filter_no_terminal_punct: bool = False
     min_words_per_line: int | None = 3
     # "words": whitespace/jieba words; "chars": CJK characters plus non-CJK words (line_units)
-    line_units: str = "words"
+    line_units: Literal["words", "chars"] = "words"
     min_num_sentences: int | None = 5  # after line removal
 
 
@@ -162,7 +166,7 @@ class FineWebRules:
     short_line_length: int = 30
     char_duplicates_ratio: float | None = 0.01  # max share of chars in duplicated lines
     new_line_ratio: float | None = 0.3  # max newlines per unit (line_units)
-    line_units: str = "words"  # "words", or "chars": CJK characters plus non-CJK words
+    line_units: Literal["words", "chars"] = "words"  # "chars": CJK characters plus non-CJK words
     # Duplicated lines shorter than this many units do not count for char_duplicates_ratio:
     # repeated titles, author lines and refrains are form, not boilerplate (0: all count).
     dup_line_min_units: int = 0
