@@ -51,7 +51,7 @@ class Trained(NamedTuple):
     base: Path
     adapter: Path
     x: torch.Tensor  # [2, T] token ids of two training examples
-    logits: torch.Tensor  # the trained model's logits for x
+    logits: torch.Tensor  # the trained model's logits for x (QLoRA: full-precision base + adapter)
 
 
 CASES = {  # name -> (base fixture, method, lora.target_modules)
@@ -91,6 +91,10 @@ def trained(request, tmp_path_factory, sft_dir: Path, sft_run) -> Trained:
     n = min(len(obj.train_encoded[0].input_ids), len(obj.train_encoded[1].input_ids), 48)
     x = torch.tensor([obj.train_encoded[i].input_ids[:n] for i in (0, 1)])
     model = trainer.raw_model.eval()
+    if method == "qlora":
+        # The trained model ran on 4-bit weights; every loader below puts the adapter on the
+        # full-precision base, so they are compared with that (seekforge's merge) instead.
+        model = load_adapter(load_base(base, device=CPU, dtype=torch.float32)[0], out / "final")
     with torch.no_grad():
         logits = model(x.to(next(model.parameters()).device)).logits.float().cpu()
     return Trained(base, out / "final", x, logits)
