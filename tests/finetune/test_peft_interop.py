@@ -145,7 +145,11 @@ def test_seekforge_loader_merge_and_server_agree(trained: Trained, tmp_path: Pat
     from seekforge.cli import build_parser, main
     from seekforge.serve.cli import engine_from_args
 
-    ours = load_adapter(load_base(trained.base, device=CPU, dtype=torch.float32)[0], trained.adapter)
+    base = load_base(trained.base, device=CPU, dtype=torch.float32)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = load_adapter(base, trained.adapter)
+    assert not caught, [str(w.message) for w in caught]
     assert type(ours).__name__ == "DeepseekV3ForCausalLM"  # merged into the weights
     diffs = {"load_adapter": (logits_of(ours, trained.x) - trained.logits).abs().max().item()}
 
