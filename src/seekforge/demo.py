@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra `seekforge train` overrides, e.g. --set optimizer=adamw")
+    p.add_argument("--samples", metavar="DIR", default=None,
+                   help="only write the bundled sample data (Tang poems, English texts, zh+en SFT and "
+                   "identity sets) to DIR and exit")
     p.set_defaults(func=run)
 
 
@@ -175,7 +178,17 @@ def steps_for_budget(shards: Path, preset: str, device: str, minutes: float) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+def write_sample_files(dest: str) -> int:
+    from seekforge.samples import write_samples
+
+    for path in write_samples(dest):
+        print(path)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.samples is not None:
+        return write_sample_files(args.samples)
     from seekforge.train import Trainer
     from seekforge.utils import human_count
 

@@ -125,8 +125,9 @@ class C4Config:
     filter_curly_bracket: bool = True  # drop the document (code/templates); off for code corpora
     filter_policy: bool = True  # drop cookie/terms/privacy lines (English and Chinese phrases)
     en: C4Rules = field(default_factory=C4Rules)
-    # FineWeb-2 applies no C4 rule to Chinese; we keep the line rules but not the sentence
-    # count, which dropped 127/400 clean Chinese docs in the notes' measurement (§2.9).
+    # FineWeb-2 applies no C4 rule to Chinese (huggingface/fineweb-2, configs/cmn_Hani.yml); we keep
+    # the line rules but not C4's minimum sentence count, which short clean Chinese documents fail
+    # (a quatrain or a one-paragraph answer is one or two sentences ending in 。).
     zh: C4Rules = field(default_factory=lambda: C4Rules(min_num_sentences=None))
     other: C4Rules = field(default_factory=C4Rules)
 
