@@ -149,11 +149,11 @@ class C4Config:
     filter_curly_bracket: bool = True  # drop the document (code/templates); off for code corpora
     filter_policy: bool = True  # drop cookie/terms/privacy lines (English and Chinese phrases)
     en: C4Rules = field(default_factory=C4Rules)
-    # FineWeb-2 applies no C4 rule to Chinese. We keep the line rule in CJK units with a floor of
-    # 1 (it removes lines without a letter or digit: separators, lone symbols); 2 would cut the
-    # one-character poem titles (蟬, 鶴: 1.3% of the Tang poems) and 3 cuts verse lines such as
-    # 何意。 and every two-character author line. No sentence count: it dropped 127/400 clean
-    # Chinese docs in the notes' measurement (§2.9).
+    # FineWeb-2 applies no C4 rule to Chinese (huggingface/fineweb-2, configs/cmn_Hani.yml). We keep
+    # the line rule in CJK units with a floor of 1 (it removes lines without a letter or digit:
+    # separators, lone symbols); 2 would cut the one-character poem titles (蟬, 鶴: 1.3% of the Tang
+    # poems) and 3 cuts verse lines such as 何意。 and every two-character author line. No minimum
+    # sentence count: a quatrain or a one-paragraph answer is one or two sentences ending in 。.
     zh: C4Rules = field(default_factory=lambda: C4Rules(min_words_per_line=1, line_units="chars",
                                                         min_num_sentences=None))
     other: C4Rules = field(default_factory=C4Rules)

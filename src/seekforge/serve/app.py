@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP server: FastAPI routes over one :class:`seekforge.infer.Engine`.
+"""The OpenAI-compatible HTTP server: FastAPI routes over :class:`seekforge.infer.Engine` instances.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (with ``echo`` + ``logprobs``
 for log-likelihood eval harnesses), ``GET /v1/models``, ``GET /health``, ``GET /metrics``
@@ -7,6 +7,11 @@ for log-likelihood eval harnesses), ``GET /v1/models``, ``GET /health``, ``GET /
 Request handlers never touch torch: they submit to the engine (thread-safe) and await its event
 stream, so one slow generation never blocks the event loop. A client that disconnects mid-stream
 ends the response generator, whose ``finally`` cancels the request and frees its cache slot.
+
+Layout: the routes are module-level functions on ``router``; everything they need lives in one
+:class:`ServerState` on ``app.state.server`` (a registry of model id -> :class:`ServedModel`, the
+options, the rate-limit buckets, the HTTP counters). :func:`create_app` only builds that state and
+wires the router, error handlers and middleware to it. Today the registry holds one model.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -129,293 +134,384 @@ async def _merged(handles: list[RequestHandle], ping: float) -> AsyncIterator[tu
             t.cancel()
 
 
+# --- the state the routes read -----------------------------------------------------------------------
+@dataclass
+class ServedModel:
+    """One model the server answers for: its engine and the per-tokenizer logprob text cache."""
+
+    engine: Engine
+    token_text: P.TokenText
+
+    @classmethod
+    def of(cls, engine: Engine) -> ServedModel:
+        return cls(engine, P.TokenText(engine.tokenizer))
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+
+@dataclass
+class ServerState:
+    """Everything the routes read, kept on ``app.state.server``.
+
+    ``models`` maps the model id a client sends in ``"model"`` to what serves it; ``default`` is the
+    id used when a request names none (and the one ``/health``, ``/metrics``, ``/tokenize`` and
+    ``/detokenize`` describe).
+    """
+
+    models: dict[str, ServedModel]
+    default: str
+    options: ServerOptions
+    http_stats: HttpStats = field(default_factory=HttpStats)
+    bucket: TokenBucket | None = None
+    started: int = field(default_factory=P.now)
+
+    @property
+    def default_model(self) -> ServedModel:
+        return self.models[self.default]
+
+    def model_for(self, body: dict[str, Any]) -> ServedModel:
+        """The model a request names in ``"model"`` (the default when absent); 400 for an unknown id."""
+        name = body.get("model")
+        if name is None:
+            return self.default_model
+        if isinstance(name, str) and name in self.models:
+            return self.models[name]
+        served = ", ".join(f"'{n}'" for n in self.models)
+        raise P.APIError(400, f"The model '{name}' does not exist; this server serves {served}.",
+                         param="model", code="model_not_found")
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+# --- errors, auth, rate limit, body -------------------------------------------------------------------
+async def _api_error(_: Request, e: P.APIError) -> JSONResponse:
+    retry = str(int(getattr(e, "retry_after", 1)) + 1)
+    headers = {"Retry-After": retry} if e.status in (429, 503) else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+    return JSONResponse(P.APIError(e.status_code, str(e.detail), kind).body(), status_code=e.status_code)
+
+
+async def _count_requests(request: Request, call_next: Callable) -> Response:
+    response = await call_next(request)
+    server_state(request).http_stats.add(request.url.path, response.status_code)
+    return response
+
+
+def check_auth(request: Request) -> str:
+    """Return the rate-limit key; raise 401 for a missing/wrong key when keys are configured."""
+    api_keys = server_state(request).options.api_keys
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if api_keys:
+        if not key:
+            raise P.APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
+                             code="invalid_api_key")
+        if not any(secrets.compare_digest(key, k) for k in api_keys):
+            raise P.APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return key or (request.client.host if request.client else "anonymous")
+
+
+def check_rate(state: ServerState, key: str) -> None:
+    if state.bucket is None:
+        return
+    wait = state.bucket.take(key)
+    if wait > 0:
+        err = P.APIError(429, f"Rate limit exceeded ({state.options.rate_limit:g} requests/min); retry in "
+                         f"{wait:.1f} s.", type="rate_limit_error", code="rate_limit_exceeded")
+        err.retry_after = wait
+        raise err
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise P.APIError(400, f"Invalid JSON body: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise P.APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+async def generation_request(request: Request) -> tuple[ServerState, ServedModel, dict[str, Any]]:
+    """The prologue of the generating endpoints: authenticate, rate-limit, parse the body, pick the model."""
+    state = server_state(request)
+    check_rate(state, check_auth(request))
+    body = await read_json(request)
+    return state, state.model_for(body), body
+
+
+def submit_all(engine: Engine, prompts: list[Any], params: SamplingParams, n: int) -> list[RequestHandle]:
+    """Submit ``n`` choices per prompt; engine refusals become 400/503 (nothing stays queued)."""
+    handles: list[RequestHandle] = []
+    try:
+        for prompt in prompts:
+            for i in range(n):
+                # n > 1 with a seed: distinct but reproducible choices.
+                p = params if n == 1 or params.seed is None else params.replace(seed=params.seed + i)
+                handles.append(engine.submit(prompt, p))
+    except InvalidParam as e:
+        for h in handles:
+            h.cancel()
+        code = "context_length_exceeded" if "context" in str(e) else "invalid_value"
+        raise P.APIError(400, str(e), param=e.param, code=code) from None
+    except QueueFull as e:
+        for h in handles:
+            h.cancel()
+        raise P.APIError(503, f"Server overloaded: {e}. Retry later.", type="server_error",
+                         code="queue_full") from None
+    except EngineClosed as e:
+        raise P.APIError(503, str(e), type="server_error", code="shutting_down") from None
+    return handles
+
+
+# --- routes ------------------------------------------------------------------------------------------
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    engine = server_state(request).default_model.engine
+    return {"status": "ok", "model": engine.name, "running": engine.num_running(),
+            "waiting": engine.num_waiting()}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    check_auth(request)
+    state = server_state(request)
+    return {"object": "list", "data": [{
+        "id": m.name, "object": "model", "created": state.started, "owned_by": "seekforge",
+        "root": m.name, "parent": None, "max_model_len": m.engine.max_len, "permission": []}
+        for m in state.models.values()]}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    state = server_state(request)
+    return PlainTextResponse(render_metrics(state.default_model.engine, state.http_stats),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> dict[str, Any]:
+    check_auth(request)
+    engine = server_state(request).default_model.engine
+    body = await read_json(request)
+    if "messages" in body:
+        ids = engine.chat_prompt(P.chat_messages(body),
+                                 add_generation_prompt=P.field(body, "add_generation_prompt", bool, True))
+    elif isinstance(body.get("prompt"), str):
+        special = P.field(body, "add_special_tokens", bool, True)
+        ids = engine.encode(body["prompt"], add_special_tokens=special)
+    else:
+        raise P.APIError(400, "send 'prompt' (a string) or 'messages'", param="prompt")
+    return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request) -> dict[str, Any]:
+    check_auth(request)
+    engine = server_state(request).default_model.engine
+    body = await read_json(request)
+    ids = P._int_list(body, "tokens")
+    if any(not 0 <= t < engine.vocab_size for t in ids):
+        raise P.APIError(400, f"token ids must be in [0, {engine.vocab_size})", param="tokens")
+    return {"prompt": engine.tokenizer.decode(ids, skip_special_tokens=False)}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    state, model, body = await generation_request(request)
+    engine = model.engine
+    messages = P.chat_messages(body)
+    params = P.sampling_params(body, chat=True, vocab_size=engine.vocab_size)
+    n = P.field(body, "n", int, 1, lo=1, hi=state.options.max_n)
+    try:
+        prompt = engine.chat_prompt(messages)
+    except Exception as e:  # template errors (e.g. a role the template rejects) are the client's
+        raise P.APIError(400, f"could not apply the chat template: {e}", param="messages") from None
+    stream = P.field(body, "stream", bool, False)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+    try:
+        handles = submit_all(engine, [prompt], params, n)
+    except P.APIError as e:
+        if e.param == "prompt":
+            e.param = "messages"
+        raise
+    rid, created = P.new_id("chatcmpl"), P.now()
+    ping = state.options.ping_seconds
+    if stream:
+        return _stream_chat(model, handles, rid, created, params, include_usage, len(prompt), ping)
+    choices = [_Choice() for _ in handles]
+    await _collect(handles, choices, ping)
+    out = []
+    for i, c in enumerate(choices):
+        lp = P.chat_logprobs(c.lps, model.token_text) if params.logprobs is not None else None
+        out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
+                    "logprobs": lp, "finish_reason": c.finish})
+    return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": model.name,
+                         "choices": out, "system_fingerprint": None,
+                         "usage": P.usage(len(prompt), sum(len(c.ids) for c in choices))})
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    state, model, body = await generation_request(request)
+    engine, tok = model.engine, model.tokenizer
+    prompts = P.completion_prompts(body)
+    params = P.sampling_params(body, chat=False, vocab_size=engine.vocab_size)
+    echo = P.field(body, "echo", bool, False)
+    if echo and params.logprobs is not None:
+        params = params.replace(prompt_logprobs=params.logprobs)
+    if params.max_tokens == 0 and not echo:
+        raise P.bad("max_tokens", "'max_tokens' must be >= 1 unless 'echo' is true")
+    n = P.field(body, "n", int, 1, lo=1, hi=state.options.max_n)
+    stream = P.field(body, "stream", bool, False)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+    handles = submit_all(engine, prompts, params, n)
+    rid, created = P.new_id("cmpl"), P.now()
+    ping = state.options.ping_seconds
+    if stream:
+        return _stream_completion(model, handles, rid, created, params, include_usage, echo, ping)
+    choices = [_Choice() for _ in handles]
+    await _collect(handles, choices, ping)
+    out = []
+    for i, (h, c) in enumerate(zip(handles, choices)):
+        text = "".join(c.text)
+        prompt_text = tok.decode(h.prompt_ids, skip_special_tokens=False) if echo else ""
+        lp = None
+        if params.logprobs is not None:
+            if echo:
+                comp = Completion(h.id, h.prompt_ids, text, c.ids, c.finish or "stop", c.lps,
+                                  h.prompt_logprobs, None, 0.0)
+                lp = P.echo_logprobs(comp, tok, model.token_text, c.pieces)
+            else:
+                lp = P.completion_logprobs(c.lps, c.ids, c.pieces, model.token_text)
+        out.append({"index": i, "text": prompt_text + text, "logprobs": lp, "finish_reason": c.finish})
+    n_prompt = sum(len(h.prompt_ids) for h in handles[::n])
+    return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": model.name,
+                         "choices": out, "system_fingerprint": None,
+                         "usage": P.usage(n_prompt, sum(len(c.ids) for c in choices))})
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    """The web chat page."""
+    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+
+# --- gathering and streaming engine events ----------------------------------------------------------------
+async def _collect(handles: list[RequestHandle], choices: list[_Choice], ping: float) -> None:
+    try:
+        async for i, ev in _merged(handles, ping):
+            if ev is None:
+                continue
+            if ev.error:
+                raise P.APIError(500, f"generation failed: {ev.error}", type="server_error")
+            choices[i].add(ev)
+    finally:  # the client went away (or an error): stop whatever still runs
+        for h in handles:
+            h.cancel()
+
+
+def _stream(model_name: str, handles: list[RequestHandle], rid: str, created: int, object_: str,
+            opening: list[dict[str, Any]], choice: Callable[[int, StreamEvent], dict[str, Any] | None],
+            include_usage: bool, n_prompt: int, ping: float) -> StreamingResponse:
+    """The SSE loop of both endpoints; they differ only in what goes into a chunk.
+
+    ``opening``: choices sent before any token (chat: the assistant role; completions: the echoed
+    prompt). ``choice(i, event)``: the chunk's choice for an engine event, or None for nothing
+    worth a chunk. Then the usage chunk (``stream_options.include_usage``) and ``[DONE]``.
+    """
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        return _sse({"id": rid, "object": object_, "created": created, "model": model_name,
+                     "system_fingerprint": None, "choices": choices, **extra})
+
+    async def gen() -> AsyncIterator[str]:
+        n_out = 0
+        try:
+            for c in opening:
+                yield chunk([c])
+            async for i, ev in _merged(handles, ping):
+                if ev is None:
+                    yield ": ping\n\n"
+                    continue
+                if ev.error:
+                    yield _sse(P.APIError(500, f"generation failed: {ev.error}", "server_error").body())
+                    break
+                n_out += len(ev.token_ids)
+                c = choice(i, ev)
+                if c is not None:
+                    yield chunk([c])
+            if include_usage:
+                yield chunk([], usage=P.usage(n_prompt, n_out))
+            yield "data: [DONE]\n\n"
+        finally:
+            for h in handles:
+                h.cancel()
+
+    return StreamingResponse(gen(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _stream_chat(model: ServedModel, handles: list[RequestHandle], rid: str, created: int,
+                 params: SamplingParams, include_usage: bool, n_prompt: int,
+                 ping: float) -> StreamingResponse:
+    def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
+        lp = P.chat_logprobs(ev.logprobs, model.token_text) if params.logprobs is not None else None
+        if not (ev.text or (lp and lp["content"]) or ev.finish_reason):
+            return None
+        delta = {"content": ev.text} if ev.text else {}
+        return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
+
+    opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                "finish_reason": None} for i in range(len(handles))]
+    return _stream(model.name, handles, rid, created, "chat.completion.chunk", opening, choice, include_usage,
+                   n_prompt * len(handles), ping)
+
+
+def _stream_completion(model: ServedModel, handles: list[RequestHandle], rid: str, created: int,
+                       params: SamplingParams, include_usage: bool, echo: bool,
+                       ping: float) -> StreamingResponse:
+    def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
+        lp = None
+        if params.logprobs is not None and ev.token_ids:
+            pieces = [ev.text] + [""] * (len(ev.token_ids) - 1)
+            lp = P.completion_logprobs(ev.logprobs, ev.token_ids, pieces, model.token_text)
+        if not (ev.text or lp or ev.finish_reason):
+            return None
+        return {"index": i, "text": ev.text, "logprobs": lp, "finish_reason": ev.finish_reason}
+
+    tok = model.tokenizer
+    opening = [{"index": i, "text": tok.decode(h.prompt_ids, skip_special_tokens=False), "logprobs": None,
+                "finish_reason": None} for i, h in enumerate(handles)] if echo else []
+    return _stream(model.name, handles, rid, created, "text_completion", opening, choice, include_usage,
+                   sum(len(h.prompt_ids) for h in handles), ping)
+
+
+# --- the app -------------------------------------------------------------------------------------------
 def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
     """The FastAPI app serving ``engine``. The model id is ``engine.name``."""
     opts = options or ServerOptions()
     app = FastAPI(title="seekforge", docs_url="/docs", redoc_url=None)
-    tok = engine.tokenizer
-    token_text = P.TokenText(tok)
-    http_stats = HttpStats()
-    bucket = TokenBucket(opts.rate_limit, opts.rate_burst) if opts.rate_limit > 0 else None
-    started = P.now()
-
-    # --- errors, auth, rate limit ------------------------------------------------------------------
-    @app.exception_handler(P.APIError)
-    async def _api_error(_: Request, e: P.APIError) -> JSONResponse:
-        retry = str(int(getattr(e, "retry_after", 1)) + 1)
-        headers = {"Retry-After": retry} if e.status in (429, 503) else None
-        return JSONResponse(e.body(), status_code=e.status, headers=headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return JSONResponse(P.APIError(e.status_code, str(e.detail), kind).body(), status_code=e.status_code)
-
-    @app.middleware("http")
-    async def _count(request: Request, call_next):  # noqa: ANN001, ANN202
-        response = await call_next(request)
-        http_stats.add(request.url.path, response.status_code)
-        return response
-
-    def check_auth(request: Request) -> str:
-        """Return the rate-limit key; raise 401 for a missing/wrong key when keys are configured."""
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if opts.api_keys:
-            if not key:
-                raise P.APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                                 code="invalid_api_key")
-            if not any(secrets.compare_digest(key, k) for k in opts.api_keys):
-                raise P.APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-        return key or (request.client.host if request.client else "anonymous")
-
-    def check_rate(key: str) -> None:
-        if bucket is None:
-            return
-        wait = bucket.take(key)
-        if wait > 0:
-            err = P.APIError(429, f"Rate limit exceeded ({opts.rate_limit:g} requests/min); retry in "
-                             f"{wait:.1f} s.", type="rate_limit_error", code="rate_limit_exceeded")
-            err.retry_after = wait
-            raise err
-
-    async def read_json(request: Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise P.APIError(400, f"Invalid JSON body: {e}", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise P.APIError(400, "The request body must be a JSON object.", code="invalid_json")
-        return body
-
-    def check_model(body: dict[str, Any]) -> None:
-        model = body.get("model")
-        if model is not None and model != engine.name:
-            raise P.APIError(400, f"The model '{model}' does not exist; this server serves '{engine.name}'.",
-                             param="model", code="model_not_found")
-
-    def submit_all(prompts: list[Any], params: SamplingParams, n: int) -> list[RequestHandle]:
-        handles: list[RequestHandle] = []
-        try:
-            for prompt in prompts:
-                for i in range(n):
-                    # n > 1 with a seed: distinct but reproducible choices.
-                    p = params if n == 1 or params.seed is None else params.replace(seed=params.seed + i)
-                    handles.append(engine.submit(prompt, p))
-        except InvalidParam as e:
-            for h in handles:
-                h.cancel()
-            code = "context_length_exceeded" if "context" in str(e) else "invalid_value"
-            raise P.APIError(400, str(e), param=e.param, code=code) from None
-        except QueueFull as e:
-            for h in handles:
-                h.cancel()
-            raise P.APIError(503, f"Server overloaded: {e}. Retry later.", type="server_error",
-                             code="queue_full") from None
-        except EngineClosed as e:
-            raise P.APIError(503, str(e), type="server_error", code="shutting_down") from None
-        return handles
-
-    # --- routes ----------------------------------------------------------------------------------
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.name, "running": engine.num_running(),
-                "waiting": engine.num_waiting()}
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        check_auth(request)
-        return {"object": "list", "data": [{
-            "id": engine.name, "object": "model", "created": started, "owned_by": "seekforge",
-            "root": engine.name, "parent": None, "max_model_len": engine.max_len, "permission": []}]}
-
-    @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(render_metrics(engine, http_stats),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> dict[str, Any]:
-        check_auth(request)
-        body = await read_json(request)
-        if "messages" in body:
-            ids = engine.chat_prompt(P.chat_messages(body),
-                                     add_generation_prompt=P.field(body, "add_generation_prompt", bool, True))
-        elif isinstance(body.get("prompt"), str):
-            special = P.field(body, "add_special_tokens", bool, True)
-            ids = engine.encode(body["prompt"], add_special_tokens=special)
-        else:
-            raise P.APIError(400, "send 'prompt' (a string) or 'messages'", param="prompt")
-        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_len}
-
-    @app.post("/detokenize")
-    async def detokenize(request: Request) -> dict[str, Any]:
-        check_auth(request)
-        body = await read_json(request)
-        ids = P._int_list(body, "tokens")
-        if any(not 0 <= t < engine.vocab_size for t in ids):
-            raise P.APIError(400, f"token ids must be in [0, {engine.vocab_size})", param="tokens")
-        return {"prompt": tok.decode(ids, skip_special_tokens=False)}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        check_rate(check_auth(request))
-        body = await read_json(request)
-        check_model(body)
-        messages = P.chat_messages(body)
-        params = P.sampling_params(body, chat=True, vocab_size=engine.vocab_size)
-        n = P.field(body, "n", int, 1, lo=1, hi=opts.max_n)
-        try:
-            prompt = engine.chat_prompt(messages)
-        except Exception as e:  # template errors (e.g. a role the template rejects) are the client's
-            raise P.APIError(400, f"could not apply the chat template: {e}", param="messages") from None
-        stream = P.field(body, "stream", bool, False)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
-        try:
-            handles = submit_all([prompt], params, n)
-        except P.APIError as e:
-            if e.param == "prompt":
-                e.param = "messages"
-            raise
-        rid, created = P.new_id("chatcmpl"), P.now()
-        if stream:
-            return _stream_chat(handles, rid, created, params, include_usage, len(prompt))
-        choices = [_Choice() for _ in handles]
-        await _collect(handles, choices)
-        out = []
-        for i, c in enumerate(choices):
-            lp = P.chat_logprobs(c.lps, token_text) if params.logprobs is not None else None
-            out.append({"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
-                        "logprobs": lp, "finish_reason": c.finish})
-        return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": engine.name,
-                             "choices": out, "system_fingerprint": None,
-                             "usage": P.usage(len(prompt), sum(len(c.ids) for c in choices))})
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        check_rate(check_auth(request))
-        body = await read_json(request)
-        check_model(body)
-        prompts = P.completion_prompts(body)
-        params = P.sampling_params(body, chat=False, vocab_size=engine.vocab_size)
-        echo = P.field(body, "echo", bool, False)
-        if echo and params.logprobs is not None:
-            params = params.replace(prompt_logprobs=params.logprobs)
-        if params.max_tokens == 0 and not echo:
-            raise P.bad("max_tokens", "'max_tokens' must be >= 1 unless 'echo' is true")
-        n = P.field(body, "n", int, 1, lo=1, hi=opts.max_n)
-        stream = P.field(body, "stream", bool, False)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
-        handles = submit_all(prompts, params, n)
-        rid, created = P.new_id("cmpl"), P.now()
-        if stream:
-            return _stream_completion(handles, rid, created, params, include_usage, echo)
-        choices = [_Choice() for _ in handles]
-        await _collect(handles, choices)
-        out = []
-        for i, (h, c) in enumerate(zip(handles, choices)):
-            text = "".join(c.text)
-            prompt_text = tok.decode(h.prompt_ids, skip_special_tokens=False) if echo else ""
-            lp = None
-            if params.logprobs is not None:
-                if echo:
-                    comp = Completion(h.id, h.prompt_ids, text, c.ids, c.finish or "stop", c.lps,
-                                      h.prompt_logprobs, None, 0.0)
-                    lp = P.echo_logprobs(comp, tok, token_text, c.pieces)
-                else:
-                    lp = P.completion_logprobs(c.lps, c.ids, c.pieces, token_text)
-            out.append({"index": i, "text": prompt_text + text, "logprobs": lp, "finish_reason": c.finish})
-        n_prompt = sum(len(h.prompt_ids) for h in handles[::n])
-        return JSONResponse({"id": rid, "object": "text_completion", "created": created, "model": engine.name,
-                             "choices": out, "system_fingerprint": None,
-                             "usage": P.usage(n_prompt, sum(len(c.ids) for c in choices))})
-
-    # --- helpers that need the closure ----------------------------------------------------------
-    async def _collect(handles: list[RequestHandle], choices: list[_Choice]) -> None:
-        try:
-            async for i, ev in _merged(handles, opts.ping_seconds):
-                if ev is None:
-                    continue
-                if ev.error:
-                    raise P.APIError(500, f"generation failed: {ev.error}", type="server_error")
-                choices[i].add(ev)
-        finally:  # the client went away (or an error): stop whatever still runs
-            for h in handles:
-                h.cancel()
-
-    def _stream(handles: list[RequestHandle], rid: str, created: int, object_: str,
-                opening: list[dict[str, Any]], choice: Callable[[int, StreamEvent], dict[str, Any] | None],
-                include_usage: bool, n_prompt: int) -> StreamingResponse:
-        """The SSE loop of both endpoints; they differ only in what goes into a chunk.
-
-        ``opening``: choices sent before any token (chat: the assistant role; completions: the echoed
-        prompt). ``choice(i, event)``: the chunk's choice for an engine event, or None for nothing
-        worth a chunk. Then the usage chunk (``stream_options.include_usage``) and ``[DONE]``.
-        """
-        def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-            return _sse({"id": rid, "object": object_, "created": created, "model": engine.name,
-                         "system_fingerprint": None, "choices": choices, **extra})
-
-        async def gen() -> AsyncIterator[str]:
-            n_out = 0
-            try:
-                for c in opening:
-                    yield chunk([c])
-                async for i, ev in _merged(handles, opts.ping_seconds):
-                    if ev is None:
-                        yield ": ping\n\n"
-                        continue
-                    if ev.error:
-                        yield _sse(P.APIError(500, f"generation failed: {ev.error}", "server_error").body())
-                        break
-                    n_out += len(ev.token_ids)
-                    c = choice(i, ev)
-                    if c is not None:
-                        yield chunk([c])
-                if include_usage:
-                    yield chunk([], usage=P.usage(n_prompt, n_out))
-                yield "data: [DONE]\n\n"
-            finally:
-                for h in handles:
-                    h.cancel()
-
-        return StreamingResponse(gen(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    def _stream_chat(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
-                     include_usage: bool, n_prompt: int) -> StreamingResponse:
-        def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
-            lp = P.chat_logprobs(ev.logprobs, token_text) if params.logprobs is not None else None
-            if not (ev.text or (lp and lp["content"]) or ev.finish_reason):
-                return None
-            delta = {"content": ev.text} if ev.text else {}
-            return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": ev.finish_reason}
-
-        opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                    "finish_reason": None} for i in range(len(handles))]
-        return _stream(handles, rid, created, "chat.completion.chunk", opening, choice, include_usage,
-                       n_prompt * len(handles))
-
-    def _stream_completion(handles: list[RequestHandle], rid: str, created: int, params: SamplingParams,
-                           include_usage: bool, echo: bool) -> StreamingResponse:
-        def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
-            lp = None
-            if params.logprobs is not None and ev.token_ids:
-                pieces = [ev.text] + [""] * (len(ev.token_ids) - 1)
-                lp = P.completion_logprobs(ev.logprobs, ev.token_ids, pieces, token_text)
-            if not (ev.text or lp or ev.finish_reason):
-                return None
-            return {"index": i, "text": ev.text, "logprobs": lp, "finish_reason": ev.finish_reason}
-
-        opening = [{"index": i, "text": tok.decode(h.prompt_ids, skip_special_tokens=False), "logprobs": None,
-                    "finish_reason": None} for i, h in enumerate(handles)] if echo else []
-        return _stream(handles, rid, created, "text_completion", opening, choice, include_usage,
-                       sum(len(h.prompt_ids) for h in handles))
-
-    # --- the web chat page -----------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
-
+    app.state.server = ServerState(
+        models={engine.name: ServedModel.of(engine)}, default=engine.name, options=opts,
+        bucket=TokenBucket(opts.rate_limit, opts.rate_burst) if opts.rate_limit > 0 else None)
+    app.add_exception_handler(P.APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.middleware("http")(_count_requests)
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
