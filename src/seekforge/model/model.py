@@ -27,6 +27,7 @@ value head dims, E routed experts, K experts per token, G groups, L main layers,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -393,86 +394,13 @@ class Router(nn.Module):
         return grouped.masked_fill(~group_mask[..., None], float("-inf")).view(N, self.n_experts)
 
 
-@torch.library.custom_op("seekforge::grouped_mm", mutates_args=())
-def _grouped_mm_cpu(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
-    """torch._grouped_mm on CPU for any float dtype, wrapped as an op torch.compile can trace: the
-    built-in op's fake (meta) kernel accepts only bf16, so compiling an fp32 model would fail."""
-    return torch._grouped_mm(x, w, offs=offsets)
-
-
-@_grouped_mm_cpu.register_fake
-def _(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
-    return x.new_empty(x.shape[0], w.shape[-1])
-
-
-@torch.library.custom_op("seekforge::grouped_mm_wgrad", mutates_args=())
-def _grouped_mm_wgrad_cpu(grad: Tensor, x: Tensor, offsets: Tensor) -> Tensor:
-    """Per-group grad_e^T @ x_e -> [E, n, k]: the weight gradient of a grouped matmul, already in the
-    layout of the stored [E, out, in] parameters (computing x^T grad instead would need a transposing
-    copy of every expert gradient: 8 ms per MoE layer on this CPU, measured)."""
-    return torch._grouped_mm(grad.t(), x, offs=offsets)
-
-
-@_grouped_mm_wgrad_cpu.register_fake
-def _(grad: Tensor, x: Tensor, offsets: Tensor) -> Tensor:
-    return x.new_empty(offsets.shape[0], grad.shape[1], x.shape[1])
-
-
-def _grouped_mm_cpu_backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
-    x, w, offsets = ctx.saved_tensors
-    grad = grad.contiguous()
-    dw = _grouped_mm_wgrad_cpu(grad, x, offsets).transpose(1, 2)  # a view; the param grad is contiguous
-    return _grouped_mm_cpu(grad, w.transpose(1, 2), offsets), dw, None
-
-
-def _grouped_mm_cpu_setup(ctx, inputs: tuple, output: Tensor) -> None:  # noqa: ANN001
-    ctx.save_for_backward(*inputs)
-
-
-_grouped_mm_cpu.register_autograd(_grouped_mm_cpu_backward, setup_context=_grouped_mm_cpu_setup)
-
-
-def grouped_matmul(x: Tensor, w: Tensor, counts: Tensor, offsets: Tensor) -> Tensor:
-    """Rows of ``x`` [M, k] sorted by expert (``counts[e]`` rows for expert e) times ``w[e]`` [k, n].
-
-    One grouped GEMM: ``torch._grouped_mm`` for bf16 (CUDA sm80+ kernels; compiles natively), our
-    traceable wrapper of it on CPU (any dtype). Elsewhere (fp32 on CUDA) a loop over the experts that
-    received tokens, which needs ``counts`` on the host (one sync; a graph break under compile).
-    Under autocast both operands are cast to the autocast dtype first, as autocast does for any matmul.
-    """
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        # Autocast has no rule for _grouped_mm (or our CPU op): the fp32 activations and parameters
-        # would stay fp32 and, on CUDA, take the per-expert loop with its host sync. The casts are
-        # differentiable, so the fp32 parameters still get fp32 gradients.
-        dtype = torch.get_autocast_dtype(device_type)
-        x, w = x.to(dtype), w.to(dtype)
-    if x.dtype == torch.bfloat16 and (x.device.type == "cpu" or (
-            x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= (8, 0))):
-        return torch._grouped_mm(x, w, offs=offsets)
-    if x.device.type == "cpu":
-        return _grouped_mm_cpu(x, w, offsets)
-    outs = [chunk @ w[e] for e, chunk in enumerate(x.split(counts.tolist())) if chunk.shape[0]]
-    return torch.cat(outs) if outs else x.new_zeros(0, w.shape[-1])
-
-
 class RoutedExperts(nn.Module):
-    """E SwiGLU experts stored stacked; tokens are sorted by expert and sent through grouped matmuls.
+    """E SwiGLU experts stored stacked: ``gate_up_proj`` [E, 2*I_m, d], ``down_proj`` [E, d, I_m].
 
-    No Python loop over experts on the hot path: (token, choice) pairs are ordered by expert id, each
-    expert's contiguous block is multiplied by its own weights (torch._grouped_mm), the results are
-    weighted by the gate values and un-permuted back. Both permutations have gather-only backwards
-    (deterministic, unlike index_add / scatter-add).
-
-    Decode (no autograd, at most ``few_pairs`` (token, choice) pairs) skips all of that: the grouped
-    matmul visits every expert, empty ones included, and the sort/permute ops cost more than the math
-    for one or two tokens. Those pairs are multiplied by their own expert's weights directly.
+    The routed half of DSV3-R eq. 12: y_t = sum over the K chosen experts i of g_it * FFN_i(u_t).
+    This reference loops over the experts; :class:`seekforge.model.kernels.GroupedExperts` (what
+    ``build_model`` installs) computes the same with grouped matmuls and no loop.
     """
-
-    few_pairs = 4  # decode path up to this many pairs: 3x faster at 1-2 pairs, equal at ~8 (CPU, LOG.md)
-    # In a compiled decode graph the pair path is a fused multiply+sum and stays ahead of the grouped
-    # matmul up to far more pairs (CPU, small-moe, batch 16 x K=2: 6.0 vs 7.5 ms per step).
-    few_pairs_compiled = 64
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -482,87 +410,14 @@ class RoutedExperts(nn.Module):
 
     def forward(self, x: Tensor, idx: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """x [N, d], idx/weights [N, K] -> (y [N, d], tokens per expert [E])."""
-        N, K = idx.shape
         E = self.gate_up_proj.shape[0]
-        flat = idx.reshape(-1)
-        counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(
-            0, flat, torch.ones_like(flat, dtype=torch.int32))  # static shape, unlike bincount
-        pairs = N * K
-        limit = self.few_pairs_compiled if torch.compiler.is_compiling() else self.few_pairs
-        if pairs <= limit and not torch.is_grad_enabled():
-            return self._few_pairs(x, flat, weights.reshape(-1)).view(N, K, -1).sum(dim=1), counts
-        order = flat.argsort(stable=True)  # (token, choice) pairs grouped by expert
-        offsets = counts.cumsum(0, dtype=torch.int32)
-        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        xs = _Dispatch.apply(x, order, inv, K)  # [N*K, d], rows grouped by expert
-        h = grouped_matmul(xs, self.gate_up_proj.transpose(1, 2), counts, offsets)
-        gate, up = h.chunk(2, dim=-1)
-        # The gate weight is applied before the (linear) down projection: same result, and the
-        # multiply runs on I_m-wide rows instead of d-wide ones.
-        act = F.silu(gate) * up * weights.reshape(-1)[order, None].to(up.dtype)
-        ys = grouped_matmul(act, self.down_proj.transpose(1, 2), counts, offsets)
-        y = _Permute.apply(ys, inv, order).view(N, K, -1).sum(dim=1)  # (token, choice) order, sum choices
-        return y, counts
-
-    def _few_pairs(self, x: Tensor, flat: Tensor, weights: Tensor) -> Tensor:
-        """Output of each (token, choice) pair, [N*K, d], computed from the chosen experts' weights only."""
-        K = flat.numel() // x.shape[0]
-        w = weights.to(x.dtype)
-        if torch.compiler.is_compiling():
-            # Written as multiply + sum, the compiler turns each product into ONE generated kernel
-            # that reads the chosen experts' rows in place (no weight copy, no Python in the graph):
-            # 20% faster per compiled decode step on CPU than the loop below inside a custom op.
-            xs = x.repeat_interleave(K, dim=0)
-            gate, up = (self.gate_up_proj[flat] * xs[:, None, :]).sum(-1).chunk(2, dim=-1)
-            act = F.silu(gate) * up * w[:, None]
-            return (self.down_proj[flat] * act[:, None, :]).sum(-1)
-        if x.device.type == "cpu":
-            # On the CPU reading the expert ids waits for no device: two plain matmuls per pair, no
-            # copies (gathering the chosen experts' weights costs more than the math: LOG.md).
-            ys = []
-            for j, e in enumerate(flat.tolist()):
-                gate, up = F.linear(x[j // K], self.gate_up_proj[e]).chunk(2, dim=-1)
-                ys.append(F.linear(F.silu(gate) * up * w[j], self.down_proj[e]))
-            return torch.stack(ys)
-        # Accelerators: no host sync; gather the chosen experts' weights, one batched matmul each.
-        xs = x.repeat_interleave(K, dim=0)[:, :, None]  # [N*K, d, 1]
-        gate, up = torch.bmm(self.gate_up_proj[flat], xs).squeeze(-1).chunk(2, dim=-1)
-        act = F.silu(gate) * up * w[:, None]
-        return torch.bmm(self.down_proj[flat], act[:, :, None]).squeeze(-1)
-
-
-class _Dispatch(torch.autograd.Function):
-    """xs = x[order // K]: token rows replicated for each of their K choices, grouped by expert.
-
-    Autograd's backward for this gather is a scatter-add (index_put with accumulate: serial on CPU,
-    atomic and nondeterministic on CUDA). Because ``order`` is a permutation we can instead gather the
-    gradient back into (token, choice) order and sum over the K choices.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, order: Tensor, inv: Tensor, K: int) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(inv)
-        ctx.K = K
-        return x[order // K]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # noqa: ANN001
-        (inv,) = ctx.saved_tensors
-        return grad[inv].view(-1, ctx.K, grad.shape[-1]).sum(dim=1), None, None, None
-
-
-class _Permute(torch.autograd.Function):
-    """x[perm] for a permutation ``perm`` with inverse ``inv``: the backward is a gather, g[inv]."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, perm: Tensor, inv: Tensor) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(inv)
-        return x[perm]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
-        (inv,) = ctx.saved_tensors
-        return grad[inv], None, None
+        y = torch.zeros_like(x)
+        for e in range(E):
+            token, choice = torch.where(idx == e)  # the tokens that chose expert e, and as which choice
+            gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
+            out = F.linear(F.silu(gate) * up, self.down_proj[e])
+            y = y.index_add(0, token, (weights[token, choice, None] * out).to(y.dtype))
+        return y, torch.bincount(idx.reshape(-1), minlength=E)
 
 
 class MoE(nn.Module):
@@ -738,39 +593,13 @@ def _shift_targets(labels: Tensor, shift: int, segment_ids: Tensor | None) -> Te
     return out
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """Mean token cross-entropy with a hand-written backward: d loss / d logits = (softmax - onehot) / n.
-
-    Same value as F.cross_entropy(..., ignore_index=-100), but the [N, V] tensors are touched fewer
-    times: no log-probability tensor in the forward (only logsumexp), and the backward writes the
-    gradient in one softmax pass instead of a zero-filled NLL gradient + log_softmax_backward.
-    With V = 8192 the stock path cost ~30% of a small-moe CPU training step (docs/LOG.md).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:  # noqa: ANN001
-        valid = targets != IGNORE_INDEX
-        safe = targets.clamp(min=0)
-        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32 for bf16 logits, fp64 stays fp64
-        lse = torch.logsumexp(logits.to(acc), dim=-1)
-        picked = logits.gather(1, safe[:, None]).squeeze(1).to(acc)
-        n = valid.sum().clamp(min=1)
-        ctx.save_for_backward(logits, lse, safe, valid, n)
-        return ((lse - picked) * valid).sum() / n
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        logits, lse, safe, valid, n = ctx.saved_tensors
-        scale = (grad / n) * valid.to(lse.dtype)  # [N]: ignored rows get no gradient
-        g = torch.softmax(logits, dim=-1, dtype=lse.dtype)
-        g.mul_(scale[:, None])
-        g.scatter_add_(1, safe[:, None], -scale[:, None])
-        return g.to(logits.dtype), None
-
-
-def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean CE over non-ignored targets (0, not NaN, when every target is ignored)."""
-    return _CrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean CE of logits [..., V] against targets [...] over targets != IGNORE_INDEX, in fp32 or wider
+    (0, not NaN, when every target is ignored)."""
+    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    total = F.cross_entropy(logits.to(acc), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 class DeepseekV3ForCausalLM(nn.Module):
@@ -781,6 +610,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         self.config = config
         self.model = DeepseekV3Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.cross_entropy: Callable[[Tensor, Tensor], Tensor] = cross_entropy  # kernels swap in a fused one
 
     # --- bookkeeping ---------------------------------------------------------------------------
     @property
@@ -841,7 +671,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         if labels is None:
             return ModelOutput(logits=logits, expert_loads=self._stack_loads(loads))
 
-        main = _cross_entropy(logits, _shift_targets(labels, 1, segment_ids))
+        main = self.cross_entropy(logits, _shift_targets(labels, 1, segment_ids))
         loss, losses = main, {"main": main.detach()}
         if cfg.num_nextn_predict_layers > 0 and cfg.mtp_loss_weight > 0:
             mtp = self._mtp_loss(h, input_ids, labels, segment_ids, cos, sin, mask, with_aux, loads, bal)
@@ -869,7 +699,7 @@ class DeepseekV3ForCausalLM(nn.Module):
             h, ld, b = layer(x, cos, sin, mask, with_aux)
             self._collect(ld, b, loads, bal)
             logits = self.lm_head(layer.shared_head.norm(h))
-            per_depth.append(_cross_entropy(logits, _shift_targets(labels, k + 1, segment_ids)))
+            per_depth.append(self.cross_entropy(logits, _shift_targets(labels, k + 1, segment_ids)))
         return torch.stack(per_depth).mean()
 
     @staticmethod
