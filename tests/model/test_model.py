@@ -240,7 +240,7 @@ def test_balance_loss_hand_computed():
 
 
 def test_routed_experts_equal_the_per_token_formula():
-    """y_t = sum_k w_tk * down_e(silu(gate_e x_t) * up_e x_t), e = idx[t, k] (DSV3-R eq. 12), and grads."""
+    """y_t = sum_k w_tk * down_e(silu(gate_e x_t) * up_e x_t), e = idx[t, k] (DeepSeek-V3 eq. 12)."""
     torch.manual_seed(0)
     experts = RoutedExperts(preset_config("tiny"))
     torch.nn.init.normal_(experts.gate_up_proj, std=0.1)

@@ -1,24 +1,25 @@
-"""The DeepSeek-V3 model in one file: MLA attention, DeepSeekMoE, multi-token prediction.
+"""DeepSeek-V3 (arXiv:2412.19437) in plain single-device PyTorch: MLA, DeepSeekMoE, multi-token prediction.
 
-Read top to bottom; every piece is a small module:
+Read it next to the technical report; "eq. N" and "§N" below are the report's. Top to bottom:
 
-    RMSNorm, MLP (SwiGLU)                      the basic blocks
-    RotaryEmbedding                            decoupled RoPE + YaRN (spec §2.3-2.4)
-    MLAttention                                Multi-head Latent Attention (spec §2, DSV3-R eqs 1-11)
-      .forward          training / prefill: materialised heads, F.scaled_dot_product_attention
-      .forward_absorbed decode: weight absorption over a latent cache (d_c + d_r numbers per token)
-    Router, RoutedExperts, MoE                 DeepSeekMoE (spec §3, DSV3-R eqs 12-20)
-    DecoderLayer, MTPLayer                     one block; an MTP module (spec §4, DSV3-R eqs 21-25)
-    DeepseekV3ForCausalLM                      the whole model, losses, bias update, cached inference
+    RMSNorm, MLP                  the basic blocks (SwiGLU feed-forward)
+    RotaryEmbedding, apply_rope   decoupled RoPE on the d_r-dim slices, with YaRN (§4.3)
+    MLAttention                   Multi-head Latent Attention (§2.1.1, eqs. 1-11)
+      .forward                    training / prefill: keys and values expanded per head, SDPA
+      .forward_absorbed           decode: projections absorbed, attention over the cached latent
+    Router, RoutedExperts, MoE    DeepSeekMoE, auxiliary-loss-free balancing (§2.1.2, eqs. 12-20)
+    DecoderLayer, MTPLayer        one block; one multi-token prediction module (§2.2, eqs. 21-25)
+    DeepseekV3ForCausalLM         the whole model: losses, router-bias update, cached inference
 
 Parameter names equal the Hugging Face state-dict names (``model.layers.3.self_attn.q_a_proj.weight``
 ...) except the routed experts, which are stacked ``[E, ...]`` tensors (``mlp.experts.gate_up_proj``
 ``[E, 2*I_m, d]`` and ``mlp.experts.down_proj`` ``[E, d, I_m]``, the layout transformers 5 uses in
 memory). MTP modules live at ``model.layers[num_hidden_layers + k]`` exactly as in HF checkpoints.
 
-This file is written for ONE device: no parallelism, mixed precision or compilation inside. The
-trainer applies those from outside (each DecoderLayer is a separate module for FSDP2 / activation
-checkpointing; shapes in the training path are static so ``torch.compile`` sees one graph).
+This is the reference: no parallelism, mixed precision, compilation or custom kernels inside. They
+are applied from outside: ``build_model`` swaps in the grouped-matmul experts and fused loss of
+:mod:`seekforge.model.kernels` (same parameters, same results); the trainer wraps each DecoderLayer
+for FSDP2 / activation checkpointing and autocasts; the inference engine compiles ``decode_step``.
 
 Symbols: d hidden_size, H heads, d_c kv_lora_rank, d_q q_lora_rank, d_n / d_r / d_v nope / rope /
 value head dims, E routed experts, K experts per token, G groups, L main layers, D MTP depth.
@@ -83,7 +84,7 @@ class MLP(nn.Module):
 
 
 def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
-    """YaRN attention temperature m = 0.1 * mscale * ln(s) + 1 (DSV3-R §4.3: sqrt(t) = 0.1 ln s + 1)."""
+    """YaRN attention temperature m = 0.1 * mscale * ln(s) + 1 (§4.3: sqrt(t) = 0.1 ln s + 1)."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
@@ -95,9 +96,10 @@ def _rope_kind(cfg: ModelConfig) -> str:
 def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
     """Inverse frequencies theta_j (j < d_r/2) and the cos/sin multiplier, YaRN-corrected if configured.
 
-    YaRN (spec §2.4): frequencies whose wavelength fits in the original context many times (high
-    frequency, j < low) are kept; slow ones (j > high) are divided by the factor s; a linear ramp in
-    between. Same formulas as the reference code and transformers' ``_compute_yarn_parameters``.
+    YaRN (arXiv:2309.00071): frequencies whose wavelength fits in the original context many times
+    (high frequency, j < low) are kept; slow ones (j > high) are divided by the factor s; a linear ramp
+    in between. Same formulas as DeepSeek's ``inference/model.py`` (``precompute_freqs_cis``) and
+    transformers' ``_compute_yarn_parameters`` (``modeling_rope_utils.py``).
     """
     d_r, base = cfg.qk_rope_head_dim, float(cfg.rope_theta)
     inv_freq = 1.0 / base ** (torch.arange(0, d_r, 2, dtype=torch.float64) / d_r)
@@ -133,7 +135,7 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
 
 
 def softmax_scale(cfg: ModelConfig) -> float:
-    """1/sqrt(d_n + d_r), times m^2 with YaRN (spec §2.3; HF reads mscale_all_dim)."""
+    """1/sqrt(d_n + d_r), times m^2 with YaRN, m from ``mscale_all_dim`` as transformers reads it."""
     scale = cfg.qk_head_dim**-0.5
     if _rope_kind(cfg) != "default":
         rs = cfg.rope_scaling or {}
@@ -171,7 +173,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     x: [B, T, ..., d_r]; cos/sin: [B, T, d_r/2]. The output is written de-interleaved (all first
     members, then all second members), like transformers does; q and k get the same layout, so
-    dot products are unchanged. Checkpoints stay in the interleaved convention (spec §2.4).
+    dot products are unchanged. Checkpoints keep DeepSeek's interleaved convention, which llama.cpp
+    and transformers (``rope_interleave=True``) expect.
     """
     while cos.dim() < x.dim():  # broadcast over the head dimension
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
@@ -221,7 +224,7 @@ class MLAttention(nn.Module):
             self.q_proj = nn.Linear(d, H * self.d_qk, bias=False)
         else:
             self.q_a_proj = nn.Linear(d, cfg.q_lora_rank, bias=False)
-            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=1e-6)  # HF: fixed 1e-6 (spec flag F11)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=1e-6)  # transformers: always 1e-6
             self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * self.d_qk, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(d, self.d_c + self.d_r, bias=False)
         self.kv_a_layernorm = RMSNorm(self.d_c, eps=1e-6)
@@ -261,7 +264,7 @@ class MLAttention(nn.Module):
         k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, H, self.d_r)], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
         # Flash kernels (CPU and CUDA) need equal q/k/v head dims: pad v with zeros and drop the padding
-        # afterwards (2.4x faster than the math fallback on CPU, measured in docs/LOG.md).
+        # afterwards (2.4x faster than the math fallback on CPU, measured).
         if self.d_v < self.d_qk:
             v = F.pad(v, (0, self.d_qk - self.d_v))
         if mask is None:
@@ -284,7 +287,7 @@ class MLAttention(nn.Module):
         return self.kv_b_proj(torch.eye(self.d_c, device=ref.device, dtype=ref.dtype)).T
 
     def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor, cache: CacheView) -> Tensor:
-        """Decode with weight absorption (spec §2.5): attention runs in the d_c latent space.
+        """Decode with absorbed projections (DeepSeek-V2 report, arXiv:2405.04434, §2.1.2).
 
         score = scale * ((W_UK^T q_nope) . c_s + q_pe . k_pe_s)   -> MQA with one 576-dim shared key
         out   = W_O [W_UV (sum_s p_s c_s)]                          (per head)
@@ -335,7 +338,7 @@ def _write_cache(cache: CacheView, c: Tensor, k_pe: Tensor) -> None:
 class Router(nn.Module):
     """Top-K expert selection (HF module name ``gate``).
 
-    V3 (scoring_func sigmoid, topk_method noaux_tc; spec §3.2, DSV3-R eqs 13-16):
+    V3 (scoring_func sigmoid, topk_method noaux_tc; eqs. 13-16):
         s = sigmoid(u . e_i); selection uses s + b (b = e_score_correction_bias, fp32, no gradient);
         groups scored by the sum of their top-2 biased scores; keep topk_group groups (others -inf);
         top-K; gate weights from the UNBIASED s, normalised over the K (norm_topk_prob), times
@@ -351,7 +354,7 @@ class Router(nn.Module):
         bias = torch.zeros(cfg.n_routed_experts, dtype=torch.float32)
         self.register_buffer("e_score_correction_bias", bias)
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001
+    def _apply(self, fn, recurse: bool = True):
         # Keep the bias in fp32 through .to(bf16)/.half()/to_empty(): updates of +-1e-3 vanish in bf16.
         bias = self._buffers.pop("e_score_correction_bias")
         try:
@@ -390,14 +393,15 @@ class Router(nn.Module):
             group_score = grouped.amax(dim=-1)  # V2: best expert per group
         keep = group_score.topk(self.cfg.topk_group, dim=-1, sorted=False).indices
         group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
-        # -inf (not 0, spec flag F3): biased scores can be negative, 0 would leak dropped groups.
+        # -inf, as DeepSeek's code and transformers 5 (transformers 4 used 0): biased scores can be
+        # negative, so 0 would let experts of dropped groups win.
         return grouped.masked_fill(~group_mask[..., None], float("-inf")).view(N, self.n_experts)
 
 
 class RoutedExperts(nn.Module):
     """E SwiGLU experts stored stacked: ``gate_up_proj`` [E, 2*I_m, d], ``down_proj`` [E, d, I_m].
 
-    The routed half of DSV3-R eq. 12: y_t = sum over the K chosen experts i of g_it * FFN_i(u_t).
+    The routed half of eq. 12: y_t = sum over the K chosen experts i of g_it * FFN_i(u_t).
     This reference loops over the experts; :class:`seekforge.model.kernels.GroupedExperts` (what
     ``build_model`` installs) computes the same with grouped matmuls and no loop.
     """
@@ -443,10 +447,11 @@ class MoE(nn.Module):
         return y.view(B, T, d), counts.detach().float(), bal
 
     def balance_loss(self, idx: Tensor, scores: Tensor, B: int, T: int) -> Tensor:
-        """Complementary sequence-wise balance loss, DSV3-R eqs 17-20 (batch-wise if not seq_aux):
+        """Complementary sequence-wise balance loss, eqs. 17-20 (batch-wise if not seq_aux):
 
             L = alpha * sum_i f_i P_i,  f_i = E/(K T) * #{t: i in TopK_t},  P_i = mean_t s_it / sum_j s_jt
-        The indicator uses the actual (biased) routing decision (spec flag F7).
+        The indicator uses the actual (biased) routing decision, as training code does; the report
+        writes top-K of the unbiased s.
         """
         E, K = self.cfg.n_routed_experts, self.cfg.num_experts_per_tok
         n_seq = B if self.cfg.seq_aux else 1
@@ -504,8 +509,8 @@ class SharedHead(nn.Module):
 
 
 class MTPLayer(DecoderLayer):
-    """MTP module k (DSV3-R eqs 21-23): h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]), then a
-    full block. Embedding FIRST, as in all released code (spec flag F1, the paper writes the reverse).
+    """MTP module k (eqs. 21-23): h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]), then a full
+    block. Embedding FIRST, as in DeepSeek's released weights and code (eq. 21 writes the reverse).
     """
 
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
@@ -627,7 +632,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         return [layer for layer in self.model.layers if layer.is_moe]
 
     def init_weights(self) -> None:
-        """N(0, initializer_range^2) for every matrix (DSV3-R §4.2: 0.006), norms 1, router bias 0."""
+        """N(0, initializer_range^2) for every matrix (§4.2: 0.006), norms 1, router bias 0."""
         std = self.config.initializer_range
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -685,11 +690,11 @@ class DeepseekV3ForCausalLM(nn.Module):
 
     def _mtp_loss(self, h: Tensor, input_ids: Tensor, labels: Tensor, segment_ids: Tensor | None, cos: Tensor,
                   sin: Tensor, mask: Tensor | None, with_aux: bool, loads: list, bal: list) -> Tensor:
-        """Mean over depths k of CE(predict t_{i+k+1} from h^{k-1}_i and t_{i+k}) (DSV3-R eqs 21-25).
+        """Mean over depths k of CE(predict t_{i+k+1} from h^{k-1}_i and t_{i+k}) (eqs. 21-25).
 
         Sequences keep their length T (static shapes): tail positions whose inputs/targets fall off the
         row, or cross a segment boundary, are ignored. h^0 is the main output after the final norm
-        (what HF5 and vLLM feed their MTP drafters, spec flag F2).
+        (what transformers 5 and vLLM feed their MTP drafters; the report does not say).
         """
         per_depth = []
         for k, layer in enumerate(self.mtp_layers, start=1):
@@ -723,7 +728,7 @@ class DeepseekV3ForCausalLM(nn.Module):
     # --- aux-loss-free balancing ----------------------------------------------------------------
     @torch.no_grad()
     def update_router_bias(self, loads: Tensor) -> None:
-        """b_i += gamma * sign(mean(load) - load_i) per MoE layer (DSV3-R §2.1.2, spec §3.3).
+        """b_i += gamma * sign(mean(load) - load_i) per MoE layer (§2.1.2).
 
         Call after each optimizer step with ``expert_loads`` summed over micro-batches and ranks.
         Over-loaded experts get a lower bias, so they are chosen less. Only routers with
@@ -808,7 +813,7 @@ class DeepseekV3ForCausalLM(nn.Module):
     @torch.no_grad()
     def mtp_forward_cached(self, hidden: Tensor, next_ids: Tensor, cache: MLACache, slots: Tensor,
                            start_pos: Tensor, depth: int = 1) -> ModelOutput:
-        """MTP module ``depth`` as a drafter (DSV3-R §5.4.3): for the tokens at positions start_pos ..
+        """MTP module ``depth`` as a drafter (§5.4.3): for the tokens at positions start_pos ..
         (``hidden`` [B, T, d] = their main ``hidden``, or the previous depth's output) and the tokens
         that follow them (``next_ids`` [B, T]), predict the token after ``next_ids``.
 
