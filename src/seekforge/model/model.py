@@ -16,10 +16,11 @@ Parameter names equal the Hugging Face state-dict names (``model.layers.3.self_a
 ``[E, 2*I_m, d]`` and ``mlp.experts.down_proj`` ``[E, d, I_m]``, the layout transformers 5 uses in
 memory). MTP modules live at ``model.layers[num_hidden_layers + k]`` exactly as in HF checkpoints.
 
-This is the reference: no parallelism, mixed precision, compilation or custom kernels inside. They
-are applied from outside: ``build_model`` swaps in the grouped-matmul experts and fused loss of
-:mod:`seekforge.model.kernels` (same parameters, same results); the trainer wraps each DecoderLayer
-for FSDP2 / activation checkpointing and autocasts; the inference engine compiles ``decode_step``.
+This is the reference: no parallelism, compilation or custom kernels inside, and precision handled
+only where the numerics need it (router and norms in fp32). The rest is applied from outside:
+``build_model`` swaps in the grouped-matmul experts and fused loss of :mod:`seekforge.model.kernels`
+(same parameters, same results); the trainer wraps each DecoderLayer for FSDP2 / activation
+checkpointing and runs it under autocast; the inference engine compiles ``decode_step``.
 
 Symbols: d hidden_size, H heads, d_c kv_lora_rank, d_q q_lora_rank, d_n / d_r / d_v nope / rope /
 value head dims, E routed experts, K experts per token, G groups, L main layers, D MTP depth.
