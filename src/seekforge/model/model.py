@@ -854,4 +854,4 @@ class DeepseekV3ForCausalLM(nn.Module):
 
 __all__ = ["DeepseekV3ForCausalLM", "ModelOutput", "MLACache", "CacheView", "RMSNorm", "MLAttention", "MoE",
            "Router", "RoutedExperts", "DecoderLayer", "MTPLayer", "segment_positions", "softmax_scale",
-           "rope_inv_freq"]
+           "rope_inv_freq", "cross_entropy"]
