@@ -1,0 +1,290 @@
+"""GGUF export, judged by llama.cpp (llama-cpp-python): logits, greedy continuations, quantized files,
+the silent failure modes, tokenization, the chat template; and the exporter's bad-input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seekforge.export.gguf import Faults, _export, export_gguf
+
+from .conftest import V3_SHAPE, save_random_model
+
+TEXTS = {
+    "en": "The model learns to predict the next token from data. It reads code and prose, 123 steps a day.",
+    "zh": "我们用数据训练一个语言模型，它学会预测下一个词元。中文和英文都要好。",
+}
+F32_TOLERANCE = 5e-3
+GREEDY_TOKENS = 40
+
+
+def _llama(llama_cpp, path, n_ctx: int = 256):
+    # F32 latent cache: llama.cpp's default F16 cache alone moves these logits by ~1e-2.
+    return llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_batch=n_ctx, n_threads=2,
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
+
+
+def _llama_logits(llm, ids: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def _llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
+@torch.no_grad()
+def _our_logits(model, ids: list[int]) -> np.ndarray:
+    return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+@torch.no_grad()
+def _our_greedy(model, ids: list[int], n: int) -> list[int]:
+    seq = list(ids)
+    for _ in range(n):
+        seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    return seq[len(ids):]
+
+
+def _prompts(tokenizer_dir) -> dict[str, list[int]]:
+    from seekforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    return {lang: tok(text)["input_ids"] for lang, text in TEXTS.items()}
+
+
+def _load(model_dir):
+    from seekforge.model import load_model
+
+    return load_model(model_dir, device="cpu", dtype=torch.float32).eval()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+# =============================================================================================
+# llama.cpp computes the same model
+# =============================================================================================
+
+
+@pytest.mark.parametrize("variant", ["v3", "v2"])
+def test_f32_logits_and_greedy_match_llama_cpp(variant, v3_model_dir, v2_model_dir, tokenizer_dir, llama_cpp,
+                                               tmp_path):
+    """f32: max |logit difference| <= 5e-3 on zh and en prompts (fed as ids), and identical greedy
+    continuations for 40 tokens.
+
+    v3: q-LoRA, sigmoid router + bias, 2 groups, weights normalised and scaled, MTP dropped.
+    v2: plain q_proj, softmax router, no groups, unnormalised weights, YaRN (mscale 0.707)."""
+    model_dir = v3_model_dir if variant == "v3" else v2_model_dir
+    path = export_gguf(model_dir, tmp_path / "m.gguf", "f32")
+    model, llm = _load(model_dir), _llama(llama_cpp, path)
+    for lang, ids in _prompts(tokenizer_dir).items():
+        ours, theirs = _our_logits(model, ids), _llama_logits(llm, ids)
+        delta = float(np.abs(ours - theirs).max())
+        print(f"{variant} {lang}: {len(ids)} tokens, max|dlogit| {delta:.2e} (logit std {ours.std():.2f})")
+        assert delta <= F32_TOLERANCE, f"{variant}/{lang}: max |dlogit| {delta}"
+        greedy_ours = _our_greedy(model, ids, GREEDY_TOKENS)
+        greedy_llama = _llama_greedy(llm, ids, GREEDY_TOKENS)
+        same = _common_prefix(greedy_ours, greedy_llama)
+        print(f"{variant} {lang}: greedy continuations agree for {same}/{GREEDY_TOKENS} tokens")
+        assert same == GREEDY_TOKENS, f"{variant}/{lang}: greedy diverges after {same} tokens"
+        assert len(set(greedy_ours)) > 3  # a real continuation, not one token repeated
+
+
+# q4_0's floor is a sanity check (chance is 0.2%): 4-bit rounding flips many argmaxes of an untrained model.
+@pytest.mark.parametrize("outtype,min_agreement,max_mean_delta", [("f16", 0.99, 0.02), ("q8_0", 0.95, 0.1),
+                                                                  ("q4_0", 0.60, 1.0)])
+def test_quantized_top1_agreement(outtype, min_agreement, max_mean_delta, v3_model_dir, tokenizer_dir,
+                                  llama_cpp, tmp_path):
+    """Quantized files: next-token top-1 agreement with seekforge's f32 model at every position of zh + en
+    texts (the two prompts and 8 documents of the test corpus, ~500 positions)."""
+    from seekforge.tokenizer import load_tokenizer
+
+    from ..conftest import _tokenizer_corpus
+
+    path = export_gguf(v3_model_dir, tmp_path / f"m-{outtype}.gguf", outtype)
+    f32 = export_gguf(v3_model_dir, tmp_path / "m-f32.gguf", "f32")
+    assert path.stat().st_size < 0.6 * f32.stat().st_size
+    model, llm = _load(v3_model_dir), _llama(llama_cpp, path)
+    tok = load_tokenizer(tokenizer_dir)
+    texts = [*TEXTS.values(), *(doc[:300] for doc in _tokenizer_corpus()[::30])]
+    agree, total, deltas = 0, 0, []
+    for ids in (tok(text)["input_ids"][:200] for text in texts):  # within n_ctx 256
+        ours, theirs = _our_logits(model, ids), _llama_logits(llm, ids)
+        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        total += len(ids)
+        deltas.append(np.abs(ours - theirs).mean())
+    print(f"{outtype}: top-1 agreement {agree}/{total} = {agree / total:.1%}, mean |dlogit| "
+          f"{np.mean(deltas):.3f}, {path.stat().st_size / f32.stat().st_size:.0%} of f32 size")
+    assert agree / total >= min_agreement
+    assert np.mean(deltas) <= max_mean_delta
+
+
+# =============================================================================================
+# The silent failure modes: each broken file loads, and llama.cpp's logits show the mistake
+# =============================================================================================
+
+
+@pytest.mark.parametrize("fault", ["skip_k_b_transpose", "omit_gating_func", "omit_weights_scale"])
+def test_silent_failure_is_caught(fault, v3_model_dir, tokenizer_dir, llama_cpp, tmp_path):
+    """A file with one known mistake loads in llama.cpp without complaint, but its logits miss the
+    tolerance by far, so the logit test above would fail if the exporter made that mistake."""
+    assert V3_SHAPE["qk_nope_head_dim"] == V3_SHAPE["kv_lora_rank"]  # else the bad k_b would not even load
+    broken = _export(v3_model_dir, tmp_path / "broken.gguf", "f32", tokenizer_dir=None, tokenizer_pre=None,
+                     faults=Faults(**{fault: True}))
+    good = export_gguf(v3_model_dir, tmp_path / "good.gguf", "f32")
+    model = _load(v3_model_dir)
+    ids = _prompts(tokenizer_dir)["en"]
+    ours = _our_logits(model, ids)
+    broken_delta = float(np.abs(ours - _llama_logits(_llama(llama_cpp, broken), ids)).max())
+    good_delta = float(np.abs(ours - _llama_logits(_llama(llama_cpp, good), ids)).max())
+    print(f"{fault}: max|dlogit| broken {broken_delta:.3f} vs correct {good_delta:.1e}")
+    assert good_delta <= F32_TOLERANCE
+    assert broken_delta > 20 * F32_TOLERANCE
+
+
+# =============================================================================================
+# File contents
+# =============================================================================================
+
+
+def test_file_layout_drops_mtp_and_keeps_router_f32(v3_model_dir, tmp_path):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    path = export_gguf(v3_model_dir, tmp_path / "m.gguf", "q8_0")
+    reader = GGUFReader(str(path))
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    L = V3_SHAPE["num_hidden_layers"]
+    assert not [n for n in types if n.startswith(f"blk.{L}.")]  # the MTP layer is not written
+    assert int(reader.fields["deepseek2.block_count"].parts[-1][0]) == L
+    assert types["blk.1.ffn_gate_inp.weight"] == GGMLQuantizationType.F32
+    assert types["blk.1.exp_probs_b.bias"] == GGMLQuantizationType.F32
+    assert types["blk.1.attn_kv_a_norm.weight"] == GGMLQuantizationType.F32
+    assert types["blk.1.ffn_gate_exps.weight"] == GGMLQuantizationType.Q8_0
+    assert types["blk.0.attn_k_b.weight"] == GGMLQuantizationType.Q8_0
+    k_b = next(t for t in reader.tensors if t.name == "blk.0.attn_k_b.weight")
+    H, d_n, d_c = V3_SHAPE["num_attention_heads"], V3_SHAPE["qk_nope_head_dim"], V3_SHAPE["kv_lora_rank"]
+    assert list(k_b.shape) == [d_n, d_c, H]  # ggml order: {qk_nope, kv_lora, n_head}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_chat_template_renders_like_ours_in_llama_cpp_python(v3_model_dir, llama_cpp, tmp_path):
+    """The embedded template (HF-only {% generation %} markers removed) renders our format in
+    llama-cpp-python."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from seekforge.tokenizer import load_tokenizer
+
+    path = export_gguf(v3_model_dir, tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    template = llm.metadata["tokenizer.chat_template"]
+    tok = load_tokenizer(v3_model_dir)
+    messages = [{"role": "system", "content": "你是助手。"}, {"role": "user", "content": "Hello, 世界"},
+                {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "再见"}]
+    formatter = Jinja2ChatFormatter(template, eos_token=tok.eos_token, bos_token=tok.bos_token)
+    rendered = formatter(messages=messages).prompt
+    assert rendered == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+# =============================================================================================
+# Tokenization: llama.cpp's own text tokenization against ours
+# =============================================================================================
+
+
+def _llama_tokenize(llm, text: str) -> list[int]:
+    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+
+def test_bytelevel_tokenizer_tokenizes_identically_in_llama_cpp(llama_cpp, tmp_path):
+    """A tokenizer trained with --pretokenizer bytelevel (GPT-2's split regex) maps to llama.cpp's 'gpt-2'
+    pre-tokenizer, and llama.cpp then produces exactly our ids on zh + en text."""
+    from seekforge.tokenizer import load_tokenizer, train_tokenizer
+
+    from ..conftest import _tokenizer_corpus
+
+    tok_dir = train_tokenizer(_tokenizer_corpus(), vocab_size=1024, out_dir=tmp_path / "tok",
+                              pretokenizer="bytelevel")
+    model_dir = save_random_model(tmp_path / "m", dict(V3_SHAPE, vocab_size=1024), tok_dir)
+    path = export_gguf(model_dir, tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    assert llm.metadata["tokenizer.ggml.pre"] == "gpt-2"
+    tok = load_tokenizer(tok_dir)
+    for text in [*TEXTS.values(), *_tokenizer_corpus()[:50]]:
+        assert _llama_tokenize(llm, text) == tok(text, add_special_tokens=False)["input_ids"], text
+
+
+# =============================================================================================
+# Bad input
+# =============================================================================================
+
+
+def test_unsupported_model_type_names_the_supported_ones(v3_model_dir, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "llama"
+    shutil.copytree(v3_model_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model_type"] = "llama"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"model_type 'llama'.*deepseek_v3, deepseek_v2"):
+        export_gguf(bad, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_row_length_the_type_cannot_hold_names_the_fix(tokenizer_dir, tmp_path):
+    # The `tiny` preset has qk_nope_head_dim 16: attn_k_b rows of 16 values, less than a Q8_0 block.
+    model_dir = save_random_model(tmp_path / "tiny", {}, tokenizer_dir)
+    with pytest.raises(ValueError, match=r"blocks of 32.*attn_k_b\.weight \(row 16 = qk_nope_head_dim\).*"
+                                         r"--outtype f16"):
+        export_gguf(model_dir, tmp_path / "x.gguf", "q8_0")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
+    assert export_gguf(model_dir, tmp_path / "x.gguf", "f16").is_file()  # the named fix works
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path):
+    from seekforge.model import save_model
+
+    from .conftest import random_model
+
+    model_dir = save_model(random_model(V3_SHAPE), tmp_path / "no-tok")
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json.*--tokenizer DIR"):
+        export_gguf(model_dir, tmp_path / "x.gguf")
+
+
+def test_unknown_outtype_and_unrepresentable_routing(v3_model_dir, tmp_path):
+    import json
+    import shutil
+
+    with pytest.raises(ValueError, match=r"unknown GGUF outtype 'q4_k'.*f32, f16, q8_0, q4_0"):
+        export_gguf(v3_model_dir, tmp_path / "x.gguf", "q4_k")
+    bad = tmp_path / "v2-groups"
+    shutil.copytree(v3_model_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg.update(topk_method="group_limited_greedy", scoring_func="softmax")
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"group_limited_greedy.*top two"):
+        export_gguf(bad, tmp_path / "x.gguf")
+
+
+def test_cli_export_and_error(v3_model_dir, tmp_path, capsys):
+    from seekforge.cli import main
+
+    out = tmp_path / "cli.gguf"
+    args = ["export", str(v3_model_dir), "--format", "gguf", "--outtype", "q8_0", "--out", str(out)]
+    assert main(args) == 0
+    assert out.is_file() and "wrote" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "nope"), "--format", "gguf", "--out", str(out)]) == 2
+    assert "seekforge export: error:" in capsys.readouterr().err
