@@ -28,7 +28,7 @@ V2_SHAPE: dict[str, Any] = dict(
                   "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
 )
 
-LLAMA_CPP_MISSING = ("llama-cpp-python is not installed: run `make llama-cpp` (builds its wheel once into "
+LLAMA_CPP_MISSING = ("llama-cpp-python cannot be imported: run `make llama-cpp` (builds its wheel once into "
                      "~/.cache/seekforge/wheels, ~6 min) to run the llama.cpp checks")
 
 
@@ -76,4 +76,8 @@ def v2_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp", reason=LLAMA_CPP_MISSING)
+    try:
+        import llama_cpp
+    except ImportError as e:  # not installed, or its native library failed to load
+        pytest.skip(f"{LLAMA_CPP_MISSING} ({e})")
+    return llama_cpp

@@ -282,6 +282,21 @@ def test_row_length_the_type_cannot_hold_names_the_fix(tokenizer_dir, tmp_path):
     assert export_gguf(model_dir, tmp_path / "x.gguf", "f16").is_file()  # the named fix works
 
 
+def test_crash_while_writing_leaves_no_file(v3_model_dir, tmp_path, monkeypatch):
+    import gguf
+
+    previous = export_gguf(v3_model_dir, tmp_path / "m.gguf", "f32").read_bytes()
+
+    def crash(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        export_gguf(v3_model_dir, tmp_path / "m.gguf", "q8_0")
+    assert (tmp_path / "m.gguf").read_bytes() == previous  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # no temporary file left
+
+
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     from seekforge.model import save_model
 
