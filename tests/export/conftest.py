@@ -28,6 +28,11 @@ V2_SHAPE: dict[str, Any] = dict(
                   "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
 )
 
+# Edge cases llama.cpp's deepseek2 has no direct form for: no routed experts at all (every layer dense),
+# and no shared expert (written as an all-zero one) with every group kept (no group limit).
+DENSE_SHAPE: dict[str, Any] = dict(V3_SHAPE, n_routed_experts=0)
+NO_SHARED_SHAPE: dict[str, Any] = dict(V3_SHAPE, n_shared_experts=0, topk_group=2)
+
 LLAMA_CPP_MISSING = ("llama-cpp-python cannot be imported: run `make llama-cpp` (builds its wheel once into "
                      "~/.cache/seekforge/wheels, ~6 min) to run the llama.cpp checks")
 

@@ -9,7 +9,7 @@ import torch
 
 from seekforge.export.gguf import Faults, _export, export_gguf
 
-from .conftest import V3_SHAPE, save_random_model
+from .conftest import DENSE_SHAPE, NO_SHARED_SHAPE, V3_SHAPE, save_random_model
 
 TEXTS = {
     "en": "The model learns to predict the next token from data. It reads code and prose, 123 steps a day.",
@@ -79,15 +79,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 # =============================================================================================
 
 
-@pytest.mark.parametrize("variant", ["v3", "v2"])
+@pytest.mark.parametrize("variant", ["v3", "v2", "dense", "no_shared"])
 def test_f32_logits_and_greedy_match_llama_cpp(variant, v3_model_dir, v2_model_dir, tokenizer_dir, llama_cpp,
                                                tmp_path):
     """f32: max |logit difference| <= 5e-3 on zh and en prompts (fed as ids), and identical greedy
     continuations for 40 tokens.
 
     v3: q-LoRA, sigmoid router + bias, 2 groups, weights normalised and scaled, MTP dropped.
-    v2: plain q_proj, softmax router, no groups, unnormalised weights, YaRN (mscale 0.707)."""
-    model_dir = v3_model_dir if variant == "v3" else v2_model_dir
+    v2: plain q_proj, softmax router, no groups, unnormalised weights, YaRN (mscale 0.707).
+    dense: no routed experts; no_shared: no shared expert, every group kept."""
+    shapes = {"dense": DENSE_SHAPE, "no_shared": NO_SHARED_SHAPE}
+    model_dir = {"v3": v3_model_dir, "v2": v2_model_dir}.get(variant) or save_random_model(
+        tmp_path / variant, shapes[variant], tokenizer_dir)
     path = export_gguf(model_dir, tmp_path / "m.gguf", "f32")
     model, llm = _load(model_dir), _llama(llama_cpp, path)
     for lang, ids in _prompts(tokenizer_dir).items():
@@ -305,6 +308,24 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
     model_dir = save_model(random_model(V3_SHAPE), tmp_path / "no-tok")
     with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json.*--tokenizer DIR"):
         export_gguf(model_dir, tmp_path / "x.gguf")
+
+
+def test_unknown_split_rules_ask_for_tokenizer_pre(v3_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from gguf import GGUFReader
+
+    other = tmp_path / "other-tok"
+    shutil.copytree(v3_model_dir, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\s+|\S+"  # someone else's rules
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"tokenizer\.json.*split rules.*--tokenizer-pre NAME"):
+        export_gguf(other, tmp_path / "x.gguf")
+    path = export_gguf(other, tmp_path / "x.gguf", tokenizer_pre="gpt-2")
+    field = GGUFReader(str(path)).fields["tokenizer.ggml.pre"]
+    assert bytes(field.parts[-1]).decode() == "gpt-2"
 
 
 def test_unknown_outtype_and_unrepresentable_routing(v3_model_dir, tmp_path):

@@ -23,7 +23,8 @@ the other matrices follow ``outtype``. Q8_0/Q4_0 pack rows in blocks of 32 value
 Where seekforge and llama.cpp compute differently, the exporter refuses with the reason instead of
 writing a file that loads but computes another model (llama.cpp does not check these): group routing
 scored by the best expert (V2 ``group_limited_greedy``; llama.cpp sums the top two), YaRN with
-``mscale != mscale_all_dim`` or non-default betas, and models without shared experts.
+``mscale != mscale_all_dim`` or non-default betas. Models without shared experts get one all-zero
+shared expert (llama.cpp requires the tensors); all-dense models are written without experts.
 """
 
 from __future__ import annotations
@@ -207,14 +208,12 @@ def read_supported_config(model_dir: Path) -> ModelConfig:
 def unsupported_features(cfg: ModelConfig) -> list[str]:
     """Each config choice that llama.cpp's deepseek2 graph has no equivalent for (empty: exportable)."""
     problems = []
-    if cfg.n_routed_experts == 0 or not cfg.is_moe:
-        problems.append("the model has no MoE layer (n_routed_experts 0 or first_k_dense_replace = "
-                        "num_hidden_layers); deepseek2 needs at least one")
-    elif cfg.n_shared_experts < 1:
-        problems.append("n_shared_experts is 0; deepseek2 requires shared experts")
-    if cfg.n_group > 1 and cfg.topk_method == "group_limited_greedy":
+    if cfg.is_moe and cfg.n_group > 1 and cfg.topk_method == "group_limited_greedy":
         problems.append("topk_method 'group_limited_greedy' scores a group by its best expert; llama.cpp "
                         "scores it by the sum of its top two (use topk_method 'noaux_tc' or n_group 1)")
+    if _group_routing(cfg) and cfg.n_routed_experts // cfg.n_group < 2:
+        problems.append(f"group routing with {cfg.n_routed_experts // cfg.n_group} expert per group: "
+                        "llama.cpp scores a group by its top two experts")
     rs = cfg.rope_scaling or {}
     kind = rs.get("rope_type", rs.get("type", "default")) or "default"
     if kind == "yarn":
@@ -275,6 +274,11 @@ def gguf_tensors(state: dict[str, Any], cfg: ModelConfig, faults: Faults = Fault
             yield f"blk.{i}.ffn_up_exps.weight", np.ascontiguousarray(up)
         elif rest == "mlp.experts.down_proj":  # [E, d, I_m]
             yield f"blk.{i}.ffn_down_exps.weight", arr
+            if cfg.n_shared_experts == 0:  # see write_hparams: an all-zero shared expert adds exactly 0
+                d, I = cfg.hidden_size, cfg.moe_intermediate_size
+                yield f"blk.{i}.ffn_gate_shexp.weight", np.zeros((I, d), np.float32)
+                yield f"blk.{i}.ffn_up_shexp.weight", np.zeros((I, d), np.float32)
+                yield f"blk.{i}.ffn_down_shexp.weight", np.zeros((d, I), np.float32)
         else:
             raise ValueError(f"GGUF export: no GGUF name for parameter {name!r}")
 
@@ -321,7 +325,8 @@ def write_hparams(writer: Any, cfg: ModelConfig, faults: Faults = Faults()) -> N
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_block_count(cfg.num_hidden_layers)  # MTP layers are not written
-    writer.add_leading_dense_block_count(cfg.first_k_dense_replace)
+    dense_layers = cfg.first_k_dense_replace if cfg.is_moe else cfg.num_hidden_layers
+    writer.add_leading_dense_block_count(dense_layers)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     # Attention: llama.cpp runs MLA absorbed, as MQA over the shared [latent | rope key] (spec §2.5).
@@ -338,14 +343,20 @@ def write_hparams(writer: Any, cfg: ModelConfig, faults: Faults = Faults()) -> N
     writer.add_rope_dimension_count(d_r)
     writer.add_rope_freq_base(cfg.rope_theta)
     _write_yarn(writer, cfg)
-    # MoE.
-    writer.add_expert_count(cfg.n_routed_experts)
-    writer.add_expert_used_count(cfg.num_experts_per_tok)
+    # MoE (the loader requires the expert sizes even when every layer is dense).
+    if cfg.is_moe:
+        writer.add_expert_count(cfg.n_routed_experts)
+        writer.add_expert_used_count(cfg.num_experts_per_tok)
     writer.add_expert_feed_forward_length(cfg.moe_intermediate_size)
-    writer.add_expert_shared_count(cfg.n_shared_experts)
-    grouped = cfg.n_group > 1 and cfg.topk_method == "noaux_tc"  # 'greedy' ignores the groups
-    writer.add_expert_group_count(cfg.n_group if grouped else 1)
-    writer.add_expert_group_used_count(cfg.topk_group if grouped else 1)
+    # No shared experts: one all-zero shared expert is written instead (it adds exactly 0), because
+    # llama.cpp's deepseek2 requires the shared-expert tensors.
+    writer.add_expert_shared_count(max(cfg.n_shared_experts, 1))
+    if not cfg.is_moe:  # all layers dense: llama.cpp wants no experts and no groups at all
+        writer.add_expert_count(0)
+        writer.add_expert_used_count(0)
+    if _group_routing(cfg):
+        writer.add_expert_group_count(cfg.n_group)
+        writer.add_expert_group_used_count(cfg.topk_group)
     if not faults.omit_gating_func:  # missing -> llama.cpp assumes softmax (old V2 files)
         writer.add_expert_gating_func(ExpertGatingFuncType.SIGMOID if cfg.scoring_func == "sigmoid"
                                       else ExpertGatingFuncType.SOFTMAX)
@@ -353,6 +364,12 @@ def write_hparams(writer: Any, cfg: ModelConfig, faults: Faults = Faults()) -> N
         writer.add_expert_weights_scale(float(cfg.routed_scaling_factor))
     # seekforge (like HF) skips the normalisation for a single expert; llama.cpp would make it 1.
     writer.add_expert_weights_norm(bool(cfg.norm_topk_prob and cfg.num_experts_per_tok > 1))
+
+
+def _group_routing(cfg: ModelConfig) -> bool:
+    """Whether routing is group-limited in a way llama.cpp must reproduce: 'greedy' ignores groups, and
+    keeping every group is no limit (llama.cpp also asserts topk_group < n_group)."""
+    return cfg.is_moe and cfg.topk_method == "noaux_tc" and cfg.n_group > 1 and cfg.topk_group < cfg.n_group
 
 
 def _write_yarn(writer: Any, cfg: ModelConfig) -> None:
