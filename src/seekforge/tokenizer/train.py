@@ -24,7 +24,8 @@ Design (see docs/tokenizer.md for the measurements):
      swallow the newlines after them (``。\\n``, ``:\\n`` become single tokens), newline runs and
      trailing whitespace. CJK punctuation (``，。、！？``) is ``\\p{P}`` and follows the punctuation rule.
   The library default (``ByteLevel(use_regex=True)``, the GPT-2 regex) is available as
-  ``pretokenizer="bytelevel"`` for comparison.
+  ``pretokenizer="bytelevel"`` for comparison, and DeepSeek-V3's own three chained split rules as
+  ``pretokenizer="deepseek-v3"`` (llama.cpp reproduces those exactly after a GGUF export).
 * **Special tokens** come first (ids 0..N-1) so that bos=0, eos=1 match the model presets.
 """
 
