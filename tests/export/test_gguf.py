@@ -300,7 +300,7 @@ def test_crash_while_writing_leaves_no_file(v3_model_dir, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]  # no temporary file left
 
 
-def test_missing_tokenizer_is_a_clear_error(tmp_path):
+def test_missing_tokenizer_is_a_clear_error(tokenizer_dir, tmp_path):
     from seekforge.model import save_model
 
     from .conftest import random_model
@@ -308,6 +308,20 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
     model_dir = save_model(random_model(V3_SHAPE), tmp_path / "no-tok")
     with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json.*--tokenizer DIR"):
         export_gguf(model_dir, tmp_path / "x.gguf")
+    assert export_gguf(model_dir, tmp_path / "x.gguf", tokenizer_dir=tokenizer_dir).is_file()
+
+
+def test_vocab_larger_than_tokenizer_is_padded(tokenizer_dir, llama_cpp, tmp_path):
+    """Embedding rows no token uses (vocab_size rounded up) get unused placeholder tokens: llama.cpp loads
+    the file with the model's vocab size and still tokenizes like our tokenizer."""
+    from seekforge.tokenizer import load_tokenizer
+
+    model_dir = save_random_model(tmp_path / "m", dict(V3_SHAPE, vocab_size=576), tokenizer_dir)
+    llm = llama_cpp.Llama(model_path=str(export_gguf(model_dir, tmp_path / "m.gguf")), vocab_only=True,
+                          verbose=False)
+    assert llm.n_vocab() == 576
+    ids = load_tokenizer(tokenizer_dir)(TEXTS["en"], add_special_tokens=False)["input_ids"]
+    assert _llama_tokenize(llm, TEXTS["en"]) == ids
 
 
 def test_unknown_split_rules_ask_for_tokenizer_pre(v3_model_dir, tmp_path):
