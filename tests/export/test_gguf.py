@@ -199,6 +199,10 @@ def test_chat_template_renders_like_ours_in_llama_cpp_python(v3_model_dir, llama
     formatter = Jinja2ChatFormatter(template, eos_token=tok.eos_token, bos_token=tok.bos_token)
     rendered = formatter(messages=messages).prompt
     assert rendered == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # ... and llama.cpp turns it into our ids: special tokens (CONTROL) parsed, no second BOS.
+    ours = tok(rendered, add_special_tokens=False)["input_ids"]
+    assert llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True) == ours
+    assert ours[0] == tok.bos_token_id and ours.count(tok.bos_token_id) == 1
 
 
 # =============================================================================================
