@@ -154,7 +154,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--txt-mode", choices=["file", "paragraphs", "lines"],
                    help=".txt: one doc per file, paragraph or line")
     p.add_argument("--pretokenizer", choices=list(PRETOKENIZERS),
-                   help="seekforge (zh+en splits, default) or bytelevel (the GPT-2 regex, for comparison)")
+                   help="seekforge (zh+en splits, default), bytelevel (the GPT-2 regex, for comparison) or "
+                        "deepseek-v3 (DeepSeek-V3's split rules: llama.cpp tokenizes text exactly alike)")
     p.add_argument("--min-frequency", type=int, metavar="N", help="min pair count to merge (default 2)")
     p.add_argument("--max-chars", type=int, metavar="N", help="stop reading after N characters (default 2e9)")
     add_config_args(p)

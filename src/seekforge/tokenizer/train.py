@@ -24,7 +24,8 @@ Design (see docs/tokenizer.md for the measurements):
      swallow the newlines after them (``。\\n``, ``:\\n`` become single tokens), newline runs and
      trailing whitespace. CJK punctuation (``，。、！？``) is ``\\p{P}`` and follows the punctuation rule.
   The library default (``ByteLevel(use_regex=True)``, the GPT-2 regex) is available as
-  ``pretokenizer="bytelevel"`` for comparison.
+  ``pretokenizer="bytelevel"`` for comparison, and DeepSeek-V3's own three chained split rules as
+  ``pretokenizer="deepseek-v3"`` (llama.cpp reproduces those exactly after a GGUF export).
 * **Special tokens** come first (ids 0..N-1) so that bos=0, eos=1 match the model presets.
 """
 
@@ -109,16 +110,32 @@ SPLIT_RE = "|".join([
     r"\s+(?!\S)",                                    # trailing spaces (so " word" stays together)
     r"\s+",
 ])
-PRETOKENIZERS = ("seekforge", "bytelevel")
+# DeepSeek-V3's own split rules: three regexes applied one after another (digits, then CJK runs, then
+# the rest), as its released tokenizer.json chains them and llama.cpp implements them under the name
+# "deepseek-v3". A tokenizer trained with these is tokenized identically by llama.cpp from text
+# (seekforge's single regex differs from all of llama.cpp's in a few places, docs/export.md).
+DEEPSEEK_V3_SPLITS = (
+    r"\p{N}{1,3}",
+    r"[一-龥぀-ゟ゠-ヿ]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+PRETOKENIZERS = ("seekforge", "bytelevel", "deepseek-v3")
 
 
 def build_pre_tokenizer(kind: str = "seekforge"):
-    """The pre-tokenizer pipeline: ``seekforge`` (zh+en splits) or ``bytelevel`` (GPT-2 default)."""
+    """The pre-tokenizer pipeline: ``seekforge`` (zh+en splits), ``bytelevel`` (GPT-2 default) or
+    ``deepseek-v3`` (DeepSeek-V3's released split rules)."""
     from tokenizers import Regex, pre_tokenizers
 
     if kind == "bytelevel":
         # The library default ByteLevel regex, without the prefix space (it would alter the text).
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if kind == "deepseek-v3":
+        return pre_tokenizers.Sequence([
+            *(pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in DEEPSEEK_V3_SPLITS),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     if kind != "seekforge":
         raise ValueError(f"unknown pre-tokenizer {kind!r}; expected one of {', '.join(PRETOKENIZERS)}")
     return pre_tokenizers.Sequence([
