@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 TORCH  ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 
-.PHONY: demo test lint venv dev clean
+.PHONY: demo test lint venv dev clean llama-cpp
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: venv
 
 test: dev
 	$(PY) -m pytest -q
+
+# llama-cpp-python, the judge of the GGUF export tests: built once into ~/.cache/seekforge/wheels
+# (~6 min), installed from there afterwards. Without it those tests skip and say so.
+llama-cpp: dev
+	.ci/install-llama-cpp $(PY)
 
 lint: dev
 	$(VENV)/bin/ruff check src tests bench

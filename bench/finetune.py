@@ -200,29 +200,13 @@ def part_methods(work: Path, warm: Path, steps: int, seq_len: int) -> dict:
 
 
 def write_llama(tok_dir: Path, out: Path) -> Path:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from seekforge.tokenizer import load_tokenizer
+    from seekforge.finetune.tiny_hf import write_tiny_hf_model
 
     if out.exists():
         return out
-    tok = load_tokenizer(tok_dir)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    return out
+    return write_tiny_hf_model("llama", tok_dir, out, hidden_size=256, intermediate_size=768,
+                               num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                               max_position_embeddings=1024)
 
 
 def peft_args(llama: Path, steps: int, seq_len: int) -> list[str]:

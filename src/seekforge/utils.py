@@ -69,6 +69,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 @contextlib.contextmanager
+def atomic_file(final: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``final`` for writers that open files by name (e.g. ``gguf.GGUFWriter``).
+
+    The file is fsynced and renamed to ``final`` only when the block succeeds; on an exception the
+    temporary file is removed and any previous ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it to ``final`` only on success.
 

@@ -214,7 +214,8 @@ def test_per_source_filter_overrides_and_yaml(tmp_path):
     yaml_path = tmp_path / "c.yaml"
     yaml_path.write_text(
         f"sources:\n  - name: poems\n    paths: [{poems}]\n"
-        "    filters: {gopher_quality: {zh: {min_stop_words: 3}}}\nworkers: 1\nprogress: false\n",
+        "    filters: {gopher_quality: {zh: {min_stop_words: 3, stop_word_chars: null}}}\n"
+        "workers: 1\nprogress: false\n",
         encoding="utf-8",
     )
     cfg = load_config(P.PrepareConfig, yaml_path, [f"out={tmp_path / 'o'}"])

@@ -119,3 +119,23 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     stats = ReadStats()
     assert [d.text for d in iter_documents(f, stats=stats)] == ["caf\ufffd"]
     assert stats.decode_errors == 1
+
+
+def test_arrow_files_and_raw_records(tmp_path):
+    import pyarrow as pa
+
+    from seekforge.data.readers import iter_records
+
+    table = pa.table({"text": ["甲", "乙"], "n": [1, 2]})
+    with pa.OSFile(str(tmp_path / "a.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    with pa.OSFile(str(tmp_path / "s.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    docs = list(iter_documents(tmp_path / "a.arrow"))
+    assert [(d.text, d.meta, d.id.rsplit("/", 1)[-1]) for d in docs] == [("甲", {"n": 1}, "a.arrow#0"),
+                                                                         ("乙", {"n": 2}, "a.arrow#1")]
+    _write(tmp_path / "b.jsonl", '{"x": 1}\n\n{broken\n')
+    recs = list(iter_records([tmp_path / "s.arrow", tmp_path / "b.jsonl"]))
+    assert [(r.row, r.value) for r in recs[:3]] == [(1, {"text": "甲", "n": 1}), (2, {"text": "乙", "n": 2}),
+                                                   (1, {"x": 1})]
+    assert recs[3].row == 3 and recs[3].value is None and recs[3].error.startswith("invalid JSON")

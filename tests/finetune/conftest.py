@@ -65,7 +65,7 @@ def quiet_args() -> list[str]:
     return [*QUIET_RUN, "log_every=10", "warmup_steps=5", "mtp_loss_weight=0"]
 
 
-def run_sft(overrides: list[str], cls=None, objective=None):  # noqa: ANN001, ANN201
+def run_sft(overrides: list[str], cls=None, objective=None):
     """Run an SFT/distill config through the real trainer; returns (summary, trainer, objective)."""
     from seekforge.config import load_config
     from seekforge.finetune.cli import publish_final

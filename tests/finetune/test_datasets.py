@@ -193,3 +193,32 @@ def test_template_vars(sft_dir: Path):
     assert (
         "{{" not in answers and answers.count("Forge") > 50 and "Ada" in answers and "我是 Forge" in answers
     )
+
+
+def test_compressed_and_bom_files_load_through_the_one_reader(tmp_path: Path):
+    import gzip
+
+    import zstandard
+
+    alpaca = [{"instruction": "问", "output": "答"}, {"instruction": "q", "output": "a"}]
+    jsonl = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in alpaca).encode("utf-8")
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(jsonl))
+    array = json.dumps(alpaca, ensure_ascii=False).encode("utf-8")
+    (tmp_path / "b.json.zst").write_bytes(zstandard.ZstdCompressor().compress(array))
+    (tmp_path / "c.json").write_bytes(b"\xef\xbb\xbf" + array)  # a UTF-8 BOM, as Windows editors write
+    (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + jsonl)
+    for name in ("a.jsonl.gz", "b.json.zst", "c.json", "d.jsonl"):
+        examples, report = load(str(tmp_path / name))
+        assert report.rows == 2 and not report.bad, name
+        assert [m["content"] for m in examples[0].messages] == ["问", "答"]
+        assert examples[1].source == f"{name}:2"
+
+
+def test_a_folder_is_read_recursively_and_bad_rows_name_their_own_file(tmp_path: Path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    write(tmp_path / "d" / "a.json", [{"instruction": "q", "output": "a"}])
+    rows = [{"instruction": "q2"}, {"instruction": "q3", "output": "a3"}]
+    write(tmp_path / "d" / "sub" / "b.jsonl", rows, jsonl=True)
+    examples, report = load(str(tmp_path / "d"))
+    assert [e.source for e in examples] == ["a.json:1", "b.jsonl:2"]
+    assert [(Path(b.file).name, b.row) for b in report.bad] == [("b.jsonl", 1)]

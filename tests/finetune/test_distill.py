@@ -38,7 +38,7 @@ def test_tokenizer_mismatch_is_refused(sft_tokenizer_dir: Path, tokenizer_dir: P
         )
 
 
-def _runner(cfg, objective):  # noqa: ANN001
+def _runner(cfg, objective):
     from seekforge.finetune.cli import publish_final
     from seekforge.train.trainer import Trainer
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seekforge.config import ConfigError
-from seekforge.finetune.adapters import load_adapter, merge_lora, peft_from_pretrained, save_result
+from seekforge.finetune.adapters import load_adapter, merge_lora, save_result
 from seekforge.finetune.methods import FreezeSettings, LoraSettings, PrefixSettings, load_base, prepare
 
 CPU = torch.device("cpu")
@@ -61,14 +61,11 @@ def test_lora_adapter_is_a_peft_adapter_for_transformers(tiny_base: Path, tmp_pa
     model.eval()
     with torch.no_grad():
         ours = model(x).logits
+    from peft import PeftModel
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if targets == ["attn"]:  # attention-only adapters load with plain peft
-            from peft import PeftModel
-
-            theirs_model = PeftModel.from_pretrained(hf_model(tiny_base), str(out))
-        else:  # MLP targets on DeepSeek-V3 need seekforge's loader (peft's v4->v5 MoE rewrite)
-            theirs_model = peft_from_pretrained(hf_model(tiny_base), out)
+        theirs_model = PeftModel.from_pretrained(hf_model(tiny_base), str(out))
         with torch.no_grad():
             theirs = theirs_model(x).logits
     assert (ours - theirs).abs().max() < 1e-4

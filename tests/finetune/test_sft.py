@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from seekforge.finetune.sft import greedy_chat
+from seekforge.finetune.tiny_hf import write_tiny_hf_model
 from seekforge.train.metrics import read_metrics
 
 CPU = torch.device("cpu")
@@ -63,33 +64,6 @@ def test_identity_lora_teaches_name_en_and_zh(warm_base: Path, sft_dir: Path, tm
     assert "Forge" in done[0].text, done[0].text
 
 
-def write_hf_model(kind: str, tok_dir: Path, out: Path) -> Path:
-    """A tiny random Llama / Qwen2 written by transformers, with the SFT tokenizer."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
-    from seekforge.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tok_dir)
-    common = dict(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    cfg = LlamaConfig(**common) if kind == "llama" else Qwen2Config(**common)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tmp_path: Path, sft_run):
@@ -98,7 +72,7 @@ def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tm
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    base = write_hf_model(kind, sft_tokenizer_dir, tmp_path / kind)
+    base = write_tiny_hf_model(kind, sft_tokenizer_dir, tmp_path / kind)
     out = tmp_path / "run"
     summary, trainer, obj = sft_run(
         [
@@ -131,7 +105,7 @@ def test_lora_on_hf_models(kind: str, sft_tokenizer_dir: Path, sft_dir: Path, tm
 
 
 def test_prefix_on_hf_model_via_peft(sft_tokenizer_dir: Path, sft_dir: Path, tmp_path: Path, sft_run):
-    base = write_hf_model("qwen2", sft_tokenizer_dir, tmp_path / "qwen2")
+    base = write_tiny_hf_model("qwen2", sft_tokenizer_dir, tmp_path / "qwen2")
     out = tmp_path / "run"
     summary, _, obj = sft_run(
         [

@@ -13,8 +13,8 @@ from seekforge.model import load_model
 def test_info_v3_is_analytic_and_instant(capsys):
     assert main(["model", "info", "--preset", "v3"]) == 0
     out = capsys.readouterr().out
-    assert "671.03B" in out and "37.55B" in out  # total / active (spec §1.1)
-    assert "68.62 KiB" in out  # MLA cache per token, bf16: 576 x 61 x 2 bytes (spec §2.6)
+    assert "671.03B" in out and "37.55B" in out  # total / active (report: 671B / 37B)
+    assert "68.62 KiB" in out  # MLA cache per token, bf16: (d_c 512 + d_r 64) x 61 layers x 2 bytes
     assert "71.1x MLA" in out
 
 

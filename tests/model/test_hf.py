@@ -110,7 +110,7 @@ def test_transformers_saved_model_loads_into_seekforge(tmp_path):
 
 
 def test_fused_expert_keys_are_read(tmp_path):
-    """Checkpoints with HF5's in-memory layout (mlp.experts.gate_up_proj [E, 2I, d]) load too."""
+    """Checkpoints with transformers 5's in-memory layout (mlp.experts.gate_up_proj [E, 2I, d]) load too."""
     from safetensors.torch import save_file
 
     torch.manual_seed(0)

@@ -1,7 +1,8 @@
 """Analytic accounting (seekforge.model.accounting) against published DeepSeek numbers and hand counts.
 
-The hand counts below are written out independently from the tensor shapes of
-shared/docs/deepseek_v3_spec.md §2.1 / §6.2, not by calling the code under test.
+The hand counts below are written out independently from the tensor shapes of the Hugging Face
+DeepSeek-V3 state dict (q_a 1536x7168, q_b 24576x1536, kv_a 576x7168, kv_b 32768x512, o 7168x16384
+for V3), not by calling the code under test.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def test_v3_matches_published_totals():
     # Spec §1.1 sanity check: 671.03B total, 37.55B active (full embedding + router), MTP 11.6B.
     assert pc["total"] == pytest.approx(671.03e9, rel=2e-4)
     assert pc["active"] == pytest.approx(37.55e9, rel=1e-3)
-    assert pc["mtp"] == pytest.approx(11.5e9, rel=0.02)  # DSV3-W: "11.5B unique MTP params"
+    # DeepSeek-V3's README_WEIGHTS.md: "11.5B unique MTP params"
+    assert pc["mtp"] == pytest.approx(11.5e9, rel=0.02)
     assert pc["embedding"] == 2 * 129280 * 7168
     assert pc["mtp"] not in (0, pc["total"])  # reported apart, not folded into total
 
@@ -47,7 +49,7 @@ def test_v2_lite_and_v2_totals():
                      num_experts_per_tok=6, n_group=8, topk_group=3, first_k_dense_replace=1,
                      scoring_func="softmax", topk_method="group_limited_greedy", num_nextn_predict_layers=0)
     pc = param_counts(v2)
-    assert pc["total"] == pytest.approx(235.7e9, rel=1e-3)  # spec: 235.7B / 21.4B
+    assert pc["total"] == pytest.approx(235.7e9, rel=1e-3)  # DeepSeek-V2 report: 236B / 21B
     assert pc["active"] == pytest.approx(21.4e9, rel=0.01)
     assert pc["mtp"] == 0
 
@@ -66,7 +68,7 @@ def test_v3_flops_per_token_independent_count():
 
 def test_kv_cache_mla_vs_mha():
     kv = kv_cache_bytes_per_token(preset_config("v3"))
-    assert kv["mla"] == 576 * 61 * 2 == 70272  # spec §2.6: 68.6 KiB/token in bf16
+    assert kv["mla"] == 576 * 61 * 2 == 70272  # (d_c + d_r) x 61 layers: 68.6 KiB/token in bf16
     assert kv["mha"] == 128 * (192 + 128) * 61 * 2  # ≈ 4.77 MiB/token
     assert kv["mha"] / kv["mla"] == pytest.approx(71, rel=0.01)
     assert kv_cache_bytes_per_token(preset_config("v2-lite"), bytes_per_elem=1)["mla"] == 15552

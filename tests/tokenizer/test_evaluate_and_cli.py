@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from seekforge.data.text import LanguageIdentifier
 from seekforge.tokenizer import load_tokenizer, train_tokenizer
-from seekforge.tokenizer.evaluate import evaluate, format_table, line_language
+from seekforge.tokenizer.evaluate import evaluate, format_table, measure
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,12 +26,14 @@ def one_merge_tok(tmp_path_factory):
     return train_tokenizer(["aaaa"] * 10, 273, tmp_path_factory.mktemp("t") / "tok")
 
 
-def test_line_language():
-    assert line_language("今天天气很好 ok") == "zh"
-    assert line_language("The weather is nice 好") == "en"
-    assert line_language("Погода хорошая") == "other"
-    assert line_language("12345 !!!\n") == "other"
-    assert line_language("") == "other"
+def test_line_languages_are_the_ones_data_prepare_assigns(one_merge_tok):
+    lines = ["今天天气很好 ok", "The weather is nice 好", "Погода хорошая", "12345 !!!", "",
+             "用 PyTorch 训练模型"]  # 6 Han characters vs 7 Latin letters: mostly Chinese text
+    expected = ["zh", "en", "other", "other", "other", "zh"]
+    assert [LanguageIdentifier()(line) for line in lines] == expected  # data prepare's detector
+    mixed = "用 PyTorch 训练模型"
+    report = measure(one_merge_tok, [mixed])
+    assert report.langs["zh"].bytes == len(mixed.encode("utf-8")) and report.langs["en"].bytes == 0
 
 
 def test_eval_numbers_on_known_text(tmp_path, one_merge_tok):
@@ -110,3 +113,22 @@ def test_cli_config_errors(tmp_path):
                                  "--set", "vocab_sise=100"])
     with pytest.raises(ConfigError, match="vocab_size"):
         args.func(args)
+
+
+def test_cli_train_reads_fine_tuning_files_by_their_format(tmp_path, capsys):
+    alpaca = [{"instruction": f"问题{i}", "input": "", "output": f"回答 zebrafish {i}"} for i in range(30)]
+    (tmp_path / "alpaca.json").write_text(json.dumps(alpaca, ensure_ascii=False), encoding="utf-8")
+    share = [{"conversations": [{"from": "human", "value": f"q {i}"}, {"from": "gpt", "value": "platypus"}]}
+             for i in range(20)]
+    share.append({"conversations": [{"from": "gpt", "value": "wrong order"}]})  # invalid: skipped, counted
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in share), encoding="utf-8")
+    out = tmp_path / "tok"
+    args = _parser().parse_args(["tokenizer", "train", "--input", str(tmp_path / "alpaca.json"),
+                                 str(tmp_path / "chat.jsonl"), "--vocab-size", "400", "--out", str(out)])
+    assert args.func(args) == 0
+    assert "1 malformed records skipped" in capsys.readouterr().out
+    assert json.loads((out / "seekforge_tokenizer.json").read_text())["train_docs"] == 50
+    tok = load_tokenizer(out)
+    # words that occur only in the answers were learned: each is one token
+    assert len(tok(" zebrafish", add_special_tokens=False)["input_ids"]) == 1
+    assert len(tok("platypus", add_special_tokens=False)["input_ids"]) == 1  # starts its line

@@ -179,6 +179,17 @@ def test_pretokenizer_punctuation_and_whitespace():
     assert "".join(pre_tokenize(text)) == text  # pre-tokenisation never drops characters
 
 
+def test_deepseek_v3_pretokenizer_chains_its_three_splits():
+    # DeepSeek-V3's rules: digits, then CJK runs, then the rest, each split applied to the previous pieces.
+    # A space run before CJK stays whole (seekforge's single regex leaves one space apart).
+    text = "Hello, world! 我们在2025年用DeepSeek-V3训练。\n- item   数量\t x"
+    assert pre_tokenize(text, "deepseek-v3") == [
+        "Hello", ",", " world", "!", " ", "我们在", "202", "5", "年用", "DeepSeek", "-V", "3", "训练", "。\n",
+        "-", " item", "   ", "数量", "\t", " x"]
+    assert pre_tokenize("item   数量") == ["item", "  ", " ", "数量"]
+    assert "".join(pre_tokenize("x\r\n\ty\u00a0z\u200b", "deepseek-v3")) == "x\r\n\ty\u00a0z\u200b"
+
+
 def test_unknown_pretokenizer():
     with pytest.raises(ValueError, match="unknown pre-tokenizer 'gpt5'"):
         pre_tokenize("x", "gpt5")

@@ -134,8 +134,11 @@ def test_keep_last_and_best_are_kept(make_config, tmp_path):
 class HeadOnly(PretrainObjective):
     """A different parameter selection (what LoRA does): only the output head is trained."""
 
-    def trainable_parameters(self, model):
-        return [(n, p) for n, p in model.named_parameters() if n == "lm_head.weight"]
+    def build_model(self):
+        model = super().build_model()
+        for name, param in model.named_parameters():
+            param.requires_grad_(name == "lm_head.weight")
+        return model
 
 
 def test_objective_controls_trainable_parameters(make_config, tmp_path):

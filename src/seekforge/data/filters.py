@@ -4,8 +4,11 @@ The rules are those of Gopher (Rae et al. 2021, table A1 and §A.1.1), C4 (Raffe
 via the TFDS code) and FineWeb (Penedo et al. 2024), with datatrove 0.10's defaults for
 English. The thresholds for Chinese are FineWeb-2's ``cmn_Hani`` values (huggingface/fineweb-2
 ``configs/cmn_Hani.yml``), which were computed on jieba-segmented words; we segment Chinese
-with jieba too (``text.split_words``). Where seekforge departs from a source it says so next to
-the value (and in docs/data.md).
+with jieba too (``text.split_words``). Where line shape matters (C4's words per line, FineWeb's
+newlines per word) the zh tables count CJK units instead (:func:`count_units`: a character, or
+a run of other letters/digits), because jieba's word count for verse, names and list items is
+unstable, and verse, anthologies and dialogue must keep every line. Where seekforge departs from
+a source it says so next to the value (and in docs/data.md).
 
 Every rule table exists per language group: ``en``, ``zh`` (Chinese, also used for Japanese
 and other CJK text, segmented per character) and ``other`` (everything else: English
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import regex
@@ -55,6 +59,12 @@ class GopherQualityRules:
     min_alpha_words_ratio: float | None = 0.8  # datatrove calls it max_non_alpha_words_ratio
     min_stop_words: int | None = 2
     stop_words: list[str] | None = None  # None: the built-in list of the language group
+    # Short texts need fewer: one stop word per this many characters, up to min_stop_words
+    # (None: always min_stop_words, as Gopher, whose rule was set on documents of 50+ words).
+    stop_word_chars: int | None = None
+    # Leave punctuation tokens out of the alpha-words ratio (they are tokens of their own in
+    # segmented CJK text, so short lines - dialogue, verse - look "non-alphabetic").
+    alpha_ratio_skips_punct: bool = False
 
 
 def _zh_gopher_quality() -> GopherQualityRules:
@@ -63,8 +73,12 @@ def _zh_gopher_quality() -> GopherQualityRules:
     # characters, which drops every jueju quatrain (20 characters, ~14 words: 床前明月光...)
     # and many short clean paragraphs. 10 words (~15 characters) still removes link texts and
     # one-line snippets; set 50 for web-only corpora.
+    # seekforge also asks only one stop word below 100 characters (a quatrain is 20-28; 1+ of the
+    # list is in 97% of the Tang poems, 2+ in 89%) and leaves punctuation out of the alpha-words
+    # ratio (short dialogue lines are a third punctuation): measured on clean genres, docs/data.md.
     return GopherQualityRules(min_doc_words=10, min_avg_word_length=1, max_avg_word_length=5,
-                              min_alpha_words_ratio=0.735)
+                              min_alpha_words_ratio=0.735, stop_word_chars=100,
+                              alpha_ratio_skips_punct=True)
 
 
 @dataclass
@@ -87,6 +101,13 @@ class GopherRepetitionRules:
     dup_ngrams: list[list[float]] = field(
         default_factory=lambda: [[5, 0.15], [6, 0.14], [7, 0.13], [8, 0.12], [9, 0.11], [10, 0.10]]
     )
+    # Count n-grams over the distinct lines only: a repeated line (a chorus, a refrain, a tune
+    # title) is then judged once, by the duplicate-line rules, not a second time as n-grams.
+    ngrams_over_distinct_lines: bool = False
+    # Leave punctuation tokens out of the n-grams. Gopher's n-grams are whitespace words, which
+    # carry their punctuation; jieba makes every ， 。 ： a token, so in short lines (dialogue:
+    # 。\n老王：) punctuation + a speaker name become the "most frequent n-gram".
+    ngrams_skip_punct: bool = False
 
 
 def _zh_gopher_repetition() -> GopherRepetitionRules:
@@ -95,6 +116,7 @@ def _zh_gopher_repetition() -> GopherRepetitionRules:
         dup_line_frac=0.287, dup_para_frac=None, dup_line_char_frac=None, dup_para_char_frac=None,
         top_ngrams=[[2, 0.256], [3, 0.201], [4, 0.171]],
         dup_ngrams=[[5, 0.198], [6, 0.182], [7, 0.167], [8, 0.154], [9, 0.14], [10, 0.127]],
+        ngrams_over_distinct_lines=True, ngrams_skip_punct=True,  # seekforge: docs/data.md
     )
 
 
@@ -111,7 +133,9 @@ class C4Rules:
     # C4 drops lines without terminal punctuation; FineWeb turned that off (it removed ~30% of
     # tokens). When on, the CJK marks 。！？……」 count as terminal (text.ends_with_terminal).
     filter_no_terminal_punct: bool = False
-    min_words_per_line: int | None = 3  # words as split_words counts them (jieba for Chinese)
+    min_words_per_line: int | None = 3
+    # "words": whitespace/jieba words; "chars": CJK characters plus non-CJK words (line_units)
+    line_units: Literal["words", "chars"] = "words"
     min_num_sentences: int | None = 5  # after line removal
 
 
@@ -125,9 +149,13 @@ class C4Config:
     filter_curly_bracket: bool = True  # drop the document (code/templates); off for code corpora
     filter_policy: bool = True  # drop cookie/terms/privacy lines (English and Chinese phrases)
     en: C4Rules = field(default_factory=C4Rules)
-    # FineWeb-2 applies no C4 rule to Chinese; we keep the line rules but not the sentence
-    # count, which dropped 127/400 clean Chinese docs in the notes' measurement (§2.9).
-    zh: C4Rules = field(default_factory=lambda: C4Rules(min_num_sentences=None))
+    # FineWeb-2 applies no C4 rule to Chinese (huggingface/fineweb-2, configs/cmn_Hani.yml). We keep
+    # the line rule in CJK units with a floor of 1 (it removes lines without a letter or digit:
+    # separators, lone symbols); 2 would cut the one-character poem titles (蟬, 鶴: 1.3% of the Tang
+    # poems) and 3 cuts verse lines such as 何意。 and every two-character author line. No minimum
+    # sentence count: a quatrain or a one-paragraph answer is one or two sentences ending in 。.
+    zh: C4Rules = field(default_factory=lambda: C4Rules(min_words_per_line=1, line_units="chars",
+                                                        min_num_sentences=None))
     other: C4Rules = field(default_factory=C4Rules)
 
 
@@ -137,17 +165,26 @@ class FineWebRules:
     short_line_thr: float | None = 0.67  # max share of lines of <= short_line_length chars
     short_line_length: int = 30
     char_duplicates_ratio: float | None = 0.01  # max share of chars in duplicated lines
-    new_line_ratio: float | None = 0.3  # max newlines per word
+    new_line_ratio: float | None = 0.3  # max newlines per unit (line_units)
+    line_units: Literal["words", "chars"] = "words"  # "chars": CJK characters plus non-CJK words
+    # Duplicated lines shorter than this many units do not count for char_duplicates_ratio:
+    # repeated titles, author lines and refrains are form, not boilerplate (0: all count).
+    dup_line_min_units: int = 0
 
 
 @dataclass
 class FineWebConfig:
     enabled: bool = True
     en: FineWebRules = field(default_factory=FineWebRules)
-    # FineWeb-2 cmn_Hani: short-line rule off, 0.106 / 0.1 / 0.178.
+    # FineWeb-2 cmn_Hani: short-line rule off, 0.106 / 0.1 / 0.178 newlines per jieba word.
+    # seekforge counts newlines per CJK unit instead (0.3: lines must average over 3.3
+    # characters; clean poems, ci, lyrics, dialogue and lists measure <= 0.25, one-to-three
+    # character link and tag lists 0.3-0.5), and lets duplicated lines under 10 units (tune
+    # titles, author lines, refrains) pass the duplicate-characters rule: docs/data.md.
     zh: FineWebRules = field(
         default_factory=lambda: FineWebRules(line_punct_thr=0.106, short_line_thr=None,
-                                             char_duplicates_ratio=0.1, new_line_ratio=0.178)
+                                             char_duplicates_ratio=0.1, new_line_ratio=0.3,
+                                             line_units="chars", dup_line_min_units=10)
     )
     other: FineWebRules = field(default_factory=FineWebRules)
 
@@ -179,7 +216,25 @@ ZH_STOP_WORDS = ("的", "年", "在", "月", "是", "和", "日", "了", "於", 
                  # ... plus (seekforge) the commonest classical particles and negations. Without
                  # them 60% of all Tang poems fail the rule (12,070/20,011 with token matching),
                  # literary Chinese rarely using the modern 的/了/是; keyword spam still fails.
-                 "之", "其", "以", "不", "無", "无", "乎", "者", "兮", "矣", "焉", "哉", "乃", "于")
+                 "之", "其", "以", "不", "無", "无", "乎", "者", "兮", "矣", "焉", "哉", "乃", "于",
+                 # ... and classical pronouns/adverbs/connectives: 2+ of the list in 89% of the
+                 # Tang poems (71% without), 1+ in 97% (docs/data.md).
+                 "一", "來", "来", "如", "此", "何", "自", "相", "君", "与", "所", "可", "亦",
+                 "未", "已", "皆", "又", "將", "将", "爲")
+
+# --------------------------------------------------------------------------- units
+
+# CJK-aware counting unit: one per Han/kana/Hangul character, one per run of other letters or
+# digits (an English word, a number); punctuation and symbols count nothing. A Chinese word is
+# ~1.5 characters, so for prose a unit is a little less than a word; for verse, names and list
+# items - where jieba glues or splits unpredictably - it is the stable measure.
+_CJK_CLASS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
+_UNIT = regex.compile(rf"[{_CJK_CLASS}]|[^\W_{_CJK_CLASS}]+")
+
+
+def count_units(text: str) -> int:
+    return len(_UNIT.findall(text))
+
 
 # --------------------------------------------------------------------------- per-document view
 
@@ -319,8 +374,9 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
         if ell / len(lines) > r.max_ellipsis_lines_ratio:
             return "gopher_quality.ellipsis_lines"
     if r.min_alpha_words_ratio is not None:
-        alpha = n_words - sum(map(_NO_ALPHA.__contains__, words))
-        if alpha / n_words < r.min_alpha_words_ratio:
+        counted = real if r.alpha_ratio_skips_punct else words
+        alpha = len(counted) - sum(map(_NO_ALPHA.__contains__, counted))
+        if alpha < r.min_alpha_words_ratio * len(counted):
             return "gopher_quality.non_alpha_words"
     if r.min_stop_words is not None:
         stop = r.stop_words
@@ -335,7 +391,10 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
                 found = {w for w in stop if w in text}
             else:
                 found = {w.lower() for w in words} & set(stop)
-            if len(found) < r.min_stop_words:
+            need = r.min_stop_words
+            if r.stop_word_chars:
+                need = min(need, 1 + len(text) // r.stop_word_chars)
+            if len(found) < need:
                 return "gopher_quality.few_stop_words"
     return None
 
@@ -474,13 +533,21 @@ def check_gopher_repetition(view: DocView, cfg: GopherRepetitionConfig) -> str |
         return "gopher_repetition.dup_line_chars"
     if not r.top_ngrams and not r.dup_ngrams:
         return None
+    words, length = view.words, len(text)
+    if r.ngrams_over_distinct_lines and n:
+        distinct = list(dict.fromkeys(lines))
+        words = [w for ln in distinct for w in view.line_words(ln)]
+        length = sum(map(len, distinct)) + len(distinct) - 1
+    if r.ngrams_skip_punct:
+        view.learn()
+        words = [w for w in words if w not in _SYMBOL]
     # Chinese n-grams are written without separators; English ones with a space between words.
-    top, dup = ngram_repetition(view.words, sep_len=0 if view.group == "zh" else 1)
+    top, dup = ngram_repetition(words, sep_len=0 if view.group == "zh" else 1)
     for n, frac in r.top_ngrams:
-        if int(n) in top and top[int(n)] / len(text) > frac:
+        if int(n) in top and top[int(n)] / length > frac:
             return f"gopher_repetition.top_{int(n)}gram"
     for n, frac in r.dup_ngrams:
-        if int(n) in dup and dup[int(n)] / len(text) > frac:
+        if int(n) in dup and dup[int(n)] / length > frac:
             return f"gopher_repetition.dup_{int(n)}grams"
     return None
 
@@ -517,7 +584,8 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
     check_lorem = cfg.filter_lorem_ipsum and "lorem ipsum" in low_doc
     check_curly = cfg.filter_curly_bracket and "{" in view.text
     check_cite = cfg.remove_citations and "[" in view.text
-    if r.min_words_per_line is not None:
+    by_chars = r.line_units == "chars"
+    if r.min_words_per_line is not None and not by_chars:
         view.learn()  # per-line symbol counts below are then set lookups only
     for raw in view.lines:
         line = raw.strip()
@@ -536,10 +604,14 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
             removed["no_terminal_punct"] += 1
             continue
         if r.min_words_per_line is not None:
-            words = view.line_words(line)
-            if cited:  # the line changed: its tokens may be new
-                _learn(words)
-            if len(words) - sum(map(_SYMBOL.__contains__, words)) < r.min_words_per_line:
+            if by_chars:
+                n_units = count_units(line)
+            else:
+                words = view.line_words(line)
+                if cited:  # the line changed: its tokens may be new
+                    _learn(words)
+                n_units = len(words) - sum(map(_SYMBOL.__contains__, words))
+            if n_units < r.min_words_per_line:
                 removed["too_few_words"] += 1
                 continue
         low = line.lower() if (check_js or check_policy or check_lorem) else ""
@@ -582,12 +654,15 @@ def check_fineweb(view: DocView, cfg: FineWebConfig) -> str | None:
         if share > r.short_line_thr:
             return "fineweb.short_lines"
     if r.char_duplicates_ratio is not None:
-        _, chars = _dup_stats(lines)
+        counted = lines
+        if r.dup_line_min_units:
+            counted = [ln for ln in lines if count_units(ln) >= r.dup_line_min_units]
+        _, chars = _dup_stats(counted)
         if chars / max(1, len(view.text) - view.text.count("\n")) > r.char_duplicates_ratio:
             return "fineweb.dup_line_chars"
     if r.new_line_ratio is not None:
-        words = view.words
-        if not words or view.text.count("\n") / len(words) > r.new_line_ratio:
+        units = count_units(view.text) if r.line_units == "chars" else len(view.words)
+        if not units or view.text.count("\n") / units > r.new_line_ratio:
             return "fineweb.list_like"
     return None
 

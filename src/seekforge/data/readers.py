@@ -6,12 +6,16 @@
   (``txt_mode="paragraphs"``) or one per non-blank line (``txt_mode="lines"``);
 - ``.jsonl``/``.ndjson`` — one JSON object per line; ``.json`` — a JSON array of objects (a
   ``.json`` file that is really JSON lines is read as such);
-- ``.parquet``, ``.csv``/``.tsv``;
+- ``.parquet``, ``.arrow`` (Arrow IPC file or stream), ``.csv``/``.tsv``;
 - any of the above compressed as ``.gz``, ``.zst``, ``.bz2`` or ``.xz`` (``x.jsonl.gz``);
 - folders (walked recursively in sorted order) and glob patterns (``data/**/*.jsonl.zst``);
 - a folder written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict``);
 - a folder written by ``seekforge data prepare`` (its shards, in order, with their ``source``,
   ``language`` and ``id``).
+
+``iter_records(inputs)`` is the layer below: the raw records (parsed JSON values, table rows,
+``{"text": line}`` for text lines) with their place, for readers that interpret whole records
+themselves (the SFT loader's chat formats). Both share one parser per format.
 
 Order is deterministic (sorted paths, file order within a file), and ids are stable
 (``path:line`` for line-based files, ``path#row`` for tables), so that everything downstream
@@ -35,7 +39,7 @@ import logging
 import lzma
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -48,7 +52,7 @@ PREPARED_REPORT = "report.json"
 PREPARED_STATE_DIR = "_state"
 
 COMPRESSIONS = (".gz", ".zst", ".zstd", ".bz2", ".xz")
-FORMATS = (".jsonl", ".ndjson", ".json", ".txt", ".md", ".parquet", ".csv", ".tsv")
+FORMATS = (".jsonl", ".ndjson", ".json", ".txt", ".md", ".parquet", ".arrow", ".csv", ".tsv")
 # Warn about the first few malformed records per file only: a broken 10 GB file must not
 # flood the terminal, and the total is in the stats anyway.
 _MAX_WARNINGS_PER_FILE = 5
@@ -66,6 +70,23 @@ class Document:
     source: str
     id: str
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)  # one per line of a corpus: slots make creating it cheaper
+class Record:
+    """One record of a data file as parsed, before any field of it is interpreted.
+
+    ``where`` names it in messages and is the stable document id: ``path:line`` for line-based
+    files, ``path[i]`` for JSON arrays, ``path#i`` for tables. ``row`` is the 1-based line number
+    (line-based files) or element/row number. An unparsable record has ``value`` None and
+    ``error`` saying why ("invalid JSON (...)").
+    """
+
+    path: Path
+    where: str
+    row: int
+    value: Any = None
+    error: str | None = None
 
 
 @dataclass
@@ -222,7 +243,7 @@ def open_binary(path: Path) -> BinaryIO:
         return bz2.open(path, "rb")  # type: ignore[return-value]
     if comp == ".xz":
         return lzma.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # noqa: SIM115
+    return open(path, "rb")
 
 
 def _iter_lines(path: Path, stats: ReadStats | None) -> Iterator[tuple[int, str]]:
@@ -301,56 +322,173 @@ class _Reporter:
             log.warning("%s: more malformed records; further warnings suppressed", self.path)
 
 
-# --------------------------------------------------------------------------- per-format readers
+# --------------------------------------------------------------------------- per-format records
 
 
-def _read_jsonl(path: Path, source: str, text_fields: Sequence[str], joiner: str, rep: _Reporter,
-                stats: ReadStats | None) -> Iterator[Document]:
+def _jsonl_records(path: Path, stats: ReadStats | None) -> Iterator[Record]:
+    """One record per non-blank line."""
     for lineno, line in _iter_lines(path, stats):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            record = json.loads(line)
+            yield Record(path, where, lineno, json.loads(line))
         except json.JSONDecodeError as e:
-            rep.bad(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
-            continue
-        text, problem = _record_text(record, text_fields, joiner, where)
-        if text is None:
-            rep.bad(problem)
-            continue
-        yield Document(text, source, where, _meta(record, text_fields))
+            yield Record(path, where, lineno, error=f"invalid JSON ({e.msg} at column {e.colno})")
 
 
-def _read_json(path: Path, source: str, text_fields: Sequence[str], joiner: str, rep: _Reporter,
-               stats: ReadStats | None) -> Iterator[Document]:
+def _json_records(path: Path, stats: ReadStats | None) -> Iterator[Record]:
+    """A JSON array (or ``{"data": [...]}``); a ``.json`` file that is really JSON lines is read as such."""
     with open_binary(path) as f:
         raw = f.read()
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        data = json.loads(raw.decode("utf-8-sig"))  # -sig: drop a UTF-8 BOM (Windows editors)
     except UnicodeDecodeError as e:
         raise ReadError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # several top-level values: it is JSON lines named .json
-            yield from _read_jsonl(path, source, text_fields, joiner, rep, stats)
+            yield from _jsonl_records(path, stats)
             return
         raise ReadError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict):
         # {"data": [...]} / {"train": [...]}: accept a single list-valued key, nothing cleverer.
         lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) == 1:
-            data = data[lists[0]]
-        else:
-            data = [data]
+        data = data[lists[0]] if len(lists) == 1 else [data]
     if not isinstance(data, list):
         raise ReadError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
-    for i, record in enumerate(data):
-        where = f"{path}[{i}]"
-        text, problem = _record_text(record, text_fields, joiner, where)
+    for i, value in enumerate(data):
+        yield Record(path, f"{path}[{i}]", i + 1, value)
+
+
+def _text_line_records(path: Path, stats: ReadStats | None) -> Iterator[Record]:
+    for lineno, line in _iter_lines(path, stats):
+        if line.strip():
+            yield Record(path, f"{path}:{lineno}", lineno, {"text": line})
+
+
+ColumnCheck = Callable[[Path, Sequence[str]], None]
+
+
+def _table_records(path: Path, rows: Iterable[dict[str, Any]], first_row: int = 0) -> Iterator[Record]:
+    for i, row in enumerate(rows, first_row):
+        yield Record(path, f"{path}#{i}", i + 1, row)
+
+
+def _csv_records(path: Path, delimiter: str, check: ColumnCheck | None) -> Iterator[Record]:
+    csv.field_size_limit(sys.maxsize)  # documents are often longer than the 128 KiB default
+    with open_binary(path) as raw:
+        f = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if reader.fieldnames is None:
+            return  # empty file
+        if check is not None:
+            check(path, reader.fieldnames)
+        for i, row in enumerate(reader):
+            if None in row:  # more cells than header columns
+                yield Record(path, f"{path}:{reader.line_num}", i + 1,
+                             error="row has more cells than the header")
+                continue
+            yield Record(path, f"{path}#{i}", i + 1, row)
+
+
+def _parquet_records(path: Path, check: ColumnCheck | None) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(open_binary(path))
+    except Exception as e:  # pyarrow raises its own ArrowInvalid for corrupt files
+        raise ReadError(f"{path}: cannot read as parquet ({e})") from None
+    if check is not None:
+        check(path, pf.schema_arrow.names)
+    row = 0
+    # Batches keep memory bounded on multi-GB files; all columns are read so meta is complete.
+    for batch in pf.iter_batches(batch_size=1024):
+        rows = batch.to_pylist()
+        yield from _table_records(path, rows, row)
+        row += len(rows)
+
+
+def _arrow_records(path: Path, check: ColumnCheck | None) -> Iterator[Record]:
+    import pyarrow as pa
+
+    try:
+        with open_binary(path) as f:
+            buf = pa.py_buffer(f.read())
+        try:
+            table = pa.ipc.open_file(buf).read_all()
+        except pa.ArrowInvalid:
+            table = pa.ipc.open_stream(buf).read_all()
+    except pa.ArrowInvalid as e:
+        raise ReadError(f"{path}: cannot read as an Arrow IPC file or stream ({e})") from None
+    if check is not None:
+        check(path, table.column_names)
+    row = 0
+    for batch in table.to_batches(max_chunksize=1024):
+        rows = batch.to_pylist()
+        yield from _table_records(path, rows, row)
+        row += len(rows)
+
+
+def _hf_records(path: Path, check: ColumnCheck | None) -> Iterator[Record]:
+    try:
+        import datasets
+    except ImportError:
+        raise ReadError(f"{path}: a Hugging Face datasets folder; pip install datasets") from None
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = [(name, loaded[name]) for name in loaded]
+    else:
+        splits = [("", loaded)]
+    for split, ds in splits:
+        where = path / split if split else path
+        if check is not None:
+            check(where, ds.column_names)
+        row = 0
+        for batch in ds.iter(batch_size=1024):
+            n = len(next(iter(batch.values()))) if batch else 0
+            yield from _table_records(where, ({k: v[i] for k, v in batch.items()} for i in range(n)), row)
+            row += n
+
+
+def _file_records(path: Path, stats: ReadStats | None, check: ColumnCheck | None = None) -> Iterator[Record]:
+    """The records of one data file (text files: one ``{"text": line}`` per non-blank line)."""
+    fmt, _ = _split_ext(path)
+    if fmt in (".jsonl", ".ndjson"):
+        return _jsonl_records(path, stats)
+    if fmt == ".json":
+        return _json_records(path, stats)
+    if fmt in (".txt", ".md"):
+        return _text_line_records(path, stats)
+    if fmt == ".parquet":
+        return _parquet_records(path, check)
+    if fmt == ".arrow":
+        return _arrow_records(path, check)
+    return _csv_records(path, "\t" if fmt == ".tsv" else ",", check)
+
+
+# --------------------------------------------------------------------------- records -> documents
+
+
+def _check_columns(path: Path, columns: Sequence[str], text_fields: Sequence[str]) -> None:
+    missing = [f for f in text_fields if f not in columns]
+    if missing:
+        raise ReadError(
+            f"{path}: no column {missing[0]!r}; its columns are {', '.join(repr(c) for c in columns)}. "
+            "Choose the column(s) with text_fields"
+        )
+
+
+def _records_to_docs(records: Iterable[Record], source: str, text_fields: Sequence[str], joiner: str,
+                     rep: _Reporter) -> Iterator[Document]:
+    for rec in records:
+        if rec.error is not None:
+            rep.bad(f"{rec.where}: {rec.error}")
+            continue
+        text, problem = _record_text(rec.value, text_fields, joiner, rec.where)
         if text is None:
             rep.bad(problem)
             continue
-        yield Document(text, source, where, _meta(record, text_fields))
+        yield Document(text, source, rec.where, _meta(rec.value, text_fields))
 
 
 def _read_txt(path: Path, source: str, txt_mode: str, stats: ReadStats | None) -> Iterator[Document]:
@@ -359,9 +497,8 @@ def _read_txt(path: Path, source: str, txt_mode: str, stats: ReadStats | None) -
         yield Document(text, source, str(path), {})
         return
     if txt_mode == "lines":  # one document per non-blank line (Wikipedia dumps, CC-style text)
-        for lineno, line in _iter_lines(path, stats):
-            if line.strip():
-                yield Document(line, source, f"{path}:{lineno}", {})
+        for rec in _text_line_records(path, stats):
+            yield Document(rec.value["text"], source, rec.where, {})
         return
     # paragraphs: blocks separated by one or more blank (whitespace-only) lines
     block: list[str] = []
@@ -376,81 +513,6 @@ def _read_txt(path: Path, source: str, txt_mode: str, stats: ReadStats | None) -
             block = []
     if block:
         yield Document("\n".join(block), source, f"{path}:{start}", {})
-
-
-def _check_columns(path: Path, columns: Sequence[str], text_fields: Sequence[str]) -> None:
-    missing = [f for f in text_fields if f not in columns]
-    if missing:
-        raise ReadError(
-            f"{path}: no column {missing[0]!r}; its columns are {', '.join(repr(c) for c in columns)}. "
-            "Choose the column(s) with text_fields"
-        )
-
-
-def _rows_to_docs(path: Path, source: str, rows: Iterable[dict[str, Any]], text_fields: Sequence[str],
-                  joiner: str, rep: _Reporter, first_row: int = 0) -> Iterator[Document]:
-    for i, row in enumerate(rows, first_row):
-        where = f"{path}#{i}"
-        text, problem = _record_text(row, text_fields, joiner, where)
-        if text is None:
-            rep.bad(problem)
-            continue
-        yield Document(text, source, where, _meta(row, text_fields))
-
-
-def _read_parquet(path: Path, source: str, text_fields: Sequence[str], joiner: str,
-                  rep: _Reporter) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(open_binary(path))
-    except Exception as e:  # pyarrow raises its own ArrowInvalid for corrupt files
-        raise ReadError(f"{path}: cannot read as parquet ({e})") from None
-    _check_columns(path, pf.schema_arrow.names, text_fields)
-    row = 0
-    # Batches keep memory bounded on multi-GB files; all columns are read so meta is complete.
-    for batch in pf.iter_batches(batch_size=1024):
-        rows = batch.to_pylist()
-        yield from _rows_to_docs(path, source, rows, text_fields, joiner, rep, row)
-        row += len(rows)
-
-
-def _read_csv(path: Path, source: str, text_fields: Sequence[str], joiner: str, rep: _Reporter,
-              delimiter: str) -> Iterator[Document]:
-    csv.field_size_limit(sys.maxsize)  # documents are often longer than the 128 KiB default
-    with open_binary(path) as raw:
-        f = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if reader.fieldnames is None:
-            return  # empty file
-        _check_columns(path, reader.fieldnames, text_fields)
-        for i, row in enumerate(reader):
-            if None in row:  # more cells than header columns
-                rep.bad(f"{path}:{reader.line_num}: row has more cells than the header")
-                continue
-            yield from _rows_to_docs(path, source, [row], text_fields, joiner, rep, i)
-
-
-def _read_hf(path: Path, source: str, text_fields: Sequence[str], joiner: str,
-             rep: _Reporter) -> Iterator[Document]:
-    try:
-        import datasets
-    except ImportError:
-        raise ReadError(f"{path}: a Hugging Face datasets folder; pip install datasets") from None
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = [(name, loaded[name]) for name in loaded]
-    else:
-        splits = [("", loaded)]
-    for split, ds in splits:
-        where = path / split if split else path
-        _check_columns(where, ds.column_names, text_fields)
-        row = 0
-        for batch in ds.iter(batch_size=1024):
-            n = len(next(iter(batch.values()))) if batch else 0
-            rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
-            yield from _rows_to_docs(where, source, rows, text_fields, joiner, rep, row)
-            row += n
 
 
 def prepared_shards(folder: Path) -> list[Path]:
@@ -522,20 +584,14 @@ def iter_documents(
         name = source or (path.name if kind != "file" else path.name.split(".")[0])
         if kind == "prepared":
             docs: Iterator[Document] = _read_prepared(path, rep, stats)
-        elif kind == "hf":
-            docs = _read_hf(path, name, text_fields, joiner, rep)
+        elif kind == "file" and _split_ext(path)[0] in (".txt", ".md"):
+            docs = _read_txt(path, name, txt_mode, stats)
         else:
-            fmt, _ = _split_ext(path)
-            if fmt in (".jsonl", ".ndjson"):
-                docs = _read_jsonl(path, name, text_fields, joiner, rep, stats)
-            elif fmt == ".json":
-                docs = _read_json(path, name, text_fields, joiner, rep, stats)
-            elif fmt in (".txt", ".md"):
-                docs = _read_txt(path, name, txt_mode, stats)
-            elif fmt == ".parquet":
-                docs = _read_parquet(path, name, text_fields, joiner, rep)
-            else:
-                docs = _read_csv(path, name, text_fields, joiner, rep, "\t" if fmt == ".tsv" else ",")
+            def check(where: Path, columns: Sequence[str]) -> None:
+                _check_columns(where, columns, text_fields)
+
+            records = _hf_records(path, check) if kind == "hf" else _file_records(path, stats, check)
+            docs = _records_to_docs(records, name, text_fields, joiner, rep)
         for doc in docs:
             if skip_empty and not doc.text.strip():
                 if stats is not None:
@@ -545,3 +601,26 @@ def iter_documents(
                 stats.docs += 1
                 stats.bytes += len(doc.text.encode("utf-8"))
             yield doc
+
+
+def iter_records(
+    inputs: str | Path | Iterable[str | Path], *, stats: ReadStats | None = None
+) -> Iterator[Record]:
+    """Yield the raw records of files, folders, globs, HF ``save_to_disk`` and prepare outputs.
+
+    A record is a parsed JSON value (JSON lines, a JSON array or ``{"data": [...]}``), a table
+    row as a dict (parquet, Arrow, CSV/TSV, datasets folders) or ``{"text": line}`` for each
+    non-blank line of a text file; compressed files and a UTF-8 BOM are handled as in
+    :func:`iter_documents`. Unparsable records are yielded with ``error`` set, for the caller to
+    report or skip; what a record must contain is the caller's business.
+    """
+    for kind, path in expand_inputs(inputs, stats):
+        if stats is not None:
+            stats.files += 1
+        if kind == "hf":
+            yield from _hf_records(path, None)
+        elif kind == "prepared":
+            for shard in prepared_shards(path):
+                yield from _file_records(shard, stats)
+        else:
+            yield from _file_records(path, stats)

@@ -11,6 +11,7 @@ Read in this order:
     distill.py     DistillConfig + logit KD objective + teacher-generated SFT data (engine or API)
     adapters.py    saving results, loading adapters for serving, merging LoRA, PEFT interop
     cli.py         the commands
+    tiny_hf.py     a tiny random transformers Llama/Qwen2 base (tests, bench/finetune.py)
 
 See docs/finetune.md.
 """

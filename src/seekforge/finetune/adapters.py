@@ -11,27 +11,36 @@ Layout of ``out_dir/final/`` after ``seekforge sft``:
   Prefixes add attention entries: they cannot be merged into weights, and only seekforge's own
   engine serves them (vLLM / llama.cpp / Ollama load LoRA only).
 
-Footgun (peft 0.21 + transformers 5): when PEFT loads a LoRA adapter onto an HF DeepSeek-V3
-model it rewrites the targets ``gate_proj`` / ``up_proj`` / ``down_proj`` to the stacked
-routed-expert parameters (its converter for adapters trained under transformers 4), so the
-adapter's dense-MLP and shared-expert LoRA weights are then silently not loaded. Attention-only
-adapters are unaffected. :func:`peft_from_pretrained` loads seekforge adapters with that
-conversion off: use it (or ``seekforge merge``) instead of ``PeftModel.from_pretrained`` for
-adapters that target MLPs of a DeepSeek-V3 base.
+What a LoRA adapter of a DeepSeek-V3 base means must not depend on who loads it. PEFT
+(>= 0.18 with transformers 5) rewrites the ``target_modules`` names ``gate_proj`` / ``up_proj`` /
+``down_proj`` of a DeepSeek-V3 model to its stacked routed-expert parameters (its converter for
+adapters trained on transformers 4's per-expert modules), which would drop the dense-MLP and
+shared-expert LoRA and adapt experts that were never trained. So seekforge writes every target by
+its full name, main layers only, in the form that converter leaves alone (:func:`portable_lora_config`):
+
+* ``target_modules``: the attention projections (``model.layers.0.self_attn.q_a_proj`` ...);
+* ``target_parameters``: the dense-MLP / shared-expert weights (``model.layers.0.mlp.gate_proj.weight``
+  ...; PEFT's parameter LoRA, the same ``lora_A`` / ``lora_B`` keys and the same update B·A·alpha/r
+  as a module LoRA) and, when trained, the routed experts' stacked ``mlp.experts.gate_up_proj`` /
+  ``mlp.experts.down_proj`` (rank r per expert, the layout transformers 5 uses).
+
+``PeftModel.from_pretrained`` on the transformers model, :func:`load_adapter` and ``seekforge merge``
+then give the same logits. Adapters written by earlier seekforge versions (leaf names plus an
+``exclude_modules`` pattern) are rewritten to this form when seekforge loads them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from seekforge.finetune.methods import HFCausalLM, base_kind, unwrap
+from seekforge.finetune.methods import MLP_NAMES, HFCausalLM, base_kind, unwrap
 from seekforge.utils import atomic_dir, atomic_write_text
 
 log = logging.getLogger("seekforge.finetune")
@@ -71,30 +80,50 @@ def save_result(
         else:
             peft_model = model.inner if isinstance(model, HFCausalLM) else model
             peft_model.save_pretrained(str(tmp))
-            _fix_adapter_config(tmp / "adapter_config.json", base_path)
+            _fix_adapter_config(tmp / "adapter_config.json", base_path, portable=kind == "seekforge")
         _save_tokenizer(tokenizer, tmp)
         marker = {
-            "format": "seekforge-adapter-v1",
+            "format": "seekforge-adapter-v2",
             "method": method,
             "base_kind": kind,
             "base_model": str(Path(base_path).resolve()) if base_path else None,
-            # seekforge and transformers >= 5 store routed experts stacked; see module docstring.
-            "expert_layout": "stacked",
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
 
-def _fix_adapter_config(path: Path, base_path: str | Path | None) -> None:
+def _fix_adapter_config(path: Path, base_path: str | Path | None, portable: bool) -> None:
     """Make the PEFT config describe an ordinary causal-LM adapter of the base directory."""
     cfg = json.loads(path.read_text(encoding="utf-8"))
     cfg["task_type"] = cfg.get("task_type") or "CAUSAL_LM"
     cfg.pop("auto_mapping", None)  # points at seekforge's class; HF users load onto their own class
     if base_path is not None:
         cfg["base_model_name_or_path"] = str(Path(base_path).resolve())
-    if isinstance(cfg.get("target_modules"), list):
+    if portable:
+        cfg = portable_lora_config(cfg)
+    elif isinstance(cfg.get("target_modules"), list):
         cfg["target_modules"] = sorted(cfg["target_modules"])
     path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+
+def portable_lora_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A seekforge LoRA config (full module names) in the form every loader reads alike (module doc).
+
+    Dense-MLP / shared-expert projections move from ``target_modules`` to ``target_parameters``
+    (their ``.weight``). PEFT's parameter LoRA has no dropout, so ``lora_dropout`` is written as 0
+    then: dropout acts only while training and changes nothing an adapter computes at inference.
+    """
+    if cfg.get("peft_type") != "LORA":
+        return cfg
+    modules = list(cfg.get("target_modules") or [])
+    mlp = sorted(m for m in modules if m.rsplit(".", 1)[-1] in MLP_NAMES)
+    params = sorted({*(cfg.get("target_parameters") or []), *(f"{m}.weight" for m in mlp)})
+    cfg = dict(cfg)
+    cfg["target_modules"] = sorted(set(modules) - set(mlp))  # [] (not None: PEFT would pick defaults)
+    cfg["target_parameters"] = params or None
+    if params:
+        cfg["lora_dropout"] = 0.0
+    return cfg
 
 
 def _save_mla_prefix(base: nn.Module, out: Path, base_path: str | Path | None) -> None:
@@ -131,42 +160,59 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@contextlib.contextmanager
-def _no_peft_moe_conversion(adapter_dir: Path):
-    """Turn off PEFT's transformers-4 -> 5 MoE target rewrite for adapters seekforge wrote."""
-    if not (adapter_dir / MARKER).exists():
-        yield
-        return
-    try:
-        import peft.utils.transformers_weight_conversion as twc
-    except ImportError:  # older peft: no conversion to disable
-        yield
-        return
-    original = twc.convert_peft_config_for_transformers
-    twc.convert_peft_config_for_transformers = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        twc.convert_peft_config_for_transformers = original
+def _legacy_full_names(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Rewrite a seekforge v1 adapter config (leaf names + ``exclude_modules`` regex) to full names.
+
+    The names are those PEFT matched on the seekforge model when it was trained: a module whose
+    name is, or ends with ``.`` + , a listed leaf, unless the exclude pattern matches its name.
+    """
+    leaves = cfg.get("target_modules")
+    if not isinstance(leaves, list) or not any("." not in t for t in leaves):
+        return cfg
+    exclude = cfg.get("exclude_modules")
+    exclude_re = re.compile(exclude) if isinstance(exclude, str) else None
+    full = sorted(
+        name
+        for name, _ in unwrap(model).named_modules()
+        if any(name == t or name.endswith("." + t) for t in leaves)
+        and not (exclude_re and exclude_re.fullmatch(name))
+    )
+    return {**cfg, "target_modules": full, "exclude_modules": None}
+
+
+def lora_config(adapter_dir: str | Path, model: nn.Module):  # noqa: ANN201
+    """The adapter's PEFT config; seekforge LoRA adapters in the portable form (module docstring)."""
+    from peft import PeftConfig
+
+    adapter_dir = Path(adapter_dir)
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    cfg = read_adapter_config(adapter_dir)
+    marker = adapter_dir / MARKER
+    meta = json.loads(marker.read_text(encoding="utf-8")) if marker.exists() else {}
+    if cfg.get("peft_type") == "LORA" and meta.get("base_kind") == "seekforge":
+        cfg = portable_lora_config(_legacy_full_names(cfg, model))
+        config.target_modules = set(cfg["target_modules"])
+        config.target_parameters = cfg["target_parameters"]
+        config.exclude_modules = None
+        config.lora_dropout = cfg["lora_dropout"]
+    return config
 
 
 def peft_from_pretrained(model: nn.Module, adapter_dir: str | Path, **kwargs: Any):
-    """``PeftModel.from_pretrained`` that loads seekforge adapters exactly (see module docstring)."""
+    """``PeftModel.from_pretrained`` with the config of :func:`lora_config` (also old adapters)."""
     from peft import PeftModel
 
-    adapter_dir = Path(adapter_dir)
-    with _no_peft_moe_conversion(adapter_dir):
-        return PeftModel.from_pretrained(model, str(adapter_dir), **kwargs)
+    config = lora_config(adapter_dir, model)
+    return PeftModel.from_pretrained(model, str(adapter_dir), config=config, **kwargs)
 
 
 def _lora_into_seekforge(model: nn.Module, adapter_dir: Path) -> nn.Module:
     """Merge a LoRA adapter into a seekforge model's weights (returns the plain model)."""
-    from peft import LoraConfig, PeftModel
+    from peft import PeftModel
 
-    config = LoraConfig.from_pretrained(str(adapter_dir))
+    config = lora_config(adapter_dir, model)
     config.task_type = None  # PeftModelForCausalLM expects HF generation hooks seekforge does not have
-    with _no_peft_moe_conversion(adapter_dir):
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), config=config)
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), config=config)
     return peft_model.merge_and_unload()
 
 

@@ -16,14 +16,13 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 log = logging.getLogger("seekforge.finetune")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from seekforge.cli import add_config_args
+    from seekforge.train.cli import add_run_args
 
     sft = subparsers.add_parser(
         "sft",
@@ -35,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(sft, add_config_args)
+    add_run_args(sft)
     sft.set_defaults(func=run_sft)
 
     distill = subparsers.add_parser(
@@ -46,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model or an OpenAI-compatible endpoint) answers the prompts, then the student is SFT-ed on it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(distill, add_config_args)
+    add_run_args(distill)
     distill.set_defaults(func=run_distill)
 
     merge = subparsers.add_parser("merge", help="fold a LoRA adapter into its base model (a full model dir)")
@@ -54,31 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("adapter", help="adapter directory (e.g. runs/sft/final)")
     merge.add_argument("--out", required=True, help="output model directory")
     merge.set_defaults(func=run_merge)
-
-
-def _common(p: argparse.ArgumentParser, add_config_args) -> None:  # noqa: ANN001
-    add_config_args(p)
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="must",
-        default=None,
-        metavar="CKPT",
-        help="resume from out_dir's latest checkpoint (error if none), or from CKPT",
-    )
-    p.add_argument(
-        "--fresh", action="store_true", help="refuse to start if out_dir already holds checkpoints"
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    overrides = list(args.overrides)
-    if args.resume is not None:
-        overrides.append(f"resume={args.resume}")
-    elif args.fresh:
-        overrides.append("resume=never")
-    return overrides
 
 
 def publish_final(summary: dict, out_dir: str | Path) -> Path | None:
@@ -99,29 +73,22 @@ def publish_final(summary: dict, out_dir: str | Path) -> Path | None:
     return final
 
 
-def _run(cfg, objective) -> int:  # noqa: ANN001
-    from seekforge.train.trainer import Trainer, TrainingError
+def _run(cfg, objective) -> int:
+    from seekforge.train.cli import run_trainer
 
-    try:
-        summary = Trainer(cfg, objective).run()
-    except TrainingError as e:
-        print(f"seekforge {objective.name}: error: {e}", file=sys.stderr)
-        return 1
-    sig = summary.get("signal")
-    if sig:
-        return 128 + int(sig)
-    publish_final(summary, cfg.out_dir)
-    return 0
+    code, summary = run_trainer(cfg, objective, objective.name)
+    if code == 0 and summary is not None:
+        publish_final(summary, cfg.out_dir)
+    return code
 
 
-def _load(cls, args: argparse.Namespace):  # noqa: ANN001
-    import yaml
+def _load(cls, args: argparse.Namespace):
+    from seekforge.config import load_config
+    from seekforge.train.cli import print_config, run_overrides
 
-    from seekforge.config import load_config, to_dict
-
-    cfg = load_config(cls, args.config, _overrides(args))
+    cfg = load_config(cls, args.config, run_overrides(args))
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
+        print_config(cfg)
         return None
     return cfg
 

@@ -8,8 +8,13 @@ Input formats (one per dataset, auto-detected for plain files, explicit in a reg
                role names configurable through ``tags``.
 * ``openai``   ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": ...}]}``;
                ``content`` may be a string or a list of ``{"type": "text", "text"|"value": ...}``.
-* ``text``     ``{"text": ...}`` (or a ``.txt`` file, one document per line): continued
-               pretraining, loss on every token, no chat template.
+* ``text``     ``{"text": ...}`` (or a ``.txt`` file, one document per non-blank line):
+               continued pretraining, loss on every token, no chat template.
+
+Files are read by :func:`seekforge.data.readers.iter_records`, the reader every stage uses:
+JSON lines, JSON arrays (also ``{"data": [...]}`` and ``.json`` files that are really JSON
+lines), CSV/TSV, parquet, Arrow, ``datasets`` folders, compressed (``.gz``, ``.zst``, ...) or not,
+with or without a UTF-8 BOM; a folder is walked recursively in sorted order.
 
 A *registry* is LLaMA-Factory's ``dataset_info.json`` (``file_name``, ``formatting``,
 ``columns``, ``tags``, ``num_samples``) so existing registries work unchanged.
@@ -17,13 +22,13 @@ A *registry* is LLaMA-Factory's ``dataset_info.json`` (``file_name``, ``formatti
 Every row becomes an :class:`Example` (a list of ``{"role", "content"}`` messages) or a
 :class:`BadRow` with the file, the 1-based row number and the reason. Unknown keys, formats, column
 or tag names are errors that list the valid names: LLaMA-Factory silently treats a ``format:``
-typo as alpaca (its issue #7577) and silently drops invalid rows until a StopIteration (#7777);
-both cost users days, so here nothing falls back silently.
+typo as alpaca (https://github.com/hiyouga/LLaMA-Factory/issues/7577) and silently drops invalid
+rows until a StopIteration (https://github.com/hiyouga/LLaMA-Factory/issues/7777); both cost users
+days, so here nothing falls back silently.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -34,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from seekforge.config import ConfigError, closest
+from seekforge.data.readers import ReadError, Record, iter_records
 
 log = logging.getLogger("seekforge.finetune")
 
 FORMATS = ("alpaca", "sharegpt", "openai", "text")
-FILE_TYPES = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt")
 
 # Logical column -> default physical column, per format (LLaMA-Factory's names and defaults).
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
@@ -164,90 +169,25 @@ class DataReport:
 
 
 def _reason_kind(reason: str) -> str:
-    return reason.split(":", 1)[0]
+    """"missing field: 'output'" -> "missing field"; "invalid JSON (...)" -> "invalid JSON"."""
+    return re.split(r"[:(]", reason, maxsplit=1)[0].strip()
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading files
 
 
-def read_rows(path: Path) -> list[Any]:
-    """All rows of a data file (or of every data file in a folder, in name order)."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in FILE_TYPES)
-        if not files:
-            raise DataError(f"{path} is a folder with no data files ({', '.join(FILE_TYPES)})")
-        return [row for f in files for row in read_rows(f)]
+def read_records(path: Path) -> list[Record]:
+    """All records of a data file, or of every data file under a folder (see the module docstring)."""
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".txt":
-        # One document per line; blank lines are kept as rows so row numbers equal line numbers
-        # (they are then reported as empty text).
-        return [{"text": line} for line in path.read_text(encoding="utf-8").splitlines()]
-    if suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    if suffix in (".parquet", ".arrow"):
-        return _read_arrow(path)
-    raise DataError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(FILE_TYPES)}")
-
-
-def _read_json(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        # A .json file that is really JSON lines is common; accept it rather than fail.
-        if e.msg == "Extra data":
-            return _read_jsonl(path)
-        raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if isinstance(data, dict):  # {"data": [...]} / {"train": [...]} wrappers
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            return lists[0]
-        raise DataError(f"{path}: expected a JSON list of rows (or an object with one list in it)")
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-    return data
-
-
-def _read_jsonl(path: Path) -> list[Any]:
-    rows: list[Any] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                rows.append(None)  # keeps row number == line number; reported as a bad row
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                rows.append(_Unparsable(f"invalid JSON: {e.msg}"))
-    return rows
-
-
-@dataclass
-class _Unparsable:
-    reason: str
-
-
-def _read_arrow(path: Path) -> list[Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if path.suffix == ".parquet":
-        table = pq.read_table(path)
-    else:
-        with pa.memory_map(str(path)) as src:
-            try:
-                table = pa.ipc.open_file(src).read_all()
-            except pa.ArrowInvalid:
-                table = pa.ipc.open_stream(src).read_all()
-    return table.to_pylist()
+        records = list(iter_records(path))
+    except ReadError as e:
+        raise DataError(str(e)) from None
+    if path.is_dir() and not records:
+        raise DataError(f"{path} is a folder with no data rows (.json, .jsonl, .csv, .parquet, .txt ...)")
+    return records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,6 +462,27 @@ def convert_text(row: dict, cols: dict[str, str]) -> str:
     return _text_of(text, cols["prompt"])
 
 
+def chat_text(row: Any, fmt: str) -> str | None:
+    """The text of one row of a chat format with default column names: every message's content,
+    system prompt included, one per line. None when the row is not valid in that format.
+
+    For corpora that only need the words (tokenizer training), not the turn structure.
+    """
+    if not isinstance(row, dict):
+        return None
+    cols = DEFAULT_COLUMNS[fmt]
+    try:
+        if fmt == "alpaca":
+            messages = convert_alpaca(row, cols)
+        elif fmt == "text":
+            return convert_text(row, cols)
+        else:
+            messages = convert_chat(row, cols, DEFAULT_TAGS[fmt])
+    except _Bad:
+        return None
+    return "\n".join(m["content"] for m in messages)
+
+
 # ---------------------------------------------------------------------------------------------
 # Template variables ({{name}}, {{author}})
 
@@ -606,26 +567,27 @@ def load_examples(
 
 
 def _load_one(spec: DatasetSpec, report: DataReport) -> list[Example]:
-    rows = read_rows(spec.path)
+    records = read_records(spec.path)
     where = spec.name if spec.name == str(spec.path) else f"dataset {spec.name!r} ({spec.path})"
-    fmt = detect_format(rows, where) if spec.formatting == "auto" else spec.formatting
+    fmt = detect_format([r.value for r in records], where) if spec.formatting == "auto" else spec.formatting
     cols = _check_columns(spec.columns, fmt, where)
     tags = _check_tags(spec.tags, fmt, where)
-    fname = spec.path.name
     out = []
-    for i, row in enumerate(rows, 1):
+    for rec in records:
         report.rows += 1
+        source = f"{rec.path.name}:{rec.row}"
         try:
-            if isinstance(row, _Unparsable):
-                raise _Bad(row.reason)
+            if rec.error is not None:
+                raise _Bad(rec.error)
+            row = rec.value
             if not isinstance(row, dict):
-                raise _Bad("not an object: " + ("empty line" if row is None else type(row).__name__))
+                raise _Bad(f"not an object: {type(row).__name__}")
             if fmt == "text":
-                out.append(Example(messages=[], source=f"{fname}:{i}", text=convert_text(row, cols)))
+                out.append(Example(messages=[], source=source, text=convert_text(row, cols)))
             elif fmt == "alpaca":
-                out.append(Example(messages=convert_alpaca(row, cols), source=f"{fname}:{i}"))
+                out.append(Example(messages=convert_alpaca(row, cols), source=source))
             else:
-                out.append(Example(messages=convert_chat(row, cols, tags), source=f"{fname}:{i}"))
+                out.append(Example(messages=convert_chat(row, cols, tags), source=source))
         except _Bad as e:
-            report.bad.append(BadRow(str(spec.path), i, str(e)))
+            report.bad.append(BadRow(str(rec.path), rec.row, str(e)))
     return out

@@ -38,7 +38,7 @@ from seekforge.config import ConfigError, to_dict
 from seekforge.finetune.encode import collate, single_rows
 from seekforge.finetune.losses import agreement_stats, kl_full, kl_topk, shift_mask
 from seekforge.finetune.methods import load_base, unwrap
-from seekforge.finetune.sft import SFTConfig, SFTLoader, SFTObjective, model_dtype, model_forward
+from seekforge.finetune.sft import SFTConfig, SFTObjective, model_dtype, model_forward
 from seekforge.train.objective import LossOutput, autocast
 from seekforge.utils import atomic_write_text
 
@@ -109,8 +109,9 @@ class DistillObjective(SFTObjective):
     """SFT data and student + a frozen teacher; loss = alpha*CE + (1-alpha)*T^2*KL."""
 
     name = "distill"
+    loader_row_index = True
 
-    def setup(self, env) -> None:  # noqa: ANN001
+    def setup(self, env) -> None:
         from seekforge.tokenizer import load_tokenizer
 
         super().setup(env)
@@ -155,9 +156,9 @@ class DistillObjective(SFTObjective):
         cfg: DistillConfig = self.cfg  # type: ignore[assignment]
         if cfg.alpha < 1.0 and cfg.teacher_topk > 0:
             self.topk = self._topk_cache(loader.rows)
-        return _IndexedLoader(loader)
+        return loader
 
-    def _cache_path(self, rows) -> Path:  # noqa: ANN001
+    def _cache_path(self, rows) -> Path:
         cfg: DistillConfig = self.cfg  # type: ignore[assignment]
         h = hashlib.sha256()
         h.update(str(Path(cfg.teacher).resolve()).encode())
@@ -172,7 +173,7 @@ class DistillObjective(SFTObjective):
         return root / f"topk{cfg.teacher_topk}-{h.hexdigest()[:16]}.safetensors"
 
     @torch.no_grad()
-    def _topk_cache(self, rows) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    def _topk_cache(self, rows) -> dict[str, torch.Tensor]:
         """Top-k teacher logits at every trained position of every row, computed once, on disk."""
         from safetensors.torch import load_file, save_file
 
@@ -284,35 +285,11 @@ class DistillObjective(SFTObjective):
         return res
 
 
-class _IndexedLoader:
-    """The SFT loader, with each batch's row indices (to find cached teacher logits)."""
-
-    def __init__(self, inner: SFTLoader) -> None:
-        self.inner = inner
-
-    def next_step(self) -> list[dict[str, torch.Tensor]]:
-        inner = self.inner
-        start = inner.position
-        batches = inner.next_step()
-        for m, batch in enumerate(batches):
-            first = start + (m * inner.world + inner.rank) * inner.B
-            idx = []
-            for b in range(inner.B):
-                epoch, j = divmod(first + b, len(inner.rows))
-                inner._row(first + b)  # materialise that epoch's permutation
-                idx.append(inner._perm[1][j])
-            batch["row_index"] = torch.tensor(idx)
-        return batches
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 # ---------------------------------------------------------------------------------------------
 # Sequence-level distillation: teacher answers -> SFT data
 
 
-def prompts_of(examples) -> list[list[dict[str, str]]]:  # noqa: ANN001
+def prompts_of(examples) -> list[list[dict[str, str]]]:
     """Each chat without its final answer (what the teacher must answer)."""
     out = []
     for ex in examples:
@@ -357,7 +334,7 @@ def generate_local(
     return [(c.text, c.finish_reason) for c in done]
 
 
-def _sampling(cfg: DistillConfig, i: int):  # noqa: ANN202
+def _sampling(cfg: DistillConfig, i: int):
     from seekforge.infer import SamplingParams
 
     return SamplingParams(
@@ -473,7 +450,7 @@ def _wait_for(path: Path, timeout: float = 24 * 3600) -> None:
         time.sleep(2)
 
 
-def run_distillation(cfg: DistillConfig, runner) -> int:  # noqa: ANN001
+def run_distillation(cfg: DistillConfig, runner) -> int:
     """``seekforge distill``: returns the exit code of the training run (see :mod:`.cli`)."""
     from seekforge.utils import resolve_device
 

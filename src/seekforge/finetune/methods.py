@@ -13,9 +13,10 @@ Methods (``method`` in the config):
 * ``freeze``  only the last N layers (``freeze.trainable_layers``; negative = first N), optionally
               only some of their modules (``freeze.modules``) plus ``freeze.extra_modules``.
 * ``lora``    PEFT LoRA. seekforge's module names equal HF DeepSeek-V3's, so the adapter is a plain
-              PEFT adapter for the HF model too. ``all-linear`` = MLA projections + dense MLPs +
-              shared experts of the main layers (not the MTP modules, not lm_head); routed experts
-              are opt-in (``experts``), trained as PEFT ``target_parameters`` on the stacked weights.
+              PEFT adapter for the HF model too (saved form: :mod:`.adapters`). ``all-linear`` = MLA
+              projections + dense MLPs + shared experts of the main layers (not the MTP modules, not
+              lm_head); routed experts are opt-in (``experts``), trained as PEFT
+              ``target_parameters`` on the stacked weights (rank r per expert, no dropout).
 * ``qlora``   LoRA over a 4-bit NF4 base (bitsandbytes, CUDA only).
 * ``prefix``  seekforge: learned MLA latent prefixes (:mod:`.prefix`); HF models: PEFT prefix tuning.
 
@@ -243,7 +244,13 @@ def _linear_leaf_names(model: nn.Module) -> set[str]:
 
 
 def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) -> dict[str, Any]:
-    """LoRA settings -> PEFT ``target_modules`` / ``exclude_modules`` / ``target_parameters``."""
+    """LoRA settings -> PEFT ``target_modules`` / ``target_parameters``.
+
+    seekforge bases get explicit full names of the main layers' modules (``model.layers.0.self_attn
+    .q_a_proj`` ...), so the MTP modules (absent from transformers' model) are left out without an
+    ``exclude_modules`` pattern, and the routed experts' stacked parameters when ``experts`` is asked
+    for. :func:`seekforge.finetune.adapters.portable_lora_config` turns this into the saved form.
+    """
     names = [targets] if isinstance(targets, str) else list(targets)
     if kind == "hf":
         if names == ["all-linear"]:
@@ -260,38 +267,45 @@ def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) 
         return {"target_modules": names}
     cfg = model.config
     present = _linear_leaf_names(model)
-    chosen: list[str] = []
+    chosen: set[str] = set()
     experts = False
     for n in names:
         if n == "all-linear":
-            chosen += [x for x in ATTN_NAMES + MLP_NAMES if x in present]
+            chosen.update(ATTN_NAMES + MLP_NAMES)
         elif n == "attn":
-            chosen += [x for x in ATTN_NAMES if x in present]
+            chosen.update(ATTN_NAMES)
         elif n == "mlp":
-            chosen += list(MLP_NAMES)
+            chosen.update(MLP_NAMES)
         elif n == "experts":
             experts = True
         elif n in present and n not in ("lm_head", "eh_proj"):
-            chosen.append(n)
+            chosen.add(n)
         else:
             valid = sorted((present - {"lm_head", "eh_proj"}) | set(TARGET_ALIASES))
             near = closest(n, valid)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"lora.target_modules: unknown name {n!r}{hint}; valid: {', '.join(valid)}")
-    out: dict[str, Any] = {"target_modules": sorted(set(chosen)) or None}
-    L, D = cfg.num_hidden_layers, cfg.num_nextn_predict_layers
-    if D:  # MTP modules are training aids (and absent from HF's model): never adapt them
-        out["exclude_modules"] = r"model\.layers\.(" + "|".join(str(L + k) for k in range(D)) + r")\..*"
+    L = cfg.num_hidden_layers
+    # MTP modules (layers L..L+D-1) are training aids, absent from HF's model: never adapted.
+    modules = sorted(
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear)
+        and name.rsplit(".", 1)[-1] in chosen
+        and name.startswith("model.layers.")
+        and int(name.split(".")[2]) < L
+    )
+    out: dict[str, Any] = {"target_modules": modules}  # [] (not None: PEFT would pick defaults)
     if experts:
-        if cfg.n_routed_experts == 0:
-            raise ConfigError("lora.target_modules: 'experts' given but this model has no routed experts")
+        moe_layers = [i for i in range(L) if cfg.is_moe_layer(i)]
+        if not moe_layers:
+            raise ConfigError(
+                "lora.target_modules: 'experts' given but no main layer of this model has routed experts"
+            )
         out["target_parameters"] = [
-            f"model.layers.{i}.mlp.experts.{p}"
-            for i in range(L)
-            if cfg.is_moe_layer(i)
-            for p in EXPERT_PARAMS
+            f"model.layers.{i}.mlp.experts.{p}" for i in moe_layers for p in EXPERT_PARAMS
         ]
-    if out["target_modules"] is None and not experts:
+    if not modules and not experts:
         raise ConfigError("lora.target_modules selects nothing")
     return out
 
@@ -300,6 +314,11 @@ def apply_lora(model: nn.Module, kind: str, s: LoraSettings) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_lora_targets(unwrap(model), kind, s.target_modules)
+    if targets.get("target_parameters") and s.dropout:
+        raise ConfigError(
+            "lora.dropout must be 0 when lora.target_modules includes 'experts': PEFT adapts the "
+            f"stacked routed-expert weights directly, where dropout has no place (got {s.dropout})"
+        )
     config = LoraConfig(
         r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, use_rslora=s.use_rslora, **targets
     )

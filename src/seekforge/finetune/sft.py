@@ -32,6 +32,7 @@ from seekforge.finetune.methods import (
     unwrap,
 )
 from seekforge.train.config import DataConfig, TrainConfig
+from seekforge.train.loader import StepLoader
 from seekforge.train.objective import LossOutput, Objective, TrainEnv, autocast
 
 log = logging.getLogger("seekforge.finetune")
@@ -95,15 +96,19 @@ class SFTConfig(TrainConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-# Data loader (same contract as seekforge.train.loader.PretrainLoader)
+# Data loader (the step arithmetic and resume state are StepLoader's, as for pretraining)
 
 
-class SFTLoader:
-    """This rank's micro-batches of each optimizer step; state = global rows consumed.
+class SFTLoader(StepLoader):
+    """Encoded rows, padded per micro-batch; state = global rows consumed.
 
     Row ``i`` of the endless stream is row ``perm_e[j]`` of epoch ``e`` (a seeded permutation per
-    epoch), so resuming and changing the world size never repeat or skip rows.
+    epoch), so resuming and changing the world size never repeat or skip rows. With
+    ``with_row_index`` each batch also carries the stored rows' indices (``row_index``), by which
+    distillation finds its cached teacher logits.
     """
+
+    identity_hint = " (data, seq_len or packing changed)"
 
     def __init__(
         self,
@@ -115,57 +120,36 @@ class SFTLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | None = None,
+        with_row_index: bool = False,
     ) -> None:
         if not rows:
             raise ConfigError("no training rows")
-        self.rows, self.B, self.accum, self.pad_id, self.seed = (
-            rows,
-            micro_batch_size,
-            grad_accum,
-            pad_id,
-            seed,
-        )
-        self.rank, self.world = rank, world_size
-        self.device = device or torch.device("cpu")
-        self.position = 0
-        self._perm: tuple[int, list[int]] | None = None
+        super().__init__(micro_batch_size, grad_accum, rank, world_size, device)
+        self.rows, self.pad_id, self.seed, self.with_row_index = rows, pad_id, seed, with_row_index
+        self._perm: tuple[int, list[int]] | None = None  # (epoch, its row order), the last one used
 
-    @property
-    def rows_per_step(self) -> int:
-        return self.B * self.accum * self.world
-
-    def _row(self, index: int) -> Row:
+    def row_id(self, index: int) -> int:
+        """Absolute stream index -> index into ``rows``."""
         epoch, j = divmod(index, len(self.rows))
         if self._perm is None or self._perm[0] != epoch:
             order = list(range(len(self.rows)))
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
             self._perm = (epoch, order)
-        return self.rows[self._perm[1][j]]
+        return self._perm[1][j]
 
-    def next_step(self) -> list[dict[str, torch.Tensor]]:
-        batches = []
-        for m in range(self.accum):
-            start = self.position + (m * self.world + self.rank) * self.B
-            batch = collate([self._row(start + b) for b in range(self.B)], self.pad_id)
-            batches.append({k: v.to(self.device) for k, v in batch.items()})
-        self.position += self.rows_per_step
-        return batches
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        ids = [self.row_id(i) for i in indices]
+        out = collate([self.rows[i] for i in ids], self.pad_id)
+        if self.with_row_index:
+            out["row_index"] = torch.tensor(ids)
+        return out
 
     @property
     def epoch(self) -> float:
         return self.position / len(self.rows)
 
-    def state_dict(self) -> dict:
-        return {"position": self.position, "rows": len(self.rows), "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("rows") != len(self.rows) or state.get("seed") != self.seed:
-            raise ValueError(
-                f"data position was saved for {state.get('rows')} rows / seed {state.get('seed')}; "
-                f"this run has {len(self.rows)} rows / seed {self.seed} (data, seq_len or packing "
-                "changed). Resuming would repeat/skip data: keep them equal, or start a new out_dir"
-            )
-        self.position = int(state["position"])
+    def identity(self) -> dict[str, int]:
+        return {"rows": len(self.rows), "seed": self.seed}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +259,7 @@ class SFTObjective(Objective):
     """Chat data -> masked next-token loss on the chosen base and method."""
 
     name = "sft"
+    loader_row_index = False  # batches carry the rows' indices (distillation's teacher cache)
 
     def setup(self, env: TrainEnv) -> None:
         from seekforge.finetune.datasets import load_examples, resolve_datasets
@@ -354,6 +339,7 @@ class SFTObjective(Objective):
             self.env.rank,
             self.env.world_size,
             self.env.device,
+            with_row_index=self.loader_row_index,
         )
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:

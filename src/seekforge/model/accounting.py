@@ -10,13 +10,16 @@ Two inputs are accepted:
   layer) that the planner also builds from Llama / Qwen2 / Qwen3 / Mixtral / Qwen2-MoE
   ``config.json`` files, so one estimator serves every family.
 
-Conventions (symbols as in ``shared/docs/deepseek_v3_spec.md``: d, H, d_q, d_c, d_n, d_r, d_v, E, S, K):
+Conventions (symbols: d hidden, H heads, d_q / d_c query / KV latent ranks, d_n / d_r / d_v nope /
+rope / value head dims, E routed and S shared experts, K experts per token):
 
-* Parameter shapes follow spec §6.2. All feed-forward blocks are SwiGLU (3 matrices). The MoE
+* Parameter shapes are those of the Hugging Face DeepSeek-V3 state dict (transformers'
+  ``modeling_deepseek_v3.py``). All feed-forward blocks are SwiGLU (3 matrices). The MoE
   router bias ``e_score_correction_bias`` is a buffer without gradient, so it is *not* a parameter.
 * ``active`` = parameters one token touches: everything except the routed experts it is not sent
   to, i.e. shared experts + K of E routed experts, the full router, embedding and head counted.
-  This is the spec's convention (V3: 37.55B); DeepSeek's README_WEIGHTS says 36.7B (flag F8).
+  With this convention V3 has 37.55B (the report, arXiv:2412.19437, says 37B); DeepSeek's
+  README_WEIGHTS.md in the deepseek-ai/DeepSeek-V3 repository says 36.7B (it counts differently).
 * MTP modules are counted apart (``mtp``): their own block, ``enorm``/``hnorm``/``eh_proj`` and
   final norm; the embedding and output head they share with the main model are not repeated.
   ``total`` is the main model only (V3: 671B; the Hub's "685B" adds the MTP copy).
@@ -274,7 +277,8 @@ def kv_cache_bytes_per_token(model: ModelConfig | Arch, bytes_per_elem: float = 
                              include_mtp: bool = False) -> dict[str, float]:
     """KV-cache bytes per token summed over layers, as stored and as plain MHA would store it.
 
-    MLA caches the normalised latent and the shared RoPE key: (d_c + d_r) per layer (spec §2.6).
+    MLA caches the normalised latent and the shared RoPE key: (d_c + d_r) per layer (DeepSeek-V2
+    report, arXiv:2405.04434, Table 1).
     GQA caches K and V of its KV heads: KV·(d_qk + d_v). ``mha`` is the same model with one K and V
     per query head: H·(d_qk + d_v). Returns ``{"mla"|"gqa": ..., "mha": ..., "actual": ...}``.
     MTP layers are left out unless asked for (they are only cached when drafting speculatively).

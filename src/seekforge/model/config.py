@@ -6,7 +6,7 @@ config and an HF DeepSeek-V3/V2 ``config.json`` loads straight into :class:`Mode
 A few training-only fields (balance-loss weight, bias update speed, MTP loss weight) are also
 stored in ``config.json``; ``transformers`` keeps unknown keys as attributes and ignores them.
 
-Symbols used in comments (see ``shared/docs/deepseek_v3_spec.md``): d = hidden_size,
+Symbols used in comments (as in the DeepSeek-V3 report, arXiv:2412.19437): d = hidden_size,
 H = num_attention_heads, d_c = kv_lora_rank, d_q = q_lora_rank, d_n/d_r/d_v = nope/rope/value
 head dims, E = n_routed_experts, K = num_experts_per_tok, G = n_group.
 """
@@ -142,7 +142,7 @@ class ModelConfig:
 
     # HF interop ---------------------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
-        """The ``config.json`` content (legacy rope_theta/rope_scaling form, read by HF4, HF5, llama.cpp)."""
+        """The ``config.json`` content (legacy rope_theta/rope_scaling form: transformers 4/5, llama.cpp)."""
         d = to_dict(self)
         d["num_key_value_heads"] = self.num_attention_heads
         arch = "DeepseekV3ForCausalLM" if self.scoring_func == "sigmoid" else "DeepseekV2ForCausalLM"
@@ -154,7 +154,7 @@ class ModelConfig:
         """Read an HF ``config.json`` dict (DeepSeek-V3 or V2), ignoring HF-only bookkeeping keys."""
         names = {f.name for f in dataclasses.fields(cls)}
         d = dict(d)
-        # HF5 may write rope_parameters instead of the legacy pair.
+        # transformers 5 may write rope_parameters instead of the legacy pair.
         rp = d.pop("rope_parameters", None)
         if isinstance(rp, dict):
             d.setdefault("rope_theta", rp.get("rope_theta", 10000.0))

@@ -1,6 +1,6 @@
 """The ONE adapter between seekforge's in-memory model and Hugging Face model directories.
 
-On disk we write exactly what DeepSeek releases and transformers reads (spec §6):
+On disk we write exactly what DeepSeek releases and transformers reads (``modeling_deepseek_v3.py``):
 
 * ``config.json`` from ``ModelConfig.to_hf_dict()`` (+ ``torch_dtype``/``dtype`` of the weights),
   ``generation_config.json`` with bos/eos;

@@ -1,4 +1,8 @@
-"""Building, loading and saving models (the implementation behind ``seekforge.model.load_model``)."""
+"""Building, loading and saving models (the implementation behind ``seekforge.model.load_model``).
+
+Every model built here runs the fast kernels of :mod:`seekforge.model.kernels` unless asked not to
+(``kernels=False`` keeps the plain reference code of :mod:`seekforge.model.model`).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,22 @@ from typing import Any
 import torch
 
 from seekforge.model.config import LARGE_PRESETS, PRESETS, ModelConfig, model_config_from
+from seekforge.model.kernels import use_kernels
 from seekforge.model.model import DeepseekV3ForCausalLM
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                init: bool = True) -> DeepseekV3ForCausalLM:
+                init: bool = True, kernels: bool = True) -> DeepseekV3ForCausalLM:
     """Construct on the meta device (no wasted init), then materialise on ``device`` and initialise.
 
-    ``device="meta"`` returns the shapes only (for parameter counts of 671B models).
+    ``device="meta"`` returns the shapes only (for parameter counts of 671B models). ``kernels``:
+    grouped-matmul experts and the fused loss (:func:`seekforge.model.kernels.use_kernels`); False
+    keeps the reference implementations (same parameters, same results up to rounding).
     """
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(cfg)
+    if kernels:
+        use_kernels(model)
     device = torch.device(device)
     if dtype is not None:
         model.to(dtype)
@@ -32,11 +41,12 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: tor
 
 
 def load_model(preset_or_dir: str | Path | ModelConfig, *, device: torch.device | str | None = None,
-               dtype: torch.dtype | str | None = None, **config_overrides: Any) -> DeepseekV3ForCausalLM:
+               dtype: torch.dtype | str | None = None, kernels: bool = True,
+               **config_overrides: Any) -> DeepseekV3ForCausalLM:
     """A preset name (random init), a model directory (config.json + safetensors) or a ModelConfig.
 
-    ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA; ``config_overrides`` are ModelConfig
-    fields (``load_model("tiny", q_lora_rank=None)``).
+    ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA; ``kernels`` as in :func:`build_model`;
+    ``config_overrides`` are ModelConfig fields (``load_model("tiny", q_lora_rank=None)``).
     """
     from seekforge.utils import parse_dtype, resolve_device
 
@@ -44,15 +54,15 @@ def load_model(preset_or_dir: str | Path | ModelConfig, *, device: torch.device 
     cfg = model_config_from(spec, config_overrides or None)
     is_dir = not isinstance(spec, ModelConfig) and str(spec) not in PRESETS and Path(spec).is_dir()
     if device is None and not is_dir and str(spec) in LARGE_PRESETS:
-        return build_model(cfg, "meta")
+        return build_model(cfg, "meta", kernels=kernels)
     dev = resolve_device(None if device is None else str(device))
     dt = parse_dtype(dtype, dev)
     if not is_dir:
-        return build_model(cfg, dev, dt)
+        return build_model(cfg, dev, dt, kernels=kernels)
     from seekforge.model.hf import load_checkpoint
 
     cfg, state = load_checkpoint(spec, cfg)
-    model = build_model(cfg, dev, dt, init=False)
+    model = build_model(cfg, dev, dt, init=False, kernels=kernels)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if cfg.scoring_func != "sigmoid":  # V2 (softmax) checkpoints carry no router bias: it stays 0
         missing = [k for k in missing if not k.endswith("e_score_correction_bias")]

@@ -1,24 +1,26 @@
-"""The DeepSeek-V3 model in one file: MLA attention, DeepSeekMoE, multi-token prediction.
+"""DeepSeek-V3 (arXiv:2412.19437) in plain single-device PyTorch: MLA, DeepSeekMoE, multi-token prediction.
 
-Read top to bottom; every piece is a small module:
+Read it next to the technical report; "eq. N" and "§N" below are the report's. Top to bottom:
 
-    RMSNorm, MLP (SwiGLU)                      the basic blocks
-    RotaryEmbedding                            decoupled RoPE + YaRN (spec §2.3-2.4)
-    MLAttention                                Multi-head Latent Attention (spec §2, DSV3-R eqs 1-11)
-      .forward          training / prefill: materialised heads, F.scaled_dot_product_attention
-      .forward_absorbed decode: weight absorption over a latent cache (d_c + d_r numbers per token)
-    Router, RoutedExperts, MoE                 DeepSeekMoE (spec §3, DSV3-R eqs 12-20)
-    DecoderLayer, MTPLayer                     one block; an MTP module (spec §4, DSV3-R eqs 21-25)
-    DeepseekV3ForCausalLM                      the whole model, losses, bias update, cached inference
+    RMSNorm, MLP                  the basic blocks (SwiGLU feed-forward)
+    RotaryEmbedding, apply_rope   decoupled RoPE on the d_r-dim slices, with YaRN (§4.3)
+    MLAttention                   Multi-head Latent Attention (§2.1.1, eqs. 1-11)
+      .forward                    training / prefill: keys and values expanded per head, SDPA
+      .forward_absorbed           decode: projections absorbed, attention over the cached latent
+    Router, RoutedExperts, MoE    DeepSeekMoE, auxiliary-loss-free balancing (§2.1.2, eqs. 12-20)
+    DecoderLayer, MTPLayer        one block; one multi-token prediction module (§2.2, eqs. 21-25)
+    DeepseekV3ForCausalLM         the whole model: losses, router-bias update, cached inference
 
 Parameter names equal the Hugging Face state-dict names (``model.layers.3.self_attn.q_a_proj.weight``
 ...) except the routed experts, which are stacked ``[E, ...]`` tensors (``mlp.experts.gate_up_proj``
 ``[E, 2*I_m, d]`` and ``mlp.experts.down_proj`` ``[E, d, I_m]``, the layout transformers 5 uses in
 memory). MTP modules live at ``model.layers[num_hidden_layers + k]`` exactly as in HF checkpoints.
 
-This file is written for ONE device: no parallelism, mixed precision or compilation inside. The
-trainer applies those from outside (each DecoderLayer is a separate module for FSDP2 / activation
-checkpointing; shapes in the training path are static so ``torch.compile`` sees one graph).
+This is the reference: no parallelism, compilation or custom kernels inside, and precision handled
+only where the numerics need it (router and norms in fp32). The rest is applied from outside:
+``build_model`` swaps in the grouped-matmul experts and fused loss of :mod:`seekforge.model.kernels`
+(same parameters, same results); the trainer wraps each DecoderLayer for FSDP2 / activation
+checkpointing and runs it under autocast; the inference engine compiles ``decode_step``.
 
 Symbols: d hidden_size, H heads, d_c kv_lora_rank, d_q q_lora_rank, d_n / d_r / d_v nope / rope /
 value head dims, E routed experts, K experts per token, G groups, L main layers, D MTP depth.
@@ -27,6 +29,7 @@ value head dims, E routed experts, K experts per token, G groups, L main layers,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -82,7 +85,7 @@ class MLP(nn.Module):
 
 
 def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
-    """YaRN attention temperature m = 0.1 * mscale * ln(s) + 1 (DSV3-R §4.3: sqrt(t) = 0.1 ln s + 1)."""
+    """YaRN attention temperature m = 0.1 * mscale * ln(s) + 1 (§4.3: sqrt(t) = 0.1 ln s + 1)."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
@@ -94,9 +97,10 @@ def _rope_kind(cfg: ModelConfig) -> str:
 def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
     """Inverse frequencies theta_j (j < d_r/2) and the cos/sin multiplier, YaRN-corrected if configured.
 
-    YaRN (spec §2.4): frequencies whose wavelength fits in the original context many times (high
-    frequency, j < low) are kept; slow ones (j > high) are divided by the factor s; a linear ramp in
-    between. Same formulas as the reference code and transformers' ``_compute_yarn_parameters``.
+    YaRN (arXiv:2309.00071): frequencies whose wavelength fits in the original context many times
+    (high frequency, j < low) are kept; slow ones (j > high) are divided by the factor s; a linear ramp
+    in between. Same formulas as DeepSeek's ``inference/model.py`` (``precompute_freqs_cis``) and
+    transformers' ``_compute_yarn_parameters`` (``modeling_rope_utils.py``).
     """
     d_r, base = cfg.qk_rope_head_dim, float(cfg.rope_theta)
     inv_freq = 1.0 / base ** (torch.arange(0, d_r, 2, dtype=torch.float64) / d_r)
@@ -132,7 +136,7 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
 
 
 def softmax_scale(cfg: ModelConfig) -> float:
-    """1/sqrt(d_n + d_r), times m^2 with YaRN (spec §2.3; HF reads mscale_all_dim)."""
+    """1/sqrt(d_n + d_r), times m^2 with YaRN, m from ``mscale_all_dim`` as transformers reads it."""
     scale = cfg.qk_head_dim**-0.5
     if _rope_kind(cfg) != "default":
         rs = cfg.rope_scaling or {}
@@ -170,7 +174,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     x: [B, T, ..., d_r]; cos/sin: [B, T, d_r/2]. The output is written de-interleaved (all first
     members, then all second members), like transformers does; q and k get the same layout, so
-    dot products are unchanged. Checkpoints stay in the interleaved convention (spec §2.4).
+    dot products are unchanged. Checkpoints keep DeepSeek's interleaved convention, which llama.cpp
+    and transformers (``rope_interleave=True``) expect.
     """
     while cos.dim() < x.dim():  # broadcast over the head dimension
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
@@ -220,7 +225,7 @@ class MLAttention(nn.Module):
             self.q_proj = nn.Linear(d, H * self.d_qk, bias=False)
         else:
             self.q_a_proj = nn.Linear(d, cfg.q_lora_rank, bias=False)
-            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=1e-6)  # HF: fixed 1e-6 (spec flag F11)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, eps=1e-6)  # transformers: always 1e-6
             self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * self.d_qk, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(d, self.d_c + self.d_r, bias=False)
         self.kv_a_layernorm = RMSNorm(self.d_c, eps=1e-6)
@@ -260,7 +265,7 @@ class MLAttention(nn.Module):
         k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, H, self.d_r)], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
         # Flash kernels (CPU and CUDA) need equal q/k/v head dims: pad v with zeros and drop the padding
-        # afterwards (2.4x faster than the math fallback on CPU, measured in docs/LOG.md).
+        # afterwards (2.4x faster than the math fallback on CPU, measured).
         if self.d_v < self.d_qk:
             v = F.pad(v, (0, self.d_qk - self.d_v))
         if mask is None:
@@ -283,7 +288,7 @@ class MLAttention(nn.Module):
         return self.kv_b_proj(torch.eye(self.d_c, device=ref.device, dtype=ref.dtype)).T
 
     def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor, cache: CacheView) -> Tensor:
-        """Decode with weight absorption (spec §2.5): attention runs in the d_c latent space.
+        """Decode with absorbed projections (DeepSeek-V2 report, arXiv:2405.04434, §2.1.2).
 
         score = scale * ((W_UK^T q_nope) . c_s + q_pe . k_pe_s)   -> MQA with one 576-dim shared key
         out   = W_O [W_UV (sum_s p_s c_s)]                          (per head)
@@ -334,7 +339,7 @@ def _write_cache(cache: CacheView, c: Tensor, k_pe: Tensor) -> None:
 class Router(nn.Module):
     """Top-K expert selection (HF module name ``gate``).
 
-    V3 (scoring_func sigmoid, topk_method noaux_tc; spec §3.2, DSV3-R eqs 13-16):
+    V3 (scoring_func sigmoid, topk_method noaux_tc; eqs. 13-16):
         s = sigmoid(u . e_i); selection uses s + b (b = e_score_correction_bias, fp32, no gradient);
         groups scored by the sum of their top-2 biased scores; keep topk_group groups (others -inf);
         top-K; gate weights from the UNBIASED s, normalised over the K (norm_topk_prob), times
@@ -350,7 +355,7 @@ class Router(nn.Module):
         bias = torch.zeros(cfg.n_routed_experts, dtype=torch.float32)
         self.register_buffer("e_score_correction_bias", bias)
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001
+    def _apply(self, fn, recurse: bool = True):
         # Keep the bias in fp32 through .to(bf16)/.half()/to_empty(): updates of +-1e-3 vanish in bf16.
         bias = self._buffers.pop("e_score_correction_bias")
         try:
@@ -389,90 +394,18 @@ class Router(nn.Module):
             group_score = grouped.amax(dim=-1)  # V2: best expert per group
         keep = group_score.topk(self.cfg.topk_group, dim=-1, sorted=False).indices
         group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)
-        # -inf (not 0, spec flag F3): biased scores can be negative, 0 would leak dropped groups.
+        # -inf, as DeepSeek's code and transformers 5 (transformers 4 used 0): biased scores can be
+        # negative, so 0 would let experts of dropped groups win.
         return grouped.masked_fill(~group_mask[..., None], float("-inf")).view(N, self.n_experts)
 
 
-@torch.library.custom_op("seekforge::grouped_mm", mutates_args=())
-def _grouped_mm_cpu(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
-    """torch._grouped_mm on CPU for any float dtype, wrapped as an op torch.compile can trace: the
-    built-in op's fake (meta) kernel accepts only bf16, so compiling an fp32 model would fail."""
-    return torch._grouped_mm(x, w, offs=offsets)
-
-
-@_grouped_mm_cpu.register_fake
-def _(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
-    return x.new_empty(x.shape[0], w.shape[-1])
-
-
-@torch.library.custom_op("seekforge::grouped_mm_wgrad", mutates_args=())
-def _grouped_mm_wgrad_cpu(grad: Tensor, x: Tensor, offsets: Tensor) -> Tensor:
-    """Per-group grad_e^T @ x_e -> [E, n, k]: the weight gradient of a grouped matmul, already in the
-    layout of the stored [E, out, in] parameters (computing x^T grad instead would need a transposing
-    copy of every expert gradient: 8 ms per MoE layer on this CPU, measured)."""
-    return torch._grouped_mm(grad.t(), x, offs=offsets)
-
-
-@_grouped_mm_wgrad_cpu.register_fake
-def _(grad: Tensor, x: Tensor, offsets: Tensor) -> Tensor:
-    return x.new_empty(offsets.shape[0], grad.shape[1], x.shape[1])
-
-
-def _grouped_mm_cpu_backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
-    x, w, offsets = ctx.saved_tensors
-    grad = grad.contiguous()
-    dw = _grouped_mm_wgrad_cpu(grad, x, offsets).transpose(1, 2)  # a view; the param grad is contiguous
-    return _grouped_mm_cpu(grad, w.transpose(1, 2), offsets), dw, None
-
-
-def _grouped_mm_cpu_setup(ctx, inputs: tuple, output: Tensor) -> None:  # noqa: ANN001
-    ctx.save_for_backward(*inputs)
-
-
-_grouped_mm_cpu.register_autograd(_grouped_mm_cpu_backward, setup_context=_grouped_mm_cpu_setup)
-
-
-def grouped_matmul(x: Tensor, w: Tensor, counts: Tensor, offsets: Tensor) -> Tensor:
-    """Rows of ``x`` [M, k] sorted by expert (``counts[e]`` rows for expert e) times ``w[e]`` [k, n].
-
-    One grouped GEMM: ``torch._grouped_mm`` for bf16 (CUDA sm80+ kernels; compiles natively), our
-    traceable wrapper of it on CPU (any dtype). Elsewhere (fp32 on CUDA) a loop over the experts that
-    received tokens, which needs ``counts`` on the host (one sync; a graph break under compile).
-    Under autocast both operands are cast to the autocast dtype first, as autocast does for any matmul.
-    """
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        # Autocast has no rule for _grouped_mm (or our CPU op): the fp32 activations and parameters
-        # would stay fp32 and, on CUDA, take the per-expert loop with its host sync. The casts are
-        # differentiable, so the fp32 parameters still get fp32 gradients.
-        dtype = torch.get_autocast_dtype(device_type)
-        x, w = x.to(dtype), w.to(dtype)
-    if x.dtype == torch.bfloat16 and (x.device.type == "cpu" or (
-            x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= (8, 0))):
-        return torch._grouped_mm(x, w, offs=offsets)
-    if x.device.type == "cpu":
-        return _grouped_mm_cpu(x, w, offsets)
-    outs = [chunk @ w[e] for e, chunk in enumerate(x.split(counts.tolist())) if chunk.shape[0]]
-    return torch.cat(outs) if outs else x.new_zeros(0, w.shape[-1])
-
-
 class RoutedExperts(nn.Module):
-    """E SwiGLU experts stored stacked; tokens are sorted by expert and sent through grouped matmuls.
+    """E SwiGLU experts stored stacked: ``gate_up_proj`` [E, 2*I_m, d], ``down_proj`` [E, d, I_m].
 
-    No Python loop over experts on the hot path: (token, choice) pairs are ordered by expert id, each
-    expert's contiguous block is multiplied by its own weights (torch._grouped_mm), the results are
-    weighted by the gate values and un-permuted back. Both permutations have gather-only backwards
-    (deterministic, unlike index_add / scatter-add).
-
-    Decode (no autograd, at most ``few_pairs`` (token, choice) pairs) skips all of that: the grouped
-    matmul visits every expert, empty ones included, and the sort/permute ops cost more than the math
-    for one or two tokens. Those pairs are multiplied by their own expert's weights directly.
+    The routed half of eq. 12: y_t = sum over the K chosen experts i of g_it * FFN_i(u_t).
+    This reference loops over the experts; :class:`seekforge.model.kernels.GroupedExperts` (what
+    ``build_model`` installs) computes the same with grouped matmuls and no loop.
     """
-
-    few_pairs = 4  # decode path up to this many pairs: 3x faster at 1-2 pairs, equal at ~8 (CPU, LOG.md)
-    # In a compiled decode graph the pair path is a fused multiply+sum and stays ahead of the grouped
-    # matmul up to far more pairs (CPU, small-moe, batch 16 x K=2: 6.0 vs 7.5 ms per step).
-    few_pairs_compiled = 64
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -482,87 +415,14 @@ class RoutedExperts(nn.Module):
 
     def forward(self, x: Tensor, idx: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         """x [N, d], idx/weights [N, K] -> (y [N, d], tokens per expert [E])."""
-        N, K = idx.shape
         E = self.gate_up_proj.shape[0]
-        flat = idx.reshape(-1)
-        counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(
-            0, flat, torch.ones_like(flat, dtype=torch.int32))  # static shape, unlike bincount
-        pairs = N * K
-        limit = self.few_pairs_compiled if torch.compiler.is_compiling() else self.few_pairs
-        if pairs <= limit and not torch.is_grad_enabled():
-            return self._few_pairs(x, flat, weights.reshape(-1)).view(N, K, -1).sum(dim=1), counts
-        order = flat.argsort(stable=True)  # (token, choice) pairs grouped by expert
-        offsets = counts.cumsum(0, dtype=torch.int32)
-        inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        xs = _Dispatch.apply(x, order, inv, K)  # [N*K, d], rows grouped by expert
-        h = grouped_matmul(xs, self.gate_up_proj.transpose(1, 2), counts, offsets)
-        gate, up = h.chunk(2, dim=-1)
-        # The gate weight is applied before the (linear) down projection: same result, and the
-        # multiply runs on I_m-wide rows instead of d-wide ones.
-        act = F.silu(gate) * up * weights.reshape(-1)[order, None].to(up.dtype)
-        ys = grouped_matmul(act, self.down_proj.transpose(1, 2), counts, offsets)
-        y = _Permute.apply(ys, inv, order).view(N, K, -1).sum(dim=1)  # (token, choice) order, sum choices
-        return y, counts
-
-    def _few_pairs(self, x: Tensor, flat: Tensor, weights: Tensor) -> Tensor:
-        """Output of each (token, choice) pair, [N*K, d], computed from the chosen experts' weights only."""
-        K = flat.numel() // x.shape[0]
-        w = weights.to(x.dtype)
-        if torch.compiler.is_compiling():
-            # Written as multiply + sum, the compiler turns each product into ONE generated kernel
-            # that reads the chosen experts' rows in place (no weight copy, no Python in the graph):
-            # 20% faster per compiled decode step on CPU than the loop below inside a custom op.
-            xs = x.repeat_interleave(K, dim=0)
-            gate, up = (self.gate_up_proj[flat] * xs[:, None, :]).sum(-1).chunk(2, dim=-1)
-            act = F.silu(gate) * up * w[:, None]
-            return (self.down_proj[flat] * act[:, None, :]).sum(-1)
-        if x.device.type == "cpu":
-            # On the CPU reading the expert ids waits for no device: two plain matmuls per pair, no
-            # copies (gathering the chosen experts' weights costs more than the math: LOG.md).
-            ys = []
-            for j, e in enumerate(flat.tolist()):
-                gate, up = F.linear(x[j // K], self.gate_up_proj[e]).chunk(2, dim=-1)
-                ys.append(F.linear(F.silu(gate) * up * w[j], self.down_proj[e]))
-            return torch.stack(ys)
-        # Accelerators: no host sync; gather the chosen experts' weights, one batched matmul each.
-        xs = x.repeat_interleave(K, dim=0)[:, :, None]  # [N*K, d, 1]
-        gate, up = torch.bmm(self.gate_up_proj[flat], xs).squeeze(-1).chunk(2, dim=-1)
-        act = F.silu(gate) * up * w[:, None]
-        return torch.bmm(self.down_proj[flat], act[:, :, None]).squeeze(-1)
-
-
-class _Dispatch(torch.autograd.Function):
-    """xs = x[order // K]: token rows replicated for each of their K choices, grouped by expert.
-
-    Autograd's backward for this gather is a scatter-add (index_put with accumulate: serial on CPU,
-    atomic and nondeterministic on CUDA). Because ``order`` is a permutation we can instead gather the
-    gradient back into (token, choice) order and sum over the K choices.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, order: Tensor, inv: Tensor, K: int) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(inv)
-        ctx.K = K
-        return x[order // K]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # noqa: ANN001
-        (inv,) = ctx.saved_tensors
-        return grad[inv].view(-1, ctx.K, grad.shape[-1]).sum(dim=1), None, None, None
-
-
-class _Permute(torch.autograd.Function):
-    """x[perm] for a permutation ``perm`` with inverse ``inv``: the backward is a gather, g[inv]."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, perm: Tensor, inv: Tensor) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(inv)
-        return x[perm]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
-        (inv,) = ctx.saved_tensors
-        return grad[inv], None, None
+        y = torch.zeros_like(x)
+        for e in range(E):
+            token, choice = torch.where(idx == e)  # the tokens that chose expert e, and as which choice
+            gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
+            out = F.linear(F.silu(gate) * up, self.down_proj[e])
+            y = y.index_add(0, token, (weights[token, choice, None] * out).to(y.dtype))
+        return y, torch.bincount(idx.reshape(-1), minlength=E)
 
 
 class MoE(nn.Module):
@@ -588,10 +448,11 @@ class MoE(nn.Module):
         return y.view(B, T, d), counts.detach().float(), bal
 
     def balance_loss(self, idx: Tensor, scores: Tensor, B: int, T: int) -> Tensor:
-        """Complementary sequence-wise balance loss, DSV3-R eqs 17-20 (batch-wise if not seq_aux):
+        """Complementary sequence-wise balance loss, eqs. 17-20 (batch-wise if not seq_aux):
 
             L = alpha * sum_i f_i P_i,  f_i = E/(K T) * #{t: i in TopK_t},  P_i = mean_t s_it / sum_j s_jt
-        The indicator uses the actual (biased) routing decision (spec flag F7).
+        The indicator uses the actual (biased) routing decision, as training code does; the report
+        writes top-K of the unbiased s.
         """
         E, K = self.cfg.n_routed_experts, self.cfg.num_experts_per_tok
         n_seq = B if self.cfg.seq_aux else 1
@@ -649,8 +510,8 @@ class SharedHead(nn.Module):
 
 
 class MTPLayer(DecoderLayer):
-    """MTP module k (DSV3-R eqs 21-23): h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]), then a
-    full block. Embedding FIRST, as in all released code (spec flag F1, the paper writes the reverse).
+    """MTP module k (eqs. 21-23): h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]), then a full
+    block. Embedding FIRST, as in DeepSeek's released weights and code (eq. 21 writes the reverse).
     """
 
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
@@ -738,39 +599,13 @@ def _shift_targets(labels: Tensor, shift: int, segment_ids: Tensor | None) -> Te
     return out
 
 
-class _CrossEntropy(torch.autograd.Function):
-    """Mean token cross-entropy with a hand-written backward: d loss / d logits = (softmax - onehot) / n.
-
-    Same value as F.cross_entropy(..., ignore_index=-100), but the [N, V] tensors are touched fewer
-    times: no log-probability tensor in the forward (only logsumexp), and the backward writes the
-    gradient in one softmax pass instead of a zero-filled NLL gradient + log_softmax_backward.
-    With V = 8192 the stock path cost ~30% of a small-moe CPU training step (docs/LOG.md).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:  # noqa: ANN001
-        valid = targets != IGNORE_INDEX
-        safe = targets.clamp(min=0)
-        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32 for bf16 logits, fp64 stays fp64
-        lse = torch.logsumexp(logits.to(acc), dim=-1)
-        picked = logits.gather(1, safe[:, None]).squeeze(1).to(acc)
-        n = valid.sum().clamp(min=1)
-        ctx.save_for_backward(logits, lse, safe, valid, n)
-        return ((lse - picked) * valid).sum() / n
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        logits, lse, safe, valid, n = ctx.saved_tensors
-        scale = (grad / n) * valid.to(lse.dtype)  # [N]: ignored rows get no gradient
-        g = torch.softmax(logits, dim=-1, dtype=lse.dtype)
-        g.mul_(scale[:, None])
-        g.scatter_add_(1, safe[:, None], -scale[:, None])
-        return g.to(logits.dtype), None
-
-
-def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean CE over non-ignored targets (0, not NaN, when every target is ignored)."""
-    return _CrossEntropy.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean CE of logits [..., V] against targets [...] over targets != IGNORE_INDEX, in fp32 or wider
+    (0, not NaN, when every target is ignored)."""
+    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    total = F.cross_entropy(logits.to(acc), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 class DeepseekV3ForCausalLM(nn.Module):
@@ -781,6 +616,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         self.config = config
         self.model = DeepseekV3Model(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.cross_entropy: Callable[[Tensor, Tensor], Tensor] = cross_entropy  # kernels swap in a fused one
 
     # --- bookkeeping ---------------------------------------------------------------------------
     @property
@@ -797,7 +633,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         return [layer for layer in self.model.layers if layer.is_moe]
 
     def init_weights(self) -> None:
-        """N(0, initializer_range^2) for every matrix (DSV3-R §4.2: 0.006), norms 1, router bias 0."""
+        """N(0, initializer_range^2) for every matrix (§4.2: 0.006), norms 1, router bias 0."""
         std = self.config.initializer_range
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -841,7 +677,7 @@ class DeepseekV3ForCausalLM(nn.Module):
         if labels is None:
             return ModelOutput(logits=logits, expert_loads=self._stack_loads(loads))
 
-        main = _cross_entropy(logits, _shift_targets(labels, 1, segment_ids))
+        main = self.cross_entropy(logits, _shift_targets(labels, 1, segment_ids))
         loss, losses = main, {"main": main.detach()}
         if cfg.num_nextn_predict_layers > 0 and cfg.mtp_loss_weight > 0:
             mtp = self._mtp_loss(h, input_ids, labels, segment_ids, cos, sin, mask, with_aux, loads, bal)
@@ -855,11 +691,11 @@ class DeepseekV3ForCausalLM(nn.Module):
 
     def _mtp_loss(self, h: Tensor, input_ids: Tensor, labels: Tensor, segment_ids: Tensor | None, cos: Tensor,
                   sin: Tensor, mask: Tensor | None, with_aux: bool, loads: list, bal: list) -> Tensor:
-        """Mean over depths k of CE(predict t_{i+k+1} from h^{k-1}_i and t_{i+k}) (DSV3-R eqs 21-25).
+        """Mean over depths k of CE(predict t_{i+k+1} from h^{k-1}_i and t_{i+k}) (eqs. 21-25).
 
         Sequences keep their length T (static shapes): tail positions whose inputs/targets fall off the
         row, or cross a segment boundary, are ignored. h^0 is the main output after the final norm
-        (what HF5 and vLLM feed their MTP drafters, spec flag F2).
+        (what transformers 5 and vLLM feed their MTP drafters; the report does not say).
         """
         per_depth = []
         for k, layer in enumerate(self.mtp_layers, start=1):
@@ -869,7 +705,7 @@ class DeepseekV3ForCausalLM(nn.Module):
             h, ld, b = layer(x, cos, sin, mask, with_aux)
             self._collect(ld, b, loads, bal)
             logits = self.lm_head(layer.shared_head.norm(h))
-            per_depth.append(_cross_entropy(logits, _shift_targets(labels, k + 1, segment_ids)))
+            per_depth.append(self.cross_entropy(logits, _shift_targets(labels, k + 1, segment_ids)))
         return torch.stack(per_depth).mean()
 
     @staticmethod
@@ -893,7 +729,7 @@ class DeepseekV3ForCausalLM(nn.Module):
     # --- aux-loss-free balancing ----------------------------------------------------------------
     @torch.no_grad()
     def update_router_bias(self, loads: Tensor) -> None:
-        """b_i += gamma * sign(mean(load) - load_i) per MoE layer (DSV3-R §2.1.2, spec §3.3).
+        """b_i += gamma * sign(mean(load) - load_i) per MoE layer (§2.1.2).
 
         Call after each optimizer step with ``expert_loads`` summed over micro-batches and ranks.
         Over-loaded experts get a lower bias, so they are chosen less. Only routers with
@@ -978,7 +814,7 @@ class DeepseekV3ForCausalLM(nn.Module):
     @torch.no_grad()
     def mtp_forward_cached(self, hidden: Tensor, next_ids: Tensor, cache: MLACache, slots: Tensor,
                            start_pos: Tensor, depth: int = 1) -> ModelOutput:
-        """MTP module ``depth`` as a drafter (DSV3-R §5.4.3): for the tokens at positions start_pos ..
+        """MTP module ``depth`` as a drafter (§5.4.3): for the tokens at positions start_pos ..
         (``hidden`` [B, T, d] = their main ``hidden``, or the previous depth's output) and the tokens
         that follow them (``next_ids`` [B, T]), predict the token after ``next_ids``.
 
@@ -1018,4 +854,4 @@ class DeepseekV3ForCausalLM(nn.Module):
 
 __all__ = ["DeepseekV3ForCausalLM", "ModelOutput", "MLACache", "CacheView", "RMSNorm", "MLAttention", "MoE",
            "Router", "RoutedExperts", "DecoderLayer", "MTPLayer", "segment_positions", "softmax_scale",
-           "rope_inv_freq"]
+           "rope_inv_freq", "cross_entropy"]

@@ -144,7 +144,7 @@ def resolve_arch(preset: str | None = None, config: str | None = None, model_dir
 def lora_linear_shapes(arch: Arch) -> list[tuple[int, int]]:
     """(in, out) of every linear LoRA adapts: attention projections, dense MLPs and shared experts.
 
-    Routers, routed experts (fused 3-D tensors in seekforge and HF5) and the LM head are left out,
+    Routers, routed experts (fused 3-D tensors in seekforge and transformers 5) and the LM head are left out,
     which is what ``target_modules="all-linear"`` reaches on these models.
     """
     d = arch.hidden_size

@@ -2,7 +2,7 @@
 
     seekforge plan --preset 1b-moe --tokens 20B --hardware h100-sxm --num-gpus 8
     seekforge plan --model ~/models/Qwen2.5-7B --method lora --hardware rtx-4090 --json
-    seekforge plan --preset small-moe --hardware cpu --measure --data ../shared/data/tinyshakespeare.txt
+    seekforge plan --preset small-moe --hardware cpu --measure --data corpus.txt
     seekforge plan --budget 3h --hardware h100-sxm --num-gpus 8          # inverse: what fits the budget
 
 The numbers come from :mod:`seekforge.plan.estimate`; formulas and sources are in docs/plan.md.

@@ -5,16 +5,24 @@
 
 ``train`` reads the same inputs as ``data prepare`` (files, folders, globs, compressed files,
 ``save_to_disk`` folders, or a ``data prepare`` output) through ``seekforge.data.readers``.
+Fine-tuning files (alpaca, sharegpt, OpenAI ``messages``; see :mod:`seekforge.finetune.datasets`)
+are recognised by their keys when their records have no ``text`` field: each row then
+contributes the text of all its messages.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from seekforge.tokenizer.train import NUM_RESERVED, PRETOKENIZERS
+
+if TYPE_CHECKING:
+    from seekforge.data.readers import ReadStats
 
 
 @dataclass
@@ -56,8 +64,45 @@ def _config_from_args(cls, args: argparse.Namespace, flags: dict):
     return load_config(cls, None, args.overrides, base=base)
 
 
+def _chat_format(path: Path, text_fields: list[str]) -> str | None:
+    """The fine-tuning format of a record file whose records lack ``text_fields``, else None."""
+    from seekforge.data.readers import iter_records
+    from seekforge.finetune.datasets import DataError, detect_format
+
+    first = next((r.value for r in iter_records(path) if isinstance(r.value, dict)), None)
+    if first is None or all(f in first for f in text_fields):
+        return None
+    try:
+        fmt = detect_format([first], str(path))
+    except DataError:
+        return None  # not a chat file either: the document reader names the missing field
+    return None if fmt == "text" else fmt
+
+
+def training_texts(inputs: list[str], text_fields: list[str], txt_mode: str,
+                   stats: ReadStats) -> Iterator[str]:
+    """Documents to train on: ``text_fields`` of each record, or the messages of fine-tuning rows."""
+    from seekforge.data.readers import expand_inputs, is_supported_file, iter_documents, iter_records
+    from seekforge.finetune.datasets import chat_text
+
+    for kind, path in expand_inputs(inputs, stats):
+        fmt = _chat_format(path, text_fields) if kind == "file" and is_supported_file(path) else None
+        if fmt is None:
+            yield from (d.text for d in iter_documents(path, text_fields=text_fields, txt_mode=txt_mode,
+                                                       stats=stats))
+            continue
+        for rec in iter_records(path, stats=stats):
+            text = chat_text(rec.value, fmt)
+            if text is None:
+                stats.malformed += 1
+                stats.problem(f"{rec.where}: {rec.error or f'not a valid {fmt} row'}")
+            elif text.strip():
+                stats.docs += 1
+                yield text
+
+
 def _train(args: argparse.Namespace) -> int:
-    from seekforge.data.readers import ReadStats, iter_documents
+    from seekforge.data.readers import ReadStats
     from seekforge.tokenizer.train import train_tokenizer
 
     cfg = _config_from_args(TokenizerTrainConfig, args, {
@@ -65,8 +110,7 @@ def _train(args: argparse.Namespace) -> int:
         "txt_mode": args.txt_mode, "pretokenizer": args.pretokenizer, "min_frequency": args.min_frequency,
         "max_chars": args.max_chars})
     stats = ReadStats()
-    texts = (d.text for d in iter_documents(cfg.input, text_fields=cfg.text_fields, txt_mode=cfg.txt_mode,
-                                            stats=stats))
+    texts = training_texts(cfg.input, cfg.text_fields, cfg.txt_mode, stats)
     out = train_tokenizer(texts, cfg.vocab_size, cfg.out, pretokenizer=cfg.pretokenizer,
                           min_frequency=cfg.min_frequency, max_token_length=cfg.max_token_length,
                           num_reserved=cfg.num_reserved, max_chars=cfg.max_chars,
@@ -110,7 +154,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--txt-mode", choices=["file", "paragraphs", "lines"],
                    help=".txt: one doc per file, paragraph or line")
     p.add_argument("--pretokenizer", choices=list(PRETOKENIZERS),
-                   help="seekforge (zh+en splits, default) or bytelevel (the GPT-2 regex, for comparison)")
+                   help="seekforge (zh+en splits, default), bytelevel (the GPT-2 regex, for comparison) or "
+                        "deepseek-v3 (DeepSeek-V3's split rules: llama.cpp tokenizes text exactly alike)")
     p.add_argument("--min-frequency", type=int, metavar="N", help="min pair count to merge (default 2)")
     p.add_argument("--max-chars", type=int, metavar="N", help="stop reading after N characters (default 2e9)")
     add_config_args(p)

@@ -5,11 +5,12 @@ Chinese makes every Chinese training step, context window and generated answer 2
 It is only comparable between tokenizers on the *same* text, so ``compare`` runs a second
 tokenizer side by side.
 
-Per-language numbers: each document is cut into lines, and each line is labelled by its
-dominant letter script -- ``zh`` (Han), ``en`` (Latin), ``other`` (any other letters, or no
-letters: digits, symbols, blank lines). Lines are tokenized on their own; since the seekforge
-pre-tokenizer already splits at newlines, the line totals match whole-document counts to within
-a token per line (the per-file totals below use whole documents).
+Per-language numbers: each document is cut into lines, and each line is labelled by
+:func:`seekforge.data.text.detect_language`, the script-based detector ``data prepare`` also uses
+(when no fastText model is configured): ``zh``, ``en``, ``ja``, ``ko``, or ``other`` (other
+scripts, non-English Latin text, lines without letters). Lines are tokenized on their own; since
+the seekforge pre-tokenizer already splits at newlines, the line totals match whole-document
+counts to within a token per line (the per-file totals below use whole documents).
 """
 
 from __future__ import annotations
@@ -19,26 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import regex
+from seekforge.data.text import detect_language
 
-LANGS = ("zh", "en", "other")
-_HAN = regex.compile(r"\p{Han}")
-_LATIN = regex.compile(r"\p{Latin}")
-_LETTER = regex.compile(r"\p{L}")
-
-
-def line_language(line: str) -> str:
-    """``zh`` if Han characters are the most common letters, ``en`` if Latin ones, else ``other``."""
-    han = len(_HAN.findall(line))
-    latin = len(_LATIN.findall(line))
-    others = len(_LETTER.findall(line)) - han - latin
-    if han == 0 and latin == 0:
-        return "other"
-    if han >= latin and han >= others:
-        return "zh"
-    if latin > han and latin >= others:
-        return "en"
-    return "other"
+# Report order of the languages detect_language returns.
+LANGS = ("zh", "en", "ja", "ko", "other")
 
 
 @dataclass
@@ -79,7 +64,7 @@ def _count(encode, texts: list[str]) -> list[int]:
 def _backend(tok):
     """The ``tokenizers.Tokenizer`` of a directory path or an HF tokenizer object."""
     if isinstance(tok, (str, Path)):
-        from seekforge.tokenizer.train import load_tokenizer
+        from seekforge.tokenizer.load import load_tokenizer
 
         tok = load_tokenizer(tok)
     backend = getattr(tok, "backend_tokenizer", tok)
@@ -98,7 +83,7 @@ def measure(tokenizer, texts: Sequence[str]) -> FileReport:
         report.total.add(text, n)
     lines = [line for text in texts for line in text.splitlines(keepends=True)]
     for line, n in zip(lines, _count(encode, lines)):
-        report.langs[line_language(line)].add(line, n)
+        report.langs[detect_language(line)].add(line, n)
     return report
 
 

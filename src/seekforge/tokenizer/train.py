@@ -1,4 +1,4 @@
-"""Train, save and load seekforge's byte-level BPE tokenizer (DeepSeek-V3 style, zh+en aware).
+"""Train and save seekforge's byte-level BPE tokenizer (DeepSeek-V3 style, zh+en aware).
 
 What a trained tokenizer directory holds (a plain Hugging Face tokenizer dir):
 
@@ -24,7 +24,8 @@ Design (see docs/tokenizer.md for the measurements):
      swallow the newlines after them (``。\\n``, ``:\\n`` become single tokens), newline runs and
      trailing whitespace. CJK punctuation (``，。、！？``) is ``\\p{P}`` and follows the punctuation rule.
   The library default (``ByteLevel(use_regex=True)``, the GPT-2 regex) is available as
-  ``pretokenizer="bytelevel"`` for comparison.
+  ``pretokenizer="bytelevel"`` for comparison, and DeepSeek-V3's own three chained split rules as
+  ``pretokenizer="deepseek-v3"`` (llama.cpp reproduces those exactly after a GGUF export).
 * **Special tokens** come first (ids 0..N-1) so that bos=0, eos=1 match the model presets.
 """
 
@@ -144,16 +145,32 @@ SPLIT_RE = "|".join([
     r"\s+(?!\S)",                                    # trailing spaces (so " word" stays together)
     r"\s+",
 ])
-PRETOKENIZERS = ("seekforge", "bytelevel")
+# DeepSeek-V3's own split rules: three regexes applied one after another (digits, then CJK runs, then
+# the rest), as its released tokenizer.json chains them and llama.cpp implements them under the name
+# "deepseek-v3". A tokenizer trained with these is tokenized identically by llama.cpp from text
+# (seekforge's single regex differs from all of llama.cpp's in a few places, docs/export.md).
+DEEPSEEK_V3_SPLITS = (
+    r"\p{N}{1,3}",
+    r"[一-龥぀-ゟ゠-ヿ]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+PRETOKENIZERS = ("seekforge", "bytelevel", "deepseek-v3")
 
 
 def build_pre_tokenizer(kind: str = "seekforge"):
-    """The pre-tokenizer pipeline: ``seekforge`` (zh+en splits) or ``bytelevel`` (GPT-2 default)."""
+    """The pre-tokenizer pipeline: ``seekforge`` (zh+en splits), ``bytelevel`` (GPT-2 default) or
+    ``deepseek-v3`` (DeepSeek-V3's released split rules)."""
     from tokenizers import Regex, pre_tokenizers
 
     if kind == "bytelevel":
         # The library default ByteLevel regex, without the prefix space (it would alter the text).
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if kind == "deepseek-v3":
+        return pre_tokenizers.Sequence([
+            *(pre_tokenizers.Split(Regex(rx), behavior="isolated") for rx in DEEPSEEK_V3_SPLITS),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     if kind != "seekforge":
         raise ValueError(f"unknown pre-tokenizer {kind!r}; expected one of {', '.join(PRETOKENIZERS)}")
     return pre_tokenizers.Sequence([
@@ -312,50 +329,3 @@ def save_tokenizer(tok, out_dir: str | Path, *, specials: list[str], info: dict[
         (tmp / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n",
                                                     encoding="utf-8")
         (tmp / "seekforge_tokenizer.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-# Used only when a foreign tokenizer has no chat template: plain-text role markers that any
-# vocabulary can encode (e.g. GPT-2's). Our own tokenizers always carry CHAT_TEMPLATE.
-FALLBACK_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '### ' + message['role'] + ':\\n' -}}"
-    "{%- if message['role'] == 'assistant' -%}{%- generation -%}{{- message['content'] + eos_token -}}"
-    "{%- endgeneration -%}{{- '\\n' -}}{%- else -%}{{- message['content'] + '\\n' -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '### assistant:\\n' -}}{%- endif -%}"
-)
-
-
-def load_tokenizer(path: str | Path):
-    """Load any HF tokenizer directory as a ``PreTrainedTokenizerFast`` with bos/eos/pad set.
-
-    Foreign tokenizers that lack a token get a documented fallback instead of ``None``: pad falls
-    back to eos, bos to eos (GPT-2 style, where <|endoftext|> is both), and a missing chat template
-    to a plain-text one. Errors name the directory and what is missing.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {path} does not exist (train one with "
-                                f"`seekforge tokenizer train --input ... --out {path}`)")
-    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
-        raise FileNotFoundError(f"{path} is not a tokenizer directory: expected tokenizer.json or "
-                                f"tokenizer_config.json in it")
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: could not load the tokenizer: {e}") from e
-    if tok.eos_token is None:
-        raise ValueError(f"{path}: tokenizer has no eos_token; set one in tokenizer_config.json")
-    if tok.bos_token is None:
-        tok.bos_token = tok.eos_token
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if not getattr(tok, "chat_template", None):
-        log.warning("%s has no chat template; using a plain-text fallback", path)
-        tok.chat_template = FALLBACK_CHAT_TEMPLATE
-    return tok

@@ -124,7 +124,7 @@ def read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{ckpt_dir} is not a training checkpoint: {path} is missing")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 (any unpickling failure means a corrupt file)
+    except Exception as e:  # any unpickling failure means a corrupt file
         raise ValueError(f"{path}: cannot read the trainer state ({type(e).__name__}: {e})") from None
 
 

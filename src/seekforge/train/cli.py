@@ -10,11 +10,57 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from seekforge.train.objective import Objective
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The arguments of every command that runs the trainer (``train``, ``sft``, ``distill``)."""
+    from seekforge.cli import add_config_args
+
+    add_config_args(p)
+    p.add_argument("--resume", nargs="?", const="must", default=None, metavar="CKPT",
+                   help="resume from out_dir's latest checkpoint (error if none), or from CKPT. Default: "
+                   "resume automatically when out_dir has a checkpoint")
+    p.add_argument("--fresh", action="store_true",
+                   help="refuse to start if out_dir already holds checkpoints")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus what ``--resume [CKPT]`` / ``--fresh`` mean for the ``resume`` key."""
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"resume={args.resume}")
+    elif args.fresh:
+        overrides.append("resume=never")
+    return overrides
+
+
+def print_config(cfg: Any) -> None:
+    import yaml
+
+    from seekforge.config import to_dict
+
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
+
+
+def run_trainer(cfg: Any, objective: Objective | None, command: str) -> tuple[int, dict[str, Any] | None]:
+    """Train; returns (exit status, summary). 1 and no summary on a :class:`TrainingError`."""
+    from seekforge.train.trainer import Trainer, TrainingError
+
+    try:
+        summary = Trainer(cfg, objective).run()
+    except TrainingError as e:
+        print(f"seekforge {command}: error: {e}", file=sys.stderr)
+        return 1, None
+    sig = summary.get("signal")
+    return (128 + int(sig) if sig else 0), summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from seekforge.cli import add_config_args
-
     p = subparsers.add_parser(
         "train", help="pretrain a DeepSeek-V3-style model on token shards (or raw text)",
         description="Pretrain or continue training. Examples:\n"
@@ -23,36 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  torchrun --nproc-per-node 8 -m seekforge train configs/pretrain_100m.yaml\n"
         "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(p)
-    p.add_argument("--resume", nargs="?", const="must", default=None, metavar="CKPT",
-                   help="resume from out_dir's latest checkpoint (error if none), or from CKPT. Default: "
-                   "resume automatically when out_dir has a checkpoint")
-    p.add_argument("--fresh", action="store_true",
-                   help="refuse to start if out_dir already holds checkpoints")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_run_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from seekforge.config import to_dict
     from seekforge.train.config import load_train_config
-    from seekforge.train.trainer import Trainer, TrainingError
 
-    overrides = list(args.overrides)
-    if args.resume is not None:
-        overrides.append(f"resume={args.resume}")
-    elif args.fresh:
-        overrides.append("resume=never")
-    cfg = load_train_config(args.config, overrides)
+    cfg = load_train_config(args.config, run_overrides(args))
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
+        print_config(cfg)
         return 0
-    try:
-        summary = Trainer(cfg).run()
-    except TrainingError as e:
-        print(f"seekforge train: error: {e}", file=sys.stderr)
-        return 1
-    sig = summary.get("signal")
-    return 128 + int(sig) if sig else 0
+    return run_trainer(cfg, None, "train")[0]

@@ -1,7 +1,8 @@
 """Pretraining data: token shards -> fixed-length packed rows, deterministic and resumable.
 
-Packing (DeepSeek-V3 spec §5: "document packing without cross-sample attention masking"):
-every epoch the documents of the split are put in a seeded random order and concatenated
+Packing as in DeepSeek-V3 (technical report, arXiv:2412.19437, §4.1: documents are packed into
+sequences and no cross-sample attention mask is used): every epoch the documents of the split
+are put in a seeded random order and concatenated
 (each already starts with BOS), the stream is cut into rows of ``seq_len`` tokens after a seeded
 random offset, and the rows are visited in a seeded random order. Nothing is padded or dropped
 except < ``seq_len`` tokens at the ends of each epoch.
@@ -16,6 +17,9 @@ of rows consumed, which makes resuming exact and the world size irrelevant: opti
 uses global rows ``[s·R, (s+1)·R)`` (R = rows per step); rank ``r`` reads, for micro-batch ``m``,
 rows ``(m·world + r)·B ...`` of that range, and nothing else ("each rank reads its own share").
 1 process with 2 micro-batches and 2 processes with 1 each therefore see the same rows.
+:class:`StepLoader` owns that arithmetic and the resume state for every training loader
+(pretraining here, SFT and distillation in :mod:`seekforge.finetune.sft`); a loader only says
+how a list of absolute row indices becomes a batch.
 
 Evaluation reads the validation split front to back in rows that overlap by one token, so every
 token except the very first is predicted exactly once; special tokens (BOS/EOS/PAD: zero bytes of
@@ -127,48 +131,88 @@ class PackedRows:
         return epoch + j / max(1, self._epoch_sizes[epoch])
 
 
-class PretrainLoader:
-    """Yields this rank's micro-batches of each optimizer step; state = global rows consumed."""
+class StepLoader:
+    """This rank's micro-batches of each optimizer step; state = global rows consumed (``position``).
 
-    def __init__(self, rows: PackedRows, micro_batch_size: int, grad_accum: int, rank: int = 0,
-                 world_size: int = 1, device: torch.device | None = None) -> None:
-        self.rows, self.B, self.accum = rows, micro_batch_size, grad_accum
-        self.rank, self.world = rank, world_size
+    Subclasses implement :meth:`batch` (absolute row indices -> tensors), :attr:`epoch` and
+    :meth:`identity` (the settings a saved position is only valid with).
+    """
+
+    def __init__(self, micro_batch_size: int, grad_accum: int, rank: int = 0, world_size: int = 1,
+                 device: torch.device | None = None) -> None:
+        self.micro_batch_size, self.grad_accum = micro_batch_size, grad_accum
+        self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
         self.position = 0  # global rows consumed by all ranks together
 
     @property
     def rows_per_step(self) -> int:
-        return self.B * self.accum * self.world
+        return self.micro_batch_size * self.grad_accum * self.world_size
+
+    def step_indices(self) -> list[list[int]]:
+        """Absolute row indices of this rank's micro-batches in the next optimizer step."""
+        B = self.micro_batch_size
+        firsts = [self.position + (m * self.world_size + self.rank) * B for m in range(self.grad_accum)]
+        return [list(range(first, first + B)) for first in firsts]
 
     def next_step(self) -> list[dict[str, torch.Tensor]]:
         """The ``grad_accum`` micro-batches of the next optimizer step for this rank."""
-        batches = []
-        for m in range(self.accum):
-            start = self.position + (m * self.world + self.rank) * self.B
-            ids = torch.from_numpy(self.rows.rows(start, self.B))
-            if self.device.type == "cuda":
-                ids = ids.pin_memory().to(self.device, non_blocking=True)
-            else:
-                ids = ids.to(self.device)
-            batches.append({"input_ids": ids, "labels": ids})
+        batches = [self._to_device(self.batch(indices)) for indices in self.step_indices()]
         self.position += self.rows_per_step
         return batches
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cuda":  # pinned host memory: the copy overlaps with compute
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def epoch(self) -> float:
+        """Fractional epoch reached (for logging)."""
+        raise NotImplementedError
+
+    def identity(self) -> dict[str, int]:
+        """Settings that decide which row an index means; resuming under others would repeat/skip data."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, **self.identity()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.identity()
+        saved = {k: state.get(k) for k in mine}
+        if saved != mine:
+            show = ", ".join
+            raise ValueError(
+                f"data position was saved with {show(f'{k}={v}' for k, v in saved.items())}; this run has "
+                f"{show(f'{k}={v}' for k, v in mine.items())}{self.identity_hint}. Resuming would "
+                "repeat/skip data: keep them equal, or start a new out_dir")
+        self.position = int(state["position"])
+
+    identity_hint = ""  # what changes the identity, for the error message
+
+
+class PretrainLoader(StepLoader):
+    """Packed pretraining rows; labels are the inputs (the model shifts them)."""
+
+    def __init__(self, rows: PackedRows, micro_batch_size: int, grad_accum: int, rank: int = 0,
+                 world_size: int = 1, device: torch.device | None = None) -> None:
+        super().__init__(micro_batch_size, grad_accum, rank, world_size, device)
+        self.rows = rows
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        ids = torch.from_numpy(np.stack([self.rows.row(i) for i in indices]))
+        return {"input_ids": ids, "labels": ids}
 
     @property
     def epoch(self) -> float:
         return self.rows.epoch_of(self.position)
 
-    def state_dict(self) -> dict:
-        return {"position": self.position, "seq_len": self.rows.seq_len, "seed": self.rows.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("seq_len") != self.rows.seq_len or state.get("seed") != self.rows.seed:
-            raise ValueError(f"data position was saved with seq_len={state.get('seq_len')}, "
-                             f"seed={state.get('seed')}; this run has seq_len={self.rows.seq_len}, "
-                             f"seed={self.rows.seed}. Resuming would repeat/skip data: keep them equal, or "
-                             "start a new out_dir")
-        self.position = int(state["position"])
+    def identity(self) -> dict[str, int]:
+        return {"seq_len": self.rows.seq_len, "seed": self.rows.seed}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ class Muon(torch.optim.Optimizer):
         return torch.bfloat16 if p.device.type == "cuda" else torch.float32
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 (torch.optim signature)
+    def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -7,15 +7,16 @@ owns the rest, through small overridable methods:
 
 ====================================  =====================================================
 ``setup(env)``                        prepare data/tokenizer (rank 0 first, others wait)
-``build_model()``                     construct the model (fp32 master weights on env.device)
-``trainable_parameters(model)``       which parameters the optimizer sees (LoRA: adapters)
-``train_loader(micro_bs, accum)``     a loader with ``next_step()``, ``state_dict()`` ...
-``count_targets(batch)``              tokens that carry loss (exact grad-accum normalisation)
+``build_model()``                     construct the model (fp32 master weights on env.device);
+                                      parameters with ``requires_grad`` are the ones trained
+``train_loader(micro_bs, accum)``     a :class:`seekforge.train.loader.StepLoader`
 ``loss(model, batch)``                batch -> :class:`LossOutput`
 ``evaluate(model)``                   -> ``{"val_loss": ..., "val_bpb": ...}``
 ``samples(model)``                    greedy generations from fixed prompts
 ``save_model(model, path)``           the "save model" hook (LoRA: adapters or merged weights)
 ``load_model_weights(model, path)``   its inverse, for resuming
+``describe(model)``                   lines for the run's opening log
+``flops_per_token(model)``            for MFU (None: not reported)
 ====================================  =====================================================
 
 :class:`PretrainObjective` is next-token prediction (+ DeepSeek-V3's MTP and balance losses)
@@ -86,15 +87,8 @@ class Objective:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
-    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
     def train_loader(self, micro_batch_size: int, grad_accum: int):
         raise NotImplementedError
-
-    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
-        """Positions with a (shifted) label; the loop weights micro-batches by it."""
-        return int((batch["labels"][:, 1:] != -100).sum())
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         raise NotImplementedError
@@ -107,13 +101,6 @@ class Objective:
 
     def flops_per_token(self, model: nn.Module) -> float | None:
         return None
-
-    def update_router_bias(self, model: nn.Module, loads: torch.Tensor) -> None:
-        """Aux-loss-free MoE balancing after an optimizer step (no-op for dense models)."""
-        base = unwrap(model)
-        base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
-        if hasattr(base, "update_router_bias"):
-            base.update_router_bias(loads)
 
     def save_model(self, model: nn.Module, path: Path) -> None:
         raise NotImplementedError
@@ -238,10 +225,6 @@ class PretrainObjective(Objective):
         env = self.env
         rows = PackedRows(self.train_shards, env.cfg.seq_len, env.cfg.seed, shuffle=env.cfg.data.shuffle)
         return PretrainLoader(rows, micro_batch_size, grad_accum, env.rank, env.world_size, env.device)
-
-    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
-        B, T = batch["input_ids"].shape  # packed rows: every position but the first has a label
-        return B * (T - 1)
 
     # -- model ----------------------------------------------------------------------------------
     def model_config(self):

@@ -1,6 +1,6 @@
 """Optimizers: AdamW, or Muon for hidden matrices + AdamW for everything else.
 
-Parameter roles (by name, DeepSeek-V3 / HF naming, see ``shared/docs/deepseek_v3_spec.md`` §6.2):
+Parameter roles (by name, as in the state dict of transformers' ``DeepseekV3ForCausalLM``):
 
 ========================  ==========================================  =================  =====
 role                      names                                       optimizer (muon)   decay
@@ -22,7 +22,8 @@ values to 1" update is the wrong geometry for them (Keller Jordan's and Moonshot
 keep them on AdamW). Weight decay only on tensors with >= 2 dims (nanoGPT convention): decaying
 RMSNorm gains towards 0 would fight the normalisation.
 
-AdamW defaults are DeepSeek-V3's (spec §5): betas (0.9, 0.95), weight decay 0.1, eps 1e-8.
+AdamW defaults are DeepSeek-V3's (technical report, arXiv:2412.19437, §4.2): betas (0.9, 0.95),
+weight decay 0.1; eps 1e-8 is PyTorch's default.
 Each param group stores ``peak_lr``; the trainer multiplies it by the schedule every step.
 """
 

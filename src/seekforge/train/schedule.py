@@ -5,8 +5,8 @@ Three shapes, each after a linear warmup from ``1/warmup`` to 1:
 * ``cosine``  : cosine decay from 1 to ``min_lr_ratio`` at ``max_steps`` (nanoGPT, Chinchilla).
 * ``wsd``     : warmup-stable-decay: hold 1, then decay linearly to ``min_lr_ratio`` over the last
   ``decay_fraction`` of the steps (MiniCPM; DeepSeek-V3 holds its peak LR for most of training
-  too, spec §5; nanochat's "warmdown"). A stable phase makes it cheap to extend a run later:
-  resume from a checkpoint taken before the decay and change ``max_steps``.
+  too, arXiv:2412.19437 §4.2; nanochat's "warmdown"). A stable phase makes it cheap to extend a
+  run later: resume from a checkpoint taken before the decay and change ``max_steps``.
 * ``constant``: hold 1 after warmup (fine-tuning, debugging).
 
 Why a function and not a ``torch.optim.lr_scheduler`` object: the multiplier then depends on the

@@ -30,7 +30,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -40,6 +40,7 @@ from seekforge.config import ConfigError, to_dict
 from seekforge.train import checkpoint as ckpt
 from seekforge.train import dist
 from seekforge.train.config import TrainConfig
+from seekforge.train.loader import IGNORE_INDEX
 from seekforge.train.metrics import MetricsLogger, peak_flops, plot_loss_curve
 from seekforge.train.objective import Objective, PretrainObjective, TrainEnv, autocast, unwrap
 from seekforge.train.optim import OptimizerSpec, build_optimizer, set_lr
@@ -96,6 +97,27 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
 
         layer.forward = forward
     return len(layers)
+
+
+class StepLosses(NamedTuple):
+    """The losses of one optimizer step, over all its micro-batches and all ranks."""
+
+    means: list[float]  # [total loss, parts...], each a mean over the step's loss-carrying tokens
+    part_names: list[str]  # names of the parts ("main" = the language-model loss, "mtp", ...)
+    expert_loads: torch.Tensor | None  # [n_moe_layers, E] tokens per expert, this rank's micro-batches
+
+
+def count_targets(batch: dict[str, torch.Tensor]) -> int:
+    """Positions with a (shifted) label; micro-batches are weighted by it (exact with SFT masks)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def update_router_bias(model: nn.Module, loads: torch.Tensor) -> None:
+    """DeepSeek-V3's aux-loss-free balancing after an optimizer step (no-op for dense models)."""
+    base = unwrap(model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+    if hasattr(base, "update_router_bias"):
+        base.update_router_bias(loads)
 
 
 class Trainer:
@@ -183,7 +205,8 @@ class Trainer:
                 layer.compile()  # per block: small graphs, MoE routing breaks stay local
         self.model = self._wrap(model)
         self.eval_model = self.model if cfg.distributed == "fsdp" and self.dist.enabled else model
-        trainable = obj.trainable_parameters(model)
+        # Methods choose what trains by requires_grad (LoRA: adapters only; freeze: some layers).
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         spec = OptimizerSpec(kind=cfg.optimizer, lr=cfg.lr, muon_lr=cfg.muon_lr,
                              muon_momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay,
                              betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
@@ -263,13 +286,36 @@ class Trainer:
         return self.model.no_sync()
 
     def _train_step(self) -> dict[str, Any]:
-        cfg, obj = self.cfg, self.objective
+        """One optimizer step (steps 1-4 of the module docstring); returns its metrics record."""
         batches = self.loader.next_step()
+        lr_mult = self._set_lr()
+        losses = self._forward_backward(batches)
+        grad_norm = self._clip_gradients()
+        finite = math.isfinite(losses.means[0]) and (math.isfinite(grad_norm) or self.scaler is not None)
+        if finite:
+            self._optimizer_step(losses.expert_loads)
+        else:
+            self.state.skipped_steps += 1
+            self.state.bad_streak += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        record = self._step_record(losses, lr_mult, grad_norm)
+        if not finite:
+            record["skipped"] = True
+            self._on_bad_step(losses.means[0], grad_norm)
+        return record
+
+    def _set_lr(self) -> float:
+        """The schedule's multiplier of the peak LR for this step, applied to every param group."""
+        cfg = self.cfg
         mult = lr_multiplier(self.state.step, schedule=cfg.schedule, max_steps=cfg.max_steps,
                              warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
                              decay_fraction=cfg.decay_fraction)
         set_lr(self.optimizer, mult)
-        counts = [obj.count_targets(b) for b in batches]
+        return mult
+
+    def _forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> StepLosses:
+        """Backpropagate every micro-batch, weighted by its share of the step's loss-carrying tokens."""
+        counts = [count_targets(b) for b in batches]
         n_global = int(dist.all_reduce_sum(torch.tensor([sum(counts)], dtype=torch.float64,
                                                         device=self.device))[0])
         world = self.dist.world_size
@@ -279,7 +325,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             with self._sync_context(i == len(batches) - 1):  # must cover forward *and* backward
                 with autocast(self._env):  # forward only: backward runs in the forward's dtypes
-                    out = obj.loss(self.model, batch)
+                    out = self.objective.loss(self.model, batch)
                     # x world: DDP/FSDP *average* gradients over ranks; we want the mean over all targets.
                     scaled = out.loss * (counts[i] * world / max(n_global, 1))
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -292,43 +338,44 @@ class Trainer:
                 ld = out.expert_loads.detach().float()
                 loads = ld if loads is None else loads + ld
         dist.all_reduce_sum(sums)
-        means = (sums / max(n_global, 1)).tolist()
+        return StepLosses((sums / max(n_global, 1)).tolist(), part_names, loads)
+
+    def _clip_gradients(self) -> float:
+        """Global gradient norm (before clipping to ``grad_clip``); unscales fp16 gradients first."""
         if self.scaler is not None:
             for opt in getattr(self.optimizer, "optimizers", [self.optimizer]):
                 self.scaler.unscale_(opt)
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
-        finite = math.isfinite(means[0]) and (math.isfinite(grad_norm) or self.scaler is not None)
-        if finite:
-            if self.scaler is not None:
-                for opt in getattr(self.optimizer, "optimizers", [self.optimizer]):
-                    self.scaler.step(opt)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            if loads is not None:
-                obj.update_router_bias(self.model, dist.all_reduce_sum(loads))
-            self.state.bad_streak = 0
+        return float(grad_norm)
+
+    def _optimizer_step(self, expert_loads: torch.Tensor | None) -> None:
+        """Update the weights, then the MoE router biases from the step's expert loads (all ranks)."""
+        if self.scaler is not None:
+            for opt in getattr(self.optimizer, "optimizers", [self.optimizer]):
+                self.scaler.step(opt)
+            self.scaler.update()
         else:
-            self.state.skipped_steps += 1
-            self.state.bad_streak += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        record: dict[str, Any] = {"train_loss": means[1 + part_names.index("main")] if "main" in part_names
+            self.optimizer.step()
+        if expert_loads is not None:
+            update_router_bias(self.model, dist.all_reduce_sum(expert_loads))
+        self.state.bad_streak = 0
+
+    def _step_record(self, losses: StepLosses, lr_mult: float, grad_norm: float) -> dict[str, Any]:
+        cfg, means, names = self.cfg, losses.means, losses.part_names
+        # train_loss is the language-model loss alone; "loss" also holds MTP / balance terms.
+        record: dict[str, Any] = {"train_loss": means[1 + names.index("main")] if "main" in names
                                   else means[0], "loss": means[0]}
-        for k, v in zip(part_names, means[1:]):
+        for k, v in zip(names, means[1:]):
             if k != "main":
                 record[f"{k}_loss"] = v
-        record.update(lr=cfg.lr * mult, grad_norm=grad_norm)
+        record.update(lr=cfg.lr * lr_mult, grad_norm=grad_norm)
         if cfg.optimizer == "muon":
-            record["muon_lr"] = cfg.muon_lr * mult
-        if loads is not None:
-            record.update(_imbalance(loads))
-        if not finite:
-            record["skipped"] = True
-            self._on_bad_step(means[0], grad_norm)
+            record["muon_lr"] = cfg.muon_lr * lr_mult
+        if losses.expert_loads is not None:
+            record.update(_imbalance(losses.expert_loads))
         return record
 
     def _on_bad_step(self, loss: float, grad_norm: float) -> None:
@@ -451,7 +498,7 @@ class Trainer:
             log.info(msg)
 
     def _install_signals(self) -> dict:
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             if self._signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # second Ctrl-C: stop now
             self._signal = signum
@@ -487,81 +534,13 @@ class Trainer:
 
     def _run(self) -> dict[str, Any]:
         t_start = time.perf_counter()
-        self._setup_runtime()
-        cfg = self.cfg
-        self._bar = None
-        self.metrics = None
-        resume_from = self._resume_target()
-        self._seed()
-        self._env = TrainEnv(cfg, self.device, self.amp_dtype, self.dist.rank, self.dist.world_size,
-                             self.out_dir)
-        self.objective.setup(self._env)
-        self._build(resume_from)
-        if resume_from is not None:
-            self._restore(resume_from)
-        st = self.state
-        self._last_saved = st.step if resume_from is not None else -1
-        if self.dist.is_main:
-            self.metrics = MetricsLogger(self.out_dir, resume_step=st.step if resume_from else None,
-                                         tensorboard=cfg.tensorboard, wandb_mode=cfg.wandb,
-                                         wandb_project=cfg.wandb_project, config=to_dict(cfg),
-                                         run_name=self.out_dir.name)
-        peak = peak_flops(self.device) if self.dist.is_main else None
-        self._log_plan(resume_from)
+        self._prepare()
         previous = self._install_signals()
-        stopped = "max_steps"
-        window_tokens, window_time = 0, 0.0
         try:
-            from tqdm.auto import tqdm
-
-            # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
-            self._bar = tqdm(total=cfg.max_steps, initial=st.step, desc="train", unit="step",
-                             dynamic_ncols=True, mininterval=1.0,
-                             disable=None if (self.dist.is_main and cfg.progress) else True)
-            if self._bar.disable:
-                self._bar = None
-            while st.step < cfg.max_steps:
-                if self._stop_requested():
-                    stopped = f"signal {signal.Signals(self._signal).name}"
-                    break
-                t0 = time.perf_counter()
-                record = self._train_step()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                dt = time.perf_counter() - t0
-                st.step += 1
-                st.tokens += cfg.batch_tokens
-                st.train_seconds += dt
-                window_tokens += cfg.batch_tokens
-                window_time += dt
-                if self._bar is not None:
-                    self._bar.update(1)
-                    self._bar.set_postfix(loss=f"{record['train_loss']:.3f}",
-                                          tok_s=f"{cfg.batch_tokens / dt:,.0f}", refresh=False)
-                last = st.step == cfg.max_steps
-                do_eval = last or (cfg.eval_every and st.step % cfg.eval_every == 0)
-                if st.step % cfg.log_every == 0 or st.step == 1 or last or do_eval or record.get("skipped"):
-                    tps = window_tokens / max(window_time, 1e-9)
-                    record = {"step": st.step, "tokens": st.tokens, **record, "tokens_per_s": tps,
-                              "epoch": round(self.loader.epoch, 4),
-                              "elapsed_s": round(time.perf_counter() - t_start, 2)}
-                    if peak and self.flops_per_token:
-                        record["mfu"] = self.flops_per_token * tps / (peak * self.dist.world_size)
-                    window_tokens, window_time = 0, 0.0
-                    if do_eval:
-                        record.update(self._evaluate())
-                    self._log_record(record)
-                if cfg.early_stopping_patience and st.evals_since_best >= cfg.early_stopping_patience:
-                    stopped = f"early stopping: no better val bpb in {st.evals_since_best} evals"
-                    self._print(stopped)
-                    break
-                # No scheduled save inside a streak of non-finite steps: the checkpoint to point the user
-                # at is the last one from before the trouble.
-                if cfg.save_every and st.step % cfg.save_every == 0 and not last and st.bad_streak == 0:
-                    self.save_checkpoint()
+            stopped = self._loop(t_start)
             if self._signal is None and self._stop_requested():
                 stopped = f"signal {signal.Signals(self._signal).name}"
-            if st.step != self._last_saved:
+            if self.state.step != self._last_saved:
                 self.save_checkpoint()
         finally:
             for s, h in previous.items():
@@ -574,6 +553,91 @@ class Trainer:
         summary = self._finish(stopped, t_start)
         dist.cleanup()
         return summary
+
+    def _prepare(self) -> None:
+        """Runtime, objective, model, optimizer and loader; their state restored when resuming."""
+        self._setup_runtime()
+        cfg = self.cfg
+        self._bar = None
+        self.metrics = None
+        resume_from = self._resume_target()
+        self._seed()
+        self._env = TrainEnv(cfg, self.device, self.amp_dtype, self.dist.rank, self.dist.world_size,
+                             self.out_dir)
+        self.objective.setup(self._env)
+        self._build(resume_from)
+        if resume_from is not None:
+            self._restore(resume_from)
+        self._last_saved = self.state.step if resume_from is not None else -1
+        if self.dist.is_main:
+            self.metrics = MetricsLogger(self.out_dir, resume_step=self.state.step if resume_from else None,
+                                         tensorboard=cfg.tensorboard, wandb_mode=cfg.wandb,
+                                         wandb_project=cfg.wandb_project, config=to_dict(cfg),
+                                         run_name=self.out_dir.name)
+        self._peak_flops = peak_flops(self.device) if self.dist.is_main else None
+        self._log_plan(resume_from)
+
+    def _loop(self, t_start: float) -> str:
+        """Optimizer steps until ``max_steps`` or a stop condition; returns why it stopped."""
+        cfg, st = self.cfg, self.state
+        self._bar = self._progress_bar()
+        window_tokens, window_time = 0, 0.0  # throughput since the last logged step
+        while st.step < cfg.max_steps:
+            if self._stop_requested():
+                return f"signal {signal.Signals(self._signal).name}"
+            record, seconds = self._timed_step()
+            window_tokens += cfg.batch_tokens
+            window_time += seconds
+            last = st.step == cfg.max_steps
+            do_eval = last or (cfg.eval_every and st.step % cfg.eval_every == 0)
+            if st.step % cfg.log_every == 0 or st.step == 1 or last or do_eval or record.get("skipped"):
+                self._log_step(record, window_tokens / max(window_time, 1e-9), t_start, do_eval)
+                window_tokens, window_time = 0, 0.0
+            if cfg.early_stopping_patience and st.evals_since_best >= cfg.early_stopping_patience:
+                stopped = f"early stopping: no better val bpb in {st.evals_since_best} evals"
+                self._print(stopped)
+                return stopped
+            # No scheduled save inside a streak of non-finite steps: the checkpoint to point the user
+            # at is the last one from before the trouble.
+            if cfg.save_every and st.step % cfg.save_every == 0 and not last and st.bad_streak == 0:
+                self.save_checkpoint()
+        return "max_steps"
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
+        bar = tqdm(total=self.cfg.max_steps, initial=self.state.step, desc="train", unit="step",
+                   dynamic_ncols=True, mininterval=1.0,
+                   disable=None if (self.dist.is_main and self.cfg.progress) else True)
+        return None if bar.disable else bar
+
+    def _timed_step(self) -> tuple[dict[str, Any], float]:
+        """One optimizer step and the loop counters it advances; returns (record, seconds)."""
+        cfg, st = self.cfg, self.state
+        t0 = time.perf_counter()
+        record = self._train_step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        st.step += 1
+        st.tokens += cfg.batch_tokens
+        st.train_seconds += seconds
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{record['train_loss']:.3f}",
+                                  tok_s=f"{cfg.batch_tokens / seconds:,.0f}", refresh=False)
+        return record, seconds
+
+    def _log_step(self, record: dict[str, Any], tokens_per_s: float, t_start: float, do_eval: bool) -> None:
+        st = self.state
+        record = {"step": st.step, "tokens": st.tokens, **record, "tokens_per_s": tokens_per_s,
+                  "epoch": round(self.loader.epoch, 4), "elapsed_s": round(time.perf_counter() - t_start, 2)}
+        if self._peak_flops and self.flops_per_token:
+            record["mfu"] = self.flops_per_token * tokens_per_s / (self._peak_flops * self.dist.world_size)
+        if do_eval:
+            record.update(self._evaluate())
+        self._log_record(record)
 
     def _log_record(self, record: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -637,7 +701,7 @@ class Trainer:
                 try:
                     plot_loss_curve(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png",
                                     title=self.out_dir.name)
-                except Exception as e:  # noqa: BLE001 (a plot must never fail a finished run)
+                except Exception as e:  # a plot must never fail a finished run
                     log.warning("could not draw loss.png: %s", e)
             evals = ", ".join(f"{k} {v:.4f}" for k, v in st.last_eval.items() if isinstance(v, float))
             log.info("done (%s): step %d, %s tokens, %s; checkpoint %s", stopped, st.step, f"{st.tokens:,}",
