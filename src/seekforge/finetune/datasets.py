@@ -119,6 +119,7 @@ class Example:
     messages: list[dict[str, str]]
     source: str  # "file.json:17", for error messages and previews
     text: str | None = None
+    tools: list[dict[str, Any]] | None = None  # the functions the chat may call (rendered by the template)
 
     @property
     def is_text(self) -> bool:
@@ -432,7 +433,17 @@ def convert_chat(row: dict, cols: dict[str, str], tags: dict[str, str]) -> list[
                 "(map other names with the dataset's 'tags')"
             )
         role = role_map[tag]
-        content = _text_of(turn.get(tags["content_tag"]), f"message {i}")
+        if tag == tags["function_tag"]:  # LLaMA-Factory's function_call turn: JSON {"name", "arguments"}
+            raw = _text_of(turn.get(tags["content_tag"]), f"message {i}")
+            messages.append({"role": "assistant", "content": "", "tool_calls": _function_calls(raw, i)})
+            continue
+        calls = turn.get("tool_calls") if role == "assistant" else None  # OpenAI's assistant tool calls
+        raw_content = turn.get(tags["content_tag"])
+        if calls:
+            messages.append({"role": "assistant", "content": _text_of(raw_content or "", f"message {i}"),
+                             "tool_calls": _openai_tool_calls(calls, i)})
+            continue
+        content = _text_of(raw_content, f"message {i}")
         if role == "system":
             if i != 0:
                 raise _Bad(f"wrong role: system message at position {i} (only the first may be system)")
@@ -450,11 +461,55 @@ def convert_chat(row: dict, cols: dict[str, str], tags: dict[str, str]) -> list[
                 f"wrong role: turn {k} is {m['role']!r} but {want} was expected (turns must alternate "
                 "user -> assistant)"
             )
-        if m["role"] == "assistant" and not m["content"].strip():
+        if m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls"):
             raise _Bad(f"empty answer: assistant turn {k}")
     if not chat or chat[-1]["role"] != "assistant":
         raise _Bad("no answer: the conversation must end with an assistant message")
     return messages
+
+
+def _call(name: Any, arguments: Any, where: str) -> dict[str, Any]:
+    if not isinstance(name, str) or not name:
+        raise _Bad(f"bad tool call: {where} has no function name")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _function_calls(raw: str, i: int) -> list[dict[str, Any]]:
+    """A function_call turn's value: one ``{"name", "arguments"}`` object or a list of them."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise _Bad(f"bad tool call: message {i} is not JSON ({e.msg}); expected "
+                   '{"name": ..., "arguments": {...}} or a list of them') from None
+    calls = value if isinstance(value, list) else [value]
+    if not calls or not all(isinstance(c, dict) for c in calls):
+        raise _Bad(f'bad tool call: message {i} must hold {{"name": ..., "arguments": {{...}}}} objects')
+    return [_call(c.get("name"), c.get("arguments"), f"message {i}") for c in calls]
+
+
+def _openai_tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
+    if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                              for c in calls):
+        raise _Bad(f'bad tool call: message {i} tool_calls must be [{{"function": {{"name", "arguments"}}}}]')
+    return [_call(c["function"].get("name"), c["function"].get("arguments"), f"message {i}") for c in calls]
+
+
+def convert_tools(row: dict, cols: dict[str, str]) -> list[dict[str, Any]] | None:
+    """The row's ``tools`` column: a list of functions, or that list as a JSON string (LLaMA-Factory)."""
+    tools = row.get(cols.get("tools", "tools"))
+    if tools is None or tools == "" or tools == []:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise _Bad(f"bad tools: not JSON ({e.msg})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and (t.get("name") or t.get("function"))
+                                              for t in tools):
+        raise _Bad("bad tools: expected a list of function objects with a 'name'")
+    return tools
 
 
 def convert_text(row: dict, cols: dict[str, str]) -> str:
@@ -587,7 +642,8 @@ def _load_one(spec: DatasetSpec, report: DataReport) -> list[Example]:
             elif fmt == "alpaca":
                 out.append(Example(messages=convert_alpaca(row, cols), source=source))
             else:
-                out.append(Example(messages=convert_chat(row, cols, tags), source=source))
+                out.append(Example(messages=convert_chat(row, cols, tags), source=source,
+                                   tools=convert_tools(row, cols)))
         except _Bad as e:
             report.bad.append(BadRow(str(rec.path), rec.row, str(e)))
     return out

@@ -59,9 +59,10 @@ class EncodeStats:
     label_tokens: int = 0
 
 
-def render(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+def render(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False,
+           tools: list[dict] | None = None) -> str:
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
     )
 
 
@@ -88,6 +89,7 @@ class ChatEncoder:
         self.eos_id = tokenizer.eos_token_id
         self.bos_id = tokenizer.bos_token_id
         self.stats = EncodeStats()
+        self._tools: list[dict] | None = None  # the tools of the example being encoded
 
     # -- spans --------------------------------------------------------------------------------
     def answer_spans(self, messages: list[dict[str, str]], full: str) -> list[tuple[int, int]]:
@@ -97,8 +99,8 @@ class ChatEncoder:
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            prompt = render(self.tok, messages[:i], add_generation_prompt=True)
-            through = render(self.tok, messages[: i + 1])
+            prompt = render(self.tok, messages[:i], add_generation_prompt=True, tools=self._tools)
+            through = render(self.tok, messages[: i + 1], tools=self._tools)
             if full.startswith(through) and through.startswith(prompt) and len(prompt) >= cursor:
                 start, end = len(prompt), len(through)
             else:
@@ -115,7 +117,7 @@ class ChatEncoder:
         """
         marked = [dict(m) for m in messages]
         marked[i]["content"] = MARKER
-        text = render(self.tok, marked)
+        text = render(self.tok, marked, tools=self._tools)
         if text.count(MARKER) != 1:
             raise DataError(
                 "the chat template drops or duplicates an assistant answer; cannot tell which "
@@ -151,6 +153,7 @@ class ChatEncoder:
             ids = ([self.bos_id] if self.bos_id is not None else []) + ids + [self.eos_id]
             labels = list(ids)
         else:
+            self._tools = ex.tools  # every render of this example shows the same tool list
             ids, labels = self._encode_chat(ex.messages)
         if len(ids) > self.max_len:
             self.stats.truncated += 1
@@ -164,7 +167,7 @@ class ChatEncoder:
         return Encoded(ids, labels, ex.source)
 
     def _encode_chat(self, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-        full = render(self.tok, messages)
+        full = render(self.tok, messages, tools=self._tools)
         enc = self.tok(full, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = list(enc["input_ids"])
         offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
