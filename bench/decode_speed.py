@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_WORKDIR, small_moe_dir  # noqa: E402
+from _common import DEFAULT_WORKDIR, small_moe_dir
 
 
-def tensors_in(obj, seen=None) -> list:  # noqa: ANN001
+def tensors_in(obj, seen=None) -> list:
     """Every tensor reachable from a cache object (HF caches change shape between versions)."""
     import torch
 
@@ -56,7 +56,7 @@ def tensors_in(obj, seen=None) -> list:  # noqa: ANN001
     return out
 
 
-def _hf_runner(model_dir: Path, prompt: list[int], n: int, compiled: bool, dtype: str):  # noqa: ANN202
+def _hf_runner(model_dir: Path, prompt: list[int], n: int, compiled: bool, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -82,7 +82,7 @@ def _hf_runner(model_dir: Path, prompt: list[int], n: int, compiled: bool, dtype
     return run, cache_bytes, None
 
 
-def _engine_runner(model_dir: Path, prompt: list[int], n: int, compiled: bool, speculative: bool,  # noqa: ANN202
+def _engine_runner(model_dir: Path, prompt: list[int], n: int, compiled: bool, speculative: bool,
                    dtype: str):
     from seekforge.infer import Engine, EngineConfig, SamplingParams
 
@@ -100,7 +100,7 @@ def _engine_runner(model_dir: Path, prompt: list[int], n: int, compiled: bool, s
     return run, cache_bytes, engine
 
 
-def _worker(conn, kind: str, model_dir: Path, prompt: list[int], n: int, threads: int | None,  # noqa: ANN001
+def _worker(conn, kind: str, model_dir: Path, prompt: list[int], n: int, threads: int | None,
             timer: str, dtype: str) -> None:
     """One contender in its own process: build, report the build time, then time runs on request."""
     import torch

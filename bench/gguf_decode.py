@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_WORKDIR, small_moe_dir  # noqa: E402
+from _common import DEFAULT_WORKDIR, small_moe_dir
 
 
 def llama_cpp_decode(gguf_path: str | Path, prompt: list[int], new_tokens: int,
@@ -59,7 +59,7 @@ def _engine_decode(model_dir: Path, prompt: list[int], new_tokens: int,
     return lambda: engine.generate([prompt], params)[0].token_ids
 
 
-def _worker(conn, kind: str, target: str, prompt: list[int], n: int, threads: int) -> None:  # noqa: ANN001
+def _worker(conn, kind: str, target: str, prompt: list[int], n: int, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)

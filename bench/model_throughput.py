@@ -29,7 +29,7 @@ import warnings
 import torch
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, clock, n: int = 2048, reps: int = 10) -> float:  # noqa: ANN001
+def matmul_peak(device: torch.device, dtype: torch.dtype, clock, n: int = 2048, reps: int = 10) -> float:
     """Best observed FLOP/s of an n x n x n matmul (the denominator of MFU)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -60,7 +60,7 @@ def make_step(model: torch.nn.Module, x: torch.Tensor, hf: bool):
     return step
 
 
-def time_steps(step, n: int, device: torch.device, clock) -> float:  # noqa: ANN001
+def time_steps(step, n: int, device: torch.device, clock) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = clock()

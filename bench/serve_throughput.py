@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_WORKDIR, small_moe_dir  # noqa: E402
+from _common import DEFAULT_WORKDIR, small_moe_dir
 
 PROMPTS = ["The history of language models begins", "我们用数据训练一个语言模型，", "Once upon a time",
            "春眠不觉晓，", "def fibonacci(n):", "The weather today is", "人工智能的未来",

@@ -32,7 +32,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_WORKDIR, small_moe_dir  # noqa: E402
+from _common import DEFAULT_WORKDIR, small_moe_dir
 
 SCHEMA = {
     "type": "object",
@@ -48,7 +48,7 @@ SCHEMA = {
 CLOCK = time.perf_counter
 
 
-def engine_round(engine, batch: int, n: int, constrained: bool, seed: int) -> tuple[float, int, int]:  # noqa: ANN001
+def engine_round(engine, batch: int, n: int, constrained: bool, seed: int) -> tuple[float, int, int]:
     """(seconds, generated tokens, rows that finished early) for one batch."""
     from seekforge.infer import Constraint, SamplingParams
 
@@ -86,7 +86,7 @@ def engine_table(model_dir: Path, batches: list[int], n: int, repeats: int, comp
             print(f"| {b} | {free:.1f} | {cons:.1f} | {cons / free:.2f}x | {early} |")
 
 
-def walk(fill, accept, done, bitmask, vocab: int, steps: int, seed: int) -> list[float]:  # noqa: ANN001
+def walk(fill, accept, done, bitmask, vocab: int, steps: int, seed: int) -> list[float]:
     rng, times = random.Random(seed), []
     for _ in range(steps):
         if done():
@@ -109,7 +109,7 @@ def row(name: str, setup: float, times: list[float]) -> str:
             f"| {median * 1e6:.0f} | {p99 * 1e6:.0f} |")
 
 
-def library_table(tokenizer, vocab: int, steps: int, seeds: int) -> None:  # noqa: ANN001
+def library_table(tokenizer, vocab: int, steps: int, seeds: int) -> None:
     import xgrammar as xgr
 
     print(f"\n## mask per step: the same schema, {vocab}-token tokenizer, {seeds} random walks of <= {steps} "

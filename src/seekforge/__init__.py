@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from seekforge.model.config import ModelConfig  # noqa: E402
+from seekforge.model.config import ModelConfig
 
 
 def load_model(path_or_preset, **overrides):

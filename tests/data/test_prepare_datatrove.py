@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-pytest.importorskip("datatrove")
-
-from datatrove.data import Document  # noqa: E402
-from datatrove.executor import LocalPipelineExecutor  # noqa: E402
-from datatrove.pipeline.base import PipelineStep  # noqa: E402
-from datatrove.pipeline.dedup.minhash import (  # noqa: E402
+from datatrove.data import Document
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import (
     MinhashConfig,
     MinhashDedupBuckets,
     MinhashDedupCluster,
     MinhashDedupFilter,
 )
 
-from seekforge.data.datatrove_blocks import (  # noqa: E402
+from seekforge.data.datatrove_blocks import (
     SeekforgeClean,
     SeekforgeLanguage,
     SeekforgeMinhashSignature,

@@ -77,7 +77,8 @@ def test_folder_glob_hidden_and_unsupported(tmp_path):
 
 
 def test_hf_save_to_disk(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     datasets.disable_progress_bars()
     datasets.Dataset.from_dict({"text": ["x", "y"], "n": [1, 2]}).save_to_disk(str(tmp_path / "ds"))
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["t"]})})

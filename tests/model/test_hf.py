@@ -7,11 +7,10 @@ import logging
 
 import pytest
 import torch
+import transformers
 
 from seekforge.model import load_model, save_model
 from seekforge.model.hf import read_safetensors
-
-transformers = pytest.importorskip("transformers")
 
 YARN = {"type": "yarn", "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
         "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 from seekforge.config import ConfigError
 from seekforge.plan.measure import read_metrics
 
-HAVE_TRAIN = importlib.util.find_spec("seekforge.train.cli") is not None
 # Both presets are checked against a real run by default (~40 s and ~85 s on a 2-core CPU);
 # `pytest -m "not slow"` leaves out the larger one.
 
@@ -32,7 +30,6 @@ def write_shards(out: Path, vocab: int, train_tokens: int = 20_000, val_tokens: 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_TRAIN, reason="`seekforge train` (seekforge.train.cli) is not available")
 @pytest.mark.parametrize("preset, vocab, seq_len, micro_batch", [
     ("small-moe", 8192, 256, 4),
     pytest.param("100m-moe", 32000, 64, 2, marks=pytest.mark.slow),  # ~85 s on 2 shared cores

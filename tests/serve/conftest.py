@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_server(model_dir, engine_cfg: EngineConfig,  # noqa: ANN001
+def run_server(model_dir, engine_cfg: EngineConfig,
                options: ServerOptions | None = None) -> Iterator[RunningServer]:
     engine = Engine.from_pretrained(model_dir, engine_cfg, name="tiny-chat")
     port = free_port()

@@ -180,7 +180,7 @@ def _legacy_full_names(cfg: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     return {**cfg, "target_modules": full, "exclude_modules": None}
 
 
-def lora_config(adapter_dir: str | Path, model: nn.Module):  # noqa: ANN201
+def lora_config(adapter_dir: str | Path, model: nn.Module):
     """The adapter's PEFT config; seekforge LoRA adapters in the portable form (module docstring)."""
     from peft import PeftConfig
 

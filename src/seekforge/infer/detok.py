@@ -22,7 +22,7 @@ REPLACEMENT = "\ufffd"
 class IncrementalDecoder:
     """Turns token ids, one at a time, into text pieces whose concatenation is the full decode."""
 
-    def __init__(self, tokenizer, context_ids: list[int] | None = None,  # noqa: ANN001
+    def __init__(self, tokenizer, context_ids: list[int] | None = None,
                  skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
         self.skip_special = skip_special_tokens

@@ -95,7 +95,7 @@ class _Choice:
     finish: str | None = None
     tool_parser: T.ToolCallParser | None = None  # set when the request has tools
 
-    def add(self, ev) -> None:  # noqa: ANN001
+    def add(self, ev) -> None:
         if self.tool_parser is not None:
             self.tool_parser.feed(ev.text, ev.token_ids)
         self.text.append(ev.text)

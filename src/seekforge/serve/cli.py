@@ -29,7 +29,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="override an EngineConfig key, e.g. --set prefill_chunk=256")
 
 
-def engine_from_args(args: argparse.Namespace, queue_size: int = 64):  # noqa: ANN201
+def engine_from_args(args: argparse.Namespace, queue_size: int = 64):
     """Flags -> EngineConfig through the config system: defaults <- flags <- --config YAML <- --set."""
     from seekforge.config import load_config
     from seekforge.infer import Engine, EngineConfig
