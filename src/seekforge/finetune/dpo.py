@@ -28,7 +28,7 @@ from torch import nn
 
 from seekforge.config import ConfigError
 from seekforge.finetune.datasets import Example
-from seekforge.finetune.encode import ChatEncoder, Encoded, collate, single_rows
+from seekforge.finetune.encode import IGNORE, ChatEncoder, Encoded, collate, single_rows
 from seekforge.finetune.pairs import PreferencePair
 from seekforge.finetune.preference import (
     LOSSES,
@@ -133,10 +133,12 @@ def encode_pairs(
 
 
 def pair_batch(pairs: list[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """B pairs -> 2B right-padded rows, chosen first (+ ``ref_logps`` [2B] when precomputed)."""
+    """B pairs -> 2B right-padded rows, chosen first, with each row's length (+ ``ref_logps`` [2B]
+    when precomputed)."""
     rows = single_rows([p.chosen for p in pairs] + [p.rejected for p in pairs])
     batch = collate(rows, pad_id)
-    out = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+    lengths = torch.tensor([len(r) for r in rows])
+    out = {"input_ids": batch["input_ids"], "labels": batch["labels"], "lengths": lengths}
     if all(p.ref_logps is not None for p in pairs):
         out["ref_logps"] = torch.tensor([p.ref_logps[0] for p in pairs] + [p.ref_logps[1] for p in pairs])
     return out
@@ -276,11 +278,16 @@ class DPOObjective(SFTObjective):
         B = batch["input_ids"].shape[0] // 2
         chosen = type(logps)(logps.total[:B], logps.tokens[:B])
         rejected = type(logps)(logps.total[B:], logps.tokens[B:])
-        ref_c = ref_r = None
+        ref_c = ref_r = chosen_rows = None
         if self.needs_reference:
             ref = self.reference_logps(model, batch)
             ref_c, ref_r = ref[:B], ref[B:]
-        return preference_loss(self.settings, chosen, rejected, ref_c, ref_r), out
+        if self.settings.loss == "orpo":  # its NLL term scores every token of the chosen rows
+            ids = batch["input_ids"][:B]
+            positions = torch.arange(ids.shape[1], device=ids.device)
+            every = ids.masked_fill(positions >= batch["lengths"][:B, None], IGNORE)
+            chosen_rows = sequence_logps(out.logits[:B], every)
+        return preference_loss(self.settings, chosen, rejected, ref_c, ref_r, chosen_rows), out
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         pref, out = self.pair_output(model, batch)

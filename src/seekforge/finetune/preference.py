@@ -13,7 +13,8 @@ With ``h`` a chosen-minus-rejected score and ``β = beta``:
             on per-token *averaged* log-probs, ``L`` as for DPO (with ε) — γ is the target margin.
 * ``orpo``  (Hong et al. 2024, arXiv:2403.07691) reference-free: ``L = NLL(chosen) − β·log σ(log odds)``
             with ``log odds = log(p_c/(1−p_c)) − log(p_r/(1−p_r))`` and ``p`` the per-token average
-            probability ``exp(mean log π)``; NLL is the mean over the chosen responses' tokens.
+            probability ``exp(mean log π)`` of the answer; the NLL is the mean over every token of the
+            chosen rows, prompt included (as the authors' code and TRL compute it).
 
 Rewards (logged as ``rewards_chosen`` / ``rewards_rejected``): ``β·(log π − log ref)`` on summed
 log-probs for dpo/ipo, ``β·mean log π`` for simpo/orpo — the definitions TRL logs, so the numbers
@@ -86,10 +87,12 @@ def preference_loss(
     rejected: SequenceLogps,
     ref_chosen: Tensor | None = None,
     ref_rejected: Tensor | None = None,
+    chosen_rows: SequenceLogps | None = None,
 ) -> PreferenceOutput:
     """The pair loss ``s.loss`` for a batch of pairs (see the module docstring for the formulas).
 
-    ``ref_*`` are the reference model's summed log-probs of the same responses (dpo/ipo only).
+    ``ref_*`` are the reference model's summed log-probs of the same responses (dpo/ipo only);
+    ``chosen_rows`` the log-probs of the chosen rows' every token, prompt included (orpo's NLL).
     """
     beta = s.beta
     if s.loss in ("dpo", "ipo"):
@@ -110,7 +113,9 @@ def preference_loss(
         return PreferenceOutput(losses.mean(), *rewards)
     if s.loss == "orpo":
         log_odds = (avg_c - avg_r) - (log1mexp(avg_c) - log1mexp(avg_r))
-        nll = -chosen.total.sum() / chosen.tokens.sum().clamp(min=1.0)
+        if chosen_rows is None:
+            raise ValueError("loss 'orpo' needs the chosen rows' log-probs (its NLL term)")
+        nll = -chosen_rows.total.sum() / chosen_rows.tokens.sum().clamp(min=1.0)
         loss = nll - beta * F.logsigmoid(log_odds).mean()
         return PreferenceOutput(loss, *rewards, nll=nll.detach())
     raise ValueError(f"loss: {s.loss!r} is not one of {', '.join(LOSSES)}")
