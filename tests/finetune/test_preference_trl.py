@@ -24,10 +24,12 @@ from seekforge.finetune.preference import PreferenceSettings
 pytest.importorskip("trl")
 
 TOL = 1e-5
-PROMPTS = [("What is 2 plus 3?", "2 plus 3 is 5.", "It is 7, I think."),
-           ("Name a colour.", "Blue.", "A colour is a thing that has a name and more words."),
-           ("你好吗？", "我很好，谢谢。", "不好。"),
-           ("Say hi.", "Hi!", "Hello there, how are you doing today?")]
+PROMPTS = [
+    ("What is 2 plus 3?", "2 plus 3 is 5.", "It is 7, I think."),
+    ("Name a colour.", "Blue.", "A colour is a thing that has a name and more words."),
+    ("你好吗？", "我很好，谢谢。", "不好。"),
+    ("Say hi.", "Hi!", "Hello there, how are you doing today?"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def compare(ours_loss, ours_grads, trl_loss, trl_grads) -> tuple[float, float]:
     assert ours_grads.keys() == trl_grads.keys() and ours_grads
-    d_loss = abs(float(ours_loss) - float(trl_loss))
+    d_loss = abs(float(ours_loss.detach()) - float(trl_loss.detach()))
     d_grad = max(float((ours_grads[k] - trl_grads[k]).abs().max()) for k in ours_grads)
     print(f"max |dloss| {d_loss:.2e}  max |dgrad| {d_grad:.2e}")
     assert d_loss < TOL and d_grad < TOL, (d_loss, d_grad)
@@ -138,16 +140,30 @@ def test_dpo_and_ipo_equal_trl_dpo_trainer(loss_type, beta, llama, batch, tmp_pa
 
     path, base = llama
     ref, policy = copy.deepcopy(base), _perturb(base, 0)
-    args = DPOConfig(output_dir=str(tmp_path), report_to="none", loss_type=[loss_type], beta=beta,
-                     use_cpu=True, max_length=None)
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        report_to="none",
+        loss_type=[loss_type],
+        beta=beta,
+        use_cpu=True,
+        max_length=None,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=_dataset(),
-                             processing_class=_tokenizer(path))
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=ref,
+            args=args,
+            train_dataset=_dataset(),
+            processing_class=_tokenizer(path),
+        )
     model = trainer.model
     mask = torch.cat([trl_pair_batch(batch)[f"{k}_attention_mask"] for k in ("chosen", "rejected")])
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask,
-              "completion_mask": (batch["labels"] != -100).long()}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": mask,
+        "completion_mask": (batch["labels"] != -100).long(),
+    }
     model.train()
     trl_loss = trainer._compute_loss(model, inputs, return_outputs=False)
     trl_loss.backward()
@@ -183,12 +199,24 @@ def test_losses_equal_trl_cpo(case, which, llama, tiny_base: Path, batch, tmp_pa
     loss_name, smoothing = case.removesuffix("_smoothed"), (0.2 if case.endswith("smoothed") else 0.0)
     beta, gamma = (2.0, 0.8) if loss_name == "simpo" else (0.3, 0.0)
     trl_type = {"dpo": "sigmoid", "ipo": "ipo", "simpo": "simpo"}[loss_name]
-    args = CPOConfig(output_dir=str(tmp_path), report_to="none", loss_type=trl_type, beta=beta,
-                     label_smoothing=smoothing, simpo_gamma=gamma, cpo_alpha=0.0, use_cpu=True)
+    args = CPOConfig(
+        output_dir=str(tmp_path),
+        report_to="none",
+        loss_type=trl_type,
+        beta=beta,
+        label_smoothing=smoothing,
+        simpo_gamma=gamma,
+        cpo_alpha=0.0,
+        use_cpu=True,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = CPOTrainer(model=copy.deepcopy(hf_base), args=args, train_dataset=_dataset(),
-                             processing_class=_tokenizer(path))
+        trainer = CPOTrainer(
+            model=copy.deepcopy(hf_base),
+            args=args,
+            train_dataset=_dataset(),
+            processing_class=_tokenizer(path),
+        )
     tb = trl_pair_batch(batch)
     wrap = (lambda m: m) if which == "llama" else SeekforgeForTRL
     policy.train()
@@ -200,8 +228,9 @@ def test_losses_equal_trl_cpo(case, which, llama, tiny_base: Path, batch, tmp_pa
         logits = wrap(policy)(batch["input_ids"]).logits
         with torch.no_grad():
             ref_logits = wrap(ref)(batch["input_ids"]).logits
-        logratio = (trainer.get_batch_logps(logits, labels, average_log_prob=average)
-                    - trainer.get_batch_logps(ref_logits, labels, average_log_prob=average))
+        logratio = trainer.get_batch_logps(
+            logits, labels, average_log_prob=average
+        ) - trainer.get_batch_logps(ref_logits, labels, average_log_prob=average)
         B = labels.shape[0] // 2
         losses, _, _ = trainer.cpo_loss(logratio[:B], logratio[B:])
         trl_loss = losses.mean()
@@ -226,14 +255,69 @@ def test_orpo_equals_trl_orpo_trainer(which, llama, tiny_base: Path, batch, tmp_
     args = ORPOConfig(output_dir=str(tmp_path), report_to="none", beta=beta, use_cpu=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = ORPOTrainer(model=copy.deepcopy(hf_base), args=args, train_dataset=_dataset(),
-                              processing_class=_tokenizer(path))
+        trainer = ORPOTrainer(
+            model=copy.deepcopy(hf_base),
+            args=args,
+            train_dataset=_dataset(),
+            processing_class=_tokenizer(path),
+        )
     policy.train()
-    trl_loss, _ = trainer.get_batch_loss_metrics(policy if which == "llama" else SeekforgeForTRL(policy),
-                                                 trl_pair_batch(batch))
+    trl_loss, _ = trainer.get_batch_loss_metrics(
+        policy if which == "llama" else SeekforgeForTRL(policy), trl_pair_batch(batch)
+    )
     trl_loss.backward()
     trl_grads = grads(policy)
-    our_loss = ours(HFCausalLM(policy) if which == "llama" else policy, None,
-                    PreferenceSettings("orpo", beta), batch)
+    our_loss = ours(
+        HFCausalLM(policy) if which == "llama" else policy, None, PreferenceSettings("orpo", beta), batch
+    )
     our_loss.backward()
     compare(our_loss, {k.removeprefix("inner."): v for k, v in grads(policy).items()}, trl_loss, trl_grads)
+
+
+def test_lora_reference_is_the_base_with_the_adapter_off(llama, batch, tmp_path: Path):
+    """LoRA: both sides take the reference from the same peft model with its adapter disabled
+    (TRL's path for a new adapter); the adapter is then moved off zero so policy != reference."""
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    path, base = llama
+    args = DPOConfig(
+        output_dir=str(tmp_path),
+        report_to="none",
+        loss_type=["sigmoid"],
+        beta=0.5,
+        use_cpu=True,
+        max_length=None,
+    )
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = DPOTrainer(
+            model=copy.deepcopy(base),
+            ref_model=None,
+            args=args,
+            train_dataset=_dataset(),
+            processing_class=_tokenizer(path),
+            peft_config=lora,
+        )
+    model = trainer.model
+    assert trainer.ref_model is None and hasattr(model, "disable_adapter")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    mask = (torch.arange(batch["input_ids"].shape[1]) < batch["lengths"][:, None]).long()
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": mask,
+        "completion_mask": (batch["labels"] != -100).long(),
+    }
+    model.train()
+    trl_loss = trainer._compute_loss(model, inputs, return_outputs=False)
+    trl_loss.backward()
+    trl_grads = grads(model)
+    our_loss = ours(model, None, PreferenceSettings("dpo", 0.5), batch)
+    our_loss.backward()
+    compare(our_loss, grads(model), trl_loss, trl_grads)
+    assert abs(float(trl_loss) - 0.6931) > 1e-3  # the reference really differs from the policy
