@@ -254,12 +254,18 @@ def test_cli_dpo_and_config_errors(tiny_base: Path, tmp_path: Path, capsys):
         f"out_dir={out}",
         "progress=false",
         "plot=false",
-        "tensorboard=false",
+        "tensorboard=true",
+        "log_every=1",
         "loss=simpo",
         "beta=2.0",
     ]
     assert main(["dpo", *[x for kv in sets for x in ("--set", kv)]]) == 0
     assert (out / "final" / "adapter_model.safetensors").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [EventAccumulator(str(p.parent)).Reload() for p in out.rglob("events.out.tfevents.*")]
+    tags = {t for ev in events for t in ev.Tags()["scalars"]}
+    assert set(REWARD_KEYS) <= tags, tags
     assert main(["dpo", "--set", f"model={tiny_base}", "--set", f"data={data}", "--set", "loss=kto"]) == 2
     assert "loss" in capsys.readouterr().err
     bad = [
