@@ -292,7 +292,9 @@ class DPOObjective(SFTObjective):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         pref, out = self.pair_output(model, batch)
         parts = {"nll": pref.nll} if pref.nll is not None else {}
-        return LossOutput(pref.loss, parts, reward_metrics(pref), getattr(out, "expert_loads", None))
+        return LossOutput(
+            pref.loss, parts, expert_loads=getattr(out, "expert_loads", None), metrics=reward_metrics(pref)
+        )
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -63,8 +63,8 @@ class TrainEnv:
 class LossOutput:
     loss: torch.Tensor  # what is backpropagated: a mean over this micro-batch's targets
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, logged as <name>_loss
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, logged as <name>
     expert_loads: torch.Tensor | None = None  # [n_moe_layers, E] tokens per expert
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, logged as <name>
 
 
 def unwrap(model: nn.Module) -> nn.Module:
