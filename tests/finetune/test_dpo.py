@@ -283,3 +283,63 @@ def test_cli_dpo_and_config_errors(tiny_base: Path, tmp_path: Path, capsys):
     ]
     assert main(bad) != 0
     assert "label_smoothing: only dpo and simpo use it" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tiny_base: Path, tmp_path: Path, sft_run):
+    """DDP over 2 CPU processes == 1 process with 2x accumulation: per-step loss, rewards, eval."""
+    import os
+    import subprocess
+    import sys
+
+    data = _pairs_file(tmp_path)
+    sets = [
+        f"model={tiny_base}",
+        f"data={data}",
+        "seq_len=64",
+        "micro_batch_size=2",
+        "batch_tokens=256",
+        "method=lora",
+        "lr=5e-3",
+        "max_steps=3",
+        "val_size=0.25",
+        "eval_every=3",
+        "log_every=1",
+        "num_threads=1",
+        "warmup_steps=5",  # quiet_args' values, so both runs use them
+        "mtp_loss_weight=0",
+    ]
+    _run_dpo([*sets, f"out_dir={tmp_path / 'one'}"], sft_run)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "seekforge",
+        "dpo",
+    ]
+    for s in [
+        *sets,
+        f"out_dir={tmp_path / 'two'}",
+        "distributed=ddp",
+        "progress=false",
+        "plot=false",
+        "tensorboard=false",
+        "sample_tokens=0",
+        "save_every=0",
+    ]:
+        cmd += ["--set", s]
+    res = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    one, two = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for key in ("loss", *REWARD_KEYS):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a, b)
+    for key in ("val_loss", *(f"val_{k}" for k in REWARD_KEYS)):
+        assert one[-1][key] == pytest.approx(two[-1][key], rel=1e-4, abs=1e-6), key
