@@ -343,3 +343,34 @@ def test_torchrun_two_processes_match_one(tiny_base: Path, tmp_path: Path, sft_r
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a, b)
     for key in ("val_loss", *(f"val_{k}" for k in REWARD_KEYS)):
         assert one[-1][key] == pytest.approx(two[-1][key], rel=1e-4, abs=1e-6), key
+
+
+def test_precomputed_reference_equals_online(tiny_base: Path, tmp_path: Path, sft_run):
+    """precompute_ref_logps only changes when the reference is scored: the runs are the same."""
+    data = _pairs_file(tmp_path)
+    runs = {}
+    for pre in (False, True):
+        out = tmp_path / f"pre{pre}"
+        _run_dpo(
+            [
+                f"model={tiny_base}",
+                f"data={data}",
+                *FAST,
+                "method=full",
+                "lr=1e-3",
+                "max_steps=3",
+                "log_every=1",
+                "val_size=0.25",
+                "eval_every=3",
+                f"precompute_ref_logps={str(pre).lower()}",
+                f"out_dir={out}",
+            ],
+            sft_run,
+        )
+        runs[pre] = read_metrics(out / "metrics.jsonl")
+    for a, b in zip(runs[False], runs[True]):
+        for key in ("loss", *REWARD_KEYS):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert runs[False][-1]["val_rewards_margin"] == pytest.approx(
+        runs[True][-1]["val_rewards_margin"], abs=1e-6
+    )
