@@ -1,10 +1,10 @@
-"""``seekforge sft``, ``seekforge distill`` and ``seekforge merge``.
+"""``seekforge sft``, ``seekforge dpo``, ``seekforge distill`` and ``seekforge merge``.
 
     seekforge sft configs/sft_identity.yaml --set model=runs/pretrain/final --set template_vars.name=Forge
     seekforge distill configs/distill_logits.yaml
     seekforge merge runs/pretrain/final runs/sft/final --out runs/merged
 
-``sft`` and ``distill`` run the pretraining loop (:class:`seekforge.train.trainer.Trainer`) with
+``sft``, ``dpo`` and ``distill`` run the pretraining loop (:class:`seekforge.train.trainer.Trainer`) with
 another objective, so resume, checkpoints, logging, eval and torchrun behave exactly as in
 ``seekforge train``. The result is copied to ``OUT_DIR/final/`` (an adapter or a whole model).
 Exit codes as ``train``: 0 done, 128+signal after a signal-triggered checkpoint, 1 on an error.
@@ -47,6 +47,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_run_args(distill)
     distill.set_defaults(func=run_distill)
+
+    dpo = subparsers.add_parser(
+        "dpo",
+        help="preference-tune a model on chosen/rejected pairs (DPO, IPO, SimPO, ORPO)",
+        description="Preference tuning on the trainer loop. Examples:\n"
+        "  seekforge dpo configs/dpo_demo.yaml --set model=runs/sft/final --set data=pairs.json\n"
+        "  seekforge dpo --set model=runs/sft/final --set data=pairs.jsonl --set loss=simpo --set beta=2\n"
+        "  seekforge dpo --set model=runs/sft/final --set data=dpo_en_demo --set dataset_dir=data/\n"
+        "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_args(dpo)
+    dpo.set_defaults(func=run_dpo)
 
     merge = subparsers.add_parser("merge", help="fold a LoRA adapter into its base model (a full model dir)")
     merge.add_argument("base", help="base model directory the adapter was trained on")
@@ -98,6 +111,13 @@ def run_sft(args: argparse.Namespace) -> int:
 
     cfg = _load(SFTConfig, args)
     return 0 if cfg is None else _run(cfg, SFTObjective())
+
+
+def run_dpo(args: argparse.Namespace) -> int:
+    from seekforge.finetune.dpo import DPOConfig, DPOObjective
+
+    cfg = _load(DPOConfig, args)
+    return 0 if cfg is None else _run(cfg, DPOObjective())
 
 
 def run_distill(args: argparse.Namespace) -> int:

@@ -226,7 +226,10 @@ def _check_format(name: str, where: str, allow_auto: bool = False) -> str:
     return name
 
 
-def spec_from_registry(name: str, entry: dict[str, Any], dataset_dir: Path) -> DatasetSpec:
+def spec_from_registry(
+    name: str, entry: dict[str, Any], dataset_dir: Path, ranking: bool = False
+) -> DatasetSpec:
+    """One registry entry -> a spec; ``ranking`` says whether preference pairs are wanted (dpo)."""
     where = f"{dataset_dir / 'dataset_info.json'} entry {name!r}"
     if not isinstance(entry, dict):
         raise DataError(f"{where}: expected an object")
@@ -237,8 +240,11 @@ def spec_from_registry(name: str, entry: dict[str, Any], dataset_dir: Path) -> D
             f"{where}: loads from {remote[0]} ({entry[remote[0]]}); seekforge works offline - "
             "download the data and point 'file_name' at the local file"
         )
-    if entry.get("ranking"):
+    if entry.get("ranking") and not ranking:
         raise DataError(f"{where}: is preference data ('ranking': true); sft needs instruction/chat data")
+    if ranking and not entry.get("ranking"):
+        raise DataError(f"{where}: is not preference data; dpo needs an entry with \"ranking\": true "
+                        "and chosen/rejected columns")
     if "file_name" not in entry:
         raise DataError(f"{where}: has no 'file_name'")
     # LLaMA-Factory's default is alpaca; an OpenAI-style file is "sharegpt" + role/content tags.
@@ -262,12 +268,14 @@ def resolve_datasets(
     formatting: str = "auto",
     columns: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
+    ranking: bool = False,
 ) -> list[DatasetSpec]:
     """``data`` (comma-separated or a list of file paths / registry names) -> dataset specs.
 
     A name is looked up in ``dataset_dir/dataset_info.json`` first; otherwise it must be a file or
     folder (relative to the working directory, then to ``dataset_dir``). ``formatting``,
     ``columns`` and ``tags`` apply to plain files only: a registry entry carries its own.
+    ``ranking``: preference pairs are wanted (registry entries must say ``"ranking": true``).
     """
     names = [n.strip() for n in (data.split(",") if isinstance(data, str) else data) if n and n.strip()]
     if not names:
@@ -277,7 +285,7 @@ def resolve_datasets(
     specs = []
     for name in names:
         if name in registry:
-            specs.append(spec_from_registry(name, registry[name], ddir))
+            specs.append(spec_from_registry(name, registry[name], ddir, ranking))
             continue
         path = next((p for p in (Path(name), ddir / name) if p.exists()), None)
         if path is None:

@@ -11,6 +11,8 @@ owns the rest, through small overridable methods:
                                       parameters with ``requires_grad`` are the ones trained
 ``train_loader(micro_bs, accum)``     a :class:`seekforge.train.loader.StepLoader`
 ``loss(model, batch)``                batch -> :class:`LossOutput`
+``count_targets(batch)``              what a micro-batch's mean loss is over (tokens; pairs
+                                      for preference losses): its weight in the step
 ``evaluate(model)``                   -> ``{"val_loss": ..., "val_bpb": ...}``
 ``samples(model)``                    greedy generations from fixed prompts
 ``save_model(model, path)``           the "save model" hook (LoRA: adapters or merged weights)
@@ -62,6 +64,7 @@ class LossOutput:
     loss: torch.Tensor  # what is backpropagated: a mean over this micro-batch's targets
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, logged as <name>_loss
     expert_loads: torch.Tensor | None = None  # [n_moe_layers, E] tokens per expert
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, logged as <name>
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -92,6 +95,10 @@ class Objective:
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         raise NotImplementedError
+
+    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        """Positions with a (shifted) label; micro-batches are weighted by it (exact with SFT masks)."""
+        return int((batch["labels"][:, 1:] != -100).sum())
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return {}

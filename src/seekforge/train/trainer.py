@@ -40,7 +40,6 @@ from seekforge.config import ConfigError, to_dict
 from seekforge.train import checkpoint as ckpt
 from seekforge.train import dist
 from seekforge.train.config import TrainConfig
-from seekforge.train.loader import IGNORE_INDEX
 from seekforge.train.metrics import MetricsLogger, peak_flops, plot_loss_curve
 from seekforge.train.objective import Objective, PretrainObjective, TrainEnv, autocast, unwrap
 from seekforge.train.optim import OptimizerSpec, build_optimizer, set_lr
@@ -104,12 +103,8 @@ class StepLosses(NamedTuple):
 
     means: list[float]  # [total loss, parts...], each a mean over the step's loss-carrying tokens
     part_names: list[str]  # names of the parts ("main" = the language-model loss, "mtp", ...)
+    metrics: dict[str, float]  # the objective's other per-step means (e.g. preference rewards)
     expert_loads: torch.Tensor | None  # [n_moe_layers, E] tokens per expert, this rank's micro-batches
-
-
-def count_targets(batch: dict[str, torch.Tensor]) -> int:
-    """Positions with a (shifted) label; micro-batches are weighted by it (exact with SFT masks)."""
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def update_router_bias(model: nn.Module, loads: torch.Tensor) -> None:
@@ -315,12 +310,13 @@ class Trainer:
 
     def _forward_backward(self, batches: list[dict[str, torch.Tensor]]) -> StepLosses:
         """Backpropagate every micro-batch, weighted by its share of the step's loss-carrying tokens."""
-        counts = [count_targets(b) for b in batches]
+        counts = [self.objective.count_targets(b) for b in batches]
         n_global = int(dist.all_reduce_sum(torch.tensor([sum(counts)], dtype=torch.float64,
                                                         device=self.device))[0])
         world = self.dist.world_size
         part_names: list[str] = []
-        sums: torch.Tensor | None = None  # [total loss, parts...] weighted by target counts
+        metric_names: list[str] = []
+        sums: torch.Tensor | None = None  # [total loss, parts..., metrics...] weighted by target counts
         loads = None
         for i, batch in enumerate(batches):
             with self._sync_context(i == len(batches) - 1):  # must cover forward *and* backward
@@ -330,15 +326,19 @@ class Trainer:
                     scaled = out.loss * (counts[i] * world / max(n_global, 1))
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             if sums is None:
-                part_names = list(out.parts)
-                sums = torch.zeros(1 + len(part_names), dtype=torch.float64, device=self.device)
-            vals = torch.stack([out.loss.detach().float()] + [out.parts[k].float() for k in part_names])
+                part_names, metric_names = list(out.parts), list(out.metrics)
+                sums = torch.zeros(1 + len(part_names) + len(metric_names), dtype=torch.float64,
+                                   device=self.device)
+            vals = torch.stack([out.loss.detach().float()] + [out.parts[k].float() for k in part_names]
+                               + [out.metrics[k].float() for k in metric_names])
             sums += vals.double() * counts[i]
             if out.expert_loads is not None:
                 ld = out.expert_loads.detach().float()
                 loads = ld if loads is None else loads + ld
         dist.all_reduce_sum(sums)
-        return StepLosses((sums / max(n_global, 1)).tolist(), part_names, loads)
+        means = (sums / max(n_global, 1)).tolist()
+        n_loss = 1 + len(part_names)
+        return StepLosses(means[:n_loss], part_names, dict(zip(metric_names, means[n_loss:])), loads)
 
     def _clip_gradients(self) -> float:
         """Global gradient norm (before clipping to ``grad_clip``); unscales fp16 gradients first."""
@@ -371,6 +371,7 @@ class Trainer:
         for k, v in zip(names, means[1:]):
             if k != "main":
                 record[f"{k}_loss"] = v
+        record.update(losses.metrics)
         record.update(lr=cfg.lr * lr_mult, grad_norm=grad_norm)
         if cfg.optimizer == "muon":
             record["muon_lr"] = cfg.muon_lr * lr_mult
