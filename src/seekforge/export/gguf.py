@@ -261,7 +261,8 @@ def gguf_tensors(state: dict[str, Any], cfg: ModelConfig, faults: Faults = Fault
         if rest in _LAYER_TENSORS:
             yield f"blk.{i}.{_LAYER_TENSORS[rest]}", arr
         elif rest == "self_attn.kv_b_proj.weight":
-            # kv_b rows are head-major [H, d_n + d_v, d_c]: W_UK then W_UV per head (spec §2.1).
+            # kv_b rows are head-major [H, d_n + d_v, d_c]: W_UK then W_UV per head
+            # (DeepSeek-V2, arXiv:2405.04434 §2.1.2).
             per_head = arr.reshape(H, d_n + d_v, d_c)
             k_b = per_head[:, :d_n, :]
             # llama.cpp absorbs W_UK into the query (q_nope -> latent), so it wants W_UK^T per head.
@@ -329,7 +330,8 @@ def write_hparams(writer: Any, cfg: ModelConfig, faults: Faults = Faults()) -> N
     writer.add_leading_dense_block_count(dense_layers)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    # Attention: llama.cpp runs MLA absorbed, as MQA over the shared [latent | rope key] (spec §2.5).
+    # Attention: llama.cpp runs MLA absorbed, as MQA over the shared [latent | rope key]
+    # (DeepSeek-V2's weight absorption, arXiv:2405.04434 §2.1.2).
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(1)
     # The loader reads q_lora_rank for every layer count except the "lite" ones (26/27); 0 = plain
