@@ -26,8 +26,8 @@ import lm_eval_reference  # noqa: E402
 
 from seekforge.cli import main  # noqa: E402
 
-SUBJECTS = [("mmlu", "anatomy"), ("mmlu", "college_mathematics"), ("cmmlu", "chinese_history"),
-            ("cmmlu", "agronomy"), ("ceval", "law"), ("ceval", "high_school_physics")]
+SUBJECTS = [("mmlu", "world_religions"), ("mmlu", "abstract_algebra"), ("cmmlu", "traditional_chinese_medicine"),
+            ("cmmlu", "elementary_commonsense"), ("ceval", "basic_medicine"), ("ceval", "discrete_mathematics")]
 LIMIT, SHOTS, TOL = 2, 5, 1e-4
 
 
