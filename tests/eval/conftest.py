@@ -25,9 +25,12 @@ def sf_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
     from seekforge.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
-    model = load_model("tiny", device="cpu", dtype=torch.float32, initializer_range=0.1,
-                       max_position_embeddings=4096)
-    return save_model(model, tmp_path_factory.mktemp("eval") / "tiny-sf", tokenizer=load_tokenizer(tokenizer_dir))
+    model = load_model(
+        "tiny", device="cpu", dtype=torch.float32, initializer_range=0.1, max_position_embeddings=4096
+    )
+    return save_model(
+        model, tmp_path_factory.mktemp("eval") / "tiny-sf", tokenizer=load_tokenizer(tokenizer_dir)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +42,19 @@ def llama_dir(tokenizer_dir, tmp_path_factory) -> Path:
 
     tok = load_tokenizer(tokenizer_dir)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.1,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     out = tmp_path_factory.mktemp("eval") / "tiny-llama"
     LlamaForCausalLM(cfg).save_pretrained(str(out))
     tok.save_pretrained(str(out))

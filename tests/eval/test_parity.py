@@ -26,8 +26,14 @@ import lm_eval_reference  # noqa: E402
 
 from seekforge.cli import main  # noqa: E402
 
-SUBJECTS = [("mmlu", "world_religions"), ("mmlu", "abstract_algebra"), ("cmmlu", "traditional_chinese_medicine"),
-            ("cmmlu", "elementary_commonsense"), ("ceval", "basic_medicine"), ("ceval", "discrete_mathematics")]
+SUBJECTS = [
+    ("mmlu", "world_religions"),
+    ("mmlu", "abstract_algebra"),
+    ("cmmlu", "traditional_chinese_medicine"),
+    ("cmmlu", "elementary_commonsense"),
+    ("ceval", "basic_medicine"),
+    ("ceval", "discrete_mathematics"),
+]
 LIMIT, SHOTS, TOL = 2, 5, 1e-4
 
 
@@ -37,11 +43,32 @@ def ref_tasks(eval_data, tmp_path_factory) -> tuple[Path, list[str]]:
     return d, lm_eval_reference.write_tasks(d, eval_data, SUBJECTS)
 
 
-def ours(model_dir: Path | None, eval_data: Path, out: Path, *extra: str) -> dict[tuple[str, str], list[dict]]:
+def ours(
+    model_dir: Path | None, eval_data: Path, out: Path, *extra: str
+) -> dict[tuple[str, str], list[dict]]:
     tasks = ",".join(f"{b}:{s}" for b, s in SUBJECTS)
     model = [str(model_dir)] if model_dir else []
-    assert main(["eval", *model, "--tasks", tasks, "--limit", str(LIMIT), "--shots", str(SHOTS),
-                 "--data-dir", str(eval_data), "--out", str(out), "--no-progress", *extra]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *model,
+                "--tasks",
+                tasks,
+                "--limit",
+                str(LIMIT),
+                "--shots",
+                str(SHOTS),
+                "--data-dir",
+                str(eval_data),
+                "--out",
+                str(out),
+                "--no-progress",
+                *extra,
+            ]
+        )
+        == 0
+    )
     by: dict[tuple[str, str], list[dict]] = {}
     for bench in ("mmlu", "cmmlu", "ceval"):
         for line in (out / "samples" / f"{bench}.jsonl").read_text(encoding="utf-8").splitlines():
@@ -71,8 +98,14 @@ def compare(mine: dict[tuple[str, str], list[dict]], ref: dict[str, list[dict]])
 @pytest.fixture(scope="module")
 def hf_reference_sf(sf_model_dir, ref_tasks) -> dict:
     include, names = ref_tasks
-    return lm_eval_reference.run("hf", {"pretrained": str(sf_model_dir), "dtype": "float32", "device": "cpu"},
-                                 include, names, SHOTS, LIMIT)
+    return lm_eval_reference.run(
+        "hf",
+        {"pretrained": str(sf_model_dir), "dtype": "float32", "device": "cpu"},
+        include,
+        names,
+        SHOTS,
+        LIMIT,
+    )
 
 
 def test_seekforge_checkpoint_equals_lm_eval_hf(sf_model_dir, eval_data, hf_reference_sf, tmp_path):
@@ -86,8 +119,14 @@ def test_seekforge_checkpoint_equals_lm_eval_hf(sf_model_dir, eval_data, hf_refe
 
 def test_transformers_llama_equals_lm_eval_hf(llama_dir, eval_data, ref_tasks, tmp_path):
     include, names = ref_tasks
-    ref = lm_eval_reference.run("hf", {"pretrained": str(llama_dir), "dtype": "float32", "device": "cpu"},
-                                include, names, SHOTS, LIMIT)
+    ref = lm_eval_reference.run(
+        "hf",
+        {"pretrained": str(llama_dir), "dtype": "float32", "device": "cpu"},
+        include,
+        names,
+        SHOTS,
+        LIMIT,
+    )
     worst, n = compare(ours(llama_dir, eval_data, tmp_path / "out"), ref)
     print(f"transformers Llama vs lm-eval hf: {n} questions, max |dloglik| {worst:.2e}")
 
@@ -95,8 +134,14 @@ def test_transformers_llama_equals_lm_eval_hf(llama_dir, eval_data, ref_tasks, t
 def test_left_truncation_equals_lm_eval(sf_model_dir, eval_data, ref_tasks, tmp_path):
     """A 300-token window: every 5-shot prompt is cut from the left exactly as lm-eval cuts it."""
     include, names = ref_tasks
-    ref = lm_eval_reference.run("hf", {"pretrained": str(sf_model_dir), "dtype": "float32", "device": "cpu",
-                                       "max_length": 300}, include, names, SHOTS, LIMIT)
+    ref = lm_eval_reference.run(
+        "hf",
+        {"pretrained": str(sf_model_dir), "dtype": "float32", "device": "cpu", "max_length": 300},
+        include,
+        names,
+        SHOTS,
+        LIMIT,
+    )
     compare(ours(sf_model_dir, eval_data, tmp_path / "out", "--max-length", "300"), ref)
     results = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     assert results["tasks"]["cmmlu"]["truncated"] == 2 * LIMIT  # counted, and said in the results
@@ -109,20 +154,33 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(model_dir: Path):
+def serve(model_dir: Path, log_path: Path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "seekforge", "serve", str(model_dir), "--port", str(port),
-                             "--model-name", "tiny-sf"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(log_path, "w")  # noqa: SIM115 - a file, not a pipe: a chatty server never blocks on it
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "seekforge",
+            "serve",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--model-name",
+            "tiny-sf",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
+            with contextlib.suppress(OSError), urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"seekforge serve did not start: {proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"seekforge serve did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
         yield url
     finally:
@@ -131,22 +189,38 @@ def serve(model_dir: Path):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
-def test_local_completions_on_seekforge_serve_equals_hf(sf_model_dir, eval_data, ref_tasks, hf_reference_sf,
-                                                        tmp_path):
+def test_local_completions_on_seekforge_serve_equals_hf(
+    sf_model_dir, eval_data, ref_tasks, hf_reference_sf, tmp_path
+):
     """lm-eval's local-completions (echo + logprobs over token ids) against `seekforge serve` gives what
     lm-eval's hf model gives in-process; so does `seekforge eval --endpoint`. The hf model adds BOS (the
     tokenizer's default), local-completions does not unless told: add_bos_token=True makes them the
     same request."""
     include, names = ref_tasks
-    with serve(sf_model_dir) as url:
-        api = lm_eval_reference.run("local-completions", {
-            "model": "tiny-sf", "base_url": f"{url}/v1/completions", "tokenizer": str(sf_model_dir),
-            "tokenizer_backend": "huggingface", "add_bos_token": True, "max_length": 4096,
-            "num_concurrent": 1, "max_retries": 1}, include, names, SHOTS, LIMIT)
-        mine = ours(None, eval_data, tmp_path / "out", "--endpoint", f"{url}/v1", "--tokenizer",
-                    str(sf_model_dir))
+    with serve(sf_model_dir, tmp_path / "serve.log") as url:
+        api = lm_eval_reference.run(
+            "local-completions",
+            {
+                "model": "tiny-sf",
+                "base_url": f"{url}/v1/completions",
+                "tokenizer": str(sf_model_dir),
+                "tokenizer_backend": "huggingface",
+                "add_bos_token": True,
+                "max_length": 4096,
+                "num_concurrent": 1,
+                "max_retries": 1,
+            },
+            include,
+            names,
+            SHOTS,
+            LIMIT,
+        )
+        mine = ours(
+            None, eval_data, tmp_path / "out", "--endpoint", f"{url}/v1", "--tokenizer", str(sf_model_dir)
+        )
     for task in names:  # server vs in-process, both through lm-eval
         for a, b in zip(api[task], hf_reference_sf[task]):
             assert a["pred"] == b["pred"]

@@ -95,17 +95,29 @@ def _prompt_ids(tokenizer: Any, req: GenRequest, use_chat: bool) -> list[int]:
     return tokenizer.encode(req.prompt)
 
 
-def open_model(model_dir: str | None, *, adapter: str | None = None, tokenizer_dir: str | None = None,
-               endpoint: str | None = None, api_key: str | None = None, endpoint_model: str | None = None,
-               device: str = "auto", dtype: str = "auto", batch_size: int = 8, max_length: int | None = None,
-               add_bos: bool | None = None) -> EvalModel:
+def open_model(
+    model_dir: str | None,
+    *,
+    adapter: str | None = None,
+    tokenizer_dir: str | None = None,
+    endpoint: str | None = None,
+    api_key: str | None = None,
+    endpoint_model: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    add_bos: bool | None = None,
+) -> EvalModel:
     from seekforge.tokenizer import load_tokenizer
 
     if endpoint:
         tok_dir = tokenizer_dir or model_dir
         if not tok_dir:
-            raise ValueError("--endpoint needs a local tokenizer to count context tokens: pass --tokenizer DIR "
-                             "(the served model's tokenizer directory)")
+            raise ValueError(
+                "--endpoint needs a local tokenizer to count context tokens: pass --tokenizer DIR "
+                "(the served model's tokenizer directory)"
+            )
         tokenizer = load_tokenizer(tok_dir)
         cfg_file = Path(tok_dir) / "config.json"
         if max_length is None and cfg_file.is_file():
@@ -114,8 +126,13 @@ def open_model(model_dir: str | None, *, adapter: str | None = None, tokenizer_d
             max_length = context_length(json.loads(cfg_file.read_text(encoding="utf-8")))
         name = endpoint_model or _endpoint_model_name(endpoint, api_key)
         scorer = EndpointScorer(endpoint, name, api_key, max_length or DEFAULT_MAX_LENGTH, batch_size)
-        return EvalModel(name, Tokens(tokenizer, add_bos), scorer, _endpoint_generator(endpoint, name, api_key),
-                         {"endpoint": endpoint, "model": name, "max_length": scorer.window})
+        return EvalModel(
+            name,
+            Tokens(tokenizer, add_bos),
+            scorer,
+            _endpoint_generator(endpoint, name, api_key),
+            {"endpoint": endpoint, "model": name, "max_length": scorer.window},
+        )
     if not model_dir:
         raise ValueError("give a MODEL_DIR (or --endpoint URL)")
     path = Path(model_dir)
@@ -148,8 +165,14 @@ def open_model(model_dir: str | None, *, adapter: str | None = None, tokenizer_d
     cls = SeekforgeScorer if kind == "seekforge" else TransformersScorer
     scorer = cls(model, window, batch_size, name)
     gen = _engine_generator(model, tokenizer) if kind == "seekforge" else _hf_generator(model, tokenizer)
-    info = {"path": str(path), "kind": kind, "adapter": adapter, "device": str(dev),
-            "dtype": str(dt).replace("torch.", ""), "max_length": window}
+    info = {
+        "path": str(path),
+        "kind": kind,
+        "adapter": adapter,
+        "device": str(dev),
+        "dtype": str(dt).replace("torch.", ""),
+        "max_length": window,
+    }
     return EvalModel(name, Tokens(tokenizer, add_bos), scorer, gen, info)
 
 
@@ -162,8 +185,15 @@ def _engine_generator(model: torch.nn.Module, tokenizer: Any) -> Generator:
 
         use_chat = _is_chat_tokenizer(tokenizer)
         prompts = [_prompt_ids(tokenizer, r, use_chat) for r in requests]
-        params = [SamplingParams(max_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                 top_p=settings.top_p, seed=settings.seed + i) for i in range(len(prompts))]
+        params = [
+            SamplingParams(
+                max_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                seed=settings.seed + i,
+            )
+            for i in range(len(prompts))
+        ]
         with Engine(model, tokenizer, EngineConfig(max_batch=8)) as engine:
             return [c.text for c in engine.generate(prompts, params)]
 
@@ -184,9 +214,10 @@ def _hf_generator(model: torch.nn.Module, tokenizer: Any) -> Generator:
             kwargs: dict[str, Any] = {"do_sample": settings.temperature > 0}
             if settings.temperature > 0:
                 kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
-            res = model.generate(ids, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 **kwargs)
-            out.append(tokenizer.decode(res[0, ids.shape[1]:], skip_special_tokens=True))
+            res = model.generate(
+                ids, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs
+            )
+            out.append(tokenizer.decode(res[0, ids.shape[1] :], skip_special_tokens=True))
         return out
 
     return generate
@@ -202,13 +233,16 @@ def _endpoint_model_name(endpoint: str, api_key: str | None) -> str:
         base = base.removesuffix(suffix)
     if not base.endswith("/v1"):
         base += "/v1"
-    req = urllib.request.Request(base + "/models",
-                                 headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    req = urllib.request.Request(
+        base + "/models", headers={"Authorization": f"Bearer {api_key}"} if api_key else {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             data = json.loads(resp.read().decode("utf-8")).get("data") or []
     except OSError as e:
-        raise EndpointError(f"{base}/models: cannot list the endpoint's models ({e}); pass --endpoint-model") from None
+        raise EndpointError(
+            f"{base}/models: cannot list the endpoint's models ({e}); pass --endpoint-model"
+        ) from None
     if not data:
         raise EndpointError(f"{base}/models lists no model; pass --endpoint-model NAME")
     return str(data[0]["id"])
@@ -223,8 +257,14 @@ def _endpoint_generator(endpoint: str, name: str, api_key: str | None) -> Genera
         out = []
         for i, r in enumerate(requests):
             messages = r.messages if r.messages is not None else [{"role": "user", "content": r.prompt}]
-            body = {"model": name, "messages": messages, "max_tokens": settings.max_new_tokens,
-                    "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed + i}
+            body = {
+                "model": name,
+                "messages": messages,
+                "max_tokens": settings.max_new_tokens,
+                "temperature": settings.temperature,
+                "top_p": settings.top_p,
+                "seed": settings.seed + i,
+            }
             reply = post_json(url, body, api_key)
             try:
                 out.append(reply["choices"][0]["message"]["content"] or "")

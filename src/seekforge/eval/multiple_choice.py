@@ -28,8 +28,14 @@ class Sample:
     truncated: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"subject": self.subject, "index": self.index, "gold": self.gold, "pred": self.pred,
-                "loglikelihoods": self.loglikelihoods, "truncated": self.truncated}
+        return {
+            "subject": self.subject,
+            "index": self.index,
+            "gold": self.gold,
+            "pred": self.pred,
+            "loglikelihoods": self.loglikelihoods,
+            "truncated": self.truncated,
+        }
 
 
 def argmax_first(values: list[float]) -> int:
@@ -40,26 +46,41 @@ def argmax_first(values: list[float]) -> int:
     return best
 
 
-def score_subjects(subjects: list[Subject], tokens: Tokens, scorer: Scorer, batch_size: int,
-                   progress: Callable[[int], None] | None = None) -> list[Sample]:
+def score_subjects(
+    subjects: list[Subject],
+    tokens: Tokens,
+    scorer: Scorer,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[Sample]:
     """All questions of all subjects, ``batch_size`` questions per scorer call (subject by subject, so a
     batch shares its few-shot prefix)."""
     samples: list[Sample] = []
     for subject in subjects:
         qs = subject.questions
         for start in range(0, len(qs), batch_size):
-            chunk = qs[start:start + batch_size]
+            chunk = qs[start : start + batch_size]
             pairs, spans = [], []
             for q in chunk:
                 context = subject.context(q)
                 first = len(pairs)
-                pairs += [tokens.pair(context, " " + LETTERS[i], scorer.window) for i in range(len(q.choices))]
+                pairs += [
+                    tokens.pair(context, " " + LETTERS[i], scorer.window) for i in range(len(q.choices))
+                ]
                 spans.append((first, len(pairs)))
             scores = scorer.score(pairs)
             for q, (a, b) in zip(chunk, spans):
                 lls = [sum(s) for s in scores[a:b]]
-                samples.append(Sample(subject.name, q.index, LETTERS[q.gold], LETTERS[argmax_first(lls)], lls,
-                                      any(p.truncated for p in pairs[a:b])))
+                samples.append(
+                    Sample(
+                        subject.name,
+                        q.index,
+                        LETTERS[q.gold],
+                        LETTERS[argmax_first(lls)],
+                        lls,
+                        any(p.truncated for p in pairs[a:b]),
+                    )
+                )
             if progress is not None:
                 progress(len(chunk))
     return samples
@@ -79,7 +100,10 @@ def aggregate(subjects: list[Subject], samples: list[Sample], shots: int) -> dic
     for subj in subjects:
         for cat in subj.categories:
             categories.setdefault(cat, []).extend(by_subject.get(subj.name, []))
-    return {**_acc(samples), "shots": shots,
-            "categories": {c: _acc(v) for c, v in sorted(categories.items())},
-            "subjects": {s.name: _acc(by_subject.get(s.name, [])) for s in subjects},
-            "truncated": sum(s.truncated for s in samples)}
+    return {
+        **_acc(samples),
+        "shots": shots,
+        "categories": {c: _acc(v) for c, v in sorted(categories.items())},
+        "subjects": {s.name: _acc(by_subject.get(s.name, [])) for s in subjects},
+        "truncated": sum(s.truncated for s in samples),
+    }

@@ -13,10 +13,14 @@ from typing import Any
 from seekforge.utils import atomic_dir
 
 
-def write_outputs(out_dir: str | Path, results: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> Path:
+def write_outputs(
+    out_dir: str | Path, results: dict[str, Any], samples: dict[str, list[dict[str, Any]]]
+) -> Path:
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        (tmp / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "results.json").write_text(
+            json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         if samples:
             (tmp / "samples").mkdir()
             for task, rows in samples.items():
@@ -55,12 +59,20 @@ def summary_table(results: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     cfg = results.get("config", {})
-    out = [f"# seekforge eval: {results.get('model', '')}", "",
-           f"{cfg.get('shots', '')}-shot multiple choice; {results.get('seconds', 0):.1f} s.", "",
-           summary_table(results), ""]
+    out = [
+        f"# seekforge eval: {results.get('model', '')}",
+        "",
+        f"{cfg.get('shots', '')}-shot multiple choice; {results.get('seconds', 0):.1f} s.",
+        "",
+        summary_table(results),
+        "",
+    ]
     for task, r in results.get("tasks", {}).items():
-        out += [f"## {task} ({r['shots']}-shot): acc {r['acc']:.4f} on {r['n']} questions"
-                + (f", {r['truncated']} left-truncated" if r.get("truncated") else ""), ""]
+        out += [
+            f"## {task} ({r['shots']}-shot): acc {r['acc']:.4f} on {r['n']} questions"
+            + (f", {r['truncated']} left-truncated" if r.get("truncated") else ""),
+            "",
+        ]
         rows = [[s, f"{v['acc']:.4f}", str(v["n"])] for s, v in r["subjects"].items()]
         out += [_table(["subject", "acc", "n"], rows), ""]
     return "\n".join(out)
@@ -72,7 +84,9 @@ def compare(dirs: list[str | Path]) -> str:
     for d in dirs:
         f = Path(d) / "results.json"
         if not f.is_file():
-            raise FileNotFoundError(f"--compare {d}: no results.json (a `seekforge eval --out` directory expected)")
+            raise FileNotFoundError(
+                f"--compare {d}: no results.json (a `seekforge eval --out` directory expected)"
+            )
         try:
             runs.append(json.loads(f.read_text(encoding="utf-8")))
         except json.JSONDecodeError as e:

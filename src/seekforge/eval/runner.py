@@ -33,8 +33,15 @@ class EvalConfig:
     shots: int = 5
     limit: int | None = None  # first N questions of each subject
     data_dir: str | None = None
-    batch_size: int = 8  # questions per forward
+    batch_size: int = 8  # questions (or perplexity windows) per forward
     progress: bool = True
+    ppl: list[str] = field(default_factory=list)  # perplexity inputs (files, folders, token shards)
+    ppl_stride: int | None = None  # sliding-window stride; None = half the window
+    gen: list[str] = field(default_factory=list)  # generation task files (.jsonl)
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
 
 
 @dataclass
@@ -93,17 +100,57 @@ def run_multiple_choice(model: EvalModel, tasks: dict[str, list[Subject]], cfg: 
             bar.close()
         results[task] = aggregate(subjects, scored, len(subjects[0].shots) if subjects else cfg.shots)
         if results[task]["truncated"]:
-            log.warning("%s: %d questions were longer than the %d-token window and were left-truncated",
-                        task, results[task]["truncated"], model.scorer.window - 1)
+            log.warning(
+                "%s: %d questions were longer than the %d-token window and were left-truncated",
+                task,
+                results[task]["truncated"],
+                model.scorer.window - 1,
+            )
         samples[task] = [s.to_json() for s in scored]
     return RunOutput(results, samples)
 
 
 def evaluate(model: EvalModel, cfg: EvalConfig, tasks: dict[str, list[Subject]] | None = None) -> RunOutput:
     """Run everything ``cfg`` asks for on ``model``; returns results.json's content and the samples."""
+    from seekforge.eval.generation import run_generation
+    from seekforge.eval.models import GenSettings
+    from seekforge.eval.perplexity import perplexity
+
     t0 = time.perf_counter()
     tasks = collect_subjects(cfg) if tasks is None else tasks
+    check_unique_names(cfg)
     mc = run_multiple_choice(model, tasks, cfg)
-    results = {"tasks": mc.results, "model": model.name, "seconds": round(time.perf_counter() - t0, 3),
-               "config": {**asdict(cfg), "model": model.info}}
-    return RunOutput(results, mc.samples)
+    results: dict[str, Any] = {"tasks": mc.results}
+    samples = mc.samples
+    if cfg.ppl:
+        results["ppl"] = {}
+        for path in cfg.ppl:
+            log.info("perplexity: %s", path)
+            results["ppl"][Path(path).name] = perplexity(
+                path, model.tokens, model.scorer, cfg.ppl_stride, cfg.batch_size
+            ).to_json()
+    if cfg.gen:
+        results["gen"] = {}
+        settings = GenSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed)
+        for path in cfg.gen:
+            log.info("generation: %s", path)
+            res, rows = run_generation(model, path, settings, cfg.limit)
+            results["gen"][Path(path).name] = res
+            samples[f"gen-{Path(path).stem}"] = rows
+    results.update(
+        {
+            "model": model.name,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "config": {**asdict(cfg), "model": model.info},
+        }
+    )
+    return RunOutput(results, samples)
+
+
+def check_unique_names(cfg: EvalConfig) -> None:
+    """Results are keyed by input file name: two inputs with one name would overwrite each other."""
+    for flag, paths in (("--ppl", cfg.ppl), ("--gen", cfg.gen)):
+        names = [Path(p).name for p in paths]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"{flag}: several inputs are named {', '.join(dup)}; results are keyed by name")

@@ -69,12 +69,14 @@ class Tokens:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole = self.encode(context + continuation)
         ctx = self.encode(context)
-        cont = whole[len(ctx):]
+        cont = whole[len(ctx) :]
         if not cont:
             raise ValueError(f"the continuation {continuation!r} encodes to no tokens after its context")
         tokens = ctx + cont
         if len(cont) >= window:
-            raise ValueError(f"a continuation of {len(cont)} tokens does not fit the {window - 1}-token window")
+            raise ValueError(
+                f"a continuation of {len(cont)} tokens does not fit the {window - 1}-token window"
+            )
         return TokenPair(tokens[-window:], len(cont), len(tokens) > window)
 
 
@@ -84,7 +86,9 @@ class Scorer:
     window: int
     name: str
 
-    def score(self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    def score(
+        self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None
+    ) -> list[list[float]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -114,7 +118,9 @@ class LocalScorer(Scorer):
         self.name = name
 
     @torch.inference_mode()
-    def score(self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    def score(
+        self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None
+    ) -> list[list[float]]:
         # row = model input (tokens minus the last); several pairs may share one row
         row_of: dict[tuple[tuple[int, ...], int], int] = {}
         rows: list[list[int]] = []
@@ -144,7 +150,7 @@ class LocalScorer(Scorer):
                     still.append(j)
                     continue
                 p = pairs[j]
-                targets = torch.tensor(p.tokens[-p.n_scored:], device=logprobs[r].device)
+                targets = torch.tensor(p.tokens[-p.n_scored :], device=logprobs[r].device)
                 out[j] = logprobs[r].gather(-1, targets[:, None])[:, 0].tolist()
             pending = still
             logprobs = {i: t for i, t in logprobs.items() if any(members[j] == i for j in pending)}
@@ -164,7 +170,10 @@ class TransformersScorer(LocalScorer):
         T = max(len(r) for r in rows)
         ids = torch.tensor([r + [0] * (T - len(r)) for r in rows], device=self.device)
         logits = self.model(ids).logits
-        return [logits[i, len(r) - n:len(r)].float().log_softmax(-1) for i, (r, n) in enumerate(zip(rows, n_last))]
+        return [
+            logits[i, len(r) - n : len(r)].float().log_softmax(-1)
+            for i, (r, n) in enumerate(zip(rows, n_last))
+        ]
 
 
 class SeekforgeScorer(LocalScorer):
@@ -183,8 +192,9 @@ class SeekforgeScorer(LocalScorer):
     def _ensure_cache(self, slots: int, length: int) -> None:
         c = self.cache
         if c is None or c.num_slots < slots or c.max_len < length:
-            self.cache = self.model.new_cache(max(slots, c.num_slots if c else 0),
-                                              max(length, c.max_len if c else 0))
+            self.cache = self.model.new_cache(
+                max(slots, c.num_slots if c else 0), max(length, c.max_len if c else 0)
+            )
             self.cached = []
 
     def _prefill_prefix(self, prefix: list[int]) -> None:
@@ -192,8 +202,9 @@ class SeekforgeScorer(LocalScorer):
         if keep == len(prefix):  # already in slot 0
             return
         new = torch.tensor([prefix[keep:]], device=self.device)
-        self.model.forward_cached(new, self.cache, torch.tensor([0], device=self.device),
-                                  torch.tensor([keep], device=self.device))
+        self.model.forward_cached(
+            new, self.cache, torch.tensor([0], device=self.device), torch.tensor([keep], device=self.device)
+        )
         self.cached = list(prefix)
 
     def _last_logprobs(self, rows: list[list[int]], n_last: list[int]) -> list[torch.Tensor]:
@@ -205,15 +216,25 @@ class SeekforgeScorer(LocalScorer):
         if P > 0:
             self._prefill_prefix(rows[0][:P])
             for kv in (*self.cache.kv, *self.cache.pe):
-                kv[1:B + 1, :P] = kv[0, :P]
+                kv[1 : B + 1, :P] = kv[0, :P]
         S = max(len(r) for r in rows) - P
         ids = torch.tensor([r[P:] + [0] * (S - len(r) + P) for r in rows], device=self.device)
-        logits = self.model.forward_cached(ids, self.cache, slots, torch.full((B,), P, device=self.device)).logits
-        return [logits[i, len(r) - P - n:len(r) - P].float().log_softmax(-1)
-                for i, (r, n) in enumerate(zip(rows, n_last))]
+        logits = self.model.forward_cached(
+            ids, self.cache, slots, torch.full((B,), P, device=self.device)
+        ).logits
+        return [
+            logits[i, len(r) - P - n : len(r) - P].float().log_softmax(-1)
+            for i, (r, n) in enumerate(zip(rows, n_last))
+        ]
 
 
-class EndpointError(RuntimeError):
+NO_LOGPROBS = (
+    "this endpoint cannot score log-likelihoods (seekforge serve and vLLM can; llama.cpp's server "
+    "cannot). Use it for --gen only, or evaluate the model directory."
+)
+
+
+class EndpointError(ValueError):
     """The endpoint answered with an error or without what scoring needs."""
 
 
@@ -239,7 +260,9 @@ class EndpointScorer(Scorer):
     in batches; the server must accept token-id prompts and return prompt log-probs with echo.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str | None, max_length: int, batch_size: int) -> None:
+    def __init__(
+        self, base_url: str, model: str, api_key: str | None, max_length: int, batch_size: int
+    ) -> None:
         self.url = base_url.rstrip("/")
         if not self.url.endswith("/completions"):
             self.url += "/completions" if self.url.endswith("/v1") else "/v1/completions"
@@ -248,13 +271,27 @@ class EndpointScorer(Scorer):
         self.batch_size = max(1, batch_size)
         self.name = model
 
-    def score(self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    def score(
+        self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None
+    ) -> list[list[float]]:
         out: list[list[float]] = []
         for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start:start + self.batch_size]
-            body = {"model": self.model_name, "prompt": [p.tokens for p in chunk], "max_tokens": 1,
-                    "logprobs": 1, "echo": True, "temperature": 0}
-            reply = post_json(self.url, body, self.api_key)
+            chunk = pairs[start : start + self.batch_size]
+            body = {
+                "model": self.model_name,
+                "prompt": [p.tokens for p in chunk],
+                "max_tokens": 1,
+                "logprobs": 1,
+                "echo": True,
+                "temperature": 0,
+            }
+            try:
+                reply = post_json(self.url, body, self.api_key)
+            except EndpointError as e:
+                raise EndpointError(
+                    f"{e}\nThe endpoint refused a log-likelihood request (echo=true + logprobs "
+                    f"over token ids): {NO_LOGPROBS}"
+                ) from None
             choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
             if len(choices) != len(chunk):
                 raise EndpointError(f"{self.url}: {len(choices)} choices for {len(chunk)} prompts")
@@ -262,10 +299,10 @@ class EndpointScorer(Scorer):
                 lps = (ch.get("logprobs") or {}).get("token_logprobs")
                 if not lps or len(lps) < len(p.tokens):
                     raise EndpointError(
-                        f"{self.url} returned no prompt log-probabilities for echo=true + logprobs: this "
-                        "endpoint cannot score log-likelihoods (seekforge serve and vLLM can; llama.cpp's "
-                        "server cannot). Use it for --gen only.")
-                tail = lps[len(p.tokens) - p.n_scored:len(p.tokens)]
+                        f"{self.url} returned no prompt log-probabilities for echo=true + "
+                        f"logprobs: {NO_LOGPROBS}"
+                    )
+                tail = lps[len(p.tokens) - p.n_scored : len(p.tokens)]
                 if any(v is None for v in tail):
                     raise EndpointError(f"{self.url}: a scored token came back without a log-probability")
                 out.append([float(v) for v in tail])

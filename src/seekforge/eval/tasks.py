@@ -64,12 +64,29 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "mmlu": Benchmark("mmlu", "test", "The following are multiple choice questions (with answers) about "
-                      "{name}.\n\n", "Answer:", ()),
-    "cmmlu": Benchmark("cmmlu", "test", "以下是关于{name}的单项选择题，请直接给出正确答案的选项。\n\n", "答案：",
-                       ("", "Question", "A", "B", "C", "D", "Answer"), ("Question", "A", "B", "C", "D", "Answer")),
-    "ceval": Benchmark("ceval", "val", "以下是中国关于{name}的单项选择题，请选出其中的正确答案。\n\n", "答案：",
-                       ("id", "question", "A", "B", "C", "D", "answer"), ("question", "A", "B", "C", "D", "answer")),
+    "mmlu": Benchmark(
+        "mmlu",
+        "test",
+        "The following are multiple choice questions (with answers) about {name}.\n\n",
+        "Answer:",
+        (),
+    ),
+    "cmmlu": Benchmark(
+        "cmmlu",
+        "test",
+        "以下是关于{name}的单项选择题，请直接给出正确答案的选项。\n\n",
+        "答案：",
+        ("", "Question", "A", "B", "C", "D", "Answer"),
+        ("Question", "A", "B", "C", "D", "Answer"),
+    ),
+    "ceval": Benchmark(
+        "ceval",
+        "val",
+        "以下是中国关于{name}的单项选择题，请选出其中的正确答案。\n\n",
+        "答案：",
+        ("id", "question", "A", "B", "C", "D", "answer"),
+        ("question", "A", "B", "C", "D", "answer"),
+    ),
 }
 
 
@@ -130,16 +147,20 @@ def parse_tasks(spec: str) -> list[TaskSpec]:
             continue
         task, _, subject = item.partition(":")
         if task not in BENCHMARKS:
-            raise ValueError(f"--tasks: unknown task {task!r}; known tasks: {', '.join(BENCHMARKS)} "
-                             "(a subject is named as TASK:SUBJECT, e.g. cmmlu:chinese_history; your own "
-                             "multiple-choice file goes to --task-file)")
+            raise ValueError(
+                f"--tasks: unknown task {task!r}; known tasks: {', '.join(BENCHMARKS)} "
+                "(a subject is named as TASK:SUBJECT, e.g. cmmlu:chinese_history; your own "
+                "multiple-choice file goes to --task-file)"
+            )
         ts = out.setdefault(task, TaskSpec(task))
         if subject:
             if subject not in table[task]:
                 close = [s for s in table[task] if subject in s or s in subject][:8]
-                raise ValueError(f"--tasks: {task} has no subject {subject!r}"
-                                 + (f" (close: {', '.join(close)})" if close else "")
-                                 + f"; its subjects: {', '.join(sorted(table[task]))}")
+                raise ValueError(
+                    f"--tasks: {task} has no subject {subject!r}"
+                    + (f" (close: {', '.join(close)})" if close else "")
+                    + f"; its subjects: {', '.join(sorted(table[task]))}"
+                )
             if subject not in ts.subjects:
                 ts.subjects.append(subject)
         elif ts.subjects:
@@ -153,8 +174,10 @@ def check_data_dir(data_dir: Path, tasks: list[TaskSpec]) -> None:
     """A clear error when the benchmark folders are not where we look."""
     missing = [t.name for t in tasks if t.file is None and not (data_dir / t.name).is_dir()]
     if missing:
-        raise FileNotFoundError(f"benchmark data not found: {', '.join(str(data_dir / m) for m in missing)} "
-                                f"does not exist.\n{DOWNLOAD_HELP}")
+        raise FileNotFoundError(
+            f"benchmark data not found: {', '.join(str(data_dir / m) for m in missing)} "
+            f"does not exist.\n{DOWNLOAD_HELP}"
+        )
 
 
 def _read_rows(path: Path, columns: tuple[str, ...], fields: tuple[str, ...]) -> list[tuple[int, list[str]]]:
@@ -176,21 +199,24 @@ def _read_rows(path: Path, columns: tuple[str, ...], fields: tuple[str, ...]) ->
         got = [h.strip() for h in header]
         lacking = [c for c in fields if c not in got]
         if lacking:
-            raise ValueError(f"{path}:{line}: header {','.join(header)!r} lacks the column(s) "
-                             f"{', '.join(lacking)}; expected columns {','.join(columns)}")
+            raise ValueError(
+                f"{path}:{line}: header {','.join(header)!r} lacks the column(s) "
+                f"{', '.join(lacking)}; expected columns {','.join(columns)}"
+            )
         pos = [got.index(c) for c in fields]
         width = len(header)
         out = []
         for ln, cells in rows[1:]:
             if len(cells) != width:
-                raise ValueError(f"{path}:{ln}: {len(cells)} cells, expected {width} "
-                                 f"({','.join(header)})")
+                raise ValueError(f"{path}:{ln}: {len(cells)} cells, expected {width} ({','.join(header)})")
             out.append((ln, [cells[p] for p in pos]))
         return out
     for ln, cells in rows:
         if len(cells) != 6:
-            raise ValueError(f"{path}:{ln}: {len(cells)} cells, expected 6 columns "
-                             "(question, A, B, C, D, answer; MMLU files have no header)")
+            raise ValueError(
+                f"{path}:{ln}: {len(cells)} cells, expected 6 columns "
+                "(question, A, B, C, D, answer; MMLU files have no header)"
+            )
     return rows
 
 
@@ -200,8 +226,7 @@ def _question(path: Path, line: int, index: int, cells: list[str]) -> Question:
     letters = LETTERS[: len(choices)]
     answer = answer.strip()
     if answer not in letters or not answer:
-        raise ValueError(f"{path}:{line}: answer {answer!r} is not one of the choices "
-                         f"{', '.join(letters)}")
+        raise ValueError(f"{path}:{line}: answer {answer!r} is not one of the choices {', '.join(letters)}")
     return Question(index, question, choices, letters.index(answer))
 
 
@@ -224,11 +249,21 @@ def load_benchmark(data_dir: Path, spec: TaskSpec, shots: int, limit: int | None
         questions = read_subject_file(bench.path(data_dir, name, bench.eval_split), bench)
         pool = read_subject_file(bench.path(data_dir, name, "dev"), bench) if shots else []
         if shots > len(pool) and shots:
-            raise ValueError(f"{bench.path(data_dir, name, 'dev')}: {len(pool)} few-shot rows, --shots "
-                             f"asks for {shots}")
-        subjects.append(Subject(spec.name, name, info["name"], list(info["categories"]),
-                                questions[:limit] if limit else questions, pool[:shots],
-                                bench.description.format(name=info["name"]), bench.answer_cue))
+            raise ValueError(
+                f"{bench.path(data_dir, name, 'dev')}: {len(pool)} few-shot rows, --shots asks for {shots}"
+            )
+        subjects.append(
+            Subject(
+                spec.name,
+                name,
+                info["name"],
+                list(info["categories"]),
+                questions[:limit] if limit else questions,
+                pool[:shots],
+                bench.description.format(name=info["name"]),
+                bench.answer_cue,
+            )
+        )
     return subjects
 
 
@@ -273,15 +308,19 @@ def _iter_csv_dicts(path: Path) -> list[tuple[int, dict[str, Any]]]:
         out, line = [], reader.line_num + 1
         for cells in reader:
             if len(cells) != len(header):
-                raise ValueError(f"{path}:{line}: {len(cells)} cells, expected {len(header)} ({','.join(header)})")
+                raise ValueError(
+                    f"{path}:{line}: {len(cells)} cells, expected {len(header)} ({','.join(header)})"
+                )
             rec = dict(zip(header, cells))
             rec["choices"] = [rec[c] for c in LETTERS if c in rec and rec[c] != ""]
             out.append((line, rec))
             line = reader.line_num + 1
     missing = [c for c in ("question", "A", "B", "answer") if c not in header]
     if missing:
-        raise ValueError(f"{path}:1: header {','.join(header)!r} lacks the columns {', '.join(missing)} "
-                         "(expected question,A,B[,C...J],answer[,subject][,split])")
+        raise ValueError(
+            f"{path}:1: header {','.join(header)!r} lacks the columns {', '.join(missing)} "
+            "(expected question,A,B[,C...J],answer[,subject][,split])"
+        )
     return out
 
 
@@ -301,10 +340,16 @@ def load_task_file(path: Path, shots: int, limit: int | None) -> list[Subject]:
     for ln, rec in _file_records(path):
         missing = [k for k in ("question", "choices", "answer") if k not in rec]
         if missing:
-            raise ValueError(f"{path}:{ln}: missing {', '.join(missing)} (expected question, "
-                             f"choices (jsonl) or A..J (csv), answer); got {', '.join(map(str, rec))}")
+            raise ValueError(
+                f"{path}:{ln}: missing {', '.join(missing)} (expected question, "
+                f"choices (jsonl) or A..J (csv), answer); got {', '.join(map(str, rec))}"
+            )
         choices = rec["choices"]
-        if not isinstance(choices, list) or not 2 <= len(choices) <= 10 or not all(isinstance(c, str) for c in choices):
+        if (
+            not isinstance(choices, list)
+            or not 2 <= len(choices) <= 10
+            or not all(isinstance(c, str) for c in choices)
+        ):
             raise ValueError(f"{path}:{ln}: 'choices' must be 2 to 10 strings")
         answer = rec["answer"]
         if isinstance(answer, int) and not isinstance(answer, bool):
@@ -327,8 +372,21 @@ def load_task_file(path: Path, shots: int, limit: int | None) -> list[Subject]:
     for subject, (qs, dev) in by_subject.items():
         if not qs:
             continue
-        head = ("以下是关于{name}的单项选择题，请选出其中的正确答案。\n\n" if zh
-                else "The following are multiple choice questions (with answers) about {name}.\n\n")
-        out.append(Subject(task, subject, subject.replace("_", " "), [], qs[:limit] if limit else qs,
-                           dev[:shots], head.format(name=subject.replace("_", " ")), bench.answer_cue))
+        head = (
+            "以下是关于{name}的单项选择题，请选出其中的正确答案。\n\n"
+            if zh
+            else "The following are multiple choice questions (with answers) about {name}.\n\n"
+        )
+        out.append(
+            Subject(
+                task,
+                subject,
+                subject.replace("_", " "),
+                [],
+                qs[:limit] if limit else qs,
+                dev[:shots],
+                head.format(name=subject.replace("_", " ")),
+                bench.answer_cue,
+            )
+        )
     return out
