@@ -89,7 +89,13 @@ def write_tasks(out: Path, data_dir: Path, subjects: list[tuple[str, str]]) -> l
 
 
 def run(
-    model: str, model_args: dict[str, Any], include_dir: Path, tasks: list[str], shots: int, limit: int
+    model: str,
+    model_args: dict[str, Any],
+    include_dir: Path,
+    tasks: list[str],
+    shots: int,
+    limit: int,
+    batch_size: int = 1,
 ) -> dict[str, list[dict[str, Any]]]:
     """lm-eval's per-question log-likelihoods: task -> [{"doc_id", "lls": [...], "pred", "gold"}]."""
     from lm_eval import simple_evaluate
@@ -104,7 +110,7 @@ def run(
         limit=limit,
         task_manager=tm,
         log_samples=True,
-        batch_size=1,
+        batch_size=batch_size,
         bootstrap_iters=0,
     )
     out = {}

@@ -222,3 +222,58 @@ def test_endpoint_without_logprobs_is_a_clear_error(sf_model_dir, tmp_path, caps
     err = capsys.readouterr().err
     assert "cannot score log-likelihoods" in err and ("Only no echo" in err) == refuse
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("base", ["sf_model_dir", "llama_dir"])
+def test_adapter_scores_like_the_merged_model(base, request, tmp_path):
+    """--adapter DIR (a LoRA from `seekforge sft`) gives the scores of the merged model, not the base's."""
+    from seekforge.finetune.adapters import save_result
+    from seekforge.finetune.methods import FreezeSettings, LoraSettings, PrefixSettings, load_base, prepare
+
+    base_dir = request.getfixturevalue(base)
+    model, kind = load_base(base_dir, device=torch.device("cpu"), dtype=torch.float32)
+    model = prepare(
+        model,
+        kind,
+        "lora",
+        lora=LoraSettings(rank=4, alpha=8, target_modules="all-linear"),
+        freeze=FreezeSettings(),
+        prefix=PrefixSettings(),
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    adapter = save_result(model, kind, "lora", tmp_path / "adapter", base_path=base_dir)
+    assert main(["merge", str(base_dir), str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    quiz = write(
+        tmp_path / "quiz.csv", "question,A,B,C,answer\nWhat is 1+1?,1,2,3,B\nSky colour?,red,blue,green,B\n"
+    )
+
+    def lls(*model_args: str) -> list[list[float]]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert (
+            main(
+                [
+                    "eval",
+                    *model_args,
+                    "--task-file",
+                    str(quiz),
+                    "--shots",
+                    "0",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+        rows = (out / "samples" / "quiz.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(r)["loglikelihoods"] for r in rows]
+
+    with_adapter = lls(str(base_dir), "--adapter", str(adapter))
+    merged = lls(str(tmp_path / "merged"))
+    plain = lls(str(base_dir))
+    assert max(abs(a - b) for x, y in zip(with_adapter, merged) for a, b in zip(x, y)) < 1e-4
+    assert max(abs(a - b) for x, y in zip(with_adapter, plain) for a, b in zip(x, y)) > 1e-3
