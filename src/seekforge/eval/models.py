@@ -144,21 +144,32 @@ def open_model(
     dev = resolve_device(device)
     dt = parse_dtype(dtype, dev)
     kind = base_kind(path)
-    if kind == "seekforge":
-        from seekforge.model import load_model
-
-        model = load_model(str(path), device=dev, dtype=dt)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt).to(dev)
     if adapter:
-        from seekforge.finetune.adapters import load_adapter, read_adapter_config
+        from seekforge.finetune.adapters import read_adapter_config
 
-        read_adapter_config(adapter)
-        model = load_adapter(model, adapter)
-        if tokenizer_dir is None and (Path(adapter) / "tokenizer_config.json").is_file():
-            tokenizer_dir = adapter  # the adapter's chat template is the one it was trained with
+        read_adapter_config(adapter)  # fail before the base loads
+    # Load with one CPU thread, as Engine.from_pretrained does: a multi-threaded op here would start an
+    # OpenMP pool on this thread while the generation engine's thread has its own, and two live pools
+    # slow every parallel CPU op (docs/serve.md). Generation runs first, then scoring (runner.py).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if kind == "seekforge":
+            from seekforge.model import load_model
+
+            model = load_model(str(path), device=dev, dtype=dt)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt).to(dev)
+        if adapter:
+            from seekforge.finetune.adapters import load_adapter
+
+            model = load_adapter(model, adapter)
+    finally:
+        torch.set_num_threads(threads)
+    if adapter and tokenizer_dir is None and (Path(adapter) / "tokenizer_config.json").is_file():
+        tokenizer_dir = adapter  # the adapter's chat template is the one it was trained with
     tokenizer = load_tokenizer(tokenizer_dir or path)
     window = max_length or context_length(model.config)
     name = path.resolve().name + (f"+{Path(adapter).resolve().name}" if adapter else "")

@@ -112,16 +112,28 @@ def run_multiple_choice(model: EvalModel, tasks: dict[str, list[Subject]], cfg: 
 
 def evaluate(model: EvalModel, cfg: EvalConfig, tasks: dict[str, list[Subject]] | None = None) -> RunOutput:
     """Run everything ``cfg`` asks for on ``model``; returns results.json's content and the samples."""
-    from seekforge.eval.generation import run_generation
+    from seekforge.eval.generation import read_gen_file, run_generation
     from seekforge.eval.models import GenSettings
     from seekforge.eval.perplexity import perplexity
 
     t0 = time.perf_counter()
     tasks = collect_subjects(cfg) if tasks is None else tasks
     check_unique_names(cfg)
+    for path in cfg.gen:  # read before anything runs: a bad record fails fast
+        read_gen_file(path)
+    # Generation first: its engine thread ends (and frees its OpenMP pool) before scoring starts on
+    # this thread, so the two never run side by side (see models.open_model).
+    gen_results: dict[str, Any] = {}
+    gen_samples: dict[str, list[dict[str, Any]]] = {}
+    settings = GenSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed)
+    for path in cfg.gen:
+        log.info("generation: %s", path)
+        res, rows = run_generation(model, path, settings, cfg.limit)
+        gen_results[Path(path).name] = res
+        gen_samples[f"gen-{Path(path).stem}"] = rows
     mc = run_multiple_choice(model, tasks, cfg)
     results: dict[str, Any] = {"tasks": mc.results}
-    samples = mc.samples
+    samples = {**mc.samples, **gen_samples}
     if cfg.ppl:
         results["ppl"] = {}
         for path in cfg.ppl:
@@ -130,13 +142,7 @@ def evaluate(model: EvalModel, cfg: EvalConfig, tasks: dict[str, list[Subject]] 
                 path, model.tokens, model.scorer, cfg.ppl_stride, cfg.batch_size
             ).to_json()
     if cfg.gen:
-        results["gen"] = {}
-        settings = GenSettings(cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed)
-        for path in cfg.gen:
-            log.info("generation: %s", path)
-            res, rows = run_generation(model, path, settings, cfg.limit)
-            results["gen"][Path(path).name] = res
-            samples[f"gen-{Path(path).stem}"] = rows
+        results["gen"] = gen_results
     results.update(
         {
             "model": model.name,
