@@ -221,6 +221,40 @@ def test_local_completions_on_seekforge_serve_equals_hf(
         mine = ours(
             None, eval_data, tmp_path / "out", "--endpoint", f"{url}/v1", "--tokenizer", str(sf_model_dir)
         )
+        gen = tmp_path / "gen.jsonl"
+        gen.write_text(
+            json.dumps({"prompt": "床前明月光，", "reference": "疑是地上霜。"}, ensure_ascii=False)
+            + "\n"
+            + json.dumps({"messages": [{"role": "user", "content": "Hello"}], "reference": "Hi"})
+            + "\n",
+            encoding="utf-8",
+        )
+        gen_args = ["--gen", str(gen), "--max-new-tokens", "12", "--no-progress"]
+        assert (
+            main(
+                [
+                    "eval",
+                    "--endpoint",
+                    f"{url}/v1",
+                    "--tokenizer",
+                    str(sf_model_dir),
+                    "--out",
+                    str(tmp_path / "gen_api"),
+                    *gen_args,
+                ]
+            )
+            == 0
+        )
+    # generation through /v1/chat/completions = the same greedy generation through the local engine
+    assert main(["eval", str(sf_model_dir), "--out", str(tmp_path / "gen_local"), *gen_args]) == 0
+    outputs = [
+        [
+            json.loads(x)["output"]
+            for x in (tmp_path / d / "samples/gen-gen.jsonl").read_text("utf-8").splitlines()
+        ]
+        for d in ("gen_api", "gen_local")
+    ]
+    assert outputs[0] == outputs[1] and any(outputs[0])
     for task in names:  # server vs in-process, both through lm-eval
         for a, b in zip(api[task], hf_reference_sf[task]):
             assert a["pred"] == b["pred"]
