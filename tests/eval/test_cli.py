@@ -277,3 +277,53 @@ def test_adapter_scores_like_the_merged_model(base, request, tmp_path):
     plain = lls(str(base_dir))
     assert max(abs(a - b) for x, y in zip(with_adapter, merged) for a, b in zip(x, y)) < 1e-4
     assert max(abs(a - b) for x, y in zip(with_adapter, plain) for a, b in zip(x, y)) > 1e-3
+
+
+def test_training_scores_a_benchmark_subset_at_each_eval(tokenizer_dir, eval_data, tmp_path):
+    """eval_tasks / eval_limit: the trainer logs bench_<task>_acc next to val loss in metrics.jsonl."""
+    from seekforge.config import ConfigError
+    from seekforge.data.tokenize import tokenize_to_shards
+
+    src = write(
+        tmp_path / "c.jsonl",
+        "".join(json.dumps({"text": f"the model reads book {i}. " * 20}) + "\n" for i in range(60)),
+    )
+    tiny_shards = tmp_path / "shards"
+    tokenize_to_shards(src, tokenizer_dir, tiny_shards, val_fraction=0.1, workers=0)
+
+    sets = [
+        f"data.train={tiny_shards}",
+        f"out_dir={tmp_path / 'run'}",
+        "model=tiny",
+        "seq_len=64",
+        "batch_tokens=512",
+        "micro_batch_size=8",
+        "max_steps=2",
+        "warmup_steps=1",
+        "eval_every=1",
+        "save_every=0",
+        "sample_tokens=0",
+        "tensorboard=false",
+        "plot=false",
+        "progress=false",
+        "wandb=false",
+        "num_threads=1",
+        "eval_tasks=ceval:law,mmlu:anatomy",
+        "eval_limit=2",
+        "eval_shots=1",
+        f"eval_data_dir={eval_data}",
+    ]
+    args = ["train"] + [x for s in sets for x in ("--set", s)]
+    assert main(args) == 0
+    records = [
+        json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    evals = [r for r in records if "bench_ceval_acc" in r]
+    assert [r["step"] for r in evals] == [1, 2]
+    assert all(r["bench_mmlu_acc"] in (0.0, 0.5, 1.0) and "val_loss" in r for r in evals)
+    bad = [x if not x.startswith("eval_tasks=") else "eval_tasks=gsm8k" for x in args]
+    with pytest.raises(ConfigError, match="eval_tasks: --tasks: unknown task 'gsm8k'"):
+        from seekforge.config import load_config
+        from seekforge.train.config import TrainConfig
+
+        load_config(TrainConfig, None, [x for x in bad[1:] if x != "--set"])

@@ -11,6 +11,7 @@ from typing import Any
 
 from seekforge.eval.models import EvalModel
 from seekforge.eval.multiple_choice import aggregate, score_subjects
+from seekforge.eval.scoring import Scorer, Tokens
 from seekforge.eval.tasks import (
     DEFAULT_DATA_DIR,
     Subject,
@@ -88,14 +89,16 @@ class Progress:
             self.bar.close()
 
 
-def run_multiple_choice(model: EvalModel, tasks: dict[str, list[Subject]], cfg: EvalConfig) -> RunOutput:
+def run_multiple_choice(
+    tokens: Tokens, scorer: Scorer, tasks: dict[str, list[Subject]], cfg: EvalConfig
+) -> RunOutput:
     results: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     for task, subjects in tasks.items():
         total = sum(len(s.questions) for s in subjects)
         bar = Progress(total, task, cfg.progress)
         try:
-            scored = score_subjects(subjects, model.tokens, model.scorer, cfg.batch_size, bar)
+            scored = score_subjects(subjects, tokens, scorer, cfg.batch_size, bar)
         finally:
             bar.close()
         results[task] = aggregate(subjects, scored, len(subjects[0].shots) if subjects else cfg.shots)
@@ -104,7 +107,7 @@ def run_multiple_choice(model: EvalModel, tasks: dict[str, list[Subject]], cfg: 
                 "%s: %d questions were longer than the %d-token window and were left-truncated",
                 task,
                 results[task]["truncated"],
-                model.scorer.window - 1,
+                scorer.window - 1,
             )
         samples[task] = [s.to_json() for s in scored]
     return RunOutput(results, samples)
@@ -131,7 +134,7 @@ def evaluate(model: EvalModel, cfg: EvalConfig, tasks: dict[str, list[Subject]] 
         res, rows = run_generation(model, path, settings, cfg.limit)
         gen_results[Path(path).name] = res
         gen_samples[f"gen-{Path(path).stem}"] = rows
-    mc = run_multiple_choice(model, tasks, cfg)
+    mc = run_multiple_choice(model.tokens, model.scorer, tasks, cfg)
     results: dict[str, Any] = {"tasks": mc.results}
     samples = {**mc.samples, **gen_samples}
     if cfg.ppl:
