@@ -30,7 +30,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -86,9 +86,7 @@ class Scorer:
     window: int
     name: str
 
-    def score(
-        self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None
-    ) -> list[list[float]]:
+    def score(self, pairs: Sequence[TokenPair]) -> list[list[float]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -118,9 +116,7 @@ class LocalScorer(Scorer):
         self.name = name
 
     @torch.inference_mode()
-    def score(
-        self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None
-    ) -> list[list[float]]:
+    def score(self, pairs: Sequence[TokenPair]) -> list[list[float]]:
         # row = model input (tokens minus the last); several pairs may share one row
         row_of: dict[tuple[tuple[int, ...], int], int] = {}
         rows: list[list[int]] = []
@@ -154,8 +150,6 @@ class LocalScorer(Scorer):
                 out[j] = logprobs[r].gather(-1, targets[:, None])[:, 0].tolist()
             pending = still
             logprobs = {i: t for i, t in logprobs.items() if any(members[j] == i for j in pending)}
-            if progress is not None:
-                progress(len(idx))
         return out  # type: ignore[return-value]
 
     def _last_logprobs(self, rows: list[list[int]], n_last: list[int]) -> list[torch.Tensor]:
@@ -190,12 +184,16 @@ class SeekforgeScorer(LocalScorer):
         self.cached: list[int] = []  # tokens whose latents sit in slot 0
 
     def _ensure_cache(self, slots: int, length: int) -> None:
-        c = self.cache
-        if c is None or c.num_slots < slots or c.max_len < length:
-            self.cache = self.model.new_cache(
-                max(slots, c.num_slots if c else 0), max(length, c.max_len if c else 0)
-            )
-            self.cached = []
+        """Grow the cache when a batch needs more slots or positions, keeping slot 0's prefix."""
+        old = self.cache
+        if old is not None and old.num_slots >= slots and old.max_len >= length:
+            return
+        slots = max(slots, old.num_slots if old else 0)
+        length = min(max(length, 2 * old.max_len if old else 0), self.max_length + 1)  # grow by doubling
+        self.cache = self.model.new_cache(slots, length)
+        if old is not None:
+            for new_buf, old_buf in zip((*self.cache.kv, *self.cache.pe), (*old.kv, *old.pe)):
+                new_buf[0, : old.max_len] = old_buf[0]
 
     def _prefill_prefix(self, prefix: list[int]) -> None:
         keep = _common_prefix([self.cached, prefix]) if self.cached else 0
@@ -271,9 +269,7 @@ class EndpointScorer(Scorer):
         self.batch_size = max(1, batch_size)
         self.name = model
 
-    def score(
-        self, pairs: Sequence[TokenPair], progress: Callable[[int], None] | None = None
-    ) -> list[list[float]]:
+    def score(self, pairs: Sequence[TokenPair]) -> list[list[float]]:
         out: list[list[float]] = []
         for start in range(0, len(pairs), self.batch_size):
             chunk = pairs[start : start + self.batch_size]
@@ -306,6 +302,4 @@ class EndpointScorer(Scorer):
                 if any(v is None for v in tail):
                     raise EndpointError(f"{self.url}: a scored token came back without a log-probability")
                 out.append([float(v) for v in tail])
-            if progress is not None:
-                progress(len(chunk))
         return out
