@@ -161,8 +161,8 @@ def main() -> None:
         r = best[i]
         acc = " / ".join(f"{r['tasks'][k]['acc']:.3f}" for k in ("mmlu", "cmmlu", "ceval"))
         print(
-            f"| {name} | {b} | {r['wall']:.1f} | {n / r['wall']:.2f} | {r['wall'] / base:.2f}x | {r['cpu']:.1f} | "
-            f"{r['rss_mb']:.0f} | {acc} |"
+            f"| {name} | {b} | {r['wall']:.1f} | {n / r['wall']:.2f} | {r['wall'] / base:.2f}x | "
+            f"{r['cpu']:.1f} | {r['rss_mb']:.0f} | {acc} |"
         )
 
 
