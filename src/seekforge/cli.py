@@ -30,6 +30,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "seekforge.finetune.cli": ("sft", "dpo", "distill", "merge"),
     "seekforge.plan.cli": ("plan",),
     "seekforge.export.cli": ("export",),
+    "seekforge.eval.cli": ("eval",),
 }
 
 

@@ -1,6 +1,6 @@
 """The inference engine: one model, a latent KV cache, continuous batching on a background thread.
 
-One engine serves the terminal chat, the HTTP server and evaluation:
+One engine serves the terminal chat, the HTTP server and `seekforge eval`'s generation tasks:
 
     engine = Engine.from_pretrained("runs/sft/final")            # or Engine(model, tokenizer)
     engine.generate(["Hello"], SamplingParams(max_tokens=20))    # sync, batched (eval, scripts)

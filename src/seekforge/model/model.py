@@ -306,6 +306,10 @@ class MLAttention(nn.Module):
         # Absorbed query W_UK^T q_nope: one matmul batched over heads, [H, B*T, d_n] @ [H, d_n, d_c].
         q_lat = torch.bmm(q_nope.reshape(B * T, H, self.d_n).transpose(0, 1), w_uk)
         q_lat = q_lat.transpose(0, 1).reshape(B, T * H, self.d_c)
+        if T > 1 and not torch.compiler.is_compiling():
+            a = self._absorbed_sdpa(q_lat, q_pe.reshape(B, T * H, self.d_r), c_all, pe_all, cache.positions)
+            o = torch.bmm(a.view(B * T, H, self.d_c).transpose(0, 1), w_uv.transpose(1, 2))
+            return self.o_proj(o.transpose(0, 1).reshape(B, T, H * self.d_v))
         # One shared key/value for all heads = single-head attention with the H*T queries stacked, so
         # nothing is ever expanded to H heads. Written out (two score matmuls, softmax, one value
         # matmul) instead of SDPA over concatenated [c | k_pe] keys: at decode sizes the small ops are
@@ -322,6 +326,24 @@ class MLAttention(nn.Module):
         a = torch.bmm(p, c_all).view(B * T, H, self.d_c)  # sum_s p_s c_s per head
         o = torch.bmm(a.transpose(0, 1), w_uv.transpose(1, 2))  # W_UV per head: [H, B*T, d_v]
         return self.o_proj(o.transpose(0, 1).reshape(B, T, H * self.d_v))
+
+
+    def _absorbed_sdpa(self, q_lat: Tensor, q_pe: Tensor, c_all: Tensor, pe_all: Tensor,
+                       positions: Tensor) -> Tensor:
+        """Several new tokens per row (a prompt chunk after a cached prefix, scoring a batch of
+        continuations): the same absorbed attention through one fused SDPA call, so the
+        [B, T*H, S] score matrix is never materialised (it dominated such chunks on CPU).
+        One shared key [c | k_pe] (d_c + d_r) and value c, zero-padded to the key width because
+        flash kernels need equal q/k/v head dims. Returns sum_s p_s c_s: [B, T*H, d_c]."""
+        B, TH, _ = q_lat.shape
+        T, S = positions.shape[1], c_all.shape[1]
+        q = torch.cat([q_lat, q_pe], dim=-1)[:, None]  # [B, 1, T*H, d_c + d_r]
+        k = torch.cat([c_all, pe_all], dim=-1)[:, None]
+        v = F.pad(c_all, (0, self.d_r))[:, None]
+        seen = torch.arange(S, device=q.device) <= positions[:, :, None]  # [B, T, S]
+        mask = seen[:, :, None].expand(B, T, TH // T, S).reshape(B, 1, TH, S)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return a[:, 0, :, : self.d_c]
 
 
 def _write_cache(cache: CacheView, c: Tensor, k_pe: Tensor) -> None:

@@ -82,6 +82,11 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive non-finite steps before giving up
     sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     sample_tokens: int = 40  # greedy tokens per prompt at each eval; 0 = no samples
+    # benchmark subset scored at each eval like `seekforge eval` (e.g. "ceval,mmlu:anatomy"); "" = off
+    eval_tasks: str = ""
+    eval_limit: int | None = 20  # first N questions of each subject
+    eval_shots: int = 5
+    eval_data_dir: str | None = None  # default: $SEEKFORGE_EVAL_DATA or ~/.cache/seekforge/eval
     tensorboard: bool = True
     # Weights & Biases. auto: on when wandb is installed and WANDB_MODE or WANDB_API_KEY is set.
     wandb: bool | Literal["auto"] = "auto"
@@ -122,6 +127,10 @@ class TrainConfig:
         if self.eval_tokens is not None and self.eval_tokens < self.seq_len:
             raise ConfigError(f"eval_tokens: must be >= seq_len ({self.seq_len}) or null "
                               f"(got {self.eval_tokens})")
+        if self.eval_tasks:
+            from seekforge.eval.during_training import check_settings
+
+            check_settings(self.eval_tasks, self.eval_data_dir)
         if self.batch_tokens % self.seq_len:
             raise ConfigError(f"batch_tokens ({self.batch_tokens}) must be a multiple of seq_len "
                               f"({self.seq_len})")

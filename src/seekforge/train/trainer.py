@@ -399,6 +399,11 @@ class Trainer:
         cfg, obj = self.cfg, self.objective
         t0 = time.perf_counter()
         res = obj.evaluate(self.eval_model)
+        if cfg.eval_tasks and self.dist.is_main and not self._fsdp:  # benchmark subset (seekforge.eval)
+            from seekforge.eval.during_training import benchmark_accuracy
+
+            res.update(benchmark_accuracy(self.raw_model, getattr(obj, "tokenizer", None), cfg.eval_tasks,
+                                          cfg.eval_limit, cfg.eval_shots, cfg.eval_data_dir))
         if "val_bpb" in res:
             st = self.state
             if res["val_bpb"] < st.best_val_bpb:

@@ -1,0 +1,286 @@
+"""What `seekforge eval` evaluates: a local model directory (+ adapter) or an OpenAI-compatible endpoint.
+
+:func:`open_model` returns an :class:`EvalModel`: the tokenizer-side rules (:class:`Tokens`), a
+:class:`Scorer` for log-likelihoods and a ``generate`` function for generation tasks.
+
+- seekforge / DeepSeek-V3 directories load with ``seekforge.model.load_model``; scoring runs on the
+  model's MLA cache (:class:`SeekforgeScorer`), generation through ``seekforge.infer.Engine``.
+- any other ``transformers`` causal LM (Llama, Qwen, ...) loads with ``AutoModelForCausalLM``;
+  scoring is :class:`TransformersScorer`, generation ``model.generate``.
+- ``--adapter DIR``: a PEFT / seekforge adapter from ``seekforge sft``, applied with
+  ``seekforge.finetune.adapters.load_adapter`` (LoRA merged into the weights).
+- ``--endpoint URL``: scoring via ``/v1/completions`` (echo + logprobs), generation via
+  ``/v1/chat/completions``; the tokenizer comes from ``--tokenizer`` (or the model directory).
+
+The context window is the model config's ``max_position_embeddings`` (``n_positions``/``n_ctx``
+for other architectures), else 2048, as lm-eval resolves it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from seekforge.eval.scoring import (
+    EndpointError,
+    EndpointScorer,
+    Scorer,
+    SeekforgeScorer,
+    Tokens,
+    TransformersScorer,
+    post_json,
+)
+
+log = logging.getLogger("seekforge.eval")
+
+DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the config names no context length
+
+
+@dataclass
+class GenRequest:
+    """One generation: chat ``messages`` (rendered with the chat template) or a plain ``prompt``."""
+
+    prompt: str | None
+    messages: list[dict[str, Any]] | None
+
+
+@dataclass
+class GenSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class Generator(Protocol):
+    def __call__(self, requests: list[GenRequest], settings: GenSettings) -> list[str]: ...
+
+
+@dataclass
+class EvalModel:
+    name: str
+    tokens: Tokens
+    scorer: Scorer
+    generate: Generator
+    info: dict[str, Any]
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+def context_length(config: Any) -> int:
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None) if not isinstance(config, dict) else config.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return DEFAULT_MAX_LENGTH
+
+
+def _is_chat_tokenizer(tokenizer: Any) -> bool:
+    from seekforge.tokenizer.train import FALLBACK_CHAT_TEMPLATE
+
+    template = getattr(tokenizer, "chat_template", None)
+    return bool(template) and template != FALLBACK_CHAT_TEMPLATE
+
+
+def _prompt_ids(tokenizer: Any, req: GenRequest, use_chat: bool) -> list[int]:
+    if req.messages is not None or use_chat:
+        messages = req.messages if req.messages is not None else [{"role": "user", "content": req.prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)  # the template writes BOS itself
+    return tokenizer.encode(req.prompt)
+
+
+def open_model(
+    model_dir: str | None,
+    *,
+    adapter: str | None = None,
+    tokenizer_dir: str | None = None,
+    endpoint: str | None = None,
+    api_key: str | None = None,
+    endpoint_model: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    add_bos: bool | None = None,
+) -> EvalModel:
+    from seekforge.tokenizer import load_tokenizer
+
+    if endpoint:
+        tok_dir = tokenizer_dir or model_dir
+        if not tok_dir:
+            raise ValueError(
+                "--endpoint needs a local tokenizer to count context tokens: pass --tokenizer DIR "
+                "(the served model's tokenizer directory)"
+            )
+        tokenizer = load_tokenizer(tok_dir)
+        cfg_file = Path(tok_dir) / "config.json"
+        if max_length is None and cfg_file.is_file():
+            import json
+
+            max_length = context_length(json.loads(cfg_file.read_text(encoding="utf-8")))
+        name = endpoint_model or _endpoint_model_name(endpoint, api_key)
+        scorer = EndpointScorer(endpoint, name, api_key, max_length or DEFAULT_MAX_LENGTH, batch_size)
+        return EvalModel(
+            name,
+            Tokens(tokenizer, add_bos),
+            scorer,
+            _endpoint_generator(endpoint, name, api_key),
+            {"endpoint": endpoint, "model": name, "max_length": scorer.window},
+        )
+    if not model_dir:
+        raise ValueError("give a MODEL_DIR (or --endpoint URL)")
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a model directory (no config.json)")
+    from seekforge.finetune.methods import base_kind
+    from seekforge.utils import parse_dtype, resolve_device
+
+    dev = resolve_device(device)
+    dt = parse_dtype(dtype, dev)
+    kind = base_kind(path)
+    if adapter:
+        from seekforge.finetune.adapters import read_adapter_config
+
+        read_adapter_config(adapter)  # fail before the base loads
+    # Load with one CPU thread, as Engine.from_pretrained does: a multi-threaded op here would start an
+    # OpenMP pool on this thread while the generation engine's thread has its own, and two live pools
+    # slow every parallel CPU op (docs/serve.md). Generation runs first, then scoring (runner.py).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if kind == "seekforge":
+            from seekforge.model import load_model
+
+            model = load_model(str(path), device=dev, dtype=dt)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt).to(dev)
+        if adapter:
+            from seekforge.finetune.adapters import load_adapter
+
+            model = load_adapter(model, adapter)
+    finally:
+        torch.set_num_threads(threads)
+    if adapter and tokenizer_dir is None and (Path(adapter) / "tokenizer_config.json").is_file():
+        tokenizer_dir = adapter  # the adapter's chat template is the one it was trained with
+    tokenizer = load_tokenizer(tokenizer_dir or path)
+    window = max_length or context_length(model.config)
+    name = path.resolve().name + (f"+{Path(adapter).resolve().name}" if adapter else "")
+    cls = SeekforgeScorer if kind == "seekforge" else TransformersScorer
+    scorer = cls(model, window, batch_size, name)
+    gen = _engine_generator(model, tokenizer) if kind == "seekforge" else _hf_generator(model, tokenizer)
+    info = {
+        "path": str(path),
+        "kind": kind,
+        "adapter": adapter,
+        "device": str(dev),
+        "dtype": str(dt).replace("torch.", ""),
+        "max_length": window,
+    }
+    return EvalModel(name, Tokens(tokenizer, add_bos), scorer, gen, info)
+
+
+def _engine_generator(model: torch.nn.Module, tokenizer: Any) -> Generator:
+    """Generation through seekforge's inference engine (continuous batching, MLA cache)."""
+
+    def generate(requests: list[GenRequest], settings: GenSettings) -> list[str]:
+        from seekforge.infer import Engine, EngineConfig
+        from seekforge.infer.sampling import SamplingParams
+
+        use_chat = _is_chat_tokenizer(tokenizer)
+        prompts = [_prompt_ids(tokenizer, r, use_chat) for r in requests]
+        params = [
+            SamplingParams(
+                max_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                seed=settings.seed + i,
+            )
+            for i in range(len(prompts))
+        ]
+        with Engine(model, tokenizer, EngineConfig(max_batch=8)) as engine:
+            return [c.text for c in engine.generate(prompts, params)]
+
+    return generate
+
+
+def _hf_generator(model: torch.nn.Module, tokenizer: Any) -> Generator:
+    """Other transformers models: ``model.generate``, one prompt at a time (no padding questions)."""
+
+    @torch.inference_mode()
+    def generate(requests: list[GenRequest], settings: GenSettings) -> list[str]:
+        use_chat = _is_chat_tokenizer(tokenizer)
+        dev = next(model.parameters()).device
+        out = []
+        for i, r in enumerate(requests):
+            ids = torch.tensor([_prompt_ids(tokenizer, r, use_chat)], device=dev)
+            torch.manual_seed(settings.seed + i)
+            kwargs: dict[str, Any] = {"do_sample": settings.temperature > 0}
+            if settings.temperature > 0:
+                kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+            res = model.generate(
+                ids, max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs
+            )
+            out.append(tokenizer.decode(res[0, ids.shape[1] :], skip_special_tokens=True))
+        return out
+
+    return generate
+
+
+def _endpoint_model_name(endpoint: str, api_key: str | None) -> str:
+    """The first model the endpoint lists (``GET /v1/models``)."""
+    import json
+    import urllib.request
+
+    base = endpoint.rstrip("/")
+    for suffix in ("/completions", "/chat/completions"):
+        base = base.removesuffix(suffix)
+    if not base.endswith("/v1"):
+        base += "/v1"
+    req = urllib.request.Request(
+        base + "/models", headers={"Authorization": f"Bearer {api_key}"} if api_key else {}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = json.loads(resp.read().decode("utf-8")).get("data") or []
+    except OSError as e:
+        raise EndpointError(
+            f"{base}/models: cannot list the endpoint's models ({e}); pass --endpoint-model"
+        ) from None
+    if not data:
+        raise EndpointError(f"{base}/models lists no model; pass --endpoint-model NAME")
+    return str(data[0]["id"])
+
+
+def _endpoint_generator(endpoint: str, name: str, api_key: str | None) -> Generator:
+    """``/v1/chat/completions``; a plain ``prompt`` becomes one user message."""
+    base = endpoint.rstrip("/").removesuffix("/completions").removesuffix("/chat")
+    url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
+
+    def generate(requests: list[GenRequest], settings: GenSettings) -> list[str]:
+        out = []
+        for i, r in enumerate(requests):
+            messages = r.messages if r.messages is not None else [{"role": "user", "content": r.prompt}]
+            body = {
+                "model": name,
+                "messages": messages,
+                "max_tokens": settings.max_new_tokens,
+                "temperature": settings.temperature,
+                "top_p": settings.top_p,
+                "seed": settings.seed + i,
+            }
+            reply = post_json(url, body, api_key)
+            try:
+                out.append(reply["choices"][0]["message"]["content"] or "")
+            except (KeyError, IndexError, TypeError):
+                raise EndpointError(f"{url}: unexpected reply {str(reply)[:300]}") from None
+        return out
+
+    return generate

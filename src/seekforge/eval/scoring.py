@@ -1,0 +1,305 @@
+"""Log-likelihood scoring: token pairs as lm-evaluation-harness builds them, and the models that score them.
+
+One request is (context text, continuation text). It is tokenised exactly as lm-eval 0.4's causal
+models do (``_encode_pair``): trailing whitespace of the context moves onto the continuation, then
+``continuation = enc(context + continuation)[len(enc(context)):]``; ``enc`` adds the tokenizer's
+default special tokens (BOS where the tokenizer adds one), unless ``add_bos`` overrides it or the
+text already starts with the BOS string. A pair longer than the model's window is left-truncated
+(lm-eval's ``(context + continuation)[-(max_length + 1):]``, the last token being the prediction
+target only) and counted.
+
+Every backend answers one question, :meth:`Scorer.score`: the log-probabilities of the last ``n``
+tokens of each sequence given everything before them.
+
+- :class:`LocalScorer` for models in this process. Sequences with the same input (the four
+  one-token answer letters of a question) share one row; rows are batched, and
+  :class:`SeekforgeScorer` runs the rows' longest common token prefix (description + few-shot
+  examples) once through the model's latent MLA cache (``forward_cached``, the cache the inference
+  engine decodes with), keeps it cached for the next batch, and runs only each row's own tokens
+  after it. Token-identical prefixes give identical keys and values, so this is exact.
+  :class:`TransformersScorer` runs any other ``transformers`` causal LM with plain right-padded
+  batches (causal attention never looks at the padding to the right).
+- :class:`EndpointScorer`: an OpenAI-compatible ``/v1/completions`` with ``echo`` + ``logprobs``
+  (seekforge serve, vLLM), prompts sent as token ids from a local tokenizer, as lm-eval's
+  ``local-completions`` model does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+log = logging.getLogger("seekforge.eval")
+
+
+class TokenPair(NamedTuple):
+    """A scored request after tokenisation and truncation: the sequence and how many tail tokens count."""
+
+    tokens: list[int]
+    n_scored: int
+    truncated: bool
+
+
+class Tokens:
+    """lm-eval's causal ``tok_encode``/``_encode_pair`` over a transformers tokenizer."""
+
+    def __init__(self, tokenizer: Any, add_bos: bool | None = None) -> None:
+        self.tokenizer, self.add_bos = tokenizer, add_bos
+        bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.bos_text = tokenizer.decode([bos_id]) if bos_id is not None else None
+
+    def encode(self, text: str) -> list[int]:
+        kwargs: dict[str, bool] = {}
+        if self.add_bos is not None:
+            kwargs["add_special_tokens"] = self.add_bos
+        elif self.bos_text and text.startswith(self.bos_text):
+            kwargs["add_special_tokens"] = False  # the text carries its own BOS: don't add a second one
+        return self.tokenizer.encode(text, **kwargs)
+
+    def pair(self, context: str, continuation: str, window: int) -> TokenPair:
+        """Tokenise like lm-eval and keep the last ``window`` tokens of context + continuation."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.encode(context + continuation)
+        ctx = self.encode(context)
+        cont = whole[len(ctx) :]
+        if not cont:
+            raise ValueError(f"the continuation {continuation!r} encodes to no tokens after its context")
+        tokens = ctx + cont
+        if len(cont) >= window:
+            raise ValueError(
+                f"a continuation of {len(cont)} tokens does not fit the {window - 1}-token window"
+            )
+        return TokenPair(tokens[-window:], len(cont), len(tokens) > window)
+
+
+class Scorer:
+    """Log-probabilities of sequence tails. ``window``: tokens per sequence a pair may keep."""
+
+    window: int
+    name: str
+
+    def score(self, pairs: Sequence[TokenPair]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+class LocalScorer(Scorer):
+    """Scoring with a model in this process: dedupe rows, batch them, gather target log-probs."""
+
+    def __init__(self, model: torch.nn.Module, max_length: int, batch_size: int, name: str) -> None:
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.max_length = max_length
+        self.window = max_length + 1  # the last token is only a target, never an input
+        self.batch_size = max(1, batch_size)
+        self.name = name
+
+    @torch.inference_mode()
+    def score(self, pairs: Sequence[TokenPair]) -> list[list[float]]:
+        # row = model input (tokens minus the last); several pairs may share one row
+        row_of: dict[tuple[tuple[int, ...], int], int] = {}
+        rows: list[list[int]] = []
+        n_last: list[int] = []
+        members: list[int] = []
+        for p in pairs:
+            key = (tuple(p.tokens[:-1]), p.n_scored)
+            if key not in row_of:
+                row_of[key] = len(rows)
+                rows.append(p.tokens[:-1])
+                n_last.append(p.n_scored)
+            members.append(row_of[key])
+        # the row's log-softmax over its last n positions, kept only until its pairs are gathered
+        logprobs: dict[int, torch.Tensor] = {}
+        out: list[list[float] | None] = [None] * len(pairs)
+        pending = list(range(len(pairs)))
+        done_rows = 0
+        for start in range(0, len(rows), self.batch_size):
+            idx = list(range(start, min(start + self.batch_size, len(rows))))
+            for i, lp in zip(idx, self._last_logprobs([rows[i] for i in idx], [n_last[i] for i in idx])):
+                logprobs[i] = lp
+            done_rows = idx[-1] + 1
+            still = []
+            for j in pending:
+                r = members[j]
+                if r >= done_rows:
+                    still.append(j)
+                    continue
+                p = pairs[j]
+                targets = torch.tensor(p.tokens[-p.n_scored :], device=logprobs[r].device)
+                out[j] = logprobs[r].gather(-1, targets[:, None])[:, 0].tolist()
+            pending = still
+            logprobs = {i: t for i, t in logprobs.items() if any(members[j] == i for j in pending)}
+        return out  # type: ignore[return-value]
+
+    def _last_logprobs(self, rows: list[list[int]], n_last: list[int]) -> list[torch.Tensor]:
+        """For each row, float32 log-softmax of its last ``n`` positions: [n, vocab]."""
+        raise NotImplementedError
+
+
+class TransformersScorer(LocalScorer):
+    """Any ``transformers`` causal LM: one right-padded forward per batch (like lm-eval's ``hf``)."""
+
+    def _last_logprobs(self, rows: list[list[int]], n_last: list[int]) -> list[torch.Tensor]:
+        T = max(len(r) for r in rows)
+        ids = torch.tensor([r + [0] * (T - len(r)) for r in rows], device=self.device)
+        logits = self.model(ids).logits
+        return [
+            logits[i, len(r) - n : len(r)].float().log_softmax(-1)
+            for i, (r, n) in enumerate(zip(rows, n_last))
+        ]
+
+
+class SeekforgeScorer(LocalScorer):
+    """A seekforge (DeepSeek-V3) model: the batch's shared token prefix runs once in the MLA cache.
+
+    Slot 0 of the cache holds the prefix and survives between batches: when the next batch of the
+    same subject starts with the same tokens (the few-shot block), only its new tokens run. Rows use
+    slots 1..B, which get a copy of the prefix latents (d_c + d_r numbers per token and layer).
+    """
+
+    def __init__(self, model: torch.nn.Module, max_length: int, batch_size: int, name: str) -> None:
+        super().__init__(model, max_length, batch_size, name)
+        self.cache = None
+        self.cached: list[int] = []  # tokens whose latents sit in slot 0
+
+    def _ensure_cache(self, slots: int, length: int) -> None:
+        """Grow the cache when a batch needs more slots or positions, keeping slot 0's prefix."""
+        old = self.cache
+        if old is not None and old.num_slots >= slots and old.max_len >= length:
+            return
+        slots = max(slots, old.num_slots if old else 0)
+        length = min(max(length, 2 * old.max_len if old else 0), self.max_length + 1)  # grow by doubling
+        self.cache = self.model.new_cache(slots, length)
+        if old is not None:
+            for new_buf, old_buf in zip((*self.cache.kv, *self.cache.pe), (*old.kv, *old.pe)):
+                new_buf[0, : old.max_len] = old_buf[0]
+
+    def _prefill_prefix(self, prefix: list[int]) -> None:
+        keep = _common_prefix([self.cached, prefix]) if self.cached else 0
+        if keep == len(prefix):  # already in slot 0
+            return
+        new = torch.tensor([prefix[keep:]], device=self.device)
+        self.model.forward_cached(
+            new, self.cache, torch.tensor([0], device=self.device), torch.tensor([keep], device=self.device)
+        )
+        self.cached = list(prefix)
+
+    def _last_logprobs(self, rows: list[list[int]], n_last: list[int]) -> list[torch.Tensor]:
+        B = len(rows)
+        # Each row's scored positions must come after the prefix (their logits are computed below).
+        P = min(_common_prefix(rows), min(len(r) - n for r, n in zip(rows, n_last)))
+        self._ensure_cache(B + 1, max(len(r) for r in rows))
+        slots = torch.arange(1, B + 1, device=self.device)
+        if P > 0:
+            self._prefill_prefix(rows[0][:P])
+            for kv in (*self.cache.kv, *self.cache.pe):
+                kv[1 : B + 1, :P] = kv[0, :P]
+        S = max(len(r) for r in rows) - P
+        ids = torch.tensor([r[P:] + [0] * (S - len(r) + P) for r in rows], device=self.device)
+        logits = self.model.forward_cached(
+            ids, self.cache, slots, torch.full((B,), P, device=self.device)
+        ).logits
+        return [
+            logits[i, len(r) - P - n : len(r) - P].float().log_softmax(-1)
+            for i, (r, n) in enumerate(zip(rows, n_last))
+        ]
+
+
+NO_LOGPROBS = (
+    "this endpoint cannot score log-likelihoods (seekforge serve and vLLM can; llama.cpp's server "
+    "cannot). Use it for --gen only, or evaluate the model directory."
+)
+
+
+class EndpointError(ValueError):
+    """The endpoint answered with an error or without what scoring needs."""
+
+
+def post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: float = 600.0) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    req = urllib.request.Request(url, json.dumps(body).encode("utf-8"), headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", "replace")[:500]
+        raise EndpointError(f"{url}: HTTP {e.code}: {detail}") from None
+    except urllib.error.URLError as e:
+        raise EndpointError(f"{url}: cannot connect ({e.reason})") from None
+
+
+class EndpointScorer(Scorer):
+    """``/v1/completions`` with ``echo`` and ``logprobs``: the prompt's own token log-probs.
+
+    Sends token-id prompts (``max_tokens`` 1, ``temperature`` 0, as lm-eval's ``local-completions``)
+    in batches; the server must accept token-id prompts and return prompt log-probs with echo.
+    """
+
+    def __init__(
+        self, base_url: str, model: str, api_key: str | None, max_length: int, batch_size: int
+    ) -> None:
+        self.url = base_url.rstrip("/")
+        if not self.url.endswith("/completions"):
+            self.url += "/completions" if self.url.endswith("/v1") else "/v1/completions"
+        self.model_name, self.api_key = model, api_key
+        self.window = max_length  # the echoed prompt itself must fit the server's context
+        self.batch_size = max(1, batch_size)
+        self.name = model
+
+    def score(self, pairs: Sequence[TokenPair]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            body = {
+                "model": self.model_name,
+                "prompt": [p.tokens for p in chunk],
+                "max_tokens": 1,
+                "logprobs": 1,
+                "echo": True,
+                "temperature": 0,
+            }
+            try:
+                reply = post_json(self.url, body, self.api_key)
+            except EndpointError as e:
+                raise EndpointError(
+                    f"{e}\nThe endpoint refused a log-likelihood request (echo=true + logprobs "
+                    f"over token ids): {NO_LOGPROBS}"
+                ) from None
+            choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
+            if len(choices) != len(chunk):
+                raise EndpointError(f"{self.url}: {len(choices)} choices for {len(chunk)} prompts")
+            for p, ch in zip(chunk, choices):
+                lps = (ch.get("logprobs") or {}).get("token_logprobs")
+                if not lps or len(lps) < len(p.tokens):
+                    raise EndpointError(
+                        f"{self.url} returned no prompt log-probabilities for echo=true + "
+                        f"logprobs: {NO_LOGPROBS}"
+                    )
+                tail = lps[len(p.tokens) - p.n_scored : len(p.tokens)]
+                if any(v is None for v in tail):
+                    raise EndpointError(f"{self.url}: a scored token came back without a log-probability")
+                out.append([float(v) for v in tail])
+        return out
