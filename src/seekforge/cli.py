@@ -29,6 +29,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "seekforge.serve.cli": ("serve",),
     "seekforge.finetune.cli": ("sft", "distill", "merge"),
     "seekforge.plan.cli": ("plan",),
+    "seekforge.compress.cli": ("quantize", "prune"),
 }
 
 
