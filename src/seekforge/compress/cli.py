@@ -2,6 +2,7 @@
 
     seekforge quantize runs/x/final --method int8 --out runs/x/int8
     seekforge quantize runs/x/final --method awq --group-size 128 --calib val.jsonl --out runs/x/awq
+    seekforge prune runs/x/final --method experts --ratio 0.25 --data val.jsonl --out runs/x/experts75
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="leaf module name to keep in high precision (repeatable, e.g. --keep o_proj)")
     q.add_argument("--out", required=True, help="output directory")
     q.set_defaults(func=run_quantize)
+    register_prune(subparsers)
 
 
 def run_quantize(args: argparse.Namespace) -> int:
@@ -64,5 +66,66 @@ def run_quantize(args: argparse.Namespace) -> int:
     if before is not None:
         print(f"bits per byte on {args.calib} ({windows.num_docs} docs): {before:.4f} -> {after:.4f} "
               f"({(after - before) / before:+.2%})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register_prune(subparsers: argparse._SubParsersAction) -> None:
+    from seekforge.compress.prune import METHODS
+
+    p = subparsers.add_parser("prune", help="magnitude / structured / expert pruning of a model directory")
+    p.add_argument("model_dir", help="seekforge (HF DeepSeek-V3) model directory")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--ratio", type=float, required=True, help="fraction to remove, in (0, 1)")
+    p.add_argument("--scope", choices=("global", "layer"), default="global",
+                   help="magnitude: one threshold over all matrices (global) or the ratio per matrix")
+    p.add_argument("--iterations", type=int, default=1, help="prune in K rounds (default 1)")
+    p.add_argument("--recover-steps", type=int, default=0,
+                   help="trainer steps on --data after each round (default 0: no recovery)")
+    p.add_argument("--lr", type=float, default=3e-4, help="recovery learning rate (default 3e-4)")
+    p.add_argument("--data", help="text for bits per byte, expert statistics and recovery (txt/jsonl/...)")
+    p.add_argument("--data-docs", type=int, default=256, help="documents read from --data for measuring")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run_prune)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from seekforge.compress.data import read_texts, token_windows
+    from seekforge.compress.prune import PruneSettings, prune_model
+    from seekforge.compress.quantize import directory_bytes
+    from seekforge.model import load_model, save_model
+    from seekforge.tokenizer import load_tokenizer
+
+    settings = PruneSettings(method=args.method, ratio=args.ratio, scope=args.scope,
+                             iterations=args.iterations, recover_steps=args.recover_steps)
+    settings.validate()
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
+    tokenizer = load_tokenizer(model_dir)
+    windows = None
+    if args.data:
+        windows = token_windows(tokenizer, read_texts(args.data, args.data_docs, "--data"), 256)
+    model = load_model(model_dir, device="cpu", dtype=torch.float32)
+    with tempfile.TemporaryDirectory(prefix="seekforge-prune-") as work:
+        model, report = prune_model(model, settings, windows, args.data, model_dir, Path(work), lr=args.lr)
+    save_model(model, args.out, tokenizer=model_dir)
+    size_in, size_out = directory_bytes(model_dir), directory_bytes(args.out)
+    kind = "non-zero parameters" if args.method == "magnitude" else "parameters"
+    print(f"{args.method} {args.ratio:g} in {args.iterations} round(s): {kind} "
+          f"{human_count(report.params_before)} -> {human_count(report.params_after)}; "
+          f"weights {human_bytes(size_in)} -> {human_bytes(size_out)}")
+    if report.sparsity is not None:
+        print(f"sparsity of the prunable matrices: {report.sparsity:.1%} "
+              "(stored dense: the file does not shrink)")
+    if args.method == "experts":
+        print(f"routed experts per layer: {report.n_routed_experts}")
+    if report.bpb_before is not None:
+        print(f"bits per byte on {args.data} ({windows.num_docs} docs): {report.bpb_before:.4f} -> "
+              f"{report.bpb_after:.4f} ({(report.bpb_after - report.bpb_before) / report.bpb_before:+.2%})")
     print(f"wrote {args.out}")
     return 0
