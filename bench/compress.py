@@ -1,7 +1,7 @@
 """Compression benchmark on small-moe: size on disk, val bits per byte, bs=1 greedy decode speed.
 
 The model is ``small-moe`` (random init, seed 0, the tokenizer of bench/_common.py) after a SHORT
-pretraining run on this machine (``--train-steps``, default 150 steps of 2048 tokens, on
+pretraining run on this machine (``--train-steps``, default 60 steps of 1024 tokens, on
 ../shared/data text; the last docs are held out for validation). Then, all in one run:
 
     fp32            the trained model
@@ -18,7 +18,7 @@ timed in process CPU time (``--timer cpu``, default: robust to other jobs on a s
 one thread) or wall time. llama.cpp: when ``seekforge.export.gguf.export_gguf`` and ``llama_cpp``
 both import, the fp32 model is exported to a GGUF (f32 and q8_0) and timed the same way.
 
-    .venv/bin/python bench/compress.py [--workdir DIR] [--train-steps 150] [--new-tokens 64]
+    .venv/bin/python bench/compress.py [--workdir DIR] [--train-steps 60] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def trained_model(workdir: Path, steps: int, train: Path) -> Path:
     init = small_moe_dir(workdir)
     cfg = load_config(TrainConfig, None, [*QUIET_RUN, f"model={init}", f"tokenizer={init}",
                                           f"data.train={train}", f"max_steps={steps}", f"out_dir={out}",
-                                          "lr=3e-3", "warmup_steps=20",
-                                          "seq_len=256", "micro_batch_size=8", "batch_tokens=2048",
+                                          "lr=3e-3", "warmup_steps=5",
+                                          "seq_len=256", "micro_batch_size=4", "batch_tokens=1024",
                                           "log_every=10", "mtp_loss_weight=0.3"])
     summary = Trainer(cfg, PretrainObjective()).run()
     from seekforge.finetune.cli import publish_final
@@ -86,8 +86,8 @@ def continued(workdir: Path, base: Path, train: Path, steps: int, qat: str | Non
     extra = [f"qat={qat}", "qat_group_size=128"] if qat else []
     cfg = load_config(SFTConfig, None, [*QUIET_RUN, f"model={base}", f"data={train}", "format=text",
                                         "method=full", f"max_steps={steps}", f"out_dir={out}", "lr=5e-4",
-                                        "warmup_steps=5", "seq_len=256", "micro_batch_size=8",
-                                        "batch_tokens=2048", "max_samples=2000",
+                                        "warmup_steps=5", "seq_len=256", "micro_batch_size=4",
+                                        "batch_tokens=1024", "max_samples=2000",
                                         "log_every=10", "seed=0", *extra])
     return publish_final(Trainer(cfg, SFTObjective()).run(), out)
 
@@ -200,8 +200,8 @@ def gguf_contenders(workdir: Path, fp32: Path) -> tuple[dict[str, tuple[str, Pat
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR / "compress")
-    ap.add_argument("--train-steps", type=int, default=150)
-    ap.add_argument("--qat-steps", type=int, default=40)
+    ap.add_argument("--train-steps", type=int, default=60)
+    ap.add_argument("--qat-steps", type=int, default=20)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -222,7 +222,7 @@ def main() -> None:
     t0 = time.perf_counter()
     fp32 = trained_model(args.workdir, args.train_steps, train)
     took = time.perf_counter() - t0
-    print(f"trained small-moe for {args.train_steps} steps x 2048 tokens ({took:.0f} s): {fp32}")
+    print(f"trained small-moe for {args.train_steps} steps x 1024 tokens ({took:.0f} s): {fp32}")
     tok = load_tokenizer(fp32)
     windows = token_windows(tok, read_texts(val, args.val_docs), seq_len=256)
     calib = token_windows(tok, read_texts(train, 128), seq_len=256, max_tokens=32768).rows
