@@ -267,6 +267,15 @@ class QuantRoutedExperts(nn.Module):
         flat = idx.reshape(-1)
         counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(
             0, flat, torch.ones_like(flat, dtype=torch.int32))
+        if N * K <= 4 and not torch.is_grad_enabled():
+            # Decode: one or two (token, choice) pairs; the sort and scatter below cost more than the
+            # math, so each pair goes straight through its expert (as the float model's decode path).
+            w = weights.reshape(-1).to(x.dtype)
+            ys = []
+            for j, e in enumerate(flat.tolist()):
+                gate, up = self.gate_up[e](x[j // K]).chunk(2, dim=-1)
+                ys.append(self.down[e](F.silu(gate) * up * w[j]))
+            return torch.stack(ys).view(N, K, -1).sum(dim=1), counts
         order = flat.argsort(stable=True)
         token = order // K
         gate_w = weights.reshape(-1)[order].to(x.dtype)
