@@ -31,6 +31,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "seekforge.plan.cli": ("plan",),
     "seekforge.export.cli": ("export",),
     "seekforge.eval.cli": ("eval",),
+    "seekforge.compress.cli": ("quantize", "prune"),
 }
 
 

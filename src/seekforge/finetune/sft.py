@@ -62,6 +62,9 @@ class SFTConfig(TrainConfig):
     lora: LoraSettings = field(default_factory=LoraSettings)
     freeze: FreezeSettings = field(default_factory=FreezeSettings)
     prefix: PrefixSettings = field(default_factory=PrefixSettings)
+    # quantization-aware training (seekforge.compress.qat): int8 | int4 fake-quantized weights
+    qat: str | None = None
+    qat_group_size: int = 128  # int4: use the same --group-size when quantizing the result
     # --- SFT-sized defaults of the shared trainer keys -----------------------------------------
     seq_len: int = 1024  # max tokens per example / packed row (longer examples are truncated)
     batch_tokens: int = 8192
@@ -84,6 +87,13 @@ class SFTConfig(TrainConfig):
             raise ConfigError(
                 "data: required (a .json/.jsonl/... file or a dataset name from dataset_info.json)"
             )
+        if self.qat:
+            from seekforge.compress.qat import parse_qat
+
+            parse_qat(self.qat)
+            if self.method not in ("full", "freeze"):
+                raise ConfigError(f"qat: trains the base weights, so it needs method full or freeze "
+                                  f"(got method={self.method})")
         if not 0.0 <= self.val_size < 1.0:
             raise ConfigError(f"val_size: must be in [0, 1) (got {self.val_size})")
         if self.lora.rank < 1:
@@ -296,6 +306,10 @@ class SFTObjective(Objective):
             quantize_4bit=cfg.method == "qlora",
         )
         base = unwrap(model)
+        if getattr(base, "quantization", None):
+            raise ConfigError(f"model: {cfg.model} is a `seekforge quantize` output; fine-tuning a quantized "
+                              "base is not supported: fine-tune the float model (qat=int4 trains it for "
+                              "int4) and quantize the result")
         vocab = base.config.vocab_size
         if len(self.tokenizer) > vocab:
             raise ConfigError(
@@ -311,6 +325,12 @@ class SFTObjective(Objective):
         model = prepare(
             model, kind, cfg.method, lora=cfg.lora, freeze=cfg.freeze, prefix=cfg.prefix, sample_ids=sample
         )
+        if cfg.qat:
+            from seekforge.compress.qat import apply_qat, parse_qat
+
+            if kind != "seekforge":
+                raise ConfigError("qat: available for seekforge (DeepSeek-V3) base models only")
+            apply_qat(base, parse_qat(cfg.qat), cfg.qat_group_size)
         if kind == "seekforge" and base.config.num_nextn_predict_layers and base.config.mtp_loss_weight == 0:
             # MTP modules get no gradient without their loss: freeze them, or DDP waits for their grads.
             for layer in base.mtp_layers:

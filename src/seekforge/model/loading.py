@@ -59,8 +59,11 @@ def load_model(preset_or_dir: str | Path | ModelConfig, *, device: torch.device 
     dt = parse_dtype(dtype, dev)
     if not is_dir:
         return build_model(cfg, dev, dt, kernels=kernels)
+    from seekforge.compress.quantize import load_quantized, read_quantization_config
     from seekforge.model.hf import load_checkpoint
 
+    if read_quantization_config(spec):  # a `seekforge quantize` output: quantized modules swapped in
+        return load_quantized(spec, cfg, dev, dt)
     cfg, state = load_checkpoint(spec, cfg)
     model = build_model(cfg, dev, dt, init=False, kernels=kernels)
     missing, unexpected = model.load_state_dict(state, strict=False)
