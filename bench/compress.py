@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_WORKDIR, corpus, small_moe_dir  # noqa: E402
+from _common import DEFAULT_WORKDIR, corpus, small_moe_dir
 
 PROMPT = "The history of the city begins"
 
@@ -103,7 +103,7 @@ def quantized(workdir: Path, src: Path, name: str, method: str, lm_head: str, ca
     return out
 
 
-def pruned_experts(workdir: Path, src: Path, windows) -> Path:  # noqa: ANN001
+def pruned_experts(workdir: Path, src: Path, windows) -> Path:
     from seekforge.compress.prune import PruneSettings, prune_model
     from seekforge.model import load_model, save_model
 
@@ -119,7 +119,7 @@ def pruned_experts(workdir: Path, src: Path, windows) -> Path:  # noqa: ANN001
 # ---------------------------------------------------------------------------------------------
 
 
-def _worker(conn, kind: str, path: str, prompt: list[int], n: int, threads: int, timer: str) -> None:  # noqa: ANN001
+def _worker(conn, kind: str, path: str, prompt: list[int], n: int, threads: int, timer: str) -> None:
     import torch
 
     torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import DEFAULT_WORKDIR, small_moe_dir  # noqa: E402
+from _common import DEFAULT_WORKDIR, small_moe_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "eval"

@@ -18,8 +18,8 @@ from typing import Any
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import lm_eval  # noqa: E402
-import yaml  # noqa: E402
+import lm_eval
+import yaml
 
 LM_EVAL_TASKS = Path(lm_eval.__file__).parent / "tasks"
 TEMPLATE = {

@@ -165,7 +165,7 @@ class _NoLogprobs(BaseHTTPRequestHandler):
 
     refuse = False
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         prompts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["prompt"]
         if self.refuse:
             body, code = {"error": {"message": "Only no echo is supported"}}, 400
@@ -181,7 +181,7 @@ class _NoLogprobs(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, *args) -> None:  # noqa: ANN002
+    def log_message(self, *args) -> None:
         pass
 
 

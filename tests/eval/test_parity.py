@@ -22,9 +22,9 @@ import pytest
 
 pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install lm-eval[hf])")
 sys.path.insert(0, str(Path(__file__).parent))
-import lm_eval_reference  # noqa: E402
+import lm_eval_reference
 
-from seekforge.cli import main  # noqa: E402
+from seekforge.cli import main
 
 SUBJECTS = [
     ("mmlu", "world_religions"),

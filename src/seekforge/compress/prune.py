@@ -190,7 +190,7 @@ def expert_usage(model: nn.Module, batches: list[Tensor]) -> Tensor:
     return total
 
 
-def experts_to_drop(cfg, ratio: float) -> int:  # noqa: ANN001
+def experts_to_drop(cfg, ratio: float) -> int:
     """Experts removed per layer: a multiple of n_group (equal groups), routing still possible."""
     E, G = cfg.n_routed_experts, max(cfg.n_group, 1)
     drop = round(E * ratio / G) * G
@@ -207,7 +207,7 @@ def experts_to_drop(cfg, ratio: float) -> int:  # noqa: ANN001
     return drop
 
 
-def expert_rounds(cfg, ratio: float, iterations: int) -> list[int]:  # noqa: ANN001
+def expert_rounds(cfg, ratio: float, iterations: int) -> list[int]:
     """Experts dropped per layer in each round: whole steps of n_group, spread over the rounds."""
     G = max(cfg.n_group, 1)
     steps = experts_to_drop(cfg, ratio) // G

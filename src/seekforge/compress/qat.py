@@ -39,7 +39,7 @@ class _FakeQuantWeights:
     _qat_bits: int = 8
     _qat_group_size: int = 128
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         value = super().__getattr__(name)
         if name in self._qat_names and isinstance(value, Tensor):
             if value.dim() == 3:  # stacked experts [E, out, in]: each expert row-wise, like PTQ

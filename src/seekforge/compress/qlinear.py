@@ -174,7 +174,7 @@ class QuantLinear(nn.Module):
             out["input_scale"] = self.input_scale.cpu()
         return {k: v.contiguous() for k, v in out.items()}
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001
+    def _apply(self, fn, recurse: bool = True):
         self._kernel_cache = {}  # rebuilt for the new device / dtype on the next kernel call
         return super()._apply(fn, recurse)
 
