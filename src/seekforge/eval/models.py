@@ -81,7 +81,7 @@ def context_length(config: Any) -> int:
 
 
 def _is_chat_tokenizer(tokenizer: Any) -> bool:
-    from seekforge.tokenizer.train import FALLBACK_CHAT_TEMPLATE
+    from seekforge.tokenizer.load import FALLBACK_CHAT_TEMPLATE
 
     template = getattr(tokenizer, "chat_template", None)
     return bool(template) and template != FALLBACK_CHAT_TEMPLATE
