@@ -8,7 +8,7 @@ own task templates (``tests/eval/lm_eval_reference.py``), with ``include_default
 not spend time indexing its thousands of built-in tasks. Both contenders' accuracies are printed:
 equal numbers show they did the same work.
 
-    python bench/eval_speed.py [--limit 10] [--threads 2] [--lm-eval-batch 8 1] [--repeat 2]
+    python bench/eval_speed.py [--limit 10] [--batch 16] [--lm-eval-batch 1 8 16 auto] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def run_seekforge(model: Path, limit: int, batch: int) -> dict:
     return {b: {"acc": r["acc"], "n": r["n"]} for b, r in res.items()}
 
 
-def run_lm_eval(model: Path, limit: int, batch: int) -> dict:
+def run_lm_eval(model: Path, limit: int, batch: int | str) -> dict:
     sys.path.insert(0, str(REPO / "tests" / "eval"))
     import lm_eval_reference as ref
 
@@ -74,12 +74,15 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    fn = run_seekforge if args.child == "seekforge" else run_lm_eval
-    res = fn(Path(args.model), args.limit, args.batch)
+    if args.child == "seekforge":
+        res = run_seekforge(Path(args.model), args.limit, int(args.batch))
+    else:  # lm-eval takes an int or "auto" / "auto:N"
+        batch = int(args.batch) if args.batch.isdigit() else args.batch
+        res = run_lm_eval(Path(args.model), args.limit, batch)
     print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0, "tasks": res}))
 
 
-def spawn(kind: str, model: Path, args: argparse.Namespace, batch: int) -> dict:
+def spawn(kind: str, model: Path, args: argparse.Namespace, batch: int | str) -> dict:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -124,8 +127,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=10, help="questions per subject (6 subjects)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=8, help="seekforge eval --batch-size")
-    ap.add_argument("--lm-eval-batch", type=int, nargs="+", default=[1], help="lm-eval --batch_size values")
+    ap.add_argument("--batch", default="16", help="seekforge eval --batch-size")
+    ap.add_argument(
+        "--lm-eval-batch", nargs="+", default=["1"], help="lm-eval --batch_size values (ints or auto)"
+    )
     ap.add_argument(
         "--repeat", type=int, default=1, help="interleaved runs per contender (best wall is shown)"
     )
@@ -138,6 +143,7 @@ def main() -> None:
         return
     model = small_moe_dir(args.workdir)
     n = args.limit * len(SUBJECTS)
+    load_before = os.getloadavg()[0]
     contenders = [("seekforge eval", "seekforge", args.batch)] + [
         ("lm-eval hf", "lm-eval", b) for b in args.lm_eval_batch
     ]
@@ -150,7 +156,7 @@ def main() -> None:
     print(
         f"\nsmall-moe (random init), 5-shot, {n} questions ({args.limit} x {len(SUBJECTS)} subjects), "
         f"{args.threads} threads, one process per contender, best wall of {args.repeat} interleaved runs; "
-        f"load average now {os.getloadavg()[0]:.2f}"
+        f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     )
     print(
         "| contender | batch | wall s | questions/s | wall vs seekforge | CPU s | peak RSS MB | "

@@ -51,3 +51,31 @@ def test_transformers_scorer_equals_full_forward(llama_dir):
     got = TransformersScorer(model, 4096, batch_size=3, name="t").score(pairs)
     want = reference(model, pairs)
     assert max(abs(a - b) for x, y in zip(got, want) for a, b in zip(x, y)) < 1e-4
+
+
+def test_plan_batches_covers_every_row_once_and_cuts_padding():
+    from seekforge.eval.scoring import BATCH_OVERHEAD_TOKENS, plan_batches
+
+    lengths = [400, 30, 35, 410, 32, 28, 390, 33]
+    batches = plan_batches(lengths, max_rows=8)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 8 for b in batches)
+    assert [sorted(b) for b in batches] == [[0, 3, 6], [1, 2, 4, 5, 7]]  # long ones apart from short ones
+    cost = sum(len(b) * max(lengths[i] for i in b) + BATCH_OVERHEAD_TOKENS for b in batches)
+    assert cost < len(lengths) * max(lengths) + BATCH_OVERHEAD_TOKENS  # less than one padded batch
+    assert sorted(len(b) for b in plan_batches([50] * 10, max_rows=4)) == [2, 4, 4]  # the row limit holds
+
+
+def test_forward_cached_without_logits_gives_the_same_hidden(sf_model_dir):
+    from seekforge.model import load_model
+
+    model = load_model(str(sf_model_dir), device="cpu", dtype=torch.float32).eval()
+    ids = torch.randint(3, 512, (2, 9), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for with_logits in (True, False):
+        cache = model.new_cache(2, 16)
+        slots, start = torch.arange(2), torch.zeros(2)
+        outs.append(model.forward_cached(ids, cache, slots, start, with_logits=with_logits))
+    assert outs[1].logits.shape == (2, 9, 0)
+    torch.testing.assert_close(outs[1].hidden, outs[0].hidden)
+    torch.testing.assert_close(model.lm_head(outs[1].hidden), outs[0].logits)

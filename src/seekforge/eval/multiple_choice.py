@@ -46,6 +46,9 @@ def argmax_first(values: list[float]) -> int:
     return best
 
 
+CALL_BATCHES = 8  # batches per scorer call: room to group questions of similar length
+
+
 def score_subjects(
     subjects: list[Subject],
     tokens: Tokens,
@@ -53,13 +56,17 @@ def score_subjects(
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> list[Sample]:
-    """All questions of all subjects, ``batch_size`` questions per scorer call (subject by subject, so a
-    batch shares its few-shot prefix)."""
+    """All questions of all subjects, subject by subject (so a batch shares its few-shot prefix).
+
+    Each scorer call gets up to ``CALL_BATCHES`` batches' worth of questions, which it sorts by length
+    into batches of at most ``batch_size`` rows; the progress bar moves once per call.
+    """
     samples: list[Sample] = []
+    per_call = batch_size * CALL_BATCHES
     for subject in subjects:
         qs = subject.questions
-        for start in range(0, len(qs), batch_size):
-            chunk = qs[start : start + batch_size]
+        for start in range(0, len(qs), per_call):
+            chunk = qs[start : start + per_call]
             pairs, spans = [], []
             for q in chunk:
                 context = subject.context(q)

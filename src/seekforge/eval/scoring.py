@@ -104,6 +104,35 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
+# Fixed cost of one more forward, in tokens' worth of compute: on small-moe with 2 CPU threads a
+# cached forward after a 450-token prefix took ~20 ms + ~0.18 ms per token (bench/eval_speed.py's setup).
+BATCH_OVERHEAD_TOKENS = 100
+
+
+def plan_batches(lengths: Sequence[int], max_rows: int) -> list[list[int]]:
+    """Split rows into right-padded batches of at most ``max_rows`` that waste the least padding.
+
+    Rows are sorted longest first (as lm-eval's hf model sorts its requests), then cut into
+    consecutive runs by dynamic programming over the cost ``rows x longest row + overhead`` per
+    batch: a few long questions no longer pad a batch of short ones to their length.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[k]: cost of the first k rows in order
+    cut = [0] * (n + 1)
+    for k in range(1, n + 1):
+        for start in range(max(0, k - max_rows), k):
+            cost = best[start] + (k - start) * lengths[order[start]] + BATCH_OVERHEAD_TOKENS
+            if cost < best[k]:
+                best[k], cut[k] = cost, start
+    batches: list[list[int]] = []
+    k = n
+    while k > 0:
+        batches.append(order[cut[k] : k])
+        k = cut[k]
+    return batches[::-1]
+
+
 class LocalScorer(Scorer):
     """Scoring with a model in this process: dedupe rows, batch them, gather target log-probs."""
 
@@ -121,36 +150,23 @@ class LocalScorer(Scorer):
         row_of: dict[tuple[tuple[int, ...], int], int] = {}
         rows: list[list[int]] = []
         n_last: list[int] = []
-        members: list[int] = []
-        for p in pairs:
+        pairs_of_row: list[list[int]] = []
+        for j, p in enumerate(pairs):
             key = (tuple(p.tokens[:-1]), p.n_scored)
             if key not in row_of:
                 row_of[key] = len(rows)
                 rows.append(p.tokens[:-1])
                 n_last.append(p.n_scored)
-            members.append(row_of[key])
-        # the row's log-softmax over its last n positions, kept only until its pairs are gathered
-        logprobs: dict[int, torch.Tensor] = {}
-        out: list[list[float] | None] = [None] * len(pairs)
-        pending = list(range(len(pairs)))
-        done_rows = 0
-        for start in range(0, len(rows), self.batch_size):
-            idx = list(range(start, min(start + self.batch_size, len(rows))))
-            for i, lp in zip(idx, self._last_logprobs([rows[i] for i in idx], [n_last[i] for i in idx])):
-                logprobs[i] = lp
-            done_rows = idx[-1] + 1
-            still = []
-            for j in pending:
-                r = members[j]
-                if r >= done_rows:
-                    still.append(j)
-                    continue
-                p = pairs[j]
-                targets = torch.tensor(p.tokens[-p.n_scored :], device=logprobs[r].device)
-                out[j] = logprobs[r].gather(-1, targets[:, None])[:, 0].tolist()
-            pending = still
-            logprobs = {i: t for i, t in logprobs.items() if any(members[j] == i for j in pending)}
-        return out  # type: ignore[return-value]
+                pairs_of_row.append([])
+            pairs_of_row[row_of[key]].append(j)
+        out: list[list[float]] = [[] for _ in pairs]
+        for batch in plan_batches([len(r) for r in rows], self.batch_size):
+            logprobs = self._last_logprobs([rows[i] for i in batch], [n_last[i] for i in batch])
+            for i, lp in zip(batch, logprobs):  # the row's [n, vocab] log-softmax, dropped once gathered
+                for j in pairs_of_row[i]:
+                    targets = torch.tensor(pairs[j].tokens[-pairs[j].n_scored :], device=lp.device)
+                    out[j] = lp.gather(-1, targets[:, None])[:, 0].tolist()
+        return out
 
     def _last_logprobs(self, rows: list[list[int]], n_last: list[int]) -> list[torch.Tensor]:
         """For each row, float32 log-softmax of its last ``n`` positions: [n, vocab]."""
@@ -199,9 +215,18 @@ class SeekforgeScorer(LocalScorer):
         keep = _common_prefix([self.cached, prefix]) if self.cached else 0
         if keep == len(prefix):  # already in slot 0
             return
+        if 2 * keep < len(prefix):
+            # Mostly new tokens (another subject's few-shot block shares little more than BOS): a
+            # prefill from position 0 runs causal SDPA over expanded heads, cheaper than attending
+            # from hundreds of new tokens to the cache through the absorbed path.
+            keep = 0
         new = torch.tensor([prefix[keep:]], device=self.device)
         self.model.forward_cached(
-            new, self.cache, torch.tensor([0], device=self.device), torch.tensor([keep], device=self.device)
+            new,
+            self.cache,
+            torch.tensor([0], device=self.device),
+            torch.tensor([keep], device=self.device),
+            with_logits=False,  # nothing is scored inside the prefix
         )
         self.cached = list(prefix)
 
@@ -217,13 +242,15 @@ class SeekforgeScorer(LocalScorer):
                 kv[1 : B + 1, :P] = kv[0, :P]
         S = max(len(r) for r in rows) - P
         ids = torch.tensor([r[P:] + [0] * (S - len(r) + P) for r in rows], device=self.device)
-        logits = self.model.forward_cached(
-            ids, self.cache, slots, torch.full((B,), P, device=self.device)
-        ).logits
-        return [
-            logits[i, len(r) - P - n : len(r) - P].float().log_softmax(-1)
-            for i, (r, n) in enumerate(zip(rows, n_last))
-        ]
+        hidden = self.model.forward_cached(
+            ids, self.cache, slots, torch.full((B,), P, device=self.device), with_logits=False
+        ).hidden
+        # The head runs only at the scored positions (one per row for a one-token answer letter),
+        # not at every suffix position: on a small model it costs as much as several layers.
+        ends = [len(r) - P for r in rows]
+        scored = torch.cat([hidden[i, end - n : end] for i, (end, n) in enumerate(zip(ends, n_last))])
+        logprobs = self.model.lm_head(scored).float().log_softmax(-1)
+        return list(logprobs.split(n_last))
 
 
 NO_LOGPROBS = (

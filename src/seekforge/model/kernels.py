@@ -107,6 +107,11 @@ def grouped_matmul(x: Tensor, w: Tensor, counts: Tensor, offsets: Tensor) -> Ten
             device_type == "cuda" and torch.cuda.get_device_capability(x.device) >= (8, 0))):
         return torch._grouped_mm(x, w, offs=offsets)
     if device_type == "cpu":
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # Inference in eager mode: the op itself. The first eager call of a custom op imports
+            # torch._dynamo (over 1 s of startup for `seekforge eval`, measured); the wrapper is
+            # only needed for autograd and tracing.
+            return torch._grouped_mm(x, w, offs=offsets)
         return _grouped_mm_cpu(x, w, offsets)
     return grouped_mm_loop(x, w, counts)
 

@@ -6,6 +6,8 @@ Every model built here runs the fast kernels of :mod:`seekforge.model.kernels` u
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,19 @@ from seekforge.model.kernels import use_kernels
 from seekforge.model.model import DeepseekV3ForCausalLM
 
 
+@contextmanager
+def _no_meta_normal_init() -> Iterator[None]:
+    """Skip ``nn.init.normal_`` while building on the meta device (the weights are initialised or
+    loaded after ``to_empty``). On meta tensors that op runs through torch's Python reference, whose
+    first call imports ``torch._dynamo``: about 2 s of every command that loads a model."""
+    normal = torch.nn.init.normal_
+    torch.nn.init.normal_ = lambda tensor, *args, **kwargs: tensor
+    try:
+        yield
+    finally:
+        torch.nn.init.normal_ = normal
+
+
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                 init: bool = True, kernels: bool = True) -> DeepseekV3ForCausalLM:
     """Construct on the meta device (no wasted init), then materialise on ``device`` and initialise.
@@ -24,7 +39,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: tor
     grouped-matmul experts and the fused loss (:func:`seekforge.model.kernels.use_kernels`); False
     keeps the reference implementations (same parameters, same results up to rounding).
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _no_meta_normal_init():
         model = DeepseekV3ForCausalLM(cfg)
     if kernels:
         use_kernels(model)

@@ -103,7 +103,9 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
     transformers' ``_compute_yarn_parameters`` (``modeling_rope_utils.py``).
     """
     d_r, base = cfg.qk_rope_head_dim, float(cfg.rope_theta)
-    inv_freq = 1.0 / base ** (torch.arange(0, d_r, 2, dtype=torch.float64) / d_r)
+    # d_r/2 numbers, always computed on the CPU (the caller moves them): under a meta-device build,
+    # meta arange runs through torch's Python reference, whose first call imports torch._dynamo (~2 s).
+    inv_freq = 1.0 / base ** (torch.arange(0, d_r, 2, dtype=torch.float64, device="cpu") / d_r)
     if _rope_kind(cfg) != "yarn":
         return inv_freq.float(), 1.0
     rs = cfg.rope_scaling or {}
@@ -122,7 +124,7 @@ def rope_inv_freq(cfg: ModelConfig) -> tuple[Tensor, float]:
         high += 0.001  # avoid 0/0
     # Computed in fp32 like HF so exported models give bit-comparable frequencies.
     inv_freq = inv_freq.float()
-    ramp = ((torch.arange(d_r // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    ramp = ((torch.arange(d_r // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
     inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)
     # Multiplier on cos/sin: 1 for all released configs (mscale == mscale_all_dim).
     attn_factor = rs.get("attention_factor")
@@ -799,17 +801,19 @@ class DeepseekV3ForCausalLM(nn.Module):
 
     @torch.no_grad()
     def forward_cached(self, input_ids: Tensor, cache: MLACache, slots: Tensor,
-                       start_pos: Tensor) -> ModelOutput:
+                       start_pos: Tensor, with_logits: bool = True) -> ModelOutput:
         """Run ``input_ids`` [B, T] at positions start_pos[b] .. +T-1 of cache slot slots[b].
 
         The new latents are written to the cache. T>1 with every row at position 0 is a prefill (SDPA
         over the chunk); anything else attends to the cache with the absorbed-MLA path
         (:meth:`decode_step`). Returns ``logits`` [B, T, V] and ``hidden`` [B, T, d] (after the final
-        norm; MTP depth-1 input).
+        norm; MTP depth-1 input). ``with_logits=False`` leaves ``logits`` empty (shape [B, T, 0]): a
+        caller that needs only a few positions' logits applies ``lm_head`` to those rows of
+        ``hidden`` (on a small model the head is a large share of the work).
         """
         B, T = input_ids.shape
         slots, positions, length, prefill = self._cache_args(cache, slots, start_pos, T, input_ids.device)
-        return self._main_cached(input_ids, cache, slots, positions, length, prefill)
+        return self._main_cached(input_ids, cache, slots, positions, length, prefill, with_logits)
 
     def decode_step(self, input_ids: Tensor, cache: MLACache, slots: Tensor, positions: Tensor,
                     length: int) -> ModelOutput:
@@ -824,14 +828,15 @@ class DeepseekV3ForCausalLM(nn.Module):
         return self._main_cached(input_ids, cache, slots, positions, length, prefill=False)
 
     def _main_cached(self, input_ids: Tensor, cache: MLACache, slots: Tensor, positions: Tensor, length: int,
-                     prefill: bool) -> ModelOutput:
+                     prefill: bool, with_logits: bool = True) -> ModelOutput:
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, h.dtype)
         for i, layer in enumerate(self.main_layers):
             view = CacheView(cache.kv[i], cache.pe[i], slots, positions, length)
             h = layer.forward_cached(h, cos, sin, view, prefill)
         h = self.model.norm(h)
-        return ModelOutput(logits=self.lm_head(h), hidden=h)
+        logits = self.lm_head(h) if with_logits else h.new_empty(*h.shape[:-1], 0)
+        return ModelOutput(logits=logits, hidden=h)
 
     @torch.no_grad()
     def mtp_forward_cached(self, hidden: Tensor, next_ids: Tensor, cache: MLACache, slots: Tensor,
