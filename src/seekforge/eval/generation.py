@@ -18,14 +18,13 @@ Metrics (all on a 0-100 scale):
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from seekforge.eval.models import EvalModel, GenRequest, GenSettings
-from seekforge.eval.tasks import has_cjk
+from seekforge.eval.tasks import has_cjk, json_objects
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[a-z0-9]+")
 
@@ -48,18 +47,8 @@ def read_gen_file(path: str | Path) -> list[GenItem]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--gen {path}: no such file")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for ln, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{ln}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{ln}: expected an object with prompt/messages and reference")
-            items.append(_item(path, ln, rec))
+    items = [_item(path, ln, rec) for ln, rec in
+             json_objects(path, "--gen", "an object with prompt/messages and reference")]
     if not items:
         raise ValueError(f"--gen {path}: no records")
     return items

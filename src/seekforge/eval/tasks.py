@@ -274,24 +274,27 @@ def has_cjk(text: str) -> bool:
     return bool(_CJK.search(text))
 
 
+def json_objects(path: Path, flag: str, expected: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, object) of a JSON-lines file, read by seekforge's one file reader (so ``.gz``/``.zst``
+    and a UTF-8 BOM work); a line that is not a JSON object is an error naming file and line."""
+    from seekforge.data.readers import iter_records
+
+    out = []
+    for rec in iter_records(path):
+        if rec.error is not None:
+            raise ValueError(f"{flag} {rec.where}: {rec.error}")
+        if not isinstance(rec.value, dict):
+            raise ValueError(f"{flag} {rec.where}: expected {expected}")
+        out.append((rec.row, rec.value))
+    return out
+
+
 def _file_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line, record) from a .jsonl or a .csv with a header."""
     if not path.is_file():
         raise FileNotFoundError(f"--task-file {path}: no such file")
     if path.suffix == ".jsonl":
-        out = []
-        with open(path, encoding="utf-8") as f:
-            for ln, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{ln}: not valid JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise ValueError(f"{path}:{ln}: expected a JSON object with question, choices, answer")
-                out.append((ln, rec))
-        return out
+        return json_objects(path, "--task-file", "a JSON object with question, choices, answer")
     if path.suffix == ".csv":
         rows = list(_iter_csv_dicts(path))
         return rows
