@@ -33,7 +33,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,33 @@ class DataReport:
             lines.append(f"{len(self.bad)} bad rows ({kinds}); first ones:")
             lines += [f"  {b}" for b in self.bad[:show]]
         return "\n".join(lines)
+
+    def skipped_any(self) -> bool:
+        """Whether some rows were left out (worth a warning)."""
+        return bool(self.bad)
+
+
+def read_datasets(specs: list[DatasetSpec], load_one: Callable[[DatasetSpec, DataReport], list],
+                  report: DataReport, max_samples: int | None, label: str, noun: str) -> list:
+    """Every dataset through ``load_one``, capped by its own ``num_samples`` and then ``max_samples``,
+    counted in ``report``; a warning when rows were left out, :class:`DataError` when none is usable.
+    ``label``/``noun`` name the data in those messages ("data"/"examples")."""
+    items: list = []
+    for spec in specs:
+        got = load_one(spec, report)
+        for cap in (spec.num_samples, max_samples):
+            if cap is not None:
+                got = got[:cap]
+        report.per_dataset[spec.name] = len(got)
+        items += got
+    report.used = len(items)
+    if report.skipped_any():
+        log.warning("%s: %s", label, report.summary())
+    if not items:
+        raise DataError(
+            f"no usable {noun} in " + ", ".join(str(s.path) for s in specs) + ":\n" + report.summary(show=10)
+        )
+    return items
 
 
 def _reason_kind(reason: str) -> str:
@@ -603,21 +630,7 @@ def load_examples(
     """
     values = {k: str(v) for k, v in (template_vars or {}).items()}
     report = DataReport()
-    examples: list[Example] = []
-    for spec in specs:
-        got = _load_one(spec, report)
-        for cap in (spec.num_samples, max_samples):
-            if cap is not None:
-                got = got[:cap]
-        report.per_dataset[spec.name] = len(got)
-        examples += got
-    report.used = len(examples)
-    if report.bad:
-        log.warning("data: %s", report.summary())
-    if not examples:
-        raise DataError(
-            "no usable examples in " + ", ".join(str(s.path) for s in specs) + ":\n" + report.summary(show=10)
-        )
+    examples: list[Example] = read_datasets(specs, _load_one, report, max_samples, "data", "examples")
     check_unfilled(examples, values)
     for ex in examples:
         _fill_example(ex, values)

@@ -32,6 +32,7 @@ from seekforge.finetune.datasets import (
     _check_tags,
     convert_alpaca,
     convert_chat,
+    read_datasets,
     read_records,
 )
 
@@ -67,6 +68,9 @@ class PairReport(DataReport):
         if self.identical:
             text += f"\n{self.identical} pairs skipped: chosen == rejected"
         return text
+
+    def skipped_any(self) -> bool:
+        return bool(self.bad or self.identical)
 
 
 def detect_pair_format(rows: list[Any], where: str) -> str:
@@ -137,24 +141,8 @@ def load_pairs(
 ) -> tuple[list[PreferencePair], PairReport]:
     """Read and validate every dataset's pairs; raise :class:`DataError` if none is usable."""
     report = PairReport()
-    pairs: list[PreferencePair] = []
-    for spec in specs:
-        got = _load_one(spec, report)
-        for cap in (spec.num_samples, max_samples):
-            if cap is not None:
-                got = got[:cap]
-        report.per_dataset[spec.name] = len(got)
-        pairs += got
-    report.used = len(pairs)
-    if report.bad or report.identical:
-        log.warning("preference data: %s", report.summary())
-    if not pairs:
-        raise DataError(
-            "no usable preference pairs in "
-            + ", ".join(str(s.path) for s in specs)
-            + ":\n"
-            + report.summary(show=10)
-        )
+    pairs: list[PreferencePair] = read_datasets(specs, _load_one, report, max_samples, "preference data",
+                                                "preference pairs")
     log.info(
         "preference data: %d pairs from %s",
         len(pairs),
