@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seekforge.model.model import CacheView, MLAttention, _write_cache
+from seekforge.model.cache import CacheView, write_cache
+from seekforge.model.model import MLAttention
 
 PREFIX_TYPE = "SEEKFORGE_MLA_PREFIX"
 
@@ -57,7 +58,7 @@ class PrefixMLAttention(MLAttention):
         H, P = self.n_heads, self.prefix_kv.shape[0]
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
         if cache is not None:  # the cache holds real tokens only; the prefix is added on read
-            _write_cache(cache, c, k_pe)
+            write_cache(cache, c, k_pe)
         pkv, ppe = self._prefix(B, c.dtype)
         c_all, pe_all = torch.cat([pkv, c], dim=1), torch.cat([ppe, k_pe], dim=1)  # [B, P+T, .]
         S = P + T
@@ -85,7 +86,7 @@ class PrefixMLAttention(MLAttention):
         H, P, S = self.n_heads, self.prefix_kv.shape[0], cache.length
         positions = cache.positions
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
-        _write_cache(cache, c, k_pe)
+        write_cache(cache, c, k_pe)
         pkv, ppe = self._prefix(B, cache.kv.dtype)
         c_all = torch.cat([pkv, cache.kv[cache.slots, :S]], dim=1)  # [B, P+S, d_c]
         pe_all = torch.cat([ppe, cache.pe[cache.slots, :S]], dim=1)

@@ -16,8 +16,8 @@ from seekforge.model.config import LARGE_PRESETS, PRESETS, ModelConfig, model_co
 # do not pay for importing torch.
 _LAZY = {
     "DeepseekV3ForCausalLM": "seekforge.model.model",
-    "MLACache": "seekforge.model.model",
-    "ModelOutput": "seekforge.model.model",
+    "MLACache": "seekforge.model.cache",
+    "ModelOutput": "seekforge.model.outputs",
     "build_model": "seekforge.model.loading",
     "load_model": "seekforge.model.loading",
     "save_model": "seekforge.model.loading",
