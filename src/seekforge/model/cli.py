@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     info = sub.add_parser("info", help="parameters, FLOPs/token, KV-cache and weight memory")
     info.add_argument("model", nargs="?", help="model directory (or give --preset)")
-    info.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
+    info.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}, v4-flash, tiny-v4, small-v4")
     add_config_args(info, config_positional=False)
     info.add_argument("--seq-len", type=int, default=None,
                       help="sequence length for FLOPs (default min(4096, max_position_embeddings))")
@@ -120,7 +120,62 @@ def info_rows(cfg: ModelConfig, seq_len: int) -> list[tuple[str, str]]:
     ]
 
 
+def _v4_spec(args: argparse.Namespace) -> Any:
+    """The V4Config when --preset / the directory is a DeepSeek-V4 one, else None."""
+    from seekforge.model.hf_v4 import is_v4_dir, read_config
+    from seekforge.model.v4_config import V4_PRESETS, v4_preset
+
+    if getattr(args, "preset", None) in V4_PRESETS:
+        if args.overrides:
+            raise ConfigError("--set is not supported with the DeepSeek-V4 presets yet")
+        return v4_preset(args.preset)
+    if getattr(args, "model", None) and is_v4_dir(args.model):
+        return read_config(args.model)
+    return None
+
+
+def v4_info_rows(cfg: Any, contexts: tuple[int, ...] = (4096, 131072, 1048576)) -> list[tuple[str, str]]:
+    """``model info`` rows for DeepSeek-V4: sizes, FLOPs and cache by layer type, next to V3's MLA."""
+    from seekforge.model.v4_accounting import cache_bytes, flops_per_token, mla_cache_bytes, parameter_counts
+
+    pc = parameter_counts(cfg)
+    kinds = {k: cfg.layer_types.count(k) for k in dict.fromkeys(cfg.layer_types)}
+    rows = [
+        ("parameters (total)", f"{human_count(pc.total)}  ({pc.total:,})"),
+        ("parameters (active per token)", f"{human_count(pc.active)}  ({pc.active:,})"),
+        ("parameters (embedding + lm_head)", human_count(pc.embedding)),
+        ("layer types", ", ".join(f"{n} x {k}" for k, n in kinds.items())),
+        ("MoE layers", f"{cfg.mlp_layer_types.count('hash_moe')} hash-routed, "
+                       f"{cfg.mlp_layer_types.count('moe')} learned; {cfg.n_routed_experts} x "
+                       f"{cfg.moe_intermediate_size}, top-{cfg.num_experts_per_tok}, 1 shared"),
+        ("residual streams (mHC)", str(cfg.hc_mult)),
+    ]
+    for ctx in contexts:
+        if ctx > cfg.max_position_embeddings:
+            continue
+        by_kind = cache_bytes(cfg, ctx)
+        total = sum(by_kind.values())
+        parts = ", ".join(f"{k.split('_')[0]} {human_bytes(v)}" for k, v in by_kind.items() if v)
+        mla = mla_cache_bytes(ctx, cfg.num_hidden_layers)
+        label = f"{ctx // 1024}k"
+        rows.append((f"forward FLOPs/token at {label} context", human_count(flops_per_token(cfg, ctx))))
+        rows.append((f"cache bf16 per sequence at {label}",
+                     f"{human_bytes(total)}  ({parts}; V3's MLA (512+64) with as many layers: "
+                     f"{human_bytes(mla)}, {mla / total:.1f}x)"))
+    return rows
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    v4 = _v4_spec(args)
+    if v4 is not None:
+        rows = v4_info_rows(v4)
+        width = max(len(k) for k, _ in rows)
+        print(f"model: {args.preset or args.model}  (DeepSeek-V4: d={v4.hidden_size}, "
+              f"layers={v4.num_hidden_layers}, heads={v4.num_attention_heads} x {v4.head_dim}, "
+              f"window={v4.sliding_window}, vocab={v4.vocab_size})")
+        for k, v in rows:
+            print(f"  {k:<{width}}  {v}")
+        return 0
     cfg, spec = _resolve(args)
     seq_len = args.seq_len or min(4096, cfg.max_position_embeddings)
     rows = info_rows(cfg, seq_len)

@@ -152,6 +152,10 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Read an HF ``config.json`` dict (DeepSeek-V3 or V2), ignoring HF-only bookkeeping keys."""
+        if d.get("model_type") == "deepseek_v4":
+            raise ConfigError("model_type: 'deepseek_v4' is a DeepSeek-V4 config, not V3/V2 (its attention, "
+                              "residual and router fields differ); load it with seekforge.model.load_model, "
+                              "which builds the V4 model")
         names = {f.name for f in dataclasses.fields(cls)}
         d = dict(d)
         # transformers 5 may write rope_parameters instead of the legacy pair.

@@ -66,6 +66,9 @@ def load_model(preset_or_dir: str | Path | ModelConfig, *, device: torch.device 
     from seekforge.utils import parse_dtype, resolve_device
 
     spec = preset_or_dir
+    v4 = _load_v4_if_v4(spec, device, dtype, config_overrides)
+    if v4 is not None:
+        return v4
     cfg = model_config_from(spec, config_overrides or None)
     is_dir = not isinstance(spec, ModelConfig) and str(spec) not in PRESETS and Path(spec).is_dir()
     if device is None and not is_dir and str(spec) in LARGE_PRESETS:
@@ -94,9 +97,42 @@ def load_model(preset_or_dir: str | Path | ModelConfig, *, device: torch.device 
     return model
 
 
+def _load_v4_if_v4(spec: Any, device: torch.device | str | None, dtype: torch.dtype | str | None,
+                   overrides: dict[str, Any]) -> Any:
+    """A DeepSeek-V4 preset or directory (:mod:`seekforge.model.v4`), else None."""
+    from seekforge.model.v4_config import V4_LARGE_PRESETS, V4_PRESETS, V4Config, v4_preset
+
+    is_preset = isinstance(spec, str) and spec in V4_PRESETS
+    if not (is_preset or isinstance(spec, V4Config)):
+        from seekforge.model.hf_v4 import is_v4_dir
+
+        if isinstance(spec, ModelConfig) or not is_v4_dir(spec):
+            return None
+    from seekforge.model.v4 import build_v4
+    from seekforge.utils import parse_dtype, resolve_device
+
+    if is_preset and device is None and spec in V4_LARGE_PRESETS:
+        return build_v4(v4_preset(spec, **overrides), "meta")
+    dev = resolve_device(None if device is None else str(device))
+    dt = parse_dtype(dtype, dev)
+    if is_preset or isinstance(spec, V4Config):
+        cfg = v4_preset(spec, **overrides) if is_preset else spec
+        return build_v4(cfg, dev, dt)
+    if overrides:
+        raise ValueError(f"{spec}: config overrides are not supported when loading a DeepSeek-V4 directory")
+    from seekforge.model.hf_v4 import load_v4
+
+    return load_v4(spec, dev, dt)
+
+
 def save_model(model: DeepseekV3ForCausalLM, out_dir: str | Path, tokenizer: Any = None,
                **kwargs: Any) -> Path:
-    """Write an HF model directory (see :func:`seekforge.model.hf.save_model`)."""
+    """Write an HF model directory (see :func:`seekforge.model.hf.save_model`; DeepSeek-V4 models
+    through :func:`seekforge.model.hf_v4.save_v4`)."""
+    if getattr(model.config, "model_type", "") == "deepseek_v4":
+        from seekforge.model.hf_v4 import save_v4
+
+        return save_v4(model, out_dir, tokenizer=tokenizer, dtype=kwargs.get("dtype"))
     from seekforge.model.hf import save_model as _save
 
     return _save(model, out_dir, tokenizer=tokenizer, **kwargs)
