@@ -135,7 +135,7 @@ def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, 
     return shards
 
 
-def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+def write_tokenizer_files(tokenizer: Any, out: Path) -> None:
     if isinstance(tokenizer, (str, Path)):
         src = Path(tokenizer)
         if not src.is_dir():
@@ -184,7 +184,7 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, tokenizer: Any = Non
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
-            _save_tokenizer(tokenizer, tmp)
+            write_tokenizer_files(tokenizer, tmp)
     return out_dir
 
 

@@ -163,7 +163,7 @@ def check_hash_tables(cfg: V4Config, state: dict[str, torch.Tensor], where: str)
 
 def save_v4(model: torch.nn.Module, out_dir: str | Path, tokenizer: Any = None,
             dtype: torch.dtype | None = None) -> Path:
-    """config.json + model.safetensors (+ tokenizer files), written atomically."""
+    """config.json + model.safetensors (+ tokenizer files: a directory or an HF tokenizer), atomically."""
     cfg: V4Config = model.config
     state = model.state_dict()
     if dtype is not None:
@@ -179,7 +179,9 @@ def save_v4(model: torch.nn.Module, out_dir: str | Path, tokenizer: Any = None,
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
+            from seekforge.model.hf import write_tokenizer_files
+
+            write_tokenizer_files(tokenizer, tmp)
     return out_dir
 
 

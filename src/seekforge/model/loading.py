@@ -39,6 +39,10 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: tor
     grouped-matmul experts and the fused loss (:func:`seekforge.model.kernels.use_kernels`); False
     keeps the reference implementations (same parameters, same results up to rounding).
     """
+    if getattr(cfg, "model_type", "") == "deepseek_v4":  # its own module, no fused kernels yet
+        from seekforge.model.v4 import build_v4
+
+        return build_v4(cfg, device, dtype, init=init)
     with torch.device("meta"), _no_meta_normal_init():
         model = DeepseekV3ForCausalLM(cfg)
     if kernels:

@@ -123,6 +123,18 @@ class Objective:
 # Pretraining
 
 
+def _is_v4(source: Any) -> bool:
+    """A DeepSeek-V4 preset name or model directory (the V4 model is built by its own module)."""
+    from seekforge.model.hf_v4 import is_v4_dir
+    from seekforge.model.v4_config import V4_PRESETS
+
+    return isinstance(source, str) and (source in V4_PRESETS or is_v4_dir(source))
+
+
+def _is_v4_config(cfg: Any) -> bool:
+    return getattr(cfg, "model_type", "") == "deepseek_v4"
+
+
 def _is_shard_dir(spec: Any) -> bool:
     return isinstance(spec, str) and Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file()
 
@@ -242,6 +254,8 @@ class PretrainObjective(Objective):
         spec = cfg.model
         source, fields = (spec, {}) if isinstance(spec, str) else (spec.get("preset"), dict(spec))
         fields.pop("preset", None)
+        if _is_v4(source):
+            return self._v4_model_config(str(source), fields)
         fresh = not (source is not None and source not in PRESETS and Path(str(source)).is_dir())
         for key in ("mtp_loss_weight", "aux_loss_alpha", "bias_update_speed"):
             if getattr(cfg, key) is not None:
@@ -268,6 +282,34 @@ class PretrainObjective(Objective):
                               f"({mcfg.max_position_embeddings}); raise it or shorten seq_len")
         return mcfg, (None if fresh else Path(str(source)))
 
+    def _v4_model_config(self, source: str, fields: dict[str, Any]):
+        """DeepSeek-V4: a preset (fitted to the data's vocabulary) or a V4 model directory."""
+        from seekforge.model.hf_v4 import read_config
+        from seekforge.model.v4_config import V4_PRESETS, v4_preset
+
+        cfg = self.env.cfg
+        for key in ("mtp_loss_weight", "aux_loss_alpha"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{key}: not used by DeepSeek-V4 models here (no MTP module, "
+                                  f"aux-loss-free balancing only); remove it")
+        if cfg.bias_update_speed is not None:
+            fields["bias_update_speed"] = cfg.bias_update_speed
+        vocab = self.train_shards.vocab_size
+        if source in V4_PRESETS:
+            fields.setdefault("vocab_size", vocab)
+            bos, eos = self.train_shards.bos_token_id, self.train_shards.eos_token_id
+            fields.setdefault("bos_token_id", bos if bos is not None else 0)
+            fields.setdefault("eos_token_id", eos if eos is not None else 1)
+            mcfg, source_dir = v4_preset(source, **fields), None
+        else:
+            if fields:
+                raise ConfigError(f"model: fields {sorted(fields)} cannot override a DeepSeek-V4 directory")
+            mcfg, source_dir = read_config(source), Path(source)
+        if mcfg.vocab_size < vocab:
+            raise ConfigError(f"model.vocab_size ({mcfg.vocab_size}) is smaller than the data's vocabulary "
+                              f"({vocab}, {self.train_shards.path}): token ids would be out of range")
+        return mcfg, source_dir
+
     def build_model(self) -> nn.Module:
         from seekforge.model import build_model
 
@@ -283,7 +325,13 @@ class PretrainObjective(Objective):
         from seekforge.model.hf import load_checkpoint
 
         base = unwrap(model)
-        cfg, state = load_checkpoint(path, base.config)
+        if _is_v4_config(base.config):
+            from seekforge.model.hf_v4 import check_hash_tables, from_disk, read_tensors
+
+            state = from_disk(read_tensors(path))
+            check_hash_tables(base.config, state, str(path))
+        else:
+            cfg, state = load_checkpoint(path, base.config)
         missing, unexpected = base.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not match the model: missing {missing[:6]}, "
@@ -298,7 +346,14 @@ class PretrainObjective(Objective):
         from seekforge.model.accounting import param_counts
         from seekforge.utils import human_count
 
-        pc = param_counts(unwrap(model).config)
+        mc = unwrap(model).config
+        if _is_v4_config(mc):
+            from seekforge.model.v4_accounting import parameter_counts
+
+            counts = parameter_counts(mc)
+            pc = {"total": counts.total, "active": counts.active}
+        else:
+            pc = param_counts(mc)
         vocab = unwrap(model).config.vocab_size
         return [f"model: {human_count(pc['total'])} parameters ({human_count(pc['active'])} active per "
                 f"token), {self.train_shards.num_tokens:,} train tokens, vocab {vocab}"]
@@ -307,6 +362,11 @@ class PretrainObjective(Objective):
         from seekforge.model.accounting import flops_per_token
 
         mc = unwrap(model).config
+        if _is_v4_config(mc):
+            from seekforge.model.v4_accounting import flops_per_token as v4_forward_flops
+
+            # forward + backward = 3 x forward, attention at the mean context of a training row
+            return 3 * v4_forward_flops(mc, self.env.cfg.seq_len // 2)
         include_mtp = mc.num_nextn_predict_layers > 0 and mc.mtp_loss_weight > 0
         return flops_per_token(mc, self.env.cfg.seq_len, include_mtp=include_mtp)
 
