@@ -84,10 +84,14 @@ class Breach:
                 f"{self.window_requests} requests")
 
 
-def p95(values: list[float]) -> float:
-    """The 95th percentile by the nearest-rank method (an observed value, no interpolation)."""
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by the nearest-rank method: an observed value, no interpolation."""
     ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    return ordered[max(0, math.ceil(q / 100.0 * len(ordered)) - 1)]
+
+
+def p95(values: list[float]) -> float:
+    return percentile(values, 95.0)
 
 
 class CanaryMonitor:
