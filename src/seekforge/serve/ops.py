@@ -428,6 +428,7 @@ class ServeOps:
                   "route": who[1], "rating": rating}
         if comment:
             record["comment"] = comment[:2000]
+        self.metrics.feedback.labels(who[0], who[1] or "", rating).inc()
         if self.request_log is not None:
             self.request_log.write(record)
         return record

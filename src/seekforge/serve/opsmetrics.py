@@ -10,7 +10,8 @@ Names (all ``seekforge_`` prefixed): ``requests_total{version,route,status}``,
 ``generation_tokens_total{version,route}``, ``version_generation_tokens_per_second{version}``,
 ``version_queue_depth{version}``, ``version_cache_slots_in_use{version}``,
 ``version_cache_slots{version}``, ``version_inflight_requests{version}``, ``route_weight{route,version}``,
-``rollbacks_total{route,reason}`` and ``blocked_requests_total{version,route,stage}`` (incremented by
+``rollbacks_total{route,reason}``, ``feedback_total{version,route,rating}`` and
+``blocked_requests_total{version,route,stage}`` (incremented by
 :meth:`OpsMetrics.blocked`, the hook for content moderation).
 """
 
@@ -83,6 +84,8 @@ class OpsMetrics:
                                  ["route", "reason"], registry=self.registry)
         self.blocked_total = Counter("seekforge_blocked_requests", "Requests/outputs blocked by moderation.",
                                      labels + ["stage"], registry=self.registry)
+        self.feedback = Counter("seekforge_feedback", "👍/👎 ratings of answers (POST /v1/feedback).",
+                                labels + ["rating"], registry=self.registry)
         self.registry.register(_EngineGauges(snapshot))
 
     def request(self, version: str, route: str, status: int, latency: float, ttft: float | None,

@@ -100,7 +100,7 @@ async function send(text) {
   controller = new AbortController();
   setBusy(true);
   const t0 = performance.now();
-  let tFirst = null, tokens = 0, answer = "", finish = null;
+  let tFirst = null, tokens = 0, answer = "", finish = null, answerId = null, version = null;
   try {
     const r = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
@@ -113,8 +113,10 @@ async function send(text) {
       const j = await r.json().catch(() => ({}));
       throw new Error(j.error ? j.error.message : r.status + " " + r.statusText);
     }
+    version = r.headers.get("x-seekforge-model"); // the version that answered (routes split traffic)
     for await (const chunk of sseEvents(r.body)) {
       if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.id) answerId = chunk.id;
       if (chunk.usage) tokens = chunk.usage.completion_tokens;
       for (const c of chunk.choices || []) {
         const piece = c.delta && c.delta.content;
@@ -145,9 +147,33 @@ async function send(text) {
   const meta = document.createElement("span");
   meta.className = "meta";
   meta.textContent = `${tokens} tokens · ${(tokens / Math.max(secs, 1e-3)).toFixed(1)} tok/s` +
-    (tFirst !== null ? ` · first token ${((tFirst - t0) / 1000).toFixed(2)} s` : "") + (finish ? ` · ${finish}` : "");
+    (tFirst !== null ? ` · first token ${((tFirst - t0) / 1000).toFixed(2)} s` : "") + (finish ? ` · ${finish}` : "") +
+    (version ? ` · ${version}` : "");
+  if (answerId && bot.dataset.state === "done") meta.appendChild(feedbackButtons(bot, answerId));
   bot.appendChild(meta);
   save();
+}
+
+// 👍/👎 under an answer: POST /v1/feedback, logged with the version that answered (seekforge ab-report).
+function feedbackButtons(bot, answerId) {
+  const box = document.createElement("span");
+  box.className = "rate";
+  for (const [rating, label] of [["up", "👍"], ["down", "👎"]]) {
+    const b = document.createElement("button");
+    b.className = "thumb";
+    b.dataset.rating = rating;
+    b.textContent = label;
+    b.title = rating === "up" ? "good answer" : "bad answer";
+    b.addEventListener("click", async () => {
+      for (const other of box.querySelectorAll("button")) other.disabled = true;
+      const r = await fetch("/v1/feedback", { method: "POST", headers: headers(),
+        body: JSON.stringify({ id: answerId, rating }) }).catch(() => null);
+      bot.dataset.rated = r && r.ok ? rating : "failed";
+      if (!(r && r.ok)) for (const other of box.querySelectorAll("button")) other.disabled = false;
+    });
+    box.appendChild(b);
+  }
+  return box;
 }
 
 function setBusy(busy) {
