@@ -339,3 +339,17 @@ def test_hot_swap_drains_in_flight_requests(tiny_model_dir, other_model_dir, tmp
         wait_for(lambda: not old.is_alive())
         drained = [e for e in state.ops.events if e["event"] == "drained"]
         assert len(drained) == 1 and drained[0]["cut_off"] == 0
+
+
+def test_client_disconnect_is_logged_and_releases_the_version(tiny_model_dir, tmp_path) -> None:
+    log = tmp_path / "requests.jsonl"
+    engine = make_engine(tiny_model_dir, "a", step_delay=0.05)
+    with ops_server({"a": engine}, request_log=str(log)) as (url, state):
+        body = {"model": "a", "messages": MSGS, "max_tokens": 100, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+            assert r.headers["x-seekforge-model"] == "a"
+            next(r.iter_raw())  # the first event, then hang up
+        wait_for(lambda: state.models["a"].inflight == 0 and engine.num_running() == 0)
+        wait_for(lambda: log.is_file() and log.read_text())
+    (record,) = read_log(log)
+    assert record["status"] == 499 and record["version"] == "a" and record["completion_tokens"] < 100

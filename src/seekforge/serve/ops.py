@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import json
 import logging
@@ -456,11 +457,22 @@ def _live_text(rec: RequestRecord, chunk: bytes) -> None:
     if rec.stream:
         for line in chunk.split(b"\n"):
             if line.startswith(b"data: {"):
-                with_choices = json.loads(line[6:])
-                for c in with_choices.get("choices") or []:
-                    rec.live_text.append((c.get("delta") or {}).get("content") or c.get("text") or "")
+                with contextlib.suppress(ValueError):  # only ever our own whole events; never fail the answer
+                    for c in json.loads(line[6:]).get("choices") or []:
+                        rec.live_text.append((c.get("delta") or {}).get("content") or c.get("text") or "")
     else:
         rec.live_text.append(chunk.decode("utf-8", "replace"))
+
+
+def _first_choice_text(body: str) -> str:
+    """The first choice's text of a non-streaming response body ("" for an error or a cut body)."""
+    try:
+        choices = json.loads(body).get("choices") or []
+    except (ValueError, AttributeError):
+        return ""
+    if not choices:
+        return ""
+    return (choices[0].get("message") or {}).get("content") or choices[0].get("text") or ""
 
 
 async def ops_middleware(request: Request, call_next: Callable) -> Response:
@@ -482,7 +494,9 @@ async def ops_middleware(request: Request, call_next: Callable) -> Response:
     body = response.body_iterator
 
     async def followed() -> Any:
-        completed = False
+        # A stream is complete only with its [DONE]: when the client hangs up, the inner response
+        # just stops, and this loop ends as if nothing happened.
+        completed, done = False, False
         try:
             async for chunk in body:
                 raw = chunk if isinstance(chunk, bytes) else chunk.encode("utf-8")
@@ -493,13 +507,12 @@ async def ops_middleware(request: Request, call_next: Callable) -> Response:
                     rec.error = json.loads(raw[6:])["error"]["message"]
                 if rec.shadow is not None:
                     _live_text(rec, raw)
+                done = done or rec.stream and b"data: [DONE]" in raw
                 yield chunk
-            completed = True
+            completed = done or not rec.stream or response.status_code != 200
         finally:
-            if rec.shadow is not None and not rec.stream and rec.live_text:
-                with_choices = json.loads("".join(rec.live_text))
-                rec.live_text = [(c.get("message") or {}).get("content") or c.get("text") or ""
-                                 for c in with_choices.get("choices") or []][:1]
+            if rec.shadow is not None and not rec.stream:
+                rec.live_text = [_first_choice_text("".join(rec.live_text))]
             ops.finish(rec, response.status_code, completed)
             live_done.set()
 
