@@ -101,11 +101,23 @@ class RequestRecord:
     live_text: list[str] = field(default_factory=list)
     response_id: str | None = None
     error: str | None = None
+    blocked: str | None = None  # "input" / "output" when content moderation stopped the request
 
 
 CURRENT: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("seekforge_request",
                                                                                default=None)
 _ID = re.compile(rb'"id": ?"((?:chatcmpl|cmpl)-[^"]+)"')
+
+
+def record_blocked(state: Any, stage: str) -> None:
+    """The hook for content moderation: count the current request as blocked at ``stage``
+    ("input" or "output") in ``seekforge_blocked_requests_total`` and in its request-log line."""
+    rec = CURRENT.get()
+    if rec is None or rec.version is None:
+        state.ops.metrics.blocked(state.default, "", stage)
+        return
+    rec.blocked = stage
+    state.ops.metrics.blocked(rec.version, rec.route or "", stage)
 
 
 def track_handles(handles: list[Any]) -> None:
@@ -241,7 +253,7 @@ class ServeOps:
                 "event": "request", "time": time.time(), "id": rec.response_id, "path": rec.path,
                 "version": rec.version, "route": rec.route, "status": status, "stream": rec.stream,
                 "latency_s": round(latency, 6), "ttft_s": None if ttft is None else round(ttft, 6),
-                "completion_tokens": tokens, "error": rec.error})
+                "completion_tokens": tokens, "error": rec.error, "blocked": rec.blocked})
         monitor = self.canaries.get(route)
         server_side = status >= 500 or status < 400  # 4xx (bad requests, disconnects) say nothing of it
         if monitor is not None and rec.version == monitor.policy.version and server_side:
