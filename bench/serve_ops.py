@@ -134,20 +134,21 @@ async def client_loop(i: int, url: str, deadline: float, max_tokens: int, load: 
             load.outcomes.append(Outcome(version, True, truncated, time.perf_counter() - t0, ttft))
         except Exception as e:  # every failure is counted, not raised: the table reports them
             load.outcomes.append(Outcome(version, False, False, time.perf_counter() - t0, ttft,
-                                         f"{type(e).__name__}: {e}"))
+                                         f"{type(e).__name__}: {e} ({e.__cause__!r})"))
     await client.close()
 
 
-async def operator(url: str, seconds: float, events: list[str], swap_dir: Path) -> None:
-    """The admin's actions during the load, at fixed fractions of the run."""
-    async with httpx.AsyncClient(base_url=url, headers=ADMIN, timeout=120) as admin:
+def operator(url: str, seconds: float, events: list[str], swap_dir: Path) -> None:
+    """The admin's actions during the load, at fixed fractions of the run (in its own thread, so
+    the clients' busy event loop cannot delay them)."""
+    with httpx.Client(base_url=url, headers=ADMIN, timeout=120) as admin:
         steps = [(0.25, "POST", "/admin/routes/chat/rollback", None),
                  (0.50, "PUT", "/admin/routes/chat", {"weights": {"v1": 50, "v2": 50}}),
                  (0.70, "POST", "/admin/versions/v2/swap", {"model": str(swap_dir)})]
         t0 = time.perf_counter()
         for at, method, path, body in steps:
-            await asyncio.sleep(max(0.0, t0 + at * seconds - time.perf_counter()))
-            r = await admin.request(method, path, json=body)
+            time.sleep(max(0.0, t0 + at * seconds - time.perf_counter()))
+            r = admin.request(method, path, json=body)
             events.append(f"{time.perf_counter() - t0:6.1f} s  {method} {path} -> {r.status_code}")
             r.raise_for_status()
 
@@ -176,8 +177,9 @@ async def run(url: str, clients: int, seconds: float, max_tokens: int,
     load, events = Load(), []
     t0 = time.perf_counter()
     deadline = t0 + seconds
-    await asyncio.gather(operator(url, seconds, events, swap_dir),
-                         *(client_loop(i, url, deadline, max_tokens, load) for i in range(clients)))
+    admin = asyncio.create_task(asyncio.to_thread(operator, url, seconds, events, swap_dir))
+    await asyncio.gather(*(client_loop(i, url, deadline, max_tokens, load) for i in range(clients)))
+    await admin
     return load, events, time.perf_counter() - t0
 
 

@@ -89,7 +89,8 @@ def run_serve(args: argparse.Namespace) -> int:
             log.info("route %s: %s", route.name, route.to_dict())
         log.info("serving %s at %s%s  — chat page: %s/", ", ".join(state.ops.public_names()), where,
                  " (API key required)" if keys else "", where)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info",
+                    timeout_keep_alive=args.keep_alive)
         state.ops.close()
         engines = {name: m.engine for name, m in state.models.items()}  # swapped/loaded ones included
     finally:

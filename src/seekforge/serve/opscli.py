@@ -37,6 +37,11 @@ def add_ops_args(p: argparse.ArgumentParser) -> None:
                    "feedback, probe scores and route events: the input of `seekforge ab-report`")
     g.add_argument("--shadow-log", default=None, metavar="FILE.jsonl",
                    help="request, live answer and shadow answer of every shadowed request")
+    # A client (or load balancer) that reuses an idle connection just as the server closes it gets a
+    # connection error; keeping idle connections longer than the peer makes the server never the one
+    # that closes first (uvicorn's default is 5 s; nginx keeps upstream connections 60 s, AWS ALB 60 s).
+    g.add_argument("--keep-alive", type=float, default=75.0,
+                   help="seconds an idle HTTP keep-alive connection stays open (longer than the proxy's)")
     g.add_argument("--drain-timeout", type=float, default=600.0,
                    help="seconds a hot-swapped engine may finish its requests before it is freed")
 
