@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (with ``echo`` + ``logprobs``
 for log-likelihood eval harnesses), ``GET /v1/models``, ``GET /health``, ``GET /metrics``
-(Prometheus), ``POST /tokenize``, ``POST /detokenize`` and the web chat page at ``/``.
+(Prometheus), ``POST /tokenize``, ``POST /detokenize`` and the web chat page at ``/``; with
+:mod:`seekforge.serve.ops` also ``GET /ready``, ``POST /v1/feedback`` and the ``/admin/`` API.
 
 Request handlers never touch torch: they submit to the engine (thread-safe) and await its event
 stream, so one slow generation never blocks the event loop. A client that disconnects mid-stream
@@ -564,6 +565,8 @@ def create_app(engine: Engine | dict[str, Engine], options: ServerOptions | None
     engines = engine if isinstance(engine, dict) else {engine.name: engine}
     if not engines:
         raise ValueError("create_app: no model to serve")
+    for name, e in engines.items():
+        e.name = name  # responses name the version ("model" field, x-seekforge-model header)
     app = FastAPI(title="seekforge", docs_url="/docs", redoc_url=None)
     default = opts.ops.default_model or next(iter(opts.ops.routes), None) or next(iter(engines))
     app.state.server = ServerState(
