@@ -129,6 +129,7 @@ def test_chat_page_streams_an_answer(server) -> None:
         want = server.engine.generate([prompt], SamplingParams(max_tokens=24, temperature=0))[0]
         assert answer == want.text and answer
         assert meta.startswith(f"{len(want.token_ids)} tokens") and "· tiny-chat" in meta
+        assert browser.js("localStorage.getItem('seekforge-user')").startswith("web-")  # sent as `user`
         # 👍 under the answer reaches POST /v1/feedback, counted for the version that answered.
         browser.js("document.querySelector('.msg.assistant .thumb[data-rating=\"up\"]').click(); true")
         browser.wait_for("document.querySelector('.msg.assistant').dataset.rated === 'up'")

@@ -13,6 +13,11 @@ const STORE = "seekforge-chat-v1";
 let history = [];      // [{role, content}] of this conversation
 let model = null;      // id from /v1/models
 let controller = null; // AbortController of the answer being streamed
+// A random id per browser, sent as `user`: a route that splits traffic between model versions keeps
+// this browser on one version (the server hashes it), without knowing who the user is.
+const USER_ID = localStorage.getItem("seekforge-user") ||
+  "web-" + Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+localStorage.setItem("seekforge-user", USER_ID);
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -105,7 +110,7 @@ async function send(text) {
     const r = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
       body: JSON.stringify({
-        model, messages, stream: true, stream_options: { include_usage: true },
+        model, messages, stream: true, stream_options: { include_usage: true }, user: USER_ID,
         temperature: parseFloat(els.temperature.value), max_tokens: parseInt(els.maxTokens.value, 10),
       }),
     });
