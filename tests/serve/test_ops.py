@@ -32,15 +32,19 @@ CFG = EngineConfig(max_batch=4, max_len=256, queue_size=32)
 MSGS = [{"role": "user", "content": "你好, tell me a story"}]
 
 
-def make_engine(model_dir: Path, name: str, step_delay: float = 0.0, fail: bool = False) -> Engine:
-    """An engine over ``model_dir``; ``step_delay`` slows every decode step, ``fail`` makes it raise."""
+def make_engine(model_dir: Path, name: str, step_delay: float = 0.0, fail: bool = False,
+                gate: threading.Event | None = None) -> Engine:
+    """An engine over ``model_dir``; ``step_delay`` slows every decode step, ``fail`` makes it raise,
+    ``gate`` holds every decode step until it is set."""
     model = load_model(str(model_dir), device="cpu", dtype=torch.float32)
-    if step_delay or fail:
+    if step_delay or fail or gate is not None:
         decode = model.decode_step
 
         def faulty(*args, **kwargs):
             if fail:
                 raise RuntimeError("injected fault")
+            if gate is not None:
+                gate.wait(60)
             time.sleep(step_delay)
             return decode(*args, **kwargs)
 
@@ -151,7 +155,7 @@ def test_routes_are_sticky_weighted_logged_and_measured(tiny_model_dir, other_mo
 def test_shadow_is_logged_never_returned_and_never_waited_for(tiny_model_dir, other_model_dir,
                                                               tmp_path) -> None:
     shadow_log = tmp_path / "shadow.jsonl"
-    engines = {"a": make_engine(tiny_model_dir, "a"), "s": make_engine(other_model_dir, "s", step_delay=0.15)}
+    engines = {"a": make_engine(tiny_model_dir, "a"), "s": make_engine(other_model_dir, "s", step_delay=0.3)}
     with ops_server(engines, routes={"chat": {"a": 1}}, shadows={"chat": Shadow("s", 1.0)},
                     shadow_log=str(shadow_log)) as (url, state):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
@@ -183,7 +187,7 @@ def test_shadow_is_logged_never_returned_and_never_waited_for(tiny_model_dir, ot
     for r, live_seconds in zip(records, elapsed):
         assert r["live_version"] == "a" and r["shadow_version"] == "s" and r["shadow_error"] is None
         assert r["shadow"] == shadow_text and r["request"]["messages"] == MSGS
-        assert live_seconds < r["shadow_latency_s"]  # 8 tokens at >= 0.15 s each: the live one did not wait
+        assert live_seconds < r["shadow_latency_s"]  # 7 decode steps of >= 0.3 s: live never waited
 
 
 def _call(url: str, user: str, stream: bool) -> tuple[str, bool]:
@@ -297,9 +301,12 @@ def test_admin_api_needs_the_admin_key_and_changes_routes(tiny_model_dir, other_
 
 
 def test_hot_swap_drains_in_flight_requests(tiny_model_dir, other_model_dir, tmp_path) -> None:
-    old = make_engine(tiny_model_dir, "a", step_delay=0.03)
+    gate = threading.Event()  # holds the old engine's decode steps: its requests stay in flight
+    gate.set()
+    old = make_engine(tiny_model_dir, "a", gate=gate)
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
     old_text = old.generate([old.chat_prompt(MSGS)], params)[0].text
+    gate.clear()
     with ops_server({"a": old}, admin_key="adm", request_log=str(tmp_path / "r.jsonl")) as (url, state):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
         started = [threading.Event() for _ in range(4)]
@@ -333,6 +340,8 @@ def test_hot_swap_drains_in_flight_requests(tiny_model_dir, other_model_dir, tmp
                                              extra_body={"ignore_eos": True})
         want_new = state.models["a"].engine.generate([old.chat_prompt(MSGS)], params)[0].text
         assert new.choices[0].message.content == want_new != old_text
+        assert state.models["a"].inflight == 0 and len(state.ops.draining) == 1
+        gate.set()
         for t in threads:
             t.join(60)
         assert results == [(old_text, "length", 24)] * 4  # nothing truncated, nothing cut over mid-answer
