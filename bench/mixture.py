@@ -16,7 +16,7 @@ train`` on the ``tiny`` preset, same seed and steps for every row:
   bits/byte fell least relative to the untrained model (``data.schedule.kind: loss``).
 
     python bench/mixture.py                       # ~5-8 min on 2 busy CPU cores
-    python bench/mixture.py --steps 300 --step-size 8
+    python bench/mixture.py --steps 300 --step-size 20
 
 Prints a table of per-source val bpb, their mean and worst, and the final weights; records the
 load average (``uptime``) next to it.
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=2048)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--eval-tokens", type=int, default=16384, help="validation tokens per source and eval")
-    ap.add_argument("--step-size", type=float, default=8.0, help="loss schedule: data.schedule.step_size")
+    ap.add_argument("--step-size", type=float, default=10.0, help="loss schedule: data.schedule.step_size")
     ap.add_argument("--floor", type=float, default=0.1, help="loss schedule: data.schedule.floor")
     ap.add_argument("--vocab-size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=1)

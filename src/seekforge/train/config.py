@@ -36,7 +36,9 @@ class MixtureSchedule:
     # max_steps, `weights` a mapping name -> weight (missing names: 0), 'uniform' or 'target'.
     points: list[dict[str, Any]] = field(default_factory=list)
     interpolate: bool = False  # piecewise: linear between points instead of steps
-    step_size: float = 1.0  # loss: exponentiated-gradient step size
+    # loss: exponentiated-gradient step size per evaluation; the signal (fraction of the start
+    # loss left) differs by ~0.01-0.1 between sources, so steps of ~10 move the weights visibly.
+    step_size: float = 10.0
     floor: float = 0.1  # loss: every source keeps at least floor / k of the rows (k sources)
 
 

@@ -7,7 +7,7 @@ with a weight::
       train:
         wiki:  {path: shards/wiki,  weight: 0.7}
         poems: {path: shards/poems, weight: 0.3}
-      schedule: {kind: loss, step_size: 1.0, floor: 0.1}
+      schedule: {kind: loss, step_size: 10, floor: 0.1}
 
 The weights are the share of training *rows* (so of tokens: every row is ``seq_len`` tokens) each
 source gets: a small source with a large weight is repeated (more epochs), a large one with a small

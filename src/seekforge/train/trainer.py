@@ -423,6 +423,9 @@ class Trainer:
         if self.dist.is_main:
             parts = [f"{k} {v:.4f}" for k, v in res.items()
                      if isinstance(v, float) and not k.startswith(("mix_", "epoch/"))]
+            weights = [f"{k.split('/', 1)[1]} {v:.3f}" for k, v in res.items() if k.startswith("mix_weight/")]
+            if weights:
+                parts.append("mixture weights " + " ".join(weights))
             took = time.perf_counter() - t0
             self._print(f"step {self.state.step}: " + ", ".join(parts) + f" ({took:.1f}s)")
             for prompt, text in samples:
