@@ -118,6 +118,10 @@ def test_a_source_without_shards_is_named(overrides, tiny_shards, counting_shard
     cfg = load_train_config(None, overrides(tmp_path / "run", **sets))
     with pytest.raises(ConfigError, match=r"data.train.count.path: .*not_shards is not a token-shard folder"):
         Trainer(cfg).run()
+    sets = {**_mixture(tiny_shards, counting_shards), "data.train.count.val": str(empty)}
+    cfg = load_train_config(None, overrides(tmp_path / "run2", **sets))
+    with pytest.raises(ConfigError, match=r"data.train.count.val: .*not_shards is not a token-shard folder"):
+        Trainer(cfg).run()
 
 
 def test_sources_parse_in_order_with_shorthand():
@@ -186,7 +190,8 @@ def test_mixture_loader_ranks_partition_the_step_and_resume_exactly(tiny_shards,
 def test_a_mixture_run_logs_per_source_bpb_and_the_realised_mix(overrides, tiny_shards, counting_shards,
                                                                tmp_path):
     sets = {**_mixture(tiny_shards, counting_shards, 0.5, 0.5), "eval_every": 4, "max_steps": 12,
-            "data.schedule.kind": "loss", "data.schedule.step_size": 20.0, "tensorboard": True}
+            "data.schedule.kind": "loss", "data.schedule.step_size": 20.0, "tensorboard": True,
+            "data.train.count.val": str(counting_shards)}  # the same val split, named explicitly
     cfg = load_train_config(None, overrides(tmp_path / "run", **sets))
     summary = Trainer(cfg).run()
     reference, *evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_bpb" in r]
@@ -209,3 +214,19 @@ def test_a_mixture_run_logs_per_source_bpb_and_the_realised_mix(overrides, tiny_
     acc = EventAccumulator(str(tmp_path / "run" / "tb"))
     acc.Reload()
     assert {"mix_share/prose", "val_bpb/count", "mix_weight/count"} <= set(acc.Tags()["scalars"])
+
+
+def test_sources_from_different_tokenizers_are_refused(overrides, tiny_shards, tmp_path):
+    from seekforge.data.tokenize import tokenize_to_shards
+    from seekforge.tokenizer import train_tokenizer
+
+    texts = [f"{i} one two three four five. 一二三四五。" * 20 for i in range(100)]
+    tok = train_tokenizer(texts, vocab_size=300, out_dir=tmp_path / "tok300")
+    src = tmp_path / "c.txt"
+    src.write_text("\n\n".join(texts), encoding="utf-8")
+    other = tmp_path / "other"
+    tokenize_to_shards(src, tok, other, val_fraction=0.1, txt_mode="paragraphs", workers=0)
+    sets = {"data.train.prose.path": str(tiny_shards), "data.train.count.path": str(other)}
+    cfg = load_train_config(None, overrides(tmp_path / "run", **sets))
+    with pytest.raises(ConfigError, match="data.train.count.path: .* must use the same tokenizer"):
+        Trainer(cfg).run()
