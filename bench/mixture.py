@@ -15,7 +15,7 @@ train`` on the ``tiny`` preset, same seed and steps for every row:
 * ``loss (DoReMi-style)``: start uniform, re-weight at every eval towards the sources whose val
   bits/byte fell least relative to the untrained model (``data.schedule.kind: loss``).
 
-    python bench/mixture.py                       # ~5-8 min on 2 busy CPU cores
+    python bench/mixture.py                       # ~10 min on 2 CPU cores under load ~11
     python bench/mixture.py --steps 300 --step-size 20
 
 Prints a table of per-source val bpb, their mean and worst, and the final weights; records the
@@ -91,7 +91,7 @@ def run(work: Path, label: str, shards: dict[str, Path], weights: dict[str, floa
     sets = [*QUIET_RUN, "model=tiny", f"out_dir={out}", f"seq_len={args.seq_len}",
             f"batch_tokens={args.batch_tokens}", "micro_batch_size=8", f"max_steps={args.steps}",
             "warmup_steps=10", "lr=3e-3", f"eval_every={args.eval_every}", f"eval_tokens={args.eval_tokens}",
-            f"num_threads={args.threads}", "seed=0"]
+            f"num_threads={args.threads}", f"seed={args.seed}"]
     for name in NAMES:
         sets += [f"data.train.{name}.path={shards[name]}", f"data.train.{name}.weight={weights[name]}"]
     sets += schedule
@@ -117,6 +117,7 @@ def main() -> None:
     ap.add_argument("--floor", type=float, default=0.1, help="loss schedule: data.schedule.floor")
     ap.add_argument("--vocab-size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="model init and data order (same for every row)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} not found: this benchmark reads the shared pretraining samples")
@@ -153,7 +154,8 @@ def main() -> None:
         results.append(run(args.work, label, shards, weights, schedule, args))
         print(f"  {label}: {results[-1]['seconds']:.0f}s", flush=True)
 
-    print(f"\nmixture bench: tiny preset, {args.steps} steps x {args.batch_tokens} tokens = "
+    print(f"\nmixture bench (seed {args.seed}): tiny preset, {args.steps} steps x {args.batch_tokens} "
+          f"tokens = "
           f"{args.steps * args.batch_tokens:,} training tokens per run, seq_len {args.seq_len}, "
           f"vocab {args.vocab_size}, eval every {args.eval_every} steps on <= {args.eval_tokens} val tokens "
           f"per source; train tokens available: "
