@@ -9,7 +9,7 @@ import torch
 from seekforge.config import ConfigError
 from seekforge.data.shards import TokenShards
 from seekforge.train.config import load_train_config
-from seekforge.train.loader import MixtureLoader, PackedRows
+from seekforge.train.loader import MixtureLoader, PackedRows, PretrainLoader
 from seekforge.train.metrics import read_metrics
 from seekforge.train.mixture import (
     FixedWeights,
@@ -181,6 +181,12 @@ def test_mixture_loader_ranks_partition_the_step_and_resume_exactly(tiny_shards,
         assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a.next_step(), b.next_step()))
     with pytest.raises(ValueError, match="no validation bits/byte for source"):
         a.observe_eval({"val_bpb/prose": 4.0})
+    # a mixture's position means nothing to a single-source loader, and the reverse
+    single = PretrainLoader(PackedRows(TokenShards(tiny_shards, "train"), 32, seed=0), 4, 2)
+    with pytest.raises(ValueError, match="saved by a mixture of sources prose,count"):
+        single.load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="sources=None; this run has .*sources=prose,count"):
+        b.load_state_dict(single.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------

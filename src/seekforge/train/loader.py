@@ -228,6 +228,13 @@ class PretrainLoader(StepLoader):
     def identity(self) -> dict[str, Any]:
         return {"seq_len": self.rows.seq_len, "seed": self.rows.seed}
 
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("sources"):  # its position counts rows of several sources, not of this one
+            raise ValueError(f"data position was saved by a mixture of sources {state['sources']}; this run "
+                             "has a single data.train. Resuming would repeat/skip data: use the same "
+                             "data.train, or start a new out_dir")
+        super().load_state_dict(state)
+
 
 class MixtureLoader(StepLoader):
     """Packed rows from several sources, mixed by (possibly changing) weights.
