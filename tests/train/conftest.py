@@ -40,6 +40,31 @@ def tiny_shards(tokenizer_dir: Path, tmp_path_factory) -> Path:
     return out
 
 
+def counting_corpus(n_docs: int = 200, seed: int = 1) -> list[str]:
+    """A second, differently distributed source for mixtures: number words in order, zh and en."""
+    rng = random.Random(seed)
+    en = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    zh = "一二三四五六七八九十"
+    docs = []
+    for _ in range(n_docs):
+        a = rng.randint(0, 5)
+        docs.append(" ".join(en[a:a + 5]) + "。" + "".join(zh[a:a + 5]) + "。" + " ".join(en[a:a + 5]))
+    return docs
+
+
+@pytest.fixture(scope="session")
+def counting_shards(tokenizer_dir: Path, tmp_path_factory) -> Path:
+    """Token shards (train + val, 10%) of :func:`counting_corpus`, same tokenizer as ``tiny_shards``."""
+    from seekforge.data.tokenize import tokenize_to_shards
+
+    root = tmp_path_factory.mktemp("counting")
+    src = root / "counting.jsonl"
+    src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in counting_corpus()),
+                   encoding="utf-8")
+    tokenize_to_shards(src, tokenizer_dir, root / "shards", val_fraction=0.1, workers=0)
+    return root / "shards"
+
+
 def fast_overrides(shards: Path, out_dir: Path, **extra: Any) -> list[str]:
     """``--set`` overrides for a few-second tiny run (no plots/TensorBoard/samples unless asked)."""
     base = {"data.train": str(shards), "out_dir": str(out_dir), "model": "tiny", "seq_len": 64,
@@ -47,6 +72,8 @@ def fast_overrides(shards: Path, out_dir: Path, **extra: Any) -> list[str]:
             "eval_every": 0, "save_every": 0, "log_every": 1, "sample_tokens": 0, "tensorboard": False,
             "plot": False, "progress": False, "wandb": False, "num_threads": 1}
     base.update(extra)
+    if any(k.startswith("data.train.") for k in base):
+        del base["data.train"]  # a mixture given source by source replaces the single folder
     return [f"{k}={v}" for k, v in base.items()]
 
 

@@ -57,3 +57,33 @@ def test_two_processes_match_one_with_accumulation(reference, tiny_shards, tmp_p
     v2 = [r["val_bpb"] for r in read_metrics(out / "metrics.jsonl") if "val_bpb" in r]
     assert v1 == pytest.approx(v2, rel=1e-5)
     assert (out / "latest" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_on_a_loss_driven_mixture(tiny_shards, counting_shards, tmp_path):
+    """Both ranks plan the same rows per source and re-weight identically from all-reduced val bpb."""
+    from seekforge.train.config import load_train_config
+
+    mix = {"data.train.prose.path": tiny_shards, "data.train.count.path": counting_shards,
+           "data.schedule.kind": "loss", "data.schedule.step_size": 20.0}
+
+    def sets(out, **extra):
+        return [s for s in _sets(tiny_shards, out, **mix, **extra) if not s.startswith("data.train=")]
+
+    Trainer(load_train_config(None, sets(tmp_path / "one"))).run()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "seekforge", "train"]
+    for s in sets(tmp_path / "two", distributed="ddp"):
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    one, two = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("one", "two"))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(7))  # step 0: the reference
+    for a, b in zip(one[1:], two[1:]):
+        assert abs(a["train_loss"] - b["train_loss"]) / a["train_loss"] <= 1e-4, (a, b)
+    evals = [(a, b) for a, b in zip(one, two) if "mix_weight/prose" in a]
+    assert len(evals) == 2 and evals[-1][0]["mix_weight/prose"] != 0.5
+    for a, b in evals:
+        assert a["mix_tokens/prose"] == b["mix_tokens/prose"]
+        assert a["mix_weight/prose"] == pytest.approx(b["mix_weight/prose"], rel=1e-4)

@@ -43,9 +43,20 @@ def _comparable(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(out / "metrics.jsonl")]
 
 
+@pytest.fixture(params=["single", "mixture"])
+def data_settings(request, tiny_shards, counting_shards) -> dict:
+    """One shard folder, or two sources under a loss-driven schedule (its weights and reference
+    losses, the per-source positions and rounding carries are then part of what must resume)."""
+    if request.param == "single":
+        return {}
+    return {"data.train.prose.path": tiny_shards, "data.train.prose.weight": 0.6,
+            "data.train.count.path": counting_shards, "data.train.count.weight": 0.4,
+            "data.schedule.kind": "loss", "data.schedule.step_size": 20.0}
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical(overrides, tmp_path):
-    common = dict(max_steps=24, save_every=4, eval_every=8, keep_last=10)
+def test_sigkill_then_resume_is_bit_identical(overrides, data_settings, tmp_path):
+    common = dict(max_steps=24, save_every=4, eval_every=8, keep_last=10, **data_settings)
     ref_out, run_out = tmp_path / "ref", tmp_path / "killed"
     ref = subprocess.run(_cmd(overrides(ref_out, **common)), env=_env(), capture_output=True, text=True,
                          timeout=300)
@@ -75,6 +86,10 @@ def test_sigkill_then_resume_is_bit_identical(overrides, tmp_path):
         assert ka == kb and all(torch.equal(va[n], vb[n]) for n in va)
     ma, mb = _comparable(ref_out), _comparable(run_out)
     assert ma == mb, f"killed after {steps_logged} logged steps"
+    if data_settings:  # the schedule really moved the weights, and both runs saw the same mixture
+        evals = [r for r in ma if "mix_weight/prose" in r]
+        assert len(evals) == 3 and evals[-1]["mix_weight/prose"] != 0.6
+        assert sa["loader"]["schedule"]["reference"] is not None
 
 
 @pytest.mark.slow

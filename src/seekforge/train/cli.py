@@ -66,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Pretrain or continue training. Examples:\n"
         "  seekforge train configs/train_tiny.yaml --set data.train=shards/ --set out_dir=runs/t\n"
         "  seekforge train --set model=small-moe --set data.train=corpus.txt --set tokenizer=tok/\n"
+        "  seekforge train configs/train_tiny.yaml --set data.train.en.path=shards-en \\\n"
+        "      --set data.train.en.weight=0.7 --set data.train.zh.path=shards-zh \\\n"
+        "      --set data.train.zh.weight=0.3 --set data.schedule.kind=loss   # a mixture\n"
         "  torchrun --nproc-per-node 8 -m seekforge train configs/pretrain_100m.yaml\n"
         "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
         formatter_class=argparse.RawDescriptionHelpFormatter)

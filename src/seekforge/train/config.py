@@ -26,10 +26,28 @@ QUIET_RUN = ("eval_every=0", "save_every=0", "sample_tokens=0", "plot=false", "t
 
 
 @dataclass
+class MixtureSchedule:
+    """``data.schedule``: how the mixture weights of ``data.train`` change (see seekforge.train.mixture)."""
+
+    # fixed: the data.train weights throughout; piecewise: `points` by training progress; loss:
+    # online DoReMi-style, re-weighted at every eval towards the sources whose val bpb improved least.
+    kind: Literal["fixed", "piecewise", "loss"] = "fixed"
+    # piecewise: [{at: 0, weights: uniform}, {at: 0.3, weights: target}]; `at` is the fraction of
+    # max_steps, `weights` a mapping name -> weight (missing names: 0), 'uniform' or 'target'.
+    points: list[dict[str, Any]] = field(default_factory=list)
+    interpolate: bool = False  # piecewise: linear between points instead of steps
+    # loss: exponentiated-gradient step size per evaluation; the signal (fraction of the start
+    # loss left) differs by ~0.01-0.1 between sources, so steps of ~10 move the weights visibly.
+    step_size: float = 10.0
+    floor: float = 0.1  # loss: every source keeps at least floor / k of the rows (k sources)
+
+
+@dataclass
 class DataConfig:
     # A token-shard folder (`seekforge data tokenize`), or raw text: .txt/.md/.jsonl/.json/.parquet
-    # files, folders or globs, tokenized once with `tokenizer` into OUT_DIR/data (cached).
-    train: str | list[str] | None = None
+    # files, folders or globs, tokenized once with `tokenizer` into OUT_DIR/data (cached). Or a
+    # mixture: {name: {path: SHARD_DIR, weight: W, val: SHARD_DIR (optional)}, ...}.
+    train: str | list[str] | dict[str, Any] | None = None
     # Validation: a shard folder (its `val` split, else `train`) or raw files. Unset: the `val`
     # split of the train shards, or `val_fraction` of the raw text (whole documents by hash; the
     # last fraction of the tokens when the corpus is a single document, nanoGPT's 90/10 cut).
@@ -38,6 +56,7 @@ class DataConfig:
     text_fields: list[str] = field(default_factory=lambda: ["text"])  # jsonl/parquet columns
     txt_mode: Literal["file", "paragraphs"] = "file"  # a .txt file is one document, or one per paragraph
     shuffle: bool = True
+    schedule: MixtureSchedule = field(default_factory=MixtureSchedule)
 
 
 @dataclass
@@ -137,9 +156,22 @@ class TrainConfig:
         if self.data.train is None:
             raise ConfigError("data.train: required (a token-shard folder from `seekforge data tokenize`, or "
                               "raw .txt/.jsonl files with `tokenizer` set), e.g. --set data.train=shards/")
+        self._validate_mixture()
         if self.resume not in ("auto", "must", "never") and not Path(self.resume).exists():
             raise ConfigError(f"resume: {self.resume!r} is neither auto/must/never nor an existing "
                               "checkpoint")
+
+    def _validate_mixture(self) -> None:
+        from seekforge.train.mixture import is_mixture, parse_schedule, parse_sources
+
+        sources = parse_sources(self.data.train) if is_mixture(self.data.train) else None
+        parse_schedule(self.data.schedule, sources)
+        if sources is not None and self.data.val is not None:
+            raise ConfigError("data.val: not used with a mixture in data.train; each source is validated on "
+                              "its own `val` split, or on data.train.NAME.val")
+        if self.data.schedule.kind == "loss" and self.eval_every == 0:
+            raise ConfigError("data.schedule.kind: 'loss' re-weights at every evaluation, but eval_every is "
+                              "0; set eval_every > 0")
 
     def grad_accum(self, world_size: int) -> int:
         """batch_tokens / (micro_batch_size · seq_len · world_size), which must be a whole number."""

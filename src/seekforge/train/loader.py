@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -174,9 +175,22 @@ class StepLoader:
         """Fractional epoch reached (for logging)."""
         raise NotImplementedError
 
-    def identity(self) -> dict[str, int]:
+    def identity(self) -> dict[str, Any]:
         """Settings that decide which row an index means; resuming under others would repeat/skip data."""
         raise NotImplementedError
+
+    # -- hooks for loaders whose sampling depends on training (mixtures); no-ops by default
+    @property
+    def needs_initial_eval(self) -> bool:
+        """Whether the loop should evaluate before the first step and pass the result to observe_eval."""
+        return False
+
+    def observe_eval(self, results: dict[str, Any]) -> None:
+        """Called with every evaluation's results (e.g. to re-weight a mixture)."""
+
+    def eval_record(self) -> dict[str, Any]:
+        """Extra numbers logged with every evaluation (e.g. the realised mixture)."""
+        return {}
 
     def state_dict(self) -> dict:
         return {"position": self.position, **self.identity()}
@@ -211,8 +225,121 @@ class PretrainLoader(StepLoader):
     def epoch(self) -> float:
         return self.rows.epoch_of(self.position)
 
-    def identity(self) -> dict[str, int]:
+    def identity(self) -> dict[str, Any]:
         return {"seq_len": self.rows.seq_len, "seed": self.rows.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("sources"):  # its position counts rows of several sources, not of this one
+            raise ValueError(f"data position was saved by a mixture of sources {state['sources']}; this run "
+                             "has a single data.train. Resuming would repeat/skip data: use the same "
+                             "data.train, or start a new out_dir")
+        super().load_state_dict(state)
+
+
+class MixtureLoader(StepLoader):
+    """Packed rows from several sources, mixed by (possibly changing) weights.
+
+    Each optimizer step, the step's weights (from the schedule, at progress step / max_steps) are
+    turned into whole rows per source by :func:`seekforge.train.mixture.allocate_rows`; the rows
+    are put in a seeded random order (so sources interleave over micro-batches and ranks), and
+    source ``i`` serves its next rows from its own :class:`PackedRows` (over- or under-sampling:
+    a source read faster than others simply goes through more epochs). Every rank computes the same
+    plan from the same state and reads only its share of it. The state, saved in checkpoints, is
+    the rows consumed per source, the carried rounding remainders, the schedule's state and the
+    per-source rows at the last evaluation (for the logged mixture of each eval interval).
+    """
+
+    def __init__(self, rows: list[PackedRows], names: list[str], schedule, max_steps: int,
+                 micro_batch_size: int, grad_accum: int, rank: int = 0, world_size: int = 1,
+                 device: torch.device | None = None) -> None:
+        super().__init__(micro_batch_size, grad_accum, rank, world_size, device)
+        self.sources, self.names, self.schedule, self.max_steps = rows, names, schedule, max_steps
+        self.seed, self.seq_len = rows[0].seed, rows[0].seq_len
+        k = len(rows)
+        self.source_rows = np.zeros(k, dtype=np.int64)  # rows consumed per source
+        self.carry = np.zeros(k, dtype=np.float64)  # rows owed but not yet given (rounding)
+        self.rows_at_eval = np.zeros(k, dtype=np.int64)
+        self._plan: list[tuple[int, int]] = []  # this step: (source, row within the source) per global row
+
+    @property
+    def step(self) -> int:
+        return self.position // self.rows_per_step
+
+    def current_weights(self) -> np.ndarray:
+        return self.schedule.weights(self.step / self.max_steps)
+
+    def next_step(self) -> list[dict[str, torch.Tensor]]:
+        from seekforge.train.mixture import allocate_rows
+
+        counts, self.carry = allocate_rows(self.current_weights(), self.rows_per_step, self.carry)
+        order = np.repeat(np.arange(len(counts)), counts)
+        order = order[np.random.default_rng([self.seed, self.step, 3]).permutation(len(order))]
+        seen = np.zeros_like(self.source_rows)
+        plan = []
+        for src in order.tolist():
+            plan.append((src, int(self.source_rows[src] + seen[src])))
+            seen[src] += 1
+        self._plan = plan
+        batches = super().next_step()
+        self.source_rows += counts
+        return batches
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rows = []
+        for i in indices:
+            src, j = self._plan[i - self.position]
+            rows.append(self.sources[src].row(j))
+        ids = torch.from_numpy(np.stack(rows))
+        return {"input_ids": ids, "labels": ids}
+
+    @property
+    def epoch(self) -> float:
+        """The most-repeated source's fractional epoch."""
+        return max(r.epoch_of(int(n)) for r, n in zip(self.sources, self.source_rows))
+
+    def identity(self) -> dict[str, Any]:
+        return {"seq_len": self.seq_len, "seed": self.seed, "sources": ",".join(self.names)}
+
+    identity_hint = " (the sources are the names in data.train)"
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "source_rows": self.source_rows.tolist(),
+                "carry": self.carry.tolist(), "rows_at_eval": self.rows_at_eval.tolist(),
+                "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.source_rows = np.array(state["source_rows"], dtype=np.int64)
+        self.carry = np.array(state["carry"], dtype=np.float64)
+        self.rows_at_eval = np.array(state["rows_at_eval"], dtype=np.int64)
+        self.schedule.load_state_dict(state["schedule"])
+
+    # -- hooks
+    @property
+    def needs_initial_eval(self) -> bool:
+        return self.schedule.needs_reference
+
+    def observe_eval(self, results: dict[str, Any]) -> None:
+        if not self.schedule.uses_eval:
+            return
+        missing = [n for n in self.names if f"val_bpb/{n}" not in results]
+        if missing:
+            raise ValueError(f"no validation bits/byte for source(s) {', '.join(missing)}: the loss-driven "
+                             "schedule needs a val split for every source in data.train")
+        self.schedule.observe(np.array([results[f"val_bpb/{n}"] for n in self.names]))
+
+    def eval_record(self) -> dict[str, Any]:
+        """Per source: target weight now, share of the tokens since the last eval, tokens so far, epoch."""
+        interval = self.source_rows - self.rows_at_eval
+        total = max(int(interval.sum()), 1)
+        record: dict[str, Any] = {}
+        for i, name in enumerate(self.names):
+            record[f"mix_weight/{name}"] = float(self.current_weights()[i])
+            record[f"mix_share/{name}"] = int(interval[i]) / total
+            record[f"mix_tokens/{name}"] = int(self.source_rows[i]) * self.seq_len
+            record[f"epoch/{name}"] = round(self.sources[i].epoch_of(int(self.source_rows[i])), 4)
+        self.rows_at_eval = self.source_rows.copy()
+        return record
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,12 +163,19 @@ class PretrainObjective(Objective):
     # -- data -----------------------------------------------------------------------------------
     def setup(self, env: TrainEnv) -> None:
         from seekforge.data.shards import TokenShards
+        from seekforge.train.mixture import is_mixture
 
         super().setup(env)
         cfg = env.cfg
-        train_dir, val_dir = self._resolve_data(cfg, env)
-        self.train_shards = TokenShards(train_dir, "train")
-        self.val_shards = self._val_shards(train_dir, val_dir)
+        self.sources = None  # a data.train mixture: list[Source], parallel to source_shards
+        if is_mixture(cfg.data.train):
+            self._setup_mixture(cfg)
+            train_dir = Path(self.sources[0].path)
+        else:
+            train_dir, val_dir = self._resolve_data(cfg, env)
+            self.train_shards = TokenShards(train_dir, "train")
+            self.source_shards = [self.train_shards]
+            self.val_by_source = {None: self._val_shards(self.train_shards, val_dir)}
         tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else train_dir / "tokenizer"
         self.tokenizer_dir = tok_dir if tok_dir.is_dir() else None
         self.tokenizer = None
@@ -183,12 +190,49 @@ class PretrainObjective(Objective):
                                   "use the tokenizer the data was tokenized with")
         elif cfg.sample_tokens:
             log.info("no tokenizer found (set `tokenizer`): no text samples")
-        self.eval_set = None
-        if self.val_shards is not None:
-            from seekforge.train.loader import make_eval_set
+        from seekforge.train.loader import make_eval_set
 
-            specials = list(self.tokenizer.all_special_ids) if self.tokenizer is not None else []
-            self.eval_set = make_eval_set(self.val_shards, cfg.eval_tokens, self.tokenizer, specials)
+        specials = list(self.tokenizer.all_special_ids) if self.tokenizer is not None else []
+        # name (None for a single source) -> what is scored at each evaluation
+        self.eval_sets = {name: make_eval_set(shards, cfg.eval_tokens, self.tokenizer, specials)
+                          for name, shards in self.val_by_source.items() if shards is not None}
+
+    def _setup_mixture(self, cfg: TrainConfig) -> None:
+        """Open every source of a data.train mixture; they must share one vocabulary."""
+        from seekforge.data.shards import TokenShards
+        from seekforge.train.mixture import parse_sources
+
+        self.sources = parse_sources(cfg.data.train)
+        self.source_shards, self.val_by_source = [], {}
+        for src in self.sources:
+            key = f"data.train.{src.name}"
+            for what, path in (("path", src.path), ("val", src.val)):
+                if path is not None and not _is_shard_dir(path):
+                    raise ConfigError(f"{key}.{what}: {path} is not a token-shard folder (no manifest.json); "
+                                      "a mixture takes folders written by `seekforge data tokenize`")
+            try:
+                shards = TokenShards(src.path, "train")
+            except ValueError as e:
+                raise ConfigError(f"{key}.path: {e}") from None
+            first = self.source_shards[0] if self.source_shards else shards
+            ids = (shards.vocab_size, shards.bos_token_id, shards.eos_token_id)
+            if ids != (first.vocab_size, first.bos_token_id, first.eos_token_id):
+                raise ConfigError(f"{key}.path: {src.path} was tokenized with vocab_size/bos/eos {ids}, but "
+                                  f"{self.sources[0].name} ({first.path}) with "
+                                  f"{(first.vocab_size, first.bos_token_id, first.eos_token_id)}: every "
+                                  "source must use the same tokenizer")
+            self.source_shards.append(shards)
+            val_dir = Path(src.val) if src.val else None
+            if val_dir is None and shards.manifest["splits"].get("val", {}).get("tokens", 0) <= 1:
+                if cfg.data.schedule.kind == "loss":
+                    raise ConfigError(f"{key}: {src.path} has no val split, but data.schedule.kind 'loss' "
+                                      f"needs every source's validation loss; set {key}.val to a shard "
+                                      "folder")
+                log.warning("%s (%s) has no validation split: no val_bpb/%s", src.name, src.path, src.name)
+                self.val_by_source[src.name] = None
+                continue
+            self.val_by_source[src.name] = self._val_shards(shards, val_dir)
+        self.train_shards = self.source_shards[0]  # vocabulary and special ids for the model
 
     def _resolve_data(self, cfg: TrainConfig, env: TrainEnv) -> tuple[Path, Path | None]:
         """Shard folders for train (and val): given, or tokenized from raw text into OUT/data."""
@@ -224,26 +268,33 @@ class PretrainObjective(Objective):
         dist.barrier()
         return out, None
 
-    def _val_shards(self, train_dir: Path, val_dir: Path | None):
+    def _val_shards(self, train, val_dir: Path | None):
+        """The validation split: from ``val_dir``, else the `val` split next to ``train`` (TokenShards)."""
         from seekforge.data.shards import TokenShards
 
         if val_dir is not None:
             splits = TokenShards(val_dir, "train").manifest["splits"]
             split = "val" if splits.get("val", {}).get("tokens", 0) > 0 else "train"
             return TokenShards(val_dir, split)
-        splits = self.train_shards.manifest["splits"]
+        splits = train.manifest["splits"]
         if splits.get("val", {}).get("tokens", 0) > 1:
-            return TokenShards(train_dir, "val")
+            return TokenShards(train.path, "val")
         log.warning("%s has no validation split: no val loss / bpb (set data.val or data.val_fraction)",
-                    train_dir)
+                    train.path)
         return None
 
     def train_loader(self, micro_batch_size: int, grad_accum: int):
-        from seekforge.train.loader import PackedRows, PretrainLoader
+        from seekforge.train.loader import MixtureLoader, PackedRows, PretrainLoader
 
-        env = self.env
-        rows = PackedRows(self.train_shards, env.cfg.seq_len, env.cfg.seed, shuffle=env.cfg.data.shuffle)
-        return PretrainLoader(rows, micro_batch_size, grad_accum, env.rank, env.world_size, env.device)
+        env, cfg = self.env, self.env.cfg
+        rows = [PackedRows(s, cfg.seq_len, cfg.seed, shuffle=cfg.data.shuffle) for s in self.source_shards]
+        if self.sources is None:
+            return PretrainLoader(rows[0], micro_batch_size, grad_accum, env.rank, env.world_size, env.device)
+        from seekforge.train.mixture import build_schedule, parse_schedule
+
+        schedule = build_schedule(parse_schedule(cfg.data.schedule, self.sources), self.sources)
+        return MixtureLoader(rows, [s.name for s in self.sources], schedule, cfg.max_steps, micro_batch_size,
+                             grad_accum, env.rank, env.world_size, env.device)
 
     # -- model ----------------------------------------------------------------------------------
     def model_config(self):
@@ -355,8 +406,14 @@ class PretrainObjective(Objective):
         else:
             pc = param_counts(mc)
         vocab = unwrap(model).config.vocab_size
-        return [f"model: {human_count(pc['total'])} parameters ({human_count(pc['active'])} active per "
-                f"token), {self.train_shards.num_tokens:,} train tokens, vocab {vocab}"]
+        lines = [f"model: {human_count(pc['total'])} parameters ({human_count(pc['active'])} active per "
+                 f"token), {sum(s.num_tokens for s in self.source_shards):,} train tokens, vocab {vocab}"]
+        if self.sources is not None:
+            total = sum(s.weight for s in self.sources)
+            lines.append("mixture (" + self.env.cfg.data.schedule.kind + "): " + ", ".join(
+                f"{s.name} {s.weight / total:.3f} of {sh.num_tokens:,} tokens"
+                for s, sh in zip(self.sources, self.source_shards)))
+        return lines
 
     def flops_per_token(self, model: nn.Module) -> float | None:
         from seekforge.model.accounting import flops_per_token
@@ -380,17 +437,35 @@ class PretrainObjective(Objective):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Validation loss (nats per scored token) and bits per byte over the evaluated tokens.
 
+        With a mixture, also ``val_loss/NAME`` and ``val_bpb/NAME`` per source; ``val_loss`` /
+        ``val_bpb`` are then over all sources' validation tokens together.
+        """
+        if not self.eval_sets:
+            return {}
+        out: dict[str, float] = {}
+        total = [0.0, 0, 0]  # nats, scored tokens, bytes
+        for name, es in self.eval_sets.items():
+            nats, n = self._score(model, es)
+            total = [total[0] + nats, total[1] + n, total[2] + es.num_bytes]
+            if name is not None:
+                out[f"val_loss/{name}"] = nats / max(n, 1)
+                out[f"val_bpb/{name}"] = nats / (math.log(2) * es.num_bytes) if es.num_bytes else float("nan")
+        nats, n, nbytes = total
+        bpb = nats / (math.log(2) * nbytes) if nbytes else float("nan")
+        return {"val_loss": nats / max(n, 1), "val_bpb": bpb, "val_tokens": n, **out}
+
+    def _score(self, model: nn.Module, eval_set) -> tuple[float, int]:
+        """(summed nats, scored tokens) of one validation set over all ranks.
+
         Rows are split round-robin over ranks and the sums all-reduced. Every rank runs the same
         number of forwards (an empty batch pads the count) because FSDP all-gathers inside forward.
         """
         from seekforge.train.loader import eval_batches
 
-        if self.eval_set is None:
-            return {}
         env = self.env
         cfg = env.cfg
         bs = cfg.eval_batch_size or cfg.micro_batch_size
-        batches = list(eval_batches(self.eval_set, cfg.seq_len, bs))
+        batches = list(eval_batches(eval_set, cfg.seq_len, bs))
         mine = batches[env.rank::env.world_size]
         rounds = math.ceil(len(batches) / env.world_size)
         sums = torch.zeros(2, dtype=torch.float64, device=env.device)  # nats, scored tokens
@@ -411,10 +486,7 @@ class PretrainObjective(Objective):
             sums[1] += (targets != -100).sum()
         model.train(was_training)
         dist.all_reduce_sum(sums)
-        nats, n = float(sums[0]), int(sums[1])
-        val_loss = nats / max(n, 1)
-        bpb = nats / (math.log(2) * self.eval_set.num_bytes) if self.eval_set.num_bytes else float("nan")
-        return {"val_loss": val_loss, "val_bpb": bpb, "val_tokens": n}
+        return float(sums[0]), int(sums[1])
 
     @torch.no_grad()
     def samples(self, model: nn.Module) -> list[tuple[str, str]]:

@@ -18,7 +18,8 @@ W&B, a loss-curve PNG and ``summary.json``.
 
 Exactness of resume (tested bit-for-bit on CPU): the model is rebuilt and seeded as in the first
 run, then weights, optimizer, data position and every RNG state are restored from the checkpoint;
-the LR is a pure function of the step. Nothing else in the loop carries state.
+the LR is a pure function of the step. Nothing else in the loop carries state (a data mixture's
+per-source positions and weights are part of the loader's state).
 """
 
 from __future__ import annotations
@@ -399,6 +400,8 @@ class Trainer:
         cfg, obj = self.cfg, self.objective
         t0 = time.perf_counter()
         res = obj.evaluate(self.eval_model)
+        self.loader.observe_eval(res)  # a loss-driven mixture re-weights its sources here
+        res.update(self.loader.eval_record())
         if cfg.eval_tasks and self.dist.is_main and not self._fsdp:  # benchmark subset (seekforge.eval)
             from seekforge.eval.during_training import benchmark_accuracy
 
@@ -418,16 +421,33 @@ class Trainer:
             # backward). Reshard now: optimizer-state gathering maps the *sharded* parameters.
             self.model.reshard()
         if self.dist.is_main:
-            parts = [f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)]
+            parts = [f"{k} {v:.4f}" for k, v in res.items()
+                     if isinstance(v, float) and not k.startswith(("mix_", "epoch/"))]
+            weights = [f"{k.split('/', 1)[1]} {v:.3f}" for k, v in res.items() if k.startswith("mix_weight/")]
+            if weights:
+                parts.append("mixture weights " + " ".join(weights))
             took = time.perf_counter() - t0
             self._print(f"step {self.state.step}: " + ", ".join(parts) + f" ({took:.1f}s)")
             for prompt, text in samples:
                 self._print(f"  sample: {prompt!r} -> {text!r}")
             if samples and self.metrics is not None:
                 self.metrics.text("samples", "\n\n".join(f"**{p}** {t}" for p, t in samples), self.state.step)
-        self.state.last_eval = {k: v for k, v in res.items() if isinstance(v, (int, float))}
+        self.state.last_eval = {k: v for k, v in res.items()
+                                if isinstance(v, (int, float)) and not k.startswith(("mix_", "epoch/"))}
         self.state.last_eval_step = self.state.step
         return res
+
+    def _reference_eval(self) -> None:
+        """Evaluate the untrained model for a loader that needs it (a loss-driven mixture's reference)."""
+        res = self.objective.evaluate(self.eval_model)
+        if self._fsdp:
+            self.model.reshard()  # as in _evaluate
+        self.loader.observe_eval(res)
+        if self.metrics is not None:
+            self.metrics.log({"step": 0, "tokens": 0, **res})
+        if self.dist.is_main:
+            parts = [f"{k} {v:.4f}" for k, v in res.items() if k.startswith("val_bpb/")]
+            self._print("step 0 (reference for data.schedule): " + ", ".join(parts))
 
     def _trainer_state(self) -> dict[str, Any]:
         if self._fsdp:
@@ -587,6 +607,8 @@ class Trainer:
         """Optimizer steps until ``max_steps`` or a stop condition; returns why it stopped."""
         cfg, st = self.cfg, self.state
         self._bar = self._progress_bar()
+        if st.step == 0 and self.loader.needs_initial_eval:
+            self._reference_eval()
         window_tokens, window_time = 0, 0.0  # throughput since the last logged step
         while st.step < cfg.max_steps:
             if self._stop_requested():
