@@ -80,29 +80,34 @@ PLACES = ("故宫", "天坛", "颐和园", "长城", "西湖", "灵隐寺", "外
 
 
 EN_LYRIC_LINES = (
-    "I walk these empty streets at night", "the city lights are fading slow", "you said you'd never leave me here",
+    "I walk these empty streets at night", "the city lights are fading slow",
+    "you said you'd never leave me here",
     "but now I'm standing in the rain", "the radio plays our favourite song", "I still remember every word",
     "we were young and we were free", "running down to the summer sea", "your laughter echoes in my head",
     "the letters that I never sent", "the train is leaving from the station", "and I am waiting by the door",
-    "I count the stars above the hill", "and wonder where you are tonight", "the river knows the way back home",
+    "I count the stars above the hill", "and wonder where you are tonight",
+    "the river knows the way back home",
     "so I will follow it along", "the autumn leaves are falling down", "another year has come and gone",
 )
 EN_CHORUS = ("oh oh hold on to me", "don't let the morning come", "we'll dance until the sky turns gold",
              "and sing it all night long")
-EN_INGREDIENTS = ("2 eggs", "3 tomatoes", "a pinch of salt", "1 tsp sugar", "1 spring onion", "3 slices ginger",
-                  "4 cloves garlic", "1 tbsp soy sauce", "200 g flour", "1 cup milk", "2 potatoes", "50 g butter")
+EN_INGREDIENTS = ("2 eggs", "3 tomatoes", "a pinch of salt", "1 tsp sugar", "1 spring onion",
+                  "3 slices ginger", "4 cloves garlic", "1 tbsp soy sauce", "200 g flour", "1 cup milk", "2 potatoes",
+                  "50 g butter")
 EN_STEPS = ("Beat the eggs with a little salt.", "Cut the tomatoes into wedges.", "Heat the oil in a wok.",
             "Scramble the eggs and set them aside.", "Fry the tomatoes until they soften.",
-            "Return the eggs to the pan.", "Season with salt and sugar.", "Sprinkle with spring onion and serve.",
+            "Return the eggs to the pan.", "Season with salt and sugar.",
+            "Sprinkle with spring onion and serve.",
             "Preheat the oven to 180 degrees.", "Bake for forty minutes.", "Let it cool before slicing.")
-EN_CHAPTERS = ("Introduction", "Background", "Data preparation", "Model architecture", "Training", "Evaluation",
-               "Results", "Discussion", "Conclusion", "Appendix", "References", "Acknowledgements")
+EN_CHAPTERS = ("Introduction", "Background", "Data preparation", "Model architecture", "Training",
+               "Evaluation",                "Results", "Discussion", "Conclusion", "Appendix", "References", "Acknowledgements")
 EN_PLACES = ("the British Museum", "Westminster Abbey", "the Tower of London", "Hyde Park", "the Louvre",
              "Notre-Dame", "the Colosseum", "the Vatican Museums", "the Acropolis", "the Alhambra")
 EN_AFTERNOONS = ("free time", "a walk through the old town", "a boat trip on the river", "rest at the hotel",
                  "a cooking class", "a concert in the evening")
 EN_DIALOGUE = (
-    "Have you been waiting long?", "Only a few minutes.", "Shall we get some lunch?", "Good idea, I'm starving.",
+    "Have you been waiting long?", "Only a few minutes.", "Shall we get some lunch?",
+    "Good idea, I'm starving.",
     "How much is this jacket?", "Eighty dollars.", "Could you do seventy?", "Seventy-five, final offer.",
     "What seems to be the problem?", "I've had a headache for two days.", "Any fever?", "I don't think so.",
     "Did you finish your homework?", "Almost.", "The test is tomorrow.", "I know, I know.",
@@ -202,7 +207,8 @@ def build_corpora(shared: Path, n: int = 60, seed: int = 0) -> dict[str, list[st
     def en_lyrics() -> str:
         verse1, verse2 = rng.sample(EN_LYRIC_LINES, 6), rng.sample(EN_LYRIC_LINES, 6)
         title = f"{rng.choice(EN_LYRIC_LINES).title()}\nWords and music by {rng.choice(EN_SPEAKERS)} Smith"
-        return "\n\n".join([title, "\n".join(verse1), "\n".join(EN_CHORUS), "\n".join(verse2), "\n".join(EN_CHORUS)])
+        parts = [title, "\n".join(verse1), "\n".join(EN_CHORUS), "\n".join(verse2), "\n".join(EN_CHORUS)]
+        return "\n\n".join(parts)
 
     corpora["en.lyrics"] = [en_lyrics() for _ in range(n)]
 
@@ -289,7 +295,8 @@ ZH_ARTICLE = (
         ("\n".join("热门标签 手机 电脑 相机 耳机 平板 手表 音箱 键盘 鼠标 显示器".split()),
          "fineweb.line_punct"),
         # Headlines without punctuation, numbers or pronouns: still a link list to line_punct.
-        ("\n".join(["国务院常务会议部署稳就业措施", "多地出台新政支持新能源汽车消费", "央行宣布下调存款准备金率",
+        ("\n".join(["国务院常务会议部署稳就业措施", "多地出台新政支持新能源汽车消费",
+                    "央行宣布下调存款准备金率",
                     "全国夏粮小麦收购进度过半", "高校毕业生就业服务月活动启动", "长江流域进入主汛期",
                     "第三届数字经济峰会在杭州开幕", "新版医保药品目录正式实施", "北方地区迎来今夏首轮高温"]),
          "fineweb.line_punct"),
