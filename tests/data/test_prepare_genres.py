@@ -92,15 +92,15 @@ EN_LYRIC_LINES = (
 EN_CHORUS = ("oh oh hold on to me", "don't let the morning come", "we'll dance until the sky turns gold",
              "and sing it all night long")
 EN_INGREDIENTS = ("2 eggs", "3 tomatoes", "a pinch of salt", "1 tsp sugar", "1 spring onion",
-                  "3 slices ginger", "4 cloves garlic", "1 tbsp soy sauce", "200 g flour", "1 cup milk", "2 potatoes",
-                  "50 g butter")
+                  "3 slices ginger", "4 cloves garlic", "1 tbsp soy sauce", "200 g flour", "1 cup milk",
+                  "2 potatoes", "50 g butter")
 EN_STEPS = ("Beat the eggs with a little salt.", "Cut the tomatoes into wedges.", "Heat the oil in a wok.",
             "Scramble the eggs and set them aside.", "Fry the tomatoes until they soften.",
             "Return the eggs to the pan.", "Season with salt and sugar.",
             "Sprinkle with spring onion and serve.",
             "Preheat the oven to 180 degrees.", "Bake for forty minutes.", "Let it cool before slicing.")
 EN_CHAPTERS = ("Introduction", "Background", "Data preparation", "Model architecture", "Training",
-               "Evaluation",                "Results", "Discussion", "Conclusion", "Appendix", "References", "Acknowledgements")
+               "Evaluation", "Results", "Discussion", "Conclusion", "Appendix", "References", "Acknowledgements")
 EN_PLACES = ("the British Museum", "Westminster Abbey", "the Tower of London", "Hyde Park", "the Louvre",
              "Notre-Dame", "the Colosseum", "the Vatican Museums", "the Acropolis", "the Alhambra")
 EN_AFTERNOONS = ("free time", "a walk through the old town", "a boat trip on the river", "rest at the hotel",
