@@ -100,7 +100,8 @@ EN_STEPS = ("Beat the eggs with a little salt.", "Cut the tomatoes into wedges."
             "Sprinkle with spring onion and serve.",
             "Preheat the oven to 180 degrees.", "Bake for forty minutes.", "Let it cool before slicing.")
 EN_CHAPTERS = ("Introduction", "Background", "Data preparation", "Model architecture", "Training",
-               "Evaluation", "Results", "Discussion", "Conclusion", "Appendix", "References", "Acknowledgements")
+               "Evaluation", "Results", "Discussion", "Conclusion", "Appendix", "References",
+               "Acknowledgements")
 EN_PLACES = ("the British Museum", "Westminster Abbey", "the Tower of London", "Hyde Park", "the Louvre",
              "Notre-Dame", "the Colosseum", "the Vatican Museums", "the Acropolis", "the Alhambra")
 EN_AFTERNOONS = ("free time", "a walk through the old town", "a boat trip on the river", "rest at the hotel",
