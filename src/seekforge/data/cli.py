@@ -1,4 +1,5 @@
-"""``seekforge data prepare``: the CLI of :mod:`seekforge.data.prepare`.
+"""``seekforge data prepare`` / ``data quality train`` / ``data domains``: the CLI of
+:mod:`seekforge.data.prepare`, :mod:`seekforge.data.quality` and :mod:`seekforge.data.domains`.
 
 The ``data`` group is shared with ``data tokenize`` (seekforge.data.tokenize): whichever module
 registers first creates it, the other adds its verb to it.
@@ -43,6 +44,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_args(p, config_positional=False)
     p.set_defaults(func=run_prepare)
+    _register_quality(data_verbs(subparsers))
+
+
+def _register_quality(verbs: argparse._SubParsersAction) -> None:
+    q = verbs.add_parser("quality", help="train a document-quality classifier (for data prepare's quality.model)")
+    q.set_defaults(func=lambda args: q.print_help() or 1)
+    qv = q.add_subparsers(dest="quality_command", metavar="STEP")
+    t = qv.add_parser(
+        "train", help="fit a hashed character n-gram classifier: curated (positive) vs raw (negative) text",
+        description="Train the quality classifier used by `data prepare --set quality.model=DIR`: logistic "
+        "regression on hashed character 1-4-grams (zh and en alike). Holds out a share of each class and "
+        "prints/saves precision, recall and AUC (DIR/report.json).",
+    )
+    t.add_argument("--positive", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="curated text (files, folders, globs; any format data prepare reads)")
+    t.add_argument("--negative", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="raw / low-quality text (e.g. an unfiltered crawl sample)")
+    t.add_argument("--out", "-o", help="model folder to write")
+    t.add_argument("--config", "-c", dest="config", help="YAML with QualityTrainConfig keys")
+    add_config_args(t, config_positional=False)
+    t.set_defaults(func=run_quality_train)
+
+
+def run_quality_train(args: argparse.Namespace) -> int:
+    from seekforge.config import load_config
+    from seekforge.data.quality import QualityTrainConfig, train_quality
+
+    # Command-line paths are the base; the YAML and --set may add keys (checked once, at load).
+    base = {k: v for k, v in (("positive", args.positive), ("negative", args.negative), ("out", args.out)) if v}
+    cfg = load_config(QualityTrainConfig, args.config, args.overrides, base=base)
+    report = train_quality(cfg)
+    h = report["heldout"]
+    print(f"trained on {report['train']['positives']} positive + {report['train']['negatives']} negative "
+          f"documents in {report['elapsed_s']:.1f} s")
+    print(f"held out ({h['docs']} docs, threshold {h['threshold']}): precision {h['precision']:.3f} "
+          f"recall {h['recall']:.3f} F1 {h['f1']:.3f} AUC {h['auc']:.3f}")
+    for lang, m in report["heldout_by_language"].items():
+        print(f"  {lang}: {m['docs']} docs, precision {m['precision']:.3f} recall {m['recall']:.3f} "
+              f"AUC {m['auc']:.3f}")
+    print(f"model: {cfg.out} (report.json); use with: seekforge data prepare ... "
+          f"--set quality.model={cfg.out} --set quality.threshold=0.5")
+    return 0
 
 
 def run_prepare(args: argparse.Namespace) -> int:
