@@ -66,10 +66,8 @@ def main() -> None:
             clustering, _, _ = D.cluster_documents(texts, langs, cfg)
             dt = time.perf_counter() - t0
             ref = f"{sk_nmi(labels, clustering.labels):.3f}" if sk_nmi else "n/a"
-            print(
-                f"| {method} | {k} | {D.purity(clustering.labels, labels):.3f} | "
-                f"{D.nmi(clustering.labels, labels):.3f} | {ref} | {clustering.mean_similarity:.3f} | {dt:.1f} |"
-            )
+            pur, nmi = D.purity(clustering.labels, labels), D.nmi(clustering.labels, labels)
+            print(f"| {method} | {k} | {pur:.3f} | {nmi:.3f} | {ref} | {clustering.mean_similarity:.3f} | {dt:.1f} |")
 
 
 if __name__ == "__main__":
