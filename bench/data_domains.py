@@ -67,7 +67,8 @@ def main() -> None:
             dt = time.perf_counter() - t0
             ref = f"{sk_nmi(labels, clustering.labels):.3f}" if sk_nmi else "n/a"
             pur, nmi = D.purity(clustering.labels, labels), D.nmi(clustering.labels, labels)
-            print(f"| {method} | {k} | {pur:.3f} | {nmi:.3f} | {ref} | {clustering.mean_similarity:.3f} | {dt:.1f} |")
+            tight = clustering.mean_similarity
+            print(f"| {method} | {k} | {pur:.3f} | {nmi:.3f} | {ref} | {tight:.3f} | {dt:.1f} |")
 
 
 if __name__ == "__main__":
