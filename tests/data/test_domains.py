@@ -85,7 +85,8 @@ def test_cli_writes_domain_folders_and_report(shared_data: Path, tmp_path: Path,
 
 
 def test_k_larger_than_documents_is_refused(tmp_path: Path, capsys):
-    inp = _write_jsonl(tmp_path / "in.jsonl", [{"text": f"document number {i} about rivers"} for i in range(5)])
+    rows = [{"text": f"document number {i} about rivers"} for i in range(5)]
+    inp = _write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(["data", "domains", "--input", str(inp), "--k", "20", "--out", str(tmp_path / "o")]) != 0
     err = capsys.readouterr().err
     assert "k=20 is larger than the number of documents (5)" in err and "use k <= 5" in err
