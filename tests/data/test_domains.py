@@ -95,3 +95,21 @@ def test_k_larger_than_documents_is_refused(tmp_path: Path, capsys):
         D.DomainsConfig(k=1).validate()
     with pytest.raises(ConfigError, match=r"max_df must be in \(0, 1\]"):
         D.DomainsConfig(max_df=1.5).validate()
+
+
+def test_precomputed_embeddings_plug_in(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16))
+    truth = rng.integers(0, 3, 60)
+    emb = centers[truth] + 0.1 * rng.normal(size=(60, 16))
+    np.save(tmp_path / "emb.npy", emb)
+    texts = [f"alpha{i % 5} beta{i % 7} gamma{i % 4}" for i in range(60)]  # terms for the report only
+    cfg = D.DomainsConfig(k=3, method="embeddings", embeddings=str(tmp_path / "emb.npy"), min_df=1)
+    clustering, _, _ = D.cluster_documents(texts, ["en"] * 60, cfg)
+    assert D.nmi(clustering.labels, [str(t) for t in truth]) == pytest.approx(1.0)
+    np.save(tmp_path / "short.npy", emb[:10])
+    short = D.DomainsConfig(k=3, method="embeddings", embeddings=str(tmp_path / "short.npy"))
+    with pytest.raises(ConfigError, match=r"short.npy has shape \(10, 16\); expected \(60, dim\)"):
+        D.cluster_documents(texts, ["en"] * 60, short)
+    with pytest.raises(ConfigError, match="method=embeddings and embeddings=FILE.npy go together"):
+        D.DomainsConfig(method="embeddings").validate()

@@ -59,7 +59,8 @@ def _register_domains(verbs: argparse._SubParsersAction) -> None:
                    help="a data prepare output folder, or files/folders/globs")
     d.add_argument("--out", "-o", help="output folder")
     d.add_argument("--k", type=int, help="number of domains (default 20)")
-    d.add_argument("--method", choices=["tfidf", "minhash"], help="document representation (default tfidf)")
+    d.add_argument("--method", choices=["tfidf", "minhash", "embeddings"],
+                   help="document representation (default tfidf); embeddings needs --set embeddings=FILE.npy")
     d.add_argument("--label-field", help="a record field (e.g. source) to report purity/NMI against")
     d.add_argument("--config", "-c", dest="config", help="YAML with DomainsConfig keys")
     add_config_args(d, config_positional=False)

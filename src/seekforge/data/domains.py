@@ -9,7 +9,9 @@ Vassilvitskii 2007) and a few restarts:
   ``min_df <= df <= max_df * N``;
 - ``minhash``: the document's MinHash signature (the one ``data prepare`` deduplicates with:
   character 7-grams for CJK, word 5-grams otherwise), each (position, value) pair a hashed
-  feature, so that the dot product of two documents estimates their Jaccard similarity.
+  feature, so that the dot product of two documents estimates their Jaccard similarity;
+- ``embeddings``: dense vectors computed elsewhere (a ``.npy``, one row per document), which is
+  where an embedding model - and BERTopic's first stage - plugs in (docs/data.md).
 
 The report lists each domain's size, sources, languages and top terms (the class-based TF-IDF
 of BERTopic: the summed TF-IDF of the domain's documents), and - with ``label_field`` - purity
@@ -29,6 +31,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -48,7 +51,11 @@ class DomainsConfig:
     input: list[str] = field(default_factory=list)  # a data prepare output (or any readable input)
     out: str = ""
     k: int = 20
-    method: Literal["tfidf", "minhash"] = "tfidf"
+    method: Literal["tfidf", "minhash", "embeddings"] = "tfidf"
+    # method=embeddings: a .npy of shape (documents, dim), one row per input document in input
+    # order, from any embedding model (sentence-transformers, a seekforge model's mean hidden
+    # states, ...): the rows are clustered by the same spherical k-means.
+    embeddings: str | None = None
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     max_terms: int = 50_000  # vocabulary size (most frequent terms)
     min_df: int = 2  # a term must occur in this many documents ...
@@ -66,6 +73,11 @@ class DomainsConfig:
             raise ConfigError(f"max_df must be in (0, 1], got {self.max_df}")
         if self.min_df < 1 or self.max_terms < 1 or self.iterations < 1 or self.restarts < 1:
             raise ConfigError("min_df, max_terms, iterations and restarts must be >= 1")
+        if (self.method == "embeddings") != bool(self.embeddings):
+            raise ConfigError(
+                "method=embeddings and embeddings=FILE.npy go together (got method="
+                f"{self.method!r}, embeddings={self.embeddings!r}); methods: tfidf, minhash, embeddings"
+            )
 
 
 class Sparse(NamedTuple):
@@ -127,6 +139,27 @@ def tfidf_matrix(docs_terms: list[list[str]], cfg: DomainsConfig) -> tuple[Spars
         len(kept),
     )
     return _normalise_rows(m), Vocabulary(kept, idf)
+
+
+def dense_rows(path: str, n_docs: int) -> Sparse:
+    """Embeddings from a .npy file as unit-norm rows (the spherical k-means input)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"embeddings: {file} not found (expected a .npy of shape (documents, dim))")
+    emb = np.load(file)
+    if emb.ndim != 2 or emb.shape[0] != n_docs or not np.isfinite(emb).all():
+        raise ConfigError(
+            f"embeddings: {file} has shape {emb.shape}; expected ({n_docs}, dim) with finite "
+            f"values, one row per input document in input order"
+        )
+    n, d = emb.shape
+    data = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return Sparse(
+        np.arange(0, n * d + 1, d, dtype=np.int64),
+        np.tile(np.arange(d, dtype=np.int64), n),
+        data.astype(np.float64).ravel(),
+        d,
+    )
 
 
 def minhash_matrix(
@@ -282,7 +315,10 @@ def cluster_documents(
             f"{', '.join(map(str, cfg.input)) or 'the input'}; use k <= {len(texts)}"
         )
     tfidf, vocab = tfidf_matrix([terms_of(t, lang) for t, lang in zip(texts, langs)], cfg)
-    x = tfidf if cfg.method == "tfidf" else minhash_matrix(texts, langs)
+    if cfg.method == "embeddings":
+        x = dense_rows(str(cfg.embeddings), len(texts))
+    else:
+        x = tfidf if cfg.method == "tfidf" else minhash_matrix(texts, langs)
     return spherical_kmeans(x, cfg.k, cfg.iterations, cfg.restarts, cfg.seed), tfidf, vocab
 
 
