@@ -182,8 +182,13 @@ def test_prepare_filters_by_score_and_keeps_it(model_dir: Path, labelled, tmp_pa
     weights = np.load(model_dir / "weights.npy")
     np.save(model_dir / "weights.npy", weights)  # same values, new file: size/mtime fingerprint
     with pytest.raises(ValueError, match="different settings"):
-        prepare(load_config(PrepareConfig, None, [*base, f"out={tmp_path / 'zero'}", f"quality.model={model_dir}",
-                                                  "quality.threshold=0"]))
+        prepare(
+            load_config(
+                PrepareConfig,
+                None,
+                [*base, f"out={tmp_path / 'zero'}", f"quality.model={model_dir}", "quality.threshold=0"],
+            )
+        )
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "high"])
