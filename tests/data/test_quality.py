@@ -259,3 +259,19 @@ def test_cli_errors_name_the_key(tmp_path: Path, capsys):
     assert not (tmp_path / "o").exists()  # refused before anything was written
     assert main(["data", "quality", "train", "--positive", str(inp), "--out", str(tmp_path / "m")]) != 0
     assert "--negative" in capsys.readouterr().err
+
+
+SHARE = r"must be a share in \[0, 1\]"
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        ("filters.fineweb.zh.line_punct_thr=1.7", r"filters\.fineweb\.zh\.line_punct_thr " + SHARE),
+        ("filters.gopher_repetition.en.dup_line_frac=-0.1", r"gopher_repetition\.en\.dup_line_frac " + SHARE),
+        ("filters.gopher_repetition.zh.top_ngrams=[[2,3]]", r"top_ngrams \(n=2\) " + SHARE),
+    ],
+)
+def test_filter_shares_outside_unit_interval_are_refused(override: str, pattern: str):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(PrepareConfig, None, [override])

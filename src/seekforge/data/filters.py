@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import regex
 
+from seekforge.config import ConfigError
 from seekforge.data.text import (
     CJK_LANGS,
     count_sentences,
@@ -223,6 +224,37 @@ class FiltersConfig:
     gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
     c4: C4Config = field(default_factory=C4Config)
     fineweb: FineWebConfig = field(default_factory=FineWebConfig)
+
+    def validate(self) -> None:
+        """Every share/ratio threshold must be in [0, 1] (or null: rule off)."""
+        tables = (("gopher_repetition", GopherRepetitionRules), ("gopher_quality", GopherQualityRules),
+                  ("fineweb", FineWebRules))
+        for table, rules_cls in tables:
+            for lang in ("en", "zh", "other"):
+                rules = getattr(getattr(self, table), lang)
+                for name in _SHARE_FIELDS[rules_cls]:
+                    _check_share(f"filters.{table}.{lang}.{name}", getattr(rules, name))
+                if isinstance(rules, GopherRepetitionRules):
+                    for name in ("top_ngrams", "dup_ngrams"):
+                        for pair in getattr(rules, name):
+                            if len(pair) != 2:
+                                raise ConfigError(f"filters.{table}.{lang}.{name}: expected [n, share] "
+                                                  f"pairs, got {pair!r}")
+                            _check_share(f"filters.{table}.{lang}.{name} (n={int(pair[0])})", pair[1])
+
+
+# Fields holding a share (fraction of lines, characters or words) - valid values [0, 1].
+_SHARE_FIELDS: dict[type, tuple[str, ...]] = {
+    GopherRepetitionRules: ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac"),
+    GopherQualityRules: ("max_symbol_word_ratio", "max_bullet_lines_ratio",
+                         "max_ellipsis_lines_ratio", "min_alpha_words_ratio"),
+    FineWebRules: ("line_punct_thr", "short_line_thr", "char_duplicates_ratio"),
+}
+
+
+def _check_share(key: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key} must be a share in [0, 1] (or null to turn the rule off), got {value}")
 
 
 def group(lang: str) -> str:
