@@ -13,8 +13,8 @@ Vassilvitskii 2007) and a few restarts:
 - ``embeddings``: dense vectors computed elsewhere (a ``.npy``, one row per document), which is
   where an embedding model - and BERTopic's first stage - plugs in (docs/data.md).
 
-The report lists each domain's size, sources, languages and top terms (the class-based TF-IDF
-of BERTopic: the summed TF-IDF of the domain's documents), and - with ``label_field`` - purity
+The report lists each domain's size, sources, languages and top terms (highest summed TF-IDF
+over the domain's documents, akin to BERTopic's class-based TF-IDF), and - with ``label_field`` - purity
 and normalised mutual information against a known label (e.g. ``source``), which is how the
 two representations were compared (docs/data.md).
 
