@@ -102,7 +102,7 @@ def test_train_writes_model_and_held_out_metrics(model_dir: Path, labelled):
 def test_scores_are_probabilities_and_independent_of_batching(model_dir: Path, labelled):
     model = Q.load_quality_model(model_dir)
     texts = [json.loads(line)["text"] for line in labelled[0].read_text().splitlines()[:40]]
-    texts += ["", "a", "好"]  # empty and shorter-than-n documents
+    texts += ["", "a", "好", "abcd", "", ""]  # empty and shorter-than-n documents, also last
     together = model.score(texts)
     alone = np.array([model.score([t])[0] for t in texts])
     assert np.all((together >= 0) & (together <= 1))

@@ -1,7 +1,7 @@
 """A fast document-quality classifier: hashed character n-grams + logistic regression.
 
-The role is that of the fastText classifiers used to select pretraining text (DCLM, FineWeb-Edu's
-annotation step, the CCI/Chinese corpora): trained on *positives* (curated text: encyclopedias,
+The role is that of the fastText classifiers used to select pretraining text (DCLM,
+ChineseWebText, CCI4.0): trained on *positives* (curated text: encyclopedias,
 textbooks, instruction answers, classical literature) against *negatives* (raw crawl), it scores
 each document with P(positive) and ``data prepare`` drops documents below a threshold.
 
@@ -16,7 +16,7 @@ characters) and English alike.
 
 Featurisation and scoring are numpy-vectorised over a whole batch: code points of all documents
 in one array, rolling polynomial n-gram hashes in uint32, multiply-shift into ``2**bits``
-buckets (Dietzfelbinger et al. 1997), one ``np.bincount`` per order for the per-document sums.
+buckets (Dietzfelbinger et al. 1997), one ``np.add.reduceat`` per order for the per-document sums.
 
 Model directory (``quality.json`` + ``weights.npy`` + ``report.json``): ``quality.json`` holds
 ``format: seekforge.quality``, ``version``, the featuriser settings and the bias; a directory
@@ -128,11 +128,12 @@ def _logits(feats: Features, weights: np.ndarray, bias: float) -> np.ndarray:
     lengths = feats.lengths
     starts = np.cumsum(lengths) - lengths
     for g in feats.orders:
-        wv = np.take(weights, g.bucket)  # np.take: ~1.7x faster than fancy indexing here
-        wv[g.invalid] = 0.0
-        m = len(wv)
+        m = len(g.bucket)
+        wv = np.zeros(m + 1, dtype=weights.dtype)  # + a 0 sentinel: documents starting past the
+        np.take(weights, g.bucket, out=wv[:m])  # last window sum nothing, the one before them all
+        wv[g.invalid] = 0.0  # (np.take: ~1.7x faster than fancy indexing here)
         has = (lengths > 0) & (starts < m)  # reduceat returns a[i] for empty segments: masked
-        part = np.add.reduceat(wv, np.minimum(starts, m - 1))
+        part = np.add.reduceat(wv, np.minimum(starts, m))
         sums += np.where(has, part, 0.0)
     return bias + sums / np.sqrt(np.maximum(feats.counts, 1.0))
 
