@@ -15,8 +15,15 @@ Part 2 -- throughput on ../shared/data/pretrain/ (all files): MB/s of input text
 Each measurement runs in a fresh subprocess (clean ru_maxrss), interleaved over ``--repeats`` rounds
 with the median reported, because this machine is shared with other jobs.
 
+Part 3 -- quality-classifier scoring (``seekforge.data.quality``), one process: documents per
+CPU-second (= per core; numpy runs these kernels on one thread) over a zh+en mix (C4, Tang poems,
+alpaca zh/en answers), for the default 2**20 buckets and for 2**18; reference: scikit-learn's
+``HashingVectorizer(analyzer="char", ngram_range=(1, 4))`` + ``LogisticRegression``, the same
+model class, fitted on the same documents (skipped when scikit-learn is missing).
+
     .venv/bin/python bench/data_throughput.py                  # ~2-4 minutes on 2 cores
     .venv/bin/python bench/data_throughput.py --repeats 1 --vocab-size 8000   # quicker
+    .venv/bin/python bench/data_throughput.py --only quality                  # part 3 only
 """
 
 from __future__ import annotations
@@ -205,11 +212,69 @@ def throughput(data: Path, tok: Path, work: Path, repeats: int) -> str:
     return "\n".join(lines)
 
 
+def _quality_corpus(data: Path) -> tuple[list[str], list[int], dict[str, list[str]]]:
+    """(training texts, labels, {name: documents to score})."""
+    from seekforge.data.readers import iter_documents
+
+    pre, sft = data / "pretrain", data / "sft"
+    c4 = [d.text for d in iter_documents(pre / "c4_demo.jsonl")]
+    tang = [d.text for d in iter_documents(pre / "tang_poems.jsonl")][:6000]
+    answers = [d.text for f in ("alpaca_en_demo.json", "alpaca_zh_demo.json")
+               for d in iter_documents(sft / f, text_fields=("output",))]
+    train = answers[::2] + c4[::2]
+    labels = [1] * len(answers[::2]) + [0] * len(c4[::2])
+    sets = {"C4 web pages": c4 * 20, "Tang poems": tang, "alpaca answers (zh+en)": answers * 3}
+    sets["all three"] = [d for docs in sets.values() for d in docs]
+    return train, labels, sets
+
+
+def _best_cpu(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def quality_scoring(data: Path, repeats: int) -> str:
+    import numpy as np
+
+    from seekforge.data import quality as Q
+
+    train, labels, sets = _quality_corpus(data)
+    y = np.array(labels, dtype=np.float64)
+    scorers = {}
+    for bits in (20, 18):
+        cfg = Q.QualityTrainConfig(positive=["-"], negative=["-"], out="-", epochs=2,
+                                   featurizer=Q.Featurizer(bits=bits))
+        scorers[f"seekforge 2**{bits}"] = Q.fit(train, y, cfg).score
+    try:
+        from sklearn.feature_extraction.text import HashingVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        vec = HashingVectorizer(analyzer="char", ngram_range=(1, 4), n_features=1 << 20, alternate_sign=False)
+        clf = LogisticRegression(max_iter=200).fit(vec.transform([t[:2000] for t in train]), labels)
+        scorers["scikit-learn"] = lambda docs: clf.decision_function(vec.transform([d[:2000] for d in docs]))
+    except ImportError:
+        pass
+    lines = ["Documents per CPU-second (one core); documents are scored on their first 2000 characters. "
+             "scikit-learn: HashingVectorizer(char 1-4, 2**20) + LogisticRegression.\n",
+             "| documents | count | avg chars | " + " | ".join(scorers) + " |",
+             "|---|---|---|" + "---|" * len(scorers)]
+    for name, docs in sets.items():
+        chars = sum(min(len(d), 2000) for d in docs) / len(docs)
+        rates = [f"{len(docs) / _best_cpu(lambda f=f, d=docs: f(d), repeats):,.0f}" for f in scorers.values()]
+        lines.append(f"| {name} | {len(docs)} | {chars:.0f} | " + " | ".join(rates) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--vocab-size", type=int, default=32000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=["quality"], help="run only this part")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--tok", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -219,6 +284,12 @@ def main() -> None:
         return
     if not (args.data / "pretrain").is_dir():
         sys.exit(f"{args.data}/pretrain not found; pass --data PATH")
+    if args.only == "quality":
+        load0 = os.getloadavg()[0]
+        print("## Quality classifier scoring\n")
+        print(quality_scoring(args.data, args.repeats))
+        print(f"\nload average (1 min) before/after: {load0:.1f} / {os.getloadavg()[0]:.1f}")
+        return
     with tempfile.TemporaryDirectory(prefix="seekforge-bench-") as tmp:
         work = Path(tmp)
         table, tok = compression(args.data, args.vocab_size, work)
@@ -230,6 +301,8 @@ def main() -> None:
         print(throughput(args.data, tok, work, args.repeats))
         # Wall-clock MB/s only means something on an idle machine; MB per CPU-second much less
         # depends on what else runs.
+        print("\n## Quality classifier scoring\n")
+        print(quality_scoring(args.data, args.repeats))
         print(f"\nload average (1 min) before/after: {load0:.1f} / {os.getloadavg()[0]:.1f}")
 
 

@@ -22,8 +22,8 @@ README = REPO / "README.md"
 
 # Examples run end to end: (leading words of the command, flags that make it a cheap run). Training,
 # fine-tuning, serving and chatting take minutes or wait for input; they are only parsed.
-CHEAP = ("demo --samples", "data prepare", "tokenizer train", "tokenizer eval", "data tokenize",
-         "model info", "plan --preset")
+CHEAP = ("demo --samples", "data prepare", "data domains", "tokenizer train", "tokenizer eval",
+         "data tokenize", "model info", "plan --preset")
 
 
 def fenced_blocks(text: str, lang: str) -> list[str]:

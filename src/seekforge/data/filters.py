@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import regex
 
+from seekforge.config import ConfigError
 from seekforge.data.text import (
     CJK_LANGS,
     count_sentences,
@@ -108,6 +109,12 @@ class GopherRepetitionRules:
     # carry their punctuation; jieba makes every ， 。 ： a token, so in short lines (dialogue:
     # 。\n老王：) punctuation + a speaker name become the "most frequent n-gram".
     ngrams_skip_punct: bool = False
+    # Leave line-leading enumerators (第3天：, 1., 一、, （二）, ②) out of the n-grams: they are list
+    # structure, and a numbered list repeats "第 N 天" on every line by construction.
+    ngrams_skip_enumerators: bool = False
+    # A stanza (blank-line separated block of 2+ lines) repeated verbatim - a chorus - counts as
+    # one duplicate line for dup_line_frac, not one per line: songs repeat their chorus 2-3 times.
+    dup_line_stanzas: bool = False
 
 
 def _zh_gopher_repetition() -> GopherRepetitionRules:
@@ -117,6 +124,7 @@ def _zh_gopher_repetition() -> GopherRepetitionRules:
         top_ngrams=[[2, 0.256], [3, 0.201], [4, 0.171]],
         dup_ngrams=[[5, 0.198], [6, 0.182], [7, 0.167], [8, 0.154], [9, 0.14], [10, 0.127]],
         ngrams_over_distinct_lines=True, ngrams_skip_punct=True,  # seekforge: docs/data.md
+        ngrams_skip_enumerators=True, dup_line_stanzas=True,
     )
 
 
@@ -159,6 +167,16 @@ class C4Config:
     other: C4Rules = field(default_factory=C4Rules)
 
 
+# Personal pronouns and sentence-final/modal particles (seekforge, for FineWebRules.spoken_markers).
+ZH_SPOKEN_MARKERS = "我你您他她咱俺吗呢吧啊呀啦哦嘛"
+
+# A line-leading list enumerator: 第三章 / 第2天, 1. / 2、 / 3) , 一、, （一） / (2), ① … ⑳.
+ENUMERATOR = regex.compile(
+    r"^\s*(?:第[0-9一二三四五六七八九十百千零〇两]+[章节回条天步部篇卷课期集讲]|[0-9]{1,3}[.、．)）]"
+    r"|[一二三四五六七八九十]+[、．]|[（(][0-9一二三四五六七八九十]+[)）]|[①-⑳])[\s:：、.．]*"
+)
+
+
 @dataclass
 class FineWebRules:
     line_punct_thr: float | None = 0.12  # min share of lines ending in terminal punctuation
@@ -170,6 +188,13 @@ class FineWebRules:
     # Duplicated lines shorter than this many units do not count for char_duplicates_ratio:
     # repeated titles, author lines and refrains are form, not boilerplate (0: all count).
     dup_line_min_units: int = 0
+    # For line_punct, a line also counts as closed when it starts with an enumerator (第一章,
+    # 1., 一、: a numbered list is structure, not a link list) ...
+    enumerated_lines_closed: bool = False
+    # ... or holds one of these characters (personal pronouns and sentence-final particles: the
+    # register of lyrics, verse and chat, which print clauses as lines without punctuation, and
+    # rare in headline, tag and link lists, which this rule is for).
+    spoken_markers: str = ""
 
 
 @dataclass
@@ -184,7 +209,8 @@ class FineWebConfig:
     zh: FineWebRules = field(
         default_factory=lambda: FineWebRules(line_punct_thr=0.106, short_line_thr=None,
                                              char_duplicates_ratio=0.1, new_line_ratio=0.3,
-                                             line_units="chars", dup_line_min_units=10)
+                                             line_units="chars", dup_line_min_units=10,
+                                             enumerated_lines_closed=True, spoken_markers=ZH_SPOKEN_MARKERS)
     )
     other: FineWebRules = field(default_factory=FineWebRules)
 
@@ -198,6 +224,37 @@ class FiltersConfig:
     gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
     c4: C4Config = field(default_factory=C4Config)
     fineweb: FineWebConfig = field(default_factory=FineWebConfig)
+
+    def validate(self) -> None:
+        """Every share/ratio threshold must be in [0, 1] (or null: rule off)."""
+        tables = (("gopher_repetition", GopherRepetitionRules), ("gopher_quality", GopherQualityRules),
+                  ("fineweb", FineWebRules))
+        for table, rules_cls in tables:
+            for lang in ("en", "zh", "other"):
+                rules = getattr(getattr(self, table), lang)
+                for name in _SHARE_FIELDS[rules_cls]:
+                    _check_share(f"filters.{table}.{lang}.{name}", getattr(rules, name))
+                if isinstance(rules, GopherRepetitionRules):
+                    for name in ("top_ngrams", "dup_ngrams"):
+                        for pair in getattr(rules, name):
+                            if len(pair) != 2:
+                                raise ConfigError(f"filters.{table}.{lang}.{name}: expected [n, share] "
+                                                  f"pairs, got {pair!r}")
+                            _check_share(f"filters.{table}.{lang}.{name} (n={int(pair[0])})", pair[1])
+
+
+# Fields holding a share (fraction of lines, characters or words) - valid values [0, 1].
+_SHARE_FIELDS: dict[type, tuple[str, ...]] = {
+    GopherRepetitionRules: ("dup_line_frac", "dup_para_frac", "dup_line_char_frac", "dup_para_char_frac"),
+    GopherQualityRules: ("max_symbol_word_ratio", "max_bullet_lines_ratio",
+                         "max_ellipsis_lines_ratio", "min_alpha_words_ratio"),
+    FineWebRules: ("line_punct_thr", "short_line_thr", "char_duplicates_ratio"),
+}
+
+
+def _check_share(key: str, value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key} must be a share in [0, 1] (or null to turn the rule off), got {value}")
 
 
 def group(lang: str) -> str:
@@ -220,7 +277,12 @@ ZH_STOP_WORDS = ("的", "年", "在", "月", "是", "和", "日", "了", "於", 
                  # ... and classical pronouns/adverbs/connectives: 2+ of the list in 89% of the
                  # Tang poems (71% without), 1+ in 97% (docs/data.md).
                  "一", "來", "来", "如", "此", "何", "自", "相", "君", "与", "所", "可", "亦",
-                 "未", "已", "皆", "又", "將", "将", "爲")
+                 "未", "已", "皆", "又", "將", "将", "爲",
+                 # ... and (seekforge) the grammatical words of modern procedural and spoken
+                 # text (recipes, instructions, chat: 把鸡蛋打散, 炒熟后盛出), none of which a menu
+                 # or tag list of nouns holds.
+                 "把", "后", "再", "就", "都", "要", "会", "到", "这", "那", "个", "着", "过", "给",
+                 "从", "对", "用")
 
 # --------------------------------------------------------------------------- units
 
@@ -419,6 +481,19 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
 
 
 _PARA_SPLIT = regex.compile(r"\n{2,}")
+
+
+def _repeated_stanza_lines(text: str) -> int:
+    """Lines to forgive in the duplicate-line count: a stanza of k lines repeated verbatim
+    counted k duplicate lines, and now counts one."""
+    seen: set[str] = set()
+    forgiven = 0
+    for para in _PARA_SPLIT.split(text.strip()):
+        k = para.count("\n") + 1
+        if para in seen and k >= 2:
+            forgiven += k - 1
+        seen.add(para)
+    return forgiven
 _LINE_SPLIT = regex.compile(r"\n+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio): polynomial base
 
@@ -527,15 +602,19 @@ def check_gopher_repetition(view: DocView, cfg: GopherRepetitionConfig) -> str |
             return "gopher_repetition.dup_paragraph_chars"
     lines = _LINE_SPLIT.split(text)
     n, chars = _dup_stats(lines)
-    if r.dup_line_frac is not None and n / len(lines) > r.dup_line_frac:
+    n_judged = n - _repeated_stanza_lines(text) if r.dup_line_stanzas and n else n
+    if r.dup_line_frac is not None and n_judged / len(lines) > r.dup_line_frac:
         return "gopher_repetition.dup_lines"
     if r.dup_line_char_frac is not None and chars / len(text) > r.dup_line_char_frac:
         return "gopher_repetition.dup_line_chars"
     if not r.top_ngrams and not r.dup_ngrams:
         return None
     words, length = view.words, len(text)
-    if r.ngrams_over_distinct_lines and n:
-        distinct = list(dict.fromkeys(lines))
+    skip_enum = r.ngrams_skip_enumerators and any(ENUMERATOR.match(ln) for ln in lines)
+    if (r.ngrams_over_distinct_lines and n) or skip_enum:
+        distinct = list(dict.fromkeys(lines)) if r.ngrams_over_distinct_lines else lines
+        if skip_enum:
+            distinct = [ENUMERATOR.sub("", ln, count=1) for ln in distinct]
         words = [w for ln in distinct for w in view.line_words(ln)]
         length = sum(map(len, distinct)) + len(distinct) - 1
     if r.ngrams_skip_punct:
@@ -640,13 +719,22 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
 # --------------------------------------------------------------------------- FineWeb
 
 
+def _closed_line(line: str, r: FineWebRules) -> bool:
+    """Does the line end like a sentence for FineWeb's line_punct rule?"""
+    if ends_with_terminal(line):
+        return True
+    if r.enumerated_lines_closed and ENUMERATOR.match(line):
+        return True
+    return bool(r.spoken_markers) and any(c in line for c in r.spoken_markers)
+
+
 def check_fineweb(view: DocView, cfg: FineWebConfig) -> str | None:
     r: FineWebRules = getattr(cfg, view.group)
     lines = [ln for ln in view.lines if ln.strip()]
     if not lines:
         return "fineweb.empty"
     if r.line_punct_thr is not None:
-        share = sum(ends_with_terminal(ln) for ln in lines) / len(lines)
+        share = sum(map(lambda ln: _closed_line(ln, r), lines)) / len(lines)
         if share < r.line_punct_thr:
             return "fineweb.line_punct"
     if r.short_line_thr is not None:

@@ -6,6 +6,10 @@ Pipeline, per document (steps switchable in ``PrepareConfig``)::
     Gopher quality / C4 / FineWeb filters -> PII scrub -> decontamination -> exact + MinHash dedup
     -> write (weight > 1: copies)
 
+With ``quality.model`` set, a trained classifier (:mod:`seekforge.data.quality`) scores the
+documents that passed the heuristic filters, a batch at a time, and drops those under
+``quality.threshold`` (reason ``quality.score``) before dedup.
+
 How it runs:
 
 - **Sharding.** The input stream (sources in config order, files in sorted order) is cut into
@@ -61,6 +65,7 @@ from seekforge.data.filters import run_filters
 from seekforge.data.pii import PIIConfig, scrub
 from seekforge.data.prepare_config import LanguageConfig, OutputConfig, PrepareConfig, SourceConfig
 from seekforge.data.prepare_report import ShardStats, build_report, empty_message, report_markdown
+from seekforge.data.quality import load_quality_model
 from seekforge.data.readers import (
     PREPARED_REPORT,
     PREPARED_STATE_DIR,
@@ -133,6 +138,7 @@ class Kept(NamedTuple):
     c4_lines_removed: dict[str, int]
     line: bytes
     nbytes: int  # UTF-8 bytes of ``text``
+    quality: float | None = None  # the classifier's score, when quality.keep_score
 
 
 def _process_batch(batch: list[WorkItem]) -> list[Dropped | Kept]:
@@ -145,6 +151,7 @@ def _process_batch(batch: list[WorkItem]) -> list[Dropped | Kept]:
     decon_n: int = _W["decon_n"]
     out: list[Dropped | Kept] = []
     pending: list[tuple[int, str]] = []  # (position in `out`, simplified text) still needing MinHash keys
+    names: dict[int, tuple[str, str]] = {}  # position in `out` -> (source, id), to re-serialise
     for idx, source, raw, doc_id in batch:
         text = clean_text(raw, cfg_clean)
         if not text.strip():
@@ -170,14 +177,37 @@ def _process_batch(batch: list[WorkItem]) -> list[Dropped | Kept]:
                           ensure_ascii=False).encode("utf-8") + b"\n"
         out.append(Kept(idx, text, lang, ekey, None, dict(pii_counts), dict(res.c4_lines_removed),
                         line, len(text.encode("utf-8"))))
+        names[len(out) - 1] = (source, doc_id)
         if _W["minhasher"] is not None:
             pending.append((len(out) - 1, simple))
+    if _W.get("quality") is not None:
+        _apply_quality(out, names)
+        pending = [(p, sp) for p, sp in pending if isinstance(out[p], Kept)]
     mh: MinHasher | None = _W["minhasher"]
     if mh is not None and pending:
         keys = mh.keys_for_many([sp for _, sp in pending], [out[p].lang for p, _ in pending], simplified=True)
         for (pos, _), k in zip(pending, keys):
             out[pos] = out[pos]._replace(band_keys=k.tobytes())
     return out
+
+
+def _apply_quality(out: list[Dropped | Kept], names: dict[int, tuple[str, str]]) -> None:
+    """Score the batch's surviving documents in one vectorised call; drop those under the threshold."""
+    model, threshold, keep_score = _W["quality"]
+    kept = [p for p, r in enumerate(out) if isinstance(r, Kept)]
+    if not kept:
+        return
+    scores = model.score([out[p].text for p in kept])
+    for p, score in zip(kept, scores.tolist()):
+        r = out[p]
+        if score < threshold:
+            out[p] = Dropped(r.idx, "quality.score", r.lang, _snippet(r.text))
+        elif keep_score:
+            source, doc_id = names[p]
+            score = round(score, 4)
+            line = json.dumps({"text": r.text, "source": source, "language": r.lang, "id": doc_id,
+                               "quality": score}, ensure_ascii=False).encode("utf-8") + b"\n"
+            out[p] = r._replace(line=line, quality=score)
 
 
 # --------------------------------------------------------------------------- shard output
@@ -271,6 +301,10 @@ def _fingerprint(cfg: PrepareConfig, sources: list[SourceConfig]) -> dict[str, A
             for t in targets:
                 st = t.stat()
                 files.append([str(t), st.st_size, st.st_mtime_ns])
+    if cfg.quality.model:  # a retrained model in the same folder is a changed input
+        for t in sorted(Path(cfg.quality.model).glob("*")):
+            st = t.stat()
+            files.append([str(t), st.st_size, st.st_mtime_ns])
     blob = json.dumps({"config": conf, "files": files}, sort_keys=True, ensure_ascii=False)
     return {"hash": hashlib.sha256(blob.encode()).hexdigest()[:16], "config": conf, "n_files": len(files)}
 
@@ -468,6 +502,8 @@ class _Runner:
     def _write(self, writer: _ShardWriter, stats: ShardStats, doc: Document, res: Kept, copies: int) -> None:
         """Write a surviving document ``copies`` times (its source's weight); copies get ``#copyN`` ids."""
         record: dict[str, Any] = {"text": res.text, "source": doc.source, "language": res.lang, "id": doc.id}
+        if res.quality is not None:
+            record["quality"] = res.quality
         line: bytes | None = res.line
         if self.cfg.output.keep_meta and doc.meta:
             record["meta"] = doc.meta
@@ -495,6 +531,9 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if not cfg.out:
         raise ConfigError("no output folder: pass --out DIR (or set `out` in the config)")
     out = Path(cfg.out)
+    quality = None
+    if cfg.quality.model:  # a bad model folder fails before anything is written
+        quality = (load_quality_model(cfg.quality.model), cfg.quality.threshold, cfg.quality.keep_score)
     fingerprint = _fingerprint(cfg, sources)
     _prepare_out_dir(out, fingerprint, cfg.overwrite)
 
@@ -503,7 +542,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     decon, decon_n, decon_info = _load_decontam(cfg)
     state = {"clean_cfg": cfg.clean, "lang_cfg": cfg.language, "keep_langs": set(cfg.language.languages),
              "filters": filters, "pii_cfg": cfg.pii, "dedup_cfg": cfg.dedup, "decon_ngrams": decon,
-             "decon_n": decon_n}
+             "decon_n": decon_n, "quality": quality}
     warm_up(("zh",))  # load jieba's dictionary once, before forking
     _init_worker(state)
     runner = _Runner(cfg, out, sources, workers)

@@ -18,6 +18,7 @@ from seekforge.data.clean import CleanConfig
 from seekforge.data.dedup import DecontamConfig, DedupConfig
 from seekforge.data.filters import FiltersConfig
 from seekforge.data.pii import PIIConfig
+from seekforge.data.quality import QualityFilterConfig
 
 
 @dataclass
@@ -77,6 +78,7 @@ class PrepareConfig:
     pii: PIIConfig = field(default_factory=PIIConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontaminate: DecontamConfig = field(default_factory=DecontamConfig)
+    quality: QualityFilterConfig = field(default_factory=QualityFilterConfig)  # model-based filter, off
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def validate(self) -> None:
@@ -84,6 +86,7 @@ class PrepareConfig:
             raise ConfigError(f"batch_docs must be >= 1, got {self.batch_docs}")
         if self.output.shard_docs < 1 or self.output.shard_mb <= 0:
             raise ConfigError("output.shard_docs and output.shard_mb must be positive")
+        self.quality.validate()
         for i, src in enumerate(self.sources):
             if not src.paths:
                 raise ConfigError(f"sources[{i}] ({src.name or 'unnamed'}): paths is empty")
