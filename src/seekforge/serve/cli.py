@@ -56,8 +56,14 @@ def run_serve(args: argparse.Namespace) -> int:
     keys = [k for k in (args.api_key or []) for k in k.split(",") if k]
     if not keys and os.environ.get("SEEKFORGE_API_KEY"):
         keys = [os.environ["SEEKFORGE_API_KEY"]]
+    safety = None
+    if args.safety:  # load before the model: a bad policy file fails fast
+        from seekforge.serve.safety import SafetyPolicy
+
+        safety = SafetyPolicy.from_file(args.safety)
     engine = engine_from_args(args, queue_size=args.queue_size)
-    opts = ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst)
+    opts = ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
+                         safety=safety, max_body_bytes=args.max_body_bytes)
     app = create_app(engine, opts)
     where = f"http://{args.host}:{args.port}"
     log.info("serving %s (max_batch %d, context %d, queue %d%s) at %s  — chat page: %s/", engine.name,
@@ -84,4 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests before answering 503")
     p.add_argument("--rate-limit", type=float, default=0.0, help="requests/minute per API key (0 = off)")
     p.add_argument("--rate-burst", type=int, default=10, help="requests allowed at once by the rate limit")
+    p.add_argument("--safety", default=None, metavar="FILE",
+                   help="content-safety policy YAML (categories of terms/regexes, optional classifier): "
+                   "moderates prompts and answers and serves /v1/moderations")
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                   help="larger request bodies get 413 before they are read (0 = no limit)")
     p.set_defaults(func=run_serve)
