@@ -125,7 +125,8 @@ def greedy(tiny_model_dir):
     cfg = EngineConfig(max_batch=4, max_len=256, queue_size=16)
     with run_server(tiny_model_dir, cfg) as s:
         prompt = s.engine.chat_prompt(MSGS)
-        text = s.engine.generate([prompt], SamplingParams(max_tokens=60, temperature=0, ignore_eos=True))[0].text
+        params = SamplingParams(max_tokens=60, temperature=0, ignore_eos=True)
+        text = s.engine.generate([prompt], params)[0].text
     term = _term_from_greedy_output(text)
     spec = {"categories": {"listed": [term], "insult": ["idiot", "白痴"]}, "hold_chars": 8}
     return text, term, SafetyPolicy.from_dict(spec)
@@ -195,7 +196,8 @@ def test_remote_moderation_endpoint_as_the_classifier(tiny_model_dir) -> None:
         with run_server(tiny_model_dir, cfg, ServerOptions(safety=local)) as a:
             c = openai.OpenAI(base_url=a.api, api_key="x", max_retries=0, timeout=60)
             with pytest.raises(openai.BadRequestError) as e:
-                c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "K.ill yourself"}])
+                c.chat.completions.create(model="tiny-chat",
+                                          messages=[{"role": "user", "content": "K.ill yourself"}])
             assert "violence" in e.value.message
             r = c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
                                           max_tokens=2)
@@ -222,7 +224,8 @@ def test_hf_sequence_classifier(tmp_path, tokenizer_dir) -> None:
             model.classifier.bias.copy_(torch.tensor(bias))
         model.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
-        p = SafetyPolicy.from_dict({"categories": {"x": ["zzz"]}, "classifier": {"model": str(tmp_path / name)}})
+        classifier = {"model": str(tmp_path / name)}
+        p = SafetyPolicy.from_dict({"categories": {"x": ["zzz"]}, "classifier": classifier})
         [v] = p.moderate(["一句话 a sentence"])
         assert set(v.scores) == {"violence"} and v.blocked == (name == "flags")
         assert (v.scores["violence"] > 0.99) == (name == "flags")

@@ -3,7 +3,8 @@
 
 * :class:`BodyLimit` is a plain ASGI middleware. A ``Content-Length`` over the limit is answered with
   413 before a byte of the body is read; a body without one (chunked) is counted while it streams in
-  and refused as soon as it passes the limit, so a 20 MB upload costs at most ``limit`` bytes.
+  and refused as soon as it passes the limit, so a 20 MB upload costs at most ``limit`` bytes of
+  memory and never reaches JSON parsing or the tokenizer.
 * :func:`parse_json` turns a body into a dict; invalid UTF-8, invalid JSON and nesting deeper than
   :data:`MAX_DEPTH` are 400s. (Python's decoder recurses per level: without the depth check a
   50,000-level array raises ``RecursionError``, a 500.)
@@ -51,18 +52,35 @@ class BodyLimit:
             await send(start)
             await send(body)
             return
-        seen = 0
-
-        async def counted() -> dict[str, Any]:
-            nonlocal seen
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        # Read the body here, counting as it streams in, so an oversized one is refused after at most
+        # max_bytes and the app never sees it; the app then gets the body in one message.
+        parts, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # the route's body read raises; the error handler answers 413
-                    raise BodyTooLarge(self.max_bytes)
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            parts.append(message.get("body", b""))
+            seen += len(parts[-1])
+            if seen > self.max_bytes:
+                start, body = _error_response(BodyTooLarge(self.max_bytes))
+                await send(start)
+                await send(body)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, counted, send)
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()  # after the body: wait for a disconnect, as servers do
+
+        await self.app(scope, replay, send)
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
