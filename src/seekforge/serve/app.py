@@ -44,6 +44,7 @@ from seekforge.infer import (
 from seekforge.serve import limits as L
 from seekforge.serve import protocol as P
 from seekforge.serve import safety as S
+from seekforge.serve import schemas
 from seekforge.serve import tools as T
 from seekforge.serve.metrics import HttpStats, render_metrics
 
@@ -589,5 +590,6 @@ def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
     app.middleware("http")(_count_requests)
     app.add_middleware(L.BodyLimit, max_bytes=opts.max_body_bytes)
     app.include_router(router)
+    schemas.document(app)  # request bodies and error shapes in /openapi.json
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
