@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from seekforge.infer import EngineConfig, SamplingParams
 from seekforge.serve import ServerOptions
@@ -229,3 +230,13 @@ def test_hf_sequence_classifier(tmp_path, tokenizer_dir) -> None:
         [v] = p.moderate(["一句话 a sentence"])
         assert set(v.scores) == {"violence"} and v.blocked == (name == "flags")
         assert (v.scores["violence"] > 0.99) == (name == "flags")
+
+
+def test_the_docs_policy_example_runs() -> None:
+    """docs/serve.md's policy heredoc, and what its curl example asks /v1/moderations."""
+    doc = (REPO / "docs" / "serve.md").read_text(encoding="utf-8")
+    yaml_text = doc.split("cat > policy.yaml <<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
+    p = SafetyPolicy.from_dict(yaml.safe_load(yaml_text))
+    verdicts = p.moderate(["an idiomatic phrase", "你这个白癡", "K.I.L.L  yourself"])
+    assert [v.blocked for v in verdicts] == [False, True, True]
+    assert not p.check("card 1234-5678-9012-3456").blocked and p.check("card 1234-5678-9012-3456").matches
