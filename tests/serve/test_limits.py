@@ -179,6 +179,9 @@ def test_disconnect_mid_stream_frees_the_slot_with_moderation_on(tiny_model_dir)
             time.sleep(0.02)
         assert eng.num_running() == 0 and eng.free_slots() == 2
         assert eng.stats.requests_total["cancelled"] == 1
+        # Token-id prompts are moderated as text; ids outside the vocabulary stay a 400 (found by fuzzing).
+        for ids in ([-1], [10**30], [1, eng.vocab_size]):
+            _error(httpx.post(s.api + "/completions", json={"prompt": ids}), 400, param="prompt")
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/tokenize", "/v1/moderations"])

@@ -431,7 +431,10 @@ async def completions(request: Request) -> Response:
     stream = P.field(body, "stream", bool, False)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
     safety = state.options.safety
-    await S.check_input(safety, [p if isinstance(p, str) else tok.decode(p) for p in prompts], "prompt")
+    # Token-id prompts are checked as text; out-of-vocabulary ids are left for submit's 400.
+    texts = [p if isinstance(p, str) else tok.decode(p) if all(0 <= t < engine.vocab_size for t in p) else ""
+             for p in prompts]
+    await S.check_input(safety, texts, "prompt")
     handles = submit_all(engine, prompts, params, n)
     rid, created = P.new_id("cmpl"), P.now()
     ping = state.options.ping_seconds

@@ -523,6 +523,7 @@ def _classifier(spec: Any, fail: Callable[[str], ValueError]) -> tuple[Classifie
 def moderation_result(policy: SafetyPolicy, verdict: Verdict) -> dict[str, Any]:
     """One entry of ``results`` in OpenAI's ``/v1/moderations`` shape."""
     names = policy.category_names()
+    names += [n for n in verdict.scores if n not in names]  # labels of a remote classifier
     scores = {n: round(verdict.scores.get(n, 0.0), 6) for n in names}
     flagged = {n: n in verdict.blocked_categories or (n in policy.categories and verdict.scores.get(n, 0) > 0)
                for n in names}
@@ -535,10 +536,11 @@ async def check_input(policy: SafetyPolicy | None, texts: list[str], param: str)
     """Raise OpenAI's 400 ``content_policy_violation`` when a prompt text is blocked."""
     if policy is None or "input" not in policy.apply_to or not texts:
         return
-    if policy.classifier is not None:
+    if policy.classifier is not None or sum(map(len, texts)) > 20_000:
+        # Folding runs in Python per character (~1 us each): keep long prompts off the event loop.
         verdicts = await asyncio.to_thread(policy.moderate, texts)
     else:
-        verdicts = [policy.check(t) for t in texts]
+        verdicts = policy.moderate(texts)
     blocked = sorted({c for v in verdicts for c in v.blocked_categories})
     if blocked:
         policy.record_block("input", blocked)
@@ -649,7 +651,7 @@ async def moderation_response(policy: SafetyPolicy, body: dict[str, Any]) -> dic
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise APIError(400, "'model' must be a string", param="model", code="invalid_type")
-    verdicts = (await asyncio.to_thread(policy.moderate, texts) if policy.classifier is not None
-                else policy.moderate(texts))
+    slow = policy.classifier is not None or sum(map(len, texts)) > 20_000
+    verdicts = await asyncio.to_thread(policy.moderate, texts) if slow else policy.moderate(texts)
     return {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": model or "seekforge-safety",
             "results": [moderation_result(policy, v) for v in verdicts]}
