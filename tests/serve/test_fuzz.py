@@ -21,7 +21,7 @@ from seekforge.serve.safety import SafetyPolicy
 
 from .conftest import run_server
 
-EXAMPLES = int(os.environ.get("SEEKFORGE_FUZZ_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("SEEKFORGE_FUZZ_EXAMPLES", "8"))
 
 
 @pytest.fixture(scope="module")

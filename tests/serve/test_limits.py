@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from seekforge.infer import EngineConfig, SamplingParams
+from seekforge.infer import EngineConfig, InvalidParam, SamplingParams
 from seekforge.serve import ServerOptions
 from seekforge.serve.safety import SafetyPolicy
 
@@ -108,6 +108,8 @@ def test_logit_bias_is_validated_and_applied(server) -> None:
     for bias in ({"abc": 5}, {"-1": 5}, {"1.5": 5}, {"99999": 5}, {"3": 101}, {"3": "x"}, {"3": True}, [1]):
         _error(httpx.post(url, json={"messages": MSGS, "logit_bias": bias}), 400, param="logit_bias")
     eng = server.engine
+    with pytest.raises(InvalidParam, match="logit_bias"):  # the engine checks the vocabulary too
+        eng.submit("hi", SamplingParams(logit_bias={eng.vocab_size: 1.0}))
     prompt = eng.chat_prompt(MSGS)
     greedy = eng.generate([prompt], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))[0]
     first = greedy.token_ids[0]
