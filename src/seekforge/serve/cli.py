@@ -93,6 +93,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--safety", default=None, metavar="FILE",
                    help="content-safety policy YAML (categories of terms/regexes, optional classifier): "
                    "moderates prompts and answers and serves /v1/moderations")
-    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,  # limits.DEFAULT_MAX_BODY_BYTES
                    help="larger request bodies get 413 before they are read (0 = no limit)")
     p.set_defaults(func=run_serve)
