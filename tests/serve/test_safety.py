@@ -3,6 +3,7 @@ policy file's errors, and the server's input/output moderation and /v1/moderatio
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -240,3 +241,23 @@ def test_the_docs_policy_example_runs() -> None:
     verdicts = p.moderate(["an idiomatic phrase", "你这个白癡", "K.I.L.L  yourself"])
     assert [v.blocked for v in verdicts] == [False, True, True]
     assert not p.check("card 1234-5678-9012-3456").blocked and p.check("card 1234-5678-9012-3456").matches
+
+
+def test_streamed_tool_calls_pass_through_moderation_intact(tiny_model_dir) -> None:
+    """Held events keep their token ids, so the tool-call parser sees markers and text in order."""
+    tool = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"utc": {"type": "boolean"}}, "required": ["utc"]}}}
+    policy = SafetyPolicy.from_dict({"categories": {"insult": ["idiot"]}, "hold_chars": 16})
+    opts = ServerOptions(safety=policy)
+    with run_server(tiny_model_dir, EngineConfig(max_batch=2, max_len=512), opts) as s:
+        c = openai.OpenAI(base_url=s.api, api_key="x", max_retries=0, timeout=120)
+        ask = [{"role": "user", "content": "现在几点?"}]
+        kw = dict(model="tiny-chat", messages=ask, tools=[tool], tool_choice="required", max_tokens=200,
+                  seed=0)
+        whole = c.chat.completions.create(**kw).choices[0]
+        with c.chat.completions.stream(**kw) as stream:
+            final = stream.get_final_completion().choices[0]
+    assert whole.finish_reason == final.finish_reason == "tool_calls"
+    got = [(t.function.name, t.function.arguments) for t in final.message.tool_calls]
+    assert got == [(t.function.name, t.function.arguments) for t in whole.message.tool_calls]
+    assert all(isinstance(json.loads(args)["utc"], bool) for _, args in got)
