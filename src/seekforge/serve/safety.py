@@ -537,7 +537,7 @@ async def check_input(policy: SafetyPolicy | None, texts: list[str], param: str)
     if policy is None or "input" not in policy.apply_to or not texts:
         return
     if policy.classifier is not None or sum(map(len, texts)) > 20_000:
-        # Folding runs in Python per character (~1 us each): keep long prompts off the event loop.
+        # Folding runs in Python, character by character: keep long prompts off the event loop.
         verdicts = await asyncio.to_thread(policy.moderate, texts)
     else:
         verdicts = policy.moderate(texts)
