@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis import GenerationMode
 
 from seekforge.infer import EngineConfig
 from seekforge.serve import ServerOptions
 from seekforge.serve.safety import SafetyPolicy
 
 from .conftest import run_server
+
+schemathesis = pytest.importorskip("schemathesis")  # the dev extra
+GenerationMode = schemathesis.GenerationMode
 
 EXAMPLES = int(os.environ.get("SEEKFORGE_FUZZ_EXAMPLES", "8"))
 
