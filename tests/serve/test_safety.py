@@ -208,29 +208,12 @@ def test_remote_moderation_endpoint_as_the_classifier(tiny_model_dir) -> None:
 
 def test_hf_sequence_classifier(tmp_path, tokenizer_dir) -> None:
     """A Hugging Face sequence classifier directory; ``safe`` is ignored, other labels flag."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from seekforge.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer_dir)
-    for name, bias in (("flags", [0.0, 8.0]), ("passes", [8.0, 0.0])):
-        cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=128, num_labels=2,
-                         id2label={0: "safe", 1: "violence"}, label2id={"safe": 0, "violence": 1},
-                         pad_token_id=tok.pad_token_id)
-        torch.manual_seed(0)
-        model = BertForSequenceClassification(cfg)
-        with torch.no_grad():
-            model.classifier.weight.zero_()
-            model.classifier.bias.copy_(torch.tensor(bias))
-        model.save_pretrained(tmp_path / name)
-        tok.save_pretrained(tmp_path / name)
-        classifier = {"model": str(tmp_path / name)}
-        p = SafetyPolicy.from_dict({"categories": {"x": ["zzz"]}, "classifier": classifier})
+    for flags in (True, False):
+        model_dir = _classifier_dir(tmp_path / str(flags), tokenizer_dir, flags)
+        p = SafetyPolicy.from_dict({"categories": {"x": ["zzz"]}, "classifier": {"model": str(model_dir)}})
         [v] = p.moderate(["一句话 a sentence"])
-        assert set(v.scores) == {"violence"} and v.blocked == (name == "flags")
-        assert (v.scores["violence"] > 0.99) == (name == "flags")
+        assert set(v.scores) == {"violence"} and v.blocked == flags
+        assert (v.scores["violence"] > 0.99) == flags
 
 
 def test_the_docs_policy_example_runs() -> None:
@@ -261,3 +244,45 @@ def test_streamed_tool_calls_pass_through_moderation_intact(tiny_model_dir) -> N
     got = [(t.function.name, t.function.arguments) for t in final.message.tool_calls]
     assert got == [(t.function.name, t.function.arguments) for t in whole.message.tool_calls]
     assert all(isinstance(json.loads(args)["utc"], bool) for _, args in got)
+
+
+def _classifier_dir(path: Path, tokenizer_dir, flags: bool) -> Path:
+    """A tiny BERT sequence classifier (labels safe / violence) whose answer is fixed by its bias."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from seekforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=512, num_labels=2,
+                     id2label={0: "safe", 1: "violence"}, label2id={"safe": 0, "violence": 1},
+                     pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 8.0] if flags else [8.0, 0.0]))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_output_classifier_withholds_the_answer(tmp_path, tokenizer_dir, tiny_model_dir) -> None:
+    """A classifier verdict has no position: a whole answer is withheld, a stream keeps what it sent."""
+    spec = {"categories": {"x": ["zzqqxx"]}, "apply_to": ["output"], "hold_chars": 8,
+            "classifier": {"model": str(_classifier_dir(tmp_path / "cls", tokenizer_dir, flags=True))}}
+    policy = SafetyPolicy.from_dict(spec)
+    opts = ServerOptions(safety=policy)
+    with run_server(tiny_model_dir, EngineConfig(max_batch=2, max_len=256), opts) as s:
+        c = openai.OpenAI(base_url=s.api, api_key="x", max_retries=0, timeout=60)
+        kw = dict(model="tiny-chat", messages=MSGS, max_tokens=40, temperature=0,
+                  extra_body={"ignore_eos": True})
+        full = s.engine.generate([s.engine.chat_prompt(MSGS)],
+                                 SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))[0].text
+        r = c.chat.completions.create(**kw)  # prompts are not checked (apply_to: output)
+        assert r.choices[0].finish_reason == "content_filter" and r.choices[0].message.content == ""
+        chunks = [ch.choices[0] for ch in c.chat.completions.create(stream=True, **kw) if ch.choices]
+        sent = "".join(ch.delta.content or "" for ch in chunks)
+        assert chunks[-1].finish_reason == "content_filter"
+        assert full.startswith(sent) and 0 < len(sent) <= len(full) - 8

@@ -484,7 +484,7 @@ async def index() -> FileResponse:
 async def _collect(handles: list[RequestHandle], choices: list[_Choice], ping: float,
                    safety: S.SafetyPolicy | None = None) -> None:
     try:
-        async for i, ev in S.moderated(safety, handles, _merged(handles, ping)):
+        async for i, ev in S.moderated(safety, handles, _merged(handles, ping), stream=False):
             if ev is None:
                 continue
             if ev.error:

@@ -27,8 +27,9 @@ Regexes run on the folded text (separators kept, so write ``\\s*`` where you exp
 Streams: :class:`StreamGuard` holds back the last ``hold_chars`` characters of an answer, so a term
 split across chunks is caught before any of it is sent; clean text is delayed by at most that
 window. The semantic classifier (a Hugging Face sequence-classification directory, or any
-OpenAI-compatible ``/v1/moderations`` endpoint) checks prompts and whole answers; in a stream it
-runs once the answer is complete, so it can only change the finish reason, not unsend text.
+OpenAI-compatible ``/v1/moderations`` endpoint) checks prompts and whole answers; a flagged
+non-streamed answer is withheld, while in a stream it runs once the answer is complete, so it can
+withhold the held window and change the finish reason, not unsend text.
 """
 
 from __future__ import annotations
@@ -563,12 +564,15 @@ def _cut(ev: StreamEvent, keep: int, finish: str) -> StreamEvent:
 
 
 async def moderated(policy: SafetyPolicy | None, handles: list[RequestHandle],
-                    events: AsyncIterator[tuple[int, Any]]) -> AsyncIterator[tuple[int, Any]]:
+                    events: AsyncIterator[tuple[int, Any]],
+                    stream: bool = True) -> AsyncIterator[tuple[int, Any]]:
     """Output moderation over ``(choice index, event)`` pairs (``(-1, None)`` pings pass through).
 
     Whole events are held until the guard has cleared their text (so token ids, logprobs and tool-call
     markers stay with their text); a block releases the text before the match, ends the choice with
-    ``finish_reason: "content_filter"`` and cancels its request, which frees the engine slot.
+    ``finish_reason: "content_filter"`` and cancels its request, which frees the engine slot. With
+    ``stream=False`` nothing is released before the end, so a classifier verdict (which does not
+    say where) withholds the whole answer; a stream can only withhold what it still holds.
     """
     if policy is None or "output" not in policy.apply_to:
         async for item in events:
@@ -589,22 +593,21 @@ async def moderated(policy: SafetyPolicy | None, handles: list[RequestHandle],
             for e, _ in h.events:
                 yield i, e
             continue
-        before = h.guard.sent
+        released = h.guard.sent if stream else 0
         final = ev.finish_reason is not None
         verdict = h.guard.feed(ev.text, final=final).verdict
-        cut = h.guard.sent
         if verdict is None and final and policy.classifier is not None:
             scores = (await asyncio.to_thread(policy.classify, [h.guard.text]))[0]
             if (v := policy._verdict([], scores)).blocked:
-                verdict, cut = v, before  # the classifier does not localise: withhold what is still held
+                verdict = v  # no matches: first_start is 0, so all that is still held is withheld
         if verdict is not None:
             h.done = True
             handles[i].cancel()
             policy.record_block("output", verdict.blocked_categories)
-            for item in _release_until(h.events, cut):
+            for item in _release_until(h.events, max(released, verdict.first_start)):
                 yield i, item
             continue
-        while h.events and h.events[0][1] <= h.guard.sent:
+        while h.events and (stream or final) and h.events[0][1] <= h.guard.sent:
             yield i, h.events.pop(0)[0]
 
 
