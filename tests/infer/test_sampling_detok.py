@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from seekforge.infer.detok import IncrementalDecoder, StopMatcher, token_pieces
-from seekforge.infer.sampling import PenaltyState, SamplingParams, make_generator, sample
+from seekforge.infer.sampling import InvalidParam, PenaltyState, SamplingParams, make_generator, sample
 
 
 def _sample(logits, params, seeds=None, draft=None, penalties=None):
@@ -65,6 +66,22 @@ def test_penalties_change_the_choice() -> None:
     state.reset(0, [0], rep)  # only token 0 penalised: 1.5 < 2.9
     res, _ = _sample(logits, [rep], penalties=state)
     assert res.tokens.item() == 1
+
+
+def test_logit_bias_moves_only_its_rows_and_tokens() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    top = logits.argmax(-1).tolist()
+    params = [SamplingParams(temperature=0.0, logit_bias={7: 100.0}),  # forced
+              SamplingParams(temperature=0.0),  # untouched in the same batch
+              SamplingParams(temperature=0.0, logit_bias={top[2]: -100.0})]  # banned
+    res, _ = _sample(logits, params)
+    second = logits[2].clone()
+    second[top[2]] = -1e9
+    assert res.tokens.tolist() == [7, top[1], second.argmax().item()]
+    for bad in ({-1: 1.0}, {3: 100.5}, {3: float("nan")}, {"3": 1.0}):
+        with pytest.raises(InvalidParam, match="logit_bias"):
+            SamplingParams(logit_bias=bad).validate()
 
 
 def test_logprobs_are_the_raw_model_distribution() -> None:

@@ -52,3 +52,13 @@ def test_serve_and_chat_ask_for_huge_pages_before_torch_loads(monkeypatch) -> No
     # The flag must be set before torch is imported: nothing on the way to the serve module may import it.
     code = "import sys, seekforge.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_serve_refuses_a_bad_safety_policy_before_loading_the_model(tmp_path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("categories: {insult: {terms: [idiot], severity: extreme}}\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "seekforge", "serve", str(tmp_path / "no-model"), "--safety", str(bad)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "seekforge serve: error:" in r.stderr and str(bad) in r.stderr
+    assert "categories.insult.severity" in r.stderr

@@ -487,6 +487,8 @@ class Engine:
             raise InvalidParam("prompt", "the prompt is empty")
         if any(t < 0 or t >= self.vocab_size for t in ids):
             raise InvalidParam("prompt", f"token ids must be in [0, {self.vocab_size})")
+        if any(t >= self.vocab_size for t in params.logit_bias):
+            raise InvalidParam("logit_bias", f"logit_bias token ids must be in [0, {self.vocab_size})")
         need = len(ids) + (0 if params.max_tokens == 0 else 1)
         if need > self.max_len:
             raise InvalidParam("prompt", f"the prompt has {len(ids)} tokens but the context is "

@@ -4,6 +4,7 @@ Every request in the running batch has its own :class:`SamplingParams`. The samp
 batch's next-token logits ``[B, V]`` into next tokens in a handful of vectorised tensor ops:
 
     raw logits -> (logprobs for the response, taken here: OpenAI reports the *model's* distribution)
+               -> logit_bias (per-request token id -> additive bias, OpenAI's field)
                -> repetition / presence / frequency penalties   (per-slot token statistics)
                -> temperature (0 = greedy) -> top-k -> top-p -> min-p -> sample
 
@@ -56,6 +57,8 @@ class SamplingParams:
     # A constrained request ends when its grammar is complete: EOS is allowed only there, ignore_eos
     # does not apply.
     constraint: Constraint | None = None
+    # OpenAI's logit_bias: token id -> a bias in [-100, 100] added to its logit (-100 bans, 100 forces).
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`InvalidParam` for values no sampler can honour."""
@@ -81,6 +84,11 @@ class SamplingParams:
             raise InvalidParam("stop", "stop strings must be non-empty strings")
         if len(self.stop) > 16:
             raise InvalidParam("stop", f"at most 16 stop strings, got {len(self.stop)}")
+        for tid, bias in self.logit_bias.items():
+            if isinstance(tid, bool) or not isinstance(tid, int) or tid < 0:
+                raise InvalidParam("logit_bias", f"logit_bias keys must be token ids >= 0, got {tid!r}")
+            if not -100.0 <= bias <= 100.0:  # also rejects NaN
+                raise InvalidParam("logit_bias", f"logit_bias values must be in [-100, 100], got {bias}")
         if self.constraint is not None:
             from seekforge.infer.constraints import Constraint
 
@@ -145,6 +153,18 @@ class PenaltyState:
 
 def _column(values: list[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+
+def apply_logit_bias(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Add each row's ``logit_bias`` (a sparse scatter: only the listed token ids move)."""
+    rows = [(i, t, b) for i, p in enumerate(params) for t, b in p.logit_bias.items()]
+    if not rows:
+        return logits
+    r, t, b = zip(*rows)
+    bias = torch.zeros_like(logits)
+    bias[torch.tensor(r, device=logits.device), torch.tensor(t, device=logits.device)] = \
+        torch.tensor(b, dtype=logits.dtype, device=logits.device)
+    return logits + bias
 
 
 def apply_penalties(logits: torch.Tensor, params: list[SamplingParams], slots: torch.Tensor,
@@ -252,12 +272,14 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     """
     want_lp = [p.logprobs for p in params]
     plain_greedy = all(p.greedy and k is None for p, k in zip(params, want_lp))
-    if draft is None and penalties.counts is None and plain_greedy:
+    biased = any(p.logit_bias for p in params)
+    if draft is None and penalties.counts is None and plain_greedy and not biased:
         # Plain greedy batch (the common case for evaluation and bs=1 benchmarks): the argmax is the
         # whole answer, so skip the fp32 copy, filters and softmax over the vocabulary.
         return SampleResult(logits.argmax(-1), [None] * len(params)), None
     logits = logits.float()
     raw_lp = logits.log_softmax(-1) if any(k is not None for k in want_lp) else None
+    logits = apply_logit_bias(logits, params)
     logits = apply_penalties(logits, params, slots, penalties)
     greedy = torch.tensor([p.greedy for p in params], device=logits.device)
     filtered = filter_logits(logits, params)

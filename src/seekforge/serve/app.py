@@ -4,6 +4,9 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (with ``echo`
 for log-likelihood eval harnesses), ``GET /v1/models``, ``GET /health``, ``GET /metrics``
 (Prometheus), ``POST /tokenize``, ``POST /detokenize`` and the web chat page at ``/``; with
 :mod:`seekforge.serve.ops` also ``GET /ready``, ``POST /v1/feedback`` and the ``/admin/`` API.
+(Prometheus), ``POST /tokenize``, ``POST /detokenize``, ``POST /v1/moderations`` (with a
+``--safety`` policy, see ``safety.py``) and the web chat page at ``/``. Bodies pass the size limit of
+``limits.py`` before any route reads them; ``schemas.py`` describes them in ``/openapi.json``.
 
 Request handlers never touch torch: they submit to the engine (thread-safe) and await its event
 stream, so one slow generation never blocks the event loop. A client that disconnects mid-stream
@@ -43,10 +46,13 @@ from seekforge.infer import (
     SamplingParams,
     StreamEvent,
 )
+from seekforge.serve import limits as L
 from seekforge.serve import protocol as P
+from seekforge.serve import safety as S
+from seekforge.serve import schemas
 from seekforge.serve import tools as T
 from seekforge.serve.metrics import HttpStats, render_metrics
-from seekforge.serve.ops import OpsOptions, ServeOps, track_handles
+from seekforge.serve.ops import OpsOptions, ServeOps, record_blocked, track_handles
 from seekforge.serve.ops import install as install_ops
 
 STATIC = Path(__file__).parent / "static"
@@ -60,6 +66,8 @@ class ServerOptions:
     ping_seconds: float = 10.0  # SSE comment while a request waits (keeps proxies from timing out)
     max_n: int = 8
     ops: OpsOptions = field(default_factory=OpsOptions)  # versions, routes, canaries, admin, logs
+    safety: S.SafetyPolicy | None = None  # --safety FILE: input/output moderation
+    max_body_bytes: int = L.DEFAULT_MAX_BODY_BYTES  # larger bodies get 413 before they are read
 
 
 class TokenBucket:
@@ -239,13 +247,13 @@ def check_rate(state: ServerState, key: str) -> None:
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise P.APIError(400, f"Invalid JSON body: {e}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise P.APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    return body
+    return L.parse_json(await request.body())
+
+
+async def _internal_error(_: Request, e: Exception) -> JSONResponse:
+    # A bug, not the client's fault, but still answered in OpenAI's shape (clients parse it).
+    return JSONResponse(P.APIError(500, f"internal error: {type(e).__name__}", "server_error").body(),
+                        status_code=500)
 
 
 async def generation_request(request: Request) -> tuple[ServerState, ServedModel, dict[str, Any]]:
@@ -371,6 +379,8 @@ async def chat_completions(request: Request) -> Response:
     messages = P.chat_messages(body)
     params = P.sampling_params(body, chat=True, vocab_size=engine.vocab_size)
     n = P.field(body, "n", int, 1, lo=1, hi=state.options.max_n)
+    L.check_n(n, engine.config.max_batch)
+    L.check_max_tokens(params.max_tokens, engine.max_len)
     tool_req, tool_fmt = chat_tools(body, model)
     constraint, param = T.request_constraint(body)
     if tool_req is not None and tool_fmt is not None and tool_req.constrained:
@@ -384,6 +394,8 @@ async def chat_completions(request: Request) -> Response:
         raise P.APIError(400, f"could not apply the chat template: {e}", param="messages") from None
     stream = P.field(body, "stream", bool, False)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+    safety = state.options.safety
+    await S.check_input(safety, [m["content"] for m in messages], "messages")
     try:
         handles = submit_all(engine, [prompt], params, n)
     except P.APIError as e:
@@ -393,9 +405,10 @@ async def chat_completions(request: Request) -> Response:
     rid, created = P.new_id("chatcmpl"), P.now()
     ping = state.options.ping_seconds
     if stream:
-        return _stream_chat(model, handles, rid, created, params, include_usage, len(prompt), ping, tool_fmt)
+        return _stream_chat(model, handles, rid, created, params, include_usage, len(prompt), ping, tool_fmt,
+                            safety)
     choices = [_Choice(tool_parser=T.ToolCallParser(tool_fmt) if tool_fmt else None) for _ in handles]
-    await _collect(handles, choices, ping)
+    await _collect(handles, choices, ping, safety)
     out = []
     for i, c in enumerate(choices):
         lp = P.chat_logprobs(c.lps, model.token_text) if params.logprobs is not None else None
@@ -425,15 +438,22 @@ async def completions(request: Request) -> Response:
     if params.max_tokens == 0 and not echo:
         raise P.bad("max_tokens", "'max_tokens' must be >= 1 unless 'echo' is true")
     n = P.field(body, "n", int, 1, lo=1, hi=state.options.max_n)
+    L.check_n(n, engine.config.max_batch)
+    L.check_max_tokens(params.max_tokens, engine.max_len)
     stream = P.field(body, "stream", bool, False)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+    safety = state.options.safety
+    # Token-id prompts are checked as text; out-of-vocabulary ids are left for submit's 400.
+    texts = [p if isinstance(p, str) else tok.decode(p) if all(0 <= t < engine.vocab_size for t in p) else ""
+             for p in prompts]
+    await S.check_input(safety, texts, "prompt")
     handles = submit_all(engine, prompts, params, n)
     rid, created = P.new_id("cmpl"), P.now()
     ping = state.options.ping_seconds
     if stream:
-        return _stream_completion(model, handles, rid, created, params, include_usage, echo, ping)
+        return _stream_completion(model, handles, rid, created, params, include_usage, echo, ping, safety)
     choices = [_Choice() for _ in handles]
-    await _collect(handles, choices, ping)
+    await _collect(handles, choices, ping, safety)
     out = []
     for i, (h, c) in enumerate(zip(handles, choices)):
         text = "".join(c.text)
@@ -453,6 +473,17 @@ async def completions(request: Request) -> Response:
                          "usage": P.usage(n_prompt, sum(len(c.ids) for c in choices))})
 
 
+@router.post("/v1/moderations")
+async def moderations(request: Request) -> dict[str, Any]:
+    """OpenAI's moderation endpoint over the ``--safety`` policy (404 when the server has none)."""
+    state = server_state(request)
+    check_rate(state, check_auth(request))
+    if state.options.safety is None:
+        raise P.APIError(404, "This server has no content-safety policy (start it with --safety FILE).",
+                         "not_found_error", code="not_found")
+    return await S.moderation_response(state.options.safety, await read_json(request))
+
+
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     """The web chat page."""
@@ -460,9 +491,10 @@ async def index() -> FileResponse:
 
 
 # --- gathering and streaming engine events ----------------------------------------------------------------
-async def _collect(handles: list[RequestHandle], choices: list[_Choice], ping: float) -> None:
+async def _collect(handles: list[RequestHandle], choices: list[_Choice], ping: float,
+                   safety: S.SafetyPolicy | None = None) -> None:
     try:
-        async for i, ev in _merged(handles, ping):
+        async for i, ev in S.moderated(safety, handles, _merged(handles, ping), stream=False):
             if ev is None:
                 continue
             if ev.error:
@@ -475,7 +507,8 @@ async def _collect(handles: list[RequestHandle], choices: list[_Choice], ping: f
 
 def _stream(model_name: str, handles: list[RequestHandle], rid: str, created: int, object_: str,
             opening: list[dict[str, Any]], choice: Callable[[int, StreamEvent], dict[str, Any] | None],
-            include_usage: bool, n_prompt: int, ping: float) -> StreamingResponse:
+            include_usage: bool, n_prompt: int, ping: float,
+            safety: S.SafetyPolicy | None = None) -> StreamingResponse:
     """The SSE loop of both endpoints; they differ only in what goes into a chunk.
 
     ``opening``: choices sent before any token (chat: the assistant role; completions: the echoed
@@ -491,7 +524,7 @@ def _stream(model_name: str, handles: list[RequestHandle], rid: str, created: in
         try:
             for c in opening:
                 yield chunk([c])
-            async for i, ev in _merged(handles, ping):
+            async for i, ev in S.moderated(safety, handles, _merged(handles, ping)):
                 if ev is None:
                     yield ": ping\n\n"
                     continue
@@ -515,7 +548,8 @@ def _stream(model_name: str, handles: list[RequestHandle], rid: str, created: in
 
 def _stream_chat(model: ServedModel, handles: list[RequestHandle], rid: str, created: int,
                  params: SamplingParams, include_usage: bool, n_prompt: int,
-                 ping: float, tool_fmt: T.ToolFormat | None = None) -> StreamingResponse:
+                 ping: float, tool_fmt: T.ToolFormat | None = None,
+                 safety: S.SafetyPolicy | None = None) -> StreamingResponse:
     parsers = [T.ToolCallParser(tool_fmt) for _ in handles] if tool_fmt is not None else None
 
     def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
@@ -535,12 +569,12 @@ def _stream_chat(model: ServedModel, handles: list[RequestHandle], rid: str, cre
     opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                 "finish_reason": None} for i in range(len(handles))]
     return _stream(model.name, handles, rid, created, "chat.completion.chunk", opening, choice, include_usage,
-                   n_prompt * len(handles), ping)
+                   n_prompt * len(handles), ping, safety)
 
 
 def _stream_completion(model: ServedModel, handles: list[RequestHandle], rid: str, created: int,
                        params: SamplingParams, include_usage: bool, echo: bool,
-                       ping: float) -> StreamingResponse:
+                       ping: float, safety: S.SafetyPolicy | None = None) -> StreamingResponse:
     def choice(i: int, ev: StreamEvent) -> dict[str, Any] | None:
         lp = None
         if params.logprobs is not None and ev.token_ids:
@@ -554,7 +588,7 @@ def _stream_completion(model: ServedModel, handles: list[RequestHandle], rid: st
     opening = [{"index": i, "text": tok.decode(h.prompt_ids, skip_special_tokens=False), "logprobs": None,
                 "finish_reason": None} for i, h in enumerate(handles)] if echo else []
     return _stream(model.name, handles, rid, created, "text_completion", opening, choice, include_usage,
-                   sum(len(h.prompt_ids) for h in handles), ping)
+                   sum(len(h.prompt_ids) for h in handles), ping, safety)
 
 
 # --- the app -------------------------------------------------------------------------------------------
@@ -576,9 +610,15 @@ def create_app(engine: Engine | dict[str, Engine], options: ServerOptions | None
     if default not in engines and default not in app.state.server.ops.routes:
         raise ValueError(f"--default-model {default}: not a version or route")
     install_ops(app)
+    if opts.safety is not None:  # blocked requests count in the per-version metrics and request log
+        state = app.state.server
+        opts.safety.on_block(lambda where, _categories: record_blocked(state, where))
     app.add_exception_handler(P.APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.middleware("http")(_count_requests)
+    app.add_middleware(L.BodyLimit, max_bytes=opts.max_body_bytes)
     app.include_router(router)
+    schemas.document(app)  # request bodies and error shapes in /openapi.json
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -69,6 +69,11 @@ def run_serve(args: argparse.Namespace) -> int:
     keys = [k for k in (args.api_key or []) for k in k.split(",") if k]
     if not keys and os.environ.get("SEEKFORGE_API_KEY"):
         keys = [os.environ["SEEKFORGE_API_KEY"]]
+    safety = None
+    if args.safety:  # load before the model: a bad policy file fails fast
+        from seekforge.serve.safety import SafetyPolicy
+
+        safety = SafetyPolicy.from_file(args.safety)
     specs = version_specs(args)
     ops = ops_options(args, keys)  # flag errors before any model loads
     ops.loader = version_loader(args, args.queue_size)
@@ -76,7 +81,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         for spec in specs:
             engines[spec.name] = ops.loader(spec)
-        opts = ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst, ops=ops)
+        opts = ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst, ops=ops,
+                             safety=safety, max_body_bytes=args.max_body_bytes)
         app = create_app(engines, opts)
         state = app.state.server
         for spec in specs:
@@ -117,4 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from seekforge.serve.opscli import add_ops_args
 
     add_ops_args(p)
+    p.add_argument("--safety", default=None, metavar="FILE",
+                   help="content-safety policy YAML (categories of terms/regexes, optional classifier): "
+                   "moderates prompts and answers and serves /v1/moderations")
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,  # limits.DEFAULT_MAX_BODY_BYTES
+                   help="larger request bodies get 413 before they are read (0 = no limit)")
     p.set_defaults(func=run_serve)

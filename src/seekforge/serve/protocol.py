@@ -74,6 +74,29 @@ def _int_list(body: dict[str, Any], name: str) -> list[int]:
     return value
 
 
+def _logit_bias(body: dict[str, Any], vocab_size: int) -> dict[int, float]:
+    """OpenAI's ``logit_bias``: a JSON object of token id (as a decimal string) -> bias in [-100, 100]."""
+    raw = body.get("logit_bias")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise bad("logit_bias", "'logit_bias' must be an object mapping token ids to biases",
+                  code="invalid_type")
+    out: dict[int, float] = {}
+    for key, value in raw.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise bad("logit_bias", f"'logit_bias' keys must be token ids (integers >= 0), got {key!r}")
+        tid = int(key)
+        if tid >= vocab_size:
+            raise bad("logit_bias", f"'logit_bias' token id {tid} is not in the vocabulary [0, {vocab_size})",
+                      code="invalid_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise bad("logit_bias", f"'logit_bias' values must be numbers between -100 and 100, got "
+                      f"{value!r} for token {key}")
+        out[tid] = float(value)
+    return out
+
+
 def sampling_params(body: dict[str, Any], *, chat: bool, vocab_size: int) -> SamplingParams:
     """The SamplingParams of a chat or completions request (OpenAI fields + vLLM extras)."""
     if chat:
@@ -105,6 +128,7 @@ def sampling_params(body: dict[str, Any], *, chat: bool, vocab_size: int) -> Sam
         ignore_eos=field(body, "ignore_eos", bool, False),
         seed=field(body, "seed", int, None),
         logprobs=logprobs,
+        logit_bias=_logit_bias(body, vocab_size),
     )
     if params.top_p == 0.0:
         raise bad("top_p", "'top_p' must be > 0")

@@ -125,7 +125,8 @@ def parse_tools(body: dict[str, Any]) -> ToolRequest | None:
                                                         "parameters": t.parameters}} for t in tools]
     if choice is None or choice in ("auto", "none", "required"):
         return ToolRequest(tools, choice or "auto", parallel, template_tools)
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
     if not (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(name, str)):
         raise bad("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or "
                   "{\"type\": \"function\", \"function\": {\"name\": ...}}")
