@@ -298,6 +298,7 @@ class GRPOObjective(SFTObjective):
     """Task prompts -> engine rollouts -> rewards -> clipped policy-ratio loss."""
 
     name = "grpo"
+    engine = None  # the rollout engine, started in train_loader
 
     def setup(self, env: TrainEnv) -> None:
         from seekforge.finetune.methods import base_kind
@@ -329,7 +330,6 @@ class GRPOObjective(SFTObjective):
         self.val_encoded = []
         self.packed = False
         self.ref_model: nn.Module | None = None
-        self.engine = None
         self.grad_accum = cfg.rows_per_step // cfg.micro_batch_size
 
     def prompt_ids(self, item: TaskItem) -> list[int]:

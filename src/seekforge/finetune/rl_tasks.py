@@ -64,7 +64,13 @@ class ArithmeticTask:
         op = rng.choice(self.ops)
         value = {"+": a + b, "-": a - b, "*": a * b}[op]
         prompt = f"What is {a} {op} {b}?" + (f" {FORMAT_HINT}" if self.hint else "")
-        return TaskItem(prompt, {"answer": str(value)})
+        return TaskItem(prompt, {"answer": str(value), "question": f"{a} {op} {b}"})
+
+    @staticmethod
+    def demonstration(item: TaskItem) -> str:
+        """A correct completion in the R1 format (SFT data that teaches the format before GRPO)."""
+        c = item.columns
+        return f"<think>{c['question']} = {c['answer']}</think><answer>{c['answer']}</answer>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +144,8 @@ class CountdownTask:
             expr = str(numbers[0])
             for n in numbers[1:]:
                 op = rng.choice("+-*/")
-                expr = f"({expr}) {op} {n}" if rng.random() < 0.5 else f"{n} {op} ({expr})"
+                inner = f"({expr})" if " " in expr else expr
+                expr = f"{inner} {op} {n}" if rng.random() < 0.5 else f"{n} {op} {inner}"
             try:
                 value, _ = safe_eval(expr)
             except UnsafeExpression:  # division by a zero sub-expression
@@ -149,6 +156,11 @@ class CountdownTask:
         prompt = (f"Using the numbers {shown}, each exactly once, and + - * / with parentheses, write an "
                   f"expression equal to {int(value)}." + (f" {FORMAT_HINT}" if self.hint else ""))
         return TaskItem(prompt, {"numbers": shown, "target": int(value), "solution": expr})
+
+    @staticmethod
+    def demonstration(item: TaskItem) -> str:
+        c = item.columns
+        return f"<think>{c['solution']} = {c['target']}</think><answer>{c['solution']}</answer>"
 
 
 TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
