@@ -162,3 +162,52 @@ def test_prompt_longer_than_context_is_a_config_error(tiny_base: Path, tmp_path:
     with pytest.raises(ConfigError, match="leaves no room for an answer within seq_len 16"):
         _run(tiny_base, tmp_path / "long", ["seq_len=16", "max_completion_tokens=4",
                                             "task_options={digits: 3, hint: true}"])
+
+
+@pytest.mark.parametrize("aggregation", ["grpo", "dapo"])
+def test_micro_batches_weigh_like_one_batch(aggregation: str, tiny_base: Path, tmp_path: Path):
+    """The trainer's weighting of micro-batches (count_targets: sequences for grpo, tokens for dapo)
+    gives the loss of the whole step in one batch: per-sequence means averaged over all
+    completions, or DAPO's sum over all completion tokens / their number."""
+    from seekforge.config import load_config
+    from seekforge.finetune.grpo import GRPOConfig, GRPOObjective, collate_rows, token_logps
+    from seekforge.finetune.policy_loss import policy_loss
+    from seekforge.train.config import QUIET_RUN
+    from seekforge.train.objective import TrainEnv
+
+    cfg = load_config(GRPOConfig, None, [*QUIET_RUN, f"model={tiny_base}", *FAST, "method=full",
+                                         "num_generations=4", f"aggregation={aggregation}",
+                                         f"out_dir={tmp_path}"])
+    obj = GRPOObjective()
+    obj.setup(TrainEnv(cfg, torch.device("cpu"), torch.float32, 0, 1, tmp_path))
+    model = obj.build_model()
+    obj.train_loader(cfg.micro_batch_size, obj.grad_accum)
+    try:
+        rollout = obj.sample(0)
+        # completions of 2..5 tokens: the micro-batches hold unequal token counts
+        rollout.completion_ids = [ids[: 2 + i % 4] for i, ids in enumerate(rollout.completion_ids)]
+        advantages = torch.linspace(-1.5, 1.5, len(rollout.completion_ids))
+        parts, counts = [], []
+        for start in range(0, len(advantages), cfg.micro_batch_size):
+            rows = slice(start, start + cfg.micro_batch_size)
+            batch = collate_rows(rollout.prompt_ids[rows], rollout.completion_ids[rows], 0)
+            batch["advantages"] = advantages[rows]
+            parts.append(obj.loss(model, batch).loss)
+            counts.append(obj.count_targets(batch))
+        stepped = sum(p * c / sum(counts) for p, c in zip(parts, counts))
+        whole = collate_rows(rollout.prompt_ids, rollout.completion_ids, 0)
+        logps = token_logps(model(whole["input_ids"]).logits, whole["labels"])
+        expected = policy_loss(obj.settings, logps, advantages, whole["labels"][:, 1:] != -100).loss
+        assert len(parts) == 4
+        torch.testing.assert_close(stepped, expected, atol=1e-6, rtol=1e-5)
+    finally:
+        obj.close()
+
+
+def test_num_iterations_reuses_a_rollout(tiny_base: Path, tmp_path: Path):
+    summary, _ = _run(tiny_base, tmp_path / "mu", ["max_steps=4", "num_iterations=2", "save_every=4"])
+    records = read_metrics(tmp_path / "mu" / "metrics.jsonl")
+    assert [r["completion_length"] for r in records[:2]] == [records[0]["completion_length"]] * 2
+    from seekforge.train.checkpoint import read_trainer_state
+
+    assert read_trainer_state(tmp_path / "mu" / "step-000004")["loader"]["rounds"] == 2
