@@ -69,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="GRPO on the trainer loop: sampled completions per prompt through the inference engine, "
         "rule-based rewards, group-normalised advantages, clipped policy-ratio loss. Examples:\n"
         "  seekforge grpo configs/grpo_demo.yaml --set model=runs/sft/final\n"
-        "  seekforge grpo configs/grpo_demo.yaml --set task=countdown --set rewards=[countdown]\n"
+        "  seekforge grpo configs/grpo_demo.yaml --set task=countdown \\\n"
+        "      --set rewards=[countdown,think_format] --set seq_len=192 --set max_completion_tokens=64\n"
         "  seekforge grpo configs/grpo_demo.yaml --set aggregation=dapo --set epsilon_high=0.28\n"
         "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
