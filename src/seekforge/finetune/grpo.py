@@ -247,8 +247,9 @@ class RolloutLoader:
         except RewardError as e:
             return self._failed(e)
         self.streak = 0
+        device = self.objective.env.device  # every tensor of a batch on the run's device (CUDA too)
         for b in batches:
-            b["reward_failures"] = torch.tensor(float(self.failures))
+            b["reward_failures"] = torch.tensor(float(self.failures), device=device)
         self._replay, self._replays_left = batches, cfg.num_iterations - 1
         return batches
 
@@ -264,7 +265,9 @@ class RolloutLoader:
         if self.streak >= limit:
             raise TrainingError(f"{error}. It failed on {self.streak} rollouts in a row (max_reward_failures "
                                 f"{limit}); fix the function {error.name!r} and re-run the command to resume")
-        skip = {"skip": torch.tensor(1.0), "reward_failures": torch.tensor(float(self.failures))}
+        device = self.objective.env.device
+        skip = {"skip": torch.tensor(1.0, device=device),
+                "reward_failures": torch.tensor(float(self.failures), device=device)}
         return [dict(skip) for _ in range(self.objective.grad_accum)]
 
     @property
