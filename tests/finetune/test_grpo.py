@@ -211,3 +211,33 @@ def test_num_iterations_reuses_a_rollout(tiny_base: Path, tmp_path: Path):
     from seekforge.train.checkpoint import read_trainer_state
 
     assert read_trainer_state(tmp_path / "mu" / "step-000004")["loader"]["rounds"] == 2
+
+
+def test_prompts_from_a_data_file(tiny_base: Path, tmp_path: Path):
+    """GSM8K-style rows: ``question`` is the prompt, ``answer`` ("... #### 42") reaches answer_match;
+    a prompt too long for seq_len is skipped and counted; a row without the field names its line."""
+    import json
+
+    from seekforge.config import ConfigError
+    from seekforge.finetune.rl_tasks import load_prompt_rows
+
+    rows = [{"question": f"Tom has {a} apples and buys {a + 1} more. How many now?",
+             "answer": f"{a} + {a + 1} = {2 * a + 1}\n#### {2 * a + 1}"} for a in range(1, 7)]
+    rows.append({"question": "word " * 200, "answer": "#### 0"})  # no room within seq_len 64
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    summary, obj = _run(tiny_base, tmp_path / "run", ["max_steps=2", f"data={data}", "prompt_field=question",
+                                                      "task_options={}"])
+    assert summary["step"] == 2 and obj.skipped_prompts == 1 and len(obj.task.rows) == 6
+    assert obj.task.rows[0].columns == {"answer": "1 + 2 = 3\n#### 3"}
+    seen = {obj.task.item(0, i).prompt for i in range(6)}
+    assert len(seen) == 6  # an epoch visits every row once
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all("reward_answer_match" in r for r in records)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok?"}\n{"prompt": "wrong field"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl:2: expected an object with a non-empty string field "
+                       "'question' \\(set prompt_field\\); found prompt"):
+        load_prompt_rows(str(bad), "question")
+    with pytest.raises(ConfigError, match="task: 'countdown' and data: .* are both set"):
+        _run(tiny_base, tmp_path / "both", [f"data={data}", "task=countdown"])

@@ -3,8 +3,8 @@
 DeepSeek-R1's recipe (DeepSeek-AI 2025, arXiv:2501.12948; GRPO from DeepSeekMath, Shao et al.
 2024, arXiv:2402.03300), one optimizer step at a time:
 
-1. **rollout** — ``prompts_per_step`` prompts of the task (:mod:`.rl_tasks`), each answered
-   ``num_generations`` times by sampling, through seekforge's inference engine
+1. **rollout** — ``prompts_per_step`` prompts of the task or the ``data`` files (:mod:`.rl_tasks`),
+   each answered ``num_generations`` times by sampling, through seekforge's inference engine
    (:class:`seekforge.infer.Engine`: continuous batching over a latent KV cache). The engine runs
    on the very module being trained, so every rollout samples from the current weights with no
    reload or copy; it keeps no state derived from the weights between requests (LoRA layers are
@@ -61,8 +61,9 @@ SCALES = ("group", "batch", "none")
 @dataclass
 class GRPOConfig(SFTConfig):
     # --- task and rewards ----------------------------------------------------------------------
-    task: str = "arithmetic"  # built-in: arithmetic | countdown
+    task: str | None = None  # built-in: arithmetic | countdown; unset: arithmetic, or `data` when given
     task_options: dict[str, Any] = field(default_factory=dict)  # fields of the task (digits, ops ...)
+    prompt_field: str = "prompt"  # data rows: the user message; the other fields go to the rewards
     system_prompt: str | None = None  # a system message before every prompt
     rewards: list[str] = field(default_factory=lambda: ["answer_match", "think_format"])
     reward_weights: list[float] = field(default_factory=list)  # empty: 1 each
@@ -85,7 +86,7 @@ class GRPOConfig(SFTConfig):
     kl_times_ratio: bool = False
     num_iterations: int = 1  # optimizer steps per rollout (mu in the GRPO paper)
     # --- trainer keys, GRPO-sized --------------------------------------------------------------
-    data: str | list[str] = ""  # unused: prompts come from `task`
+    data: str | list[str] = ""  # prompt files (.jsonl/.json/.parquet/.csv ...) instead of a task
     seq_len: int = 256  # context: prompt + completion
     batch_tokens: int = 0  # derived: prompts_per_step x num_generations x seq_len
     micro_batch_size: int = 8  # completions per forward/backward
@@ -99,6 +100,11 @@ class GRPOConfig(SFTConfig):
     out_dir: str = "runs/grpo"
 
     @property
+    def prompt_source(self) -> str:
+        """The task's name, or ``data`` for prompt files."""
+        return self.task or ("data" if self.data else "arithmetic")
+
+    @property
     def rows_per_step(self) -> int:
         return self.prompts_per_step * self.num_generations
 
@@ -106,8 +112,9 @@ class GRPOConfig(SFTConfig):
         if not self.model:
             raise ConfigError("model: required (a seekforge model dir, ideally SFT'd on the answer format), "
                               "e.g. --set model=runs/sft/final")
-        if self.data:
-            raise ConfigError("data: grpo makes its prompts from `task` (arithmetic, countdown); unset data")
+        if self.data and self.task:
+            raise ConfigError(f"task: {self.task!r} and data: {self.data!r} are both set; the prompts come "
+                              "from one of them (unset task to read the data files)")
         if self.num_generations < 2:
             raise ConfigError(
                 f"num_generations: must be >= 2 (got {self.num_generations}). GRPO's advantage is a "
@@ -280,7 +287,7 @@ class RolloutLoader:
 
     def identity(self) -> dict[str, Any]:
         cfg = self.objective.cfg
-        return {"seed": cfg.seed, "task": cfg.task, "prompts_per_step": cfg.prompts_per_step}
+        return {"seed": cfg.seed, "task": cfg.prompt_source, "prompts_per_step": cfg.prompts_per_step}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.identity()
@@ -306,7 +313,7 @@ class GRPOObjective(SFTObjective):
     def setup(self, env: TrainEnv) -> None:
         from seekforge.finetune.methods import base_kind
         from seekforge.finetune.rewards import resolve_rewards
-        from seekforge.finetune.rl_tasks import make_task
+        from seekforge.finetune.rl_tasks import load_prompt_rows, make_task
 
         Objective.setup(self, env)  # not SFTObjective.setup: that reads SFT examples
         cfg: GRPOConfig = env.cfg  # type: ignore[assignment]
@@ -319,12 +326,18 @@ class GRPOObjective(SFTObjective):
             raise ConfigError(f"model: {cfg.model} is a transformers model; grpo's rollouts run on "
                               "seekforge's engine, which serves seekforge (DeepSeek-V3) models")
         try:
-            self.task = make_task(cfg.task, cfg.task_options)
+            if cfg.prompt_source == "data":
+                self.task = load_prompt_rows(cfg.data, cfg.prompt_field)
+            else:
+                self.task = make_task(cfg.prompt_source, cfg.task_options)
             self.rewards: list[NamedReward] = resolve_rewards(cfg.rewards, cfg.reward_weights)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.tokenizer = load_chat_tokenizer(cfg)
-        self._check_prompt_lengths()
+        if cfg.prompt_source == "data":
+            self._drop_long_prompts()
+        else:
+            self._check_prompt_lengths()
         # SFTObjective.build_model reads one encoded example (the LoRA target check's sample input).
         from seekforge.finetune.encode import Encoded
 
@@ -342,12 +355,26 @@ class GRPOObjective(SFTObjective):
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _drop_long_prompts(self) -> None:
+        """Data rows whose prompt leaves no room for an answer within seq_len: counted and skipped."""
+        cfg = self.cfg
+        rows = self.task.rows
+        keep = [r for r in rows if len(self.prompt_ids(r)) < cfg.seq_len]
+        if not keep:
+            raise ConfigError(f"data: none of the {len(rows)} prompts leaves room for an answer within "
+                              f"seq_len {cfg.seq_len}; raise seq_len")
+        if len(keep) < len(rows):
+            log.warning("%d of %d prompts skipped: they leave no room for an answer within seq_len %d",
+                        len(rows) - len(keep), len(rows), cfg.seq_len)
+        self.task.rows = keep
+        self.skipped_prompts = len(rows) - len(keep)
+
     def _check_prompt_lengths(self) -> None:
         cfg = self.cfg
         longest = max(len(self.prompt_ids(self.task.item(cfg.seed, i))) for i in range(32))
         if longest + 1 > cfg.seq_len:
-            raise ConfigError(f"seq_len: the {cfg.task} prompts take up to {longest} tokens, which leaves no "
-                              f"room for an answer within seq_len {cfg.seq_len}; raise seq_len")
+            raise ConfigError(f"seq_len: the {cfg.prompt_source} prompts take up to {longest} tokens, which "
+                              f"leaves no room for an answer within seq_len {cfg.seq_len}; raise seq_len")
         if longest + cfg.max_completion_tokens > cfg.seq_len:
             log.warning("completions will be cut at seq_len %d - prompt (up to %d tokens) instead of "
                         "max_completion_tokens %d", cfg.seq_len, longest, cfg.max_completion_tokens)
@@ -397,7 +424,7 @@ class GRPOObjective(SFTObjective):
         self.engine = self.start_engine(self.policy)
         cfg = self.cfg
         log.info("grpo: %d prompts x %d completions per step, %d micro-batches of %d; task %s; rewards %s",
-                 cfg.prompts_per_step, cfg.num_generations, grad_accum, micro_batch_size, cfg.task,
+                 cfg.prompts_per_step, cfg.num_generations, grad_accum, micro_batch_size, cfg.prompt_source,
                  ", ".join(f"{r.name} (x{r.weight:g})" for r in self.rewards))
         return RolloutLoader(self)
 
@@ -414,8 +441,8 @@ class GRPOObjective(SFTObjective):
             ids = self.prompt_ids(item)
             room = cfg.seq_len - len(ids)
             if room < 1:
-                raise ConfigError(f"seq_len: a {cfg.task} prompt of {len(ids)} tokens leaves no room for an "
-                                  f"answer within seq_len {cfg.seq_len}; raise seq_len")
+                raise ConfigError(f"seq_len: a {cfg.prompt_source} prompt of {len(ids)} tokens leaves no "
+                                  f"room for an answer within seq_len {cfg.seq_len}; raise seq_len")
             for g in range(cfg.num_generations):
                 seed = (cfg.seed * 1_000_003 + index) * 4096 + j * cfg.num_generations + g
                 prompts.append(ids)
@@ -531,9 +558,10 @@ class GRPOObjective(SFTObjective):
         else:
             ref = "frozen copy" if self.ref_model is not None else "base with the adapter disabled"
         return [f"grpo: base {cfg.model}, method {cfg.method}, {n_train:,} trainable parameters; task "
-                f"{cfg.task}; {cfg.num_generations} completions per prompt (<= {cfg.max_completion_tokens} "
-                f"tokens, temperature {cfg.temperature}); loss {cfg.aggregation}, clip "
-                f"[{1 - cfg.epsilon_low:g}, {1 + cfg.epsilon_high:g}], beta {cfg.beta}, reference: {ref}"]
+                f"{cfg.prompt_source}; {cfg.num_generations} completions per prompt "
+                f"(<= {cfg.max_completion_tokens} tokens, temperature {cfg.temperature}); loss "
+                f"{cfg.aggregation}, clip [{1 - cfg.epsilon_low:g}, {1 + cfg.epsilon_high:g}], beta "
+                f"{cfg.beta}, reference: {ref}"]
 
 
 __all__ = ["GRPOConfig", "GRPOObjective", "RolloutLoader", "group_advantages", "token_logps", "collate_rows"]

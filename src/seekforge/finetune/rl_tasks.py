@@ -163,6 +163,45 @@ class CountdownTask:
         return f"<think>{c['solution']} = {c['target']}</think><answer>{c['solution']}</answer>"
 
 
+# ---------------------------------------------------------------------------------------------
+# Your prompts
+
+
+@dataclass
+class PromptRows:
+    """Prompts from data files, visited in a seeded order per epoch (same shape as a task)."""
+
+    rows: list[TaskItem]
+
+    def item(self, seed: int, index: int) -> TaskItem:
+        epoch, j = divmod(index, len(self.rows))
+        order = list(range(len(self.rows)))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        return self.rows[order[j]]
+
+
+def load_prompt_rows(inputs: str | list[str], prompt_field: str = "prompt") -> PromptRows:
+    """Rows of JSON lines / JSON / parquet / CSV files (read by :mod:`seekforge.data.readers`):
+    ``prompt_field`` is the user message, every other field a column for the rewards (e.g.
+    GSM8K's ``answer``, whose last number ``answer_match`` compares against)."""
+    from seekforge.data.readers import iter_records
+
+    rows = []
+    for rec in iter_records(inputs):
+        if rec.error:
+            raise ValueError(f"{rec.where}: {rec.error}")
+        value = rec.value
+        text = value.get(prompt_field) if isinstance(value, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            keys = ", ".join(map(str, value)) if isinstance(value, dict) else type(value).__name__
+            raise ValueError(f"{rec.where}: expected an object with a non-empty string field "
+                             f"{prompt_field!r} (set prompt_field); found {keys}")
+        rows.append(TaskItem(text, {k: v for k, v in value.items() if k != prompt_field}))
+    if not rows:
+        raise ValueError(f"data: no rows in {inputs}")
+    return PromptRows(rows)
+
+
 TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask}
 
 
@@ -179,5 +218,5 @@ def make_task(name: str, options: dict[str, Any]):
     return cls(**options)
 
 
-__all__ = ["TaskItem", "ArithmeticTask", "CountdownTask", "TASKS", "make_task", "safe_eval",
-           "check_countdown", "UnsafeExpression", "FORMAT_HINT"]
+__all__ = ["TaskItem", "ArithmeticTask", "CountdownTask", "PromptRows", "load_prompt_rows", "TASKS",
+           "make_task", "safe_eval", "check_countdown", "UnsafeExpression", "FORMAT_HINT"]
