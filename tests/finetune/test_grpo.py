@@ -234,6 +234,7 @@ def test_prompts_from_a_data_file(tiny_base: Path, tmp_path: Path):
     assert len(seen) == 6  # an epoch visits every row once
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert all("reward_answer_match" in r for r in records)
+    assert records[-1]["epoch"] == round(2 * 2 / 6, 4)  # 2 rounds of 2 prompts over 6 rows
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "ok?"}\n{"prompt": "wrong field"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="bad.jsonl:2: expected an object with a non-empty string field "

@@ -279,7 +279,9 @@ class RolloutLoader:
 
     @property
     def epoch(self) -> float:
-        return 0.0  # the tasks are endless: no epochs
+        """Passes over the data files' prompts; 0 for a built-in task (endless: no epochs)."""
+        rows = getattr(self.objective.task, "rows", None)
+        return self.rounds * self.objective.cfg.prompts_per_step / len(rows) if rows else 0.0
 
     def state_dict(self) -> dict:
         return {"rounds": self.rounds, "failures": self.failures, "streak": self.streak,
