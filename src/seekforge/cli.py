@@ -28,7 +28,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "seekforge.infer.chat": ("chat",),
     "seekforge.serve.cli": ("serve",),
     "seekforge.serve.abreport": ("ab-report",),
-    "seekforge.finetune.cli": ("sft", "dpo", "distill", "merge"),
+    "seekforge.finetune.cli": ("sft", "dpo", "grpo", "distill", "merge"),
     "seekforge.plan.cli": ("plan",),
     "seekforge.export.cli": ("export",),
     "seekforge.eval.cli": ("eval",),

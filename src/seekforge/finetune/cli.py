@@ -1,12 +1,14 @@
-"""``seekforge sft``, ``seekforge dpo``, ``seekforge distill`` and ``seekforge merge``.
+"""``seekforge sft``, ``seekforge dpo``, ``seekforge grpo``, ``seekforge distill`` and ``seekforge merge``.
 
     seekforge sft configs/sft_identity.yaml --set model=runs/pretrain/final --set template_vars.name=Forge
+    seekforge grpo configs/grpo_demo.yaml --set model=runs/sft/final
     seekforge distill configs/distill_logits.yaml
     seekforge merge runs/pretrain/final runs/sft/final --out runs/merged
 
-``sft``, ``dpo`` and ``distill`` run the pretraining loop (:class:`seekforge.train.trainer.Trainer`) with
-another objective, so resume, checkpoints, logging, eval and torchrun behave exactly as in
-``seekforge train``. The result is copied to ``OUT_DIR/final/`` (an adapter or a whole model).
+``sft``, ``dpo``, ``grpo`` and ``distill`` run the pretraining loop
+(:class:`seekforge.train.trainer.Trainer`) with another objective, so resume, checkpoints,
+logging, eval and torchrun behave exactly as in ``seekforge train`` (``grpo`` runs in one
+process). The result is copied to ``OUT_DIR/final/`` (an adapter or a whole model).
 Exit codes as ``train``: 0 done, 128+signal after a signal-triggered checkpoint, 1 on an error.
 """
 
@@ -60,6 +62,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_run_args(dpo)
     dpo.set_defaults(func=run_dpo)
+
+    grpo = subparsers.add_parser(
+        "grpo",
+        help="reinforcement learning with verifiable rewards (GRPO, DeepSeek-R1's recipe)",
+        description="GRPO on the trainer loop: sampled completions per prompt through the inference engine, "
+        "rule-based rewards, group-normalised advantages, clipped policy-ratio loss. Examples:\n"
+        "  seekforge grpo configs/grpo_demo.yaml --set model=runs/sft/final\n"
+        "  seekforge grpo configs/grpo_demo.yaml --set task=countdown \\\n"
+        "      --set rewards=[countdown,think_format] --set seq_len=192 --set max_completion_tokens=64\n"
+        "  seekforge grpo configs/grpo_demo.yaml --set aggregation=dapo --set epsilon_high=0.28\n"
+        "Re-running the same command on the same out_dir resumes from its latest checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_args(grpo)
+    grpo.set_defaults(func=run_grpo)
 
     merge = subparsers.add_parser("merge", help="fold a LoRA adapter into its base model (a full model dir)")
     merge.add_argument("base", help="base model directory the adapter was trained on")
@@ -118,6 +135,19 @@ def run_dpo(args: argparse.Namespace) -> int:
 
     cfg = _load(DPOConfig, args)
     return 0 if cfg is None else _run(cfg, DPOObjective())
+
+
+def run_grpo(args: argparse.Namespace) -> int:
+    from seekforge.finetune.grpo import GRPOConfig, GRPOObjective
+
+    cfg = _load(GRPOConfig, args)
+    if cfg is None:
+        return 0
+    objective = GRPOObjective()
+    try:
+        return _run(cfg, objective)
+    finally:
+        objective.close()
 
 
 def run_distill(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""GRPO's clipped policy-ratio loss on sampled completions (the loss only; no rollout loop yet).
+"""GRPO's clipped policy-ratio loss on sampled completions (the loop around it is :mod:`.grpo`).
 
 GRPO (Shao et al. 2024, DeepSeekMath, arXiv:2402.03300, eq. 3), as DeepSeek-R1 trains with it: for
 completion token t of sequence i with advantage A_i (its reward normalised within its prompt's group),
