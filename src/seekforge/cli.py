@@ -27,6 +27,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "seekforge.train.cli": ("train",),
     "seekforge.infer.chat": ("chat",),
     "seekforge.serve.cli": ("serve",),
+    "seekforge.serve.abreport": ("ab-report",),
     "seekforge.finetune.cli": ("sft", "dpo", "distill", "merge"),
     "seekforge.plan.cli": ("plan",),
     "seekforge.export.cli": ("export",),

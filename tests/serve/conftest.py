@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,12 +35,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_server(model_dir, engine_cfg: EngineConfig,
-               options: ServerOptions | None = None) -> Iterator[RunningServer]:
-    engine = Engine.from_pretrained(model_dir, engine_cfg, name="tiny-chat")
+def serve_app(app) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on a free port in a thread; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, options), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -51,10 +51,20 @@ def run_server(model_dir, engine_cfg: EngineConfig,
             time.sleep(0.05)
         else:
             raise RuntimeError("server did not start")
-        yield RunningServer(url, engine)
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def run_server(model_dir, engine_cfg: EngineConfig,
+               options: ServerOptions | None = None) -> Iterator[RunningServer]:
+    engine = Engine.from_pretrained(model_dir, engine_cfg, name="tiny-chat")
+    try:
+        with serve_app(create_app(engine, options)) as url:
+            yield RunningServer(url, engine)
+    finally:
         engine.close()
 
 
@@ -62,3 +72,17 @@ def run_server(model_dir, engine_cfg: EngineConfig,
 def server(tiny_model_dir) -> Iterator[RunningServer]:
     with run_server(tiny_model_dir, EngineConfig(max_batch=4, max_len=256, queue_size=16)) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    """A second ``tiny`` model (seed 1) with the same tokenizer: another "version" to route to."""
+    import torch
+
+    from seekforge.model import load_model, save_model
+    from seekforge.tokenizer import load_tokenizer
+
+    torch.manual_seed(1)
+    model = load_model("tiny", device="cpu", dtype=torch.float32)
+    out = tmp_path_factory.mktemp("models") / "tiny-b"
+    return save_model(model, out, tokenizer=load_tokenizer(tokenizer_dir))

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 
+import httpx
 import pytest
 
 from seekforge.infer import SamplingParams
@@ -127,7 +128,13 @@ def test_chat_page_streams_an_answer(server) -> None:
         prompt = server.engine.chat_prompt([{"role": "user", "content": user}])
         want = server.engine.generate([prompt], SamplingParams(max_tokens=24, temperature=0))[0]
         assert answer == want.text and answer
-        assert meta.startswith(f"{len(want.token_ids)} tokens")
+        assert meta.startswith(f"{len(want.token_ids)} tokens") and "· tiny-chat" in meta
+        assert browser.js("localStorage.getItem('seekforge-user')").startswith("web-")  # sent as `user`
+        # 👍 under the answer reaches POST /v1/feedback, counted for the version that answered.
+        browser.js("document.querySelector('.msg.assistant .thumb[data-rating=\"up\"]').click(); true")
+        browser.wait_for("document.querySelector('.msg.assistant').dataset.rated === 'up'")
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'seekforge_feedback_total{rating="up",route="",version="tiny-chat"} 1.0' in metrics
         # The conversation is kept: a second message sends the history and renders a second answer.
         browser.js("document.getElementById('input').value = '再说一遍';"
                    "document.getElementById('send').click(); true")

@@ -137,6 +137,7 @@ class RequestHandle:
         self.first_token_time: float | None = None
         self.grammar: Any = None  # the compiled constraint (compiled in submit, on the caller's thread)
         self.finished_time: float | None = None
+        self.n_generated = 0  # tokens generated so far (the server's request log and metrics read it)
         self._events: collections.deque[StreamEvent] = collections.deque()
         self._cv = threading.Condition()
         self._waker: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
@@ -145,6 +146,7 @@ class RequestHandle:
     # --- engine side ----------------------------------------------------------------------------
     def _push(self, ev: StreamEvent) -> None:
         with self._cv:
+            self.n_generated += len(ev.token_ids)
             self._events.append(ev)
             if ev.finish_reason is not None:
                 self._done = True
@@ -523,6 +525,10 @@ class Engine:
 
     def free_slots(self) -> int:
         return len(self._free_slots)
+
+    def is_alive(self) -> bool:
+        """The worker thread runs (False once closed): the server's readiness probe asks this."""
+        return self._thread.is_alive() and not self._closed
 
     def close(self) -> None:
         with self._cv:

@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (with ``echo`` + ``logprobs``
 for log-likelihood eval harnesses), ``GET /v1/models``, ``GET /health``, ``GET /metrics``
-(Prometheus), ``POST /tokenize``, ``POST /detokenize`` and the web chat page at ``/``.
+(Prometheus), ``POST /tokenize``, ``POST /detokenize`` and the web chat page at ``/``; with
+:mod:`seekforge.serve.ops` also ``GET /ready``, ``POST /v1/feedback`` and the ``/admin/`` API.
 
 Request handlers never touch torch: they submit to the engine (thread-safe) and await its event
 stream, so one slow generation never blocks the event loop. A client that disconnects mid-stream
@@ -11,7 +12,8 @@ ends the response generator, whose ``finally`` cancels the request and frees its
 Layout: the routes are module-level functions on ``router``; everything they need lives in one
 :class:`ServerState` on ``app.state.server`` (a registry of model id -> :class:`ServedModel`, the
 options, the rate-limit buckets, the HTTP counters). :func:`create_app` only builds that state and
-wires the router, error handlers and middleware to it. Today the registry holds one model.
+wires the router, error handlers and middleware to it. The registry holds one or more model
+versions; routing between them, the admin API and the request log live in :mod:`seekforge.serve.ops`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from seekforge.infer import (
 from seekforge.serve import protocol as P
 from seekforge.serve import tools as T
 from seekforge.serve.metrics import HttpStats, render_metrics
+from seekforge.serve.ops import OpsOptions, ServeOps, track_handles
+from seekforge.serve.ops import install as install_ops
 
 STATIC = Path(__file__).parent / "static"
 
@@ -55,6 +59,7 @@ class ServerOptions:
     rate_burst: int = 10
     ping_seconds: float = 10.0  # SSE comment while a request waits (keeps proxies from timing out)
     max_n: int = 8
+    ops: OpsOptions = field(default_factory=OpsOptions)  # versions, routes, canaries, admin, logs
 
 
 class TokenBucket:
@@ -145,6 +150,8 @@ class ServedModel:
 
     engine: Engine
     token_text: P.TokenText
+    inflight: int = 0  # HTTP requests being answered (a hot swap drains this to 0 before freeing the engine)
+    spec: Any = None  # the VersionSpec it was loaded from, when known
 
     @classmethod
     def of(cls, engine: Engine) -> ServedModel:
@@ -163,9 +170,10 @@ class ServedModel:
 class ServerState:
     """Everything the routes read, kept on ``app.state.server``.
 
-    ``models`` maps the model id a client sends in ``"model"`` to what serves it; ``default`` is the
-    id used when a request names none (and the one ``/health``, ``/metrics``, ``/tokenize`` and
-    ``/detokenize`` describe).
+    ``models`` maps each version's id to what serves it; ``ops`` holds the routes over them and picks
+    the version of a request (:meth:`ServeOps.resolve`). ``default`` is the version or route used
+    when a request names none (its version is the one ``/health``, ``/tokenize`` and ``/detokenize``
+    describe).
     """
 
     models: dict[str, ServedModel]
@@ -174,21 +182,13 @@ class ServerState:
     http_stats: HttpStats = field(default_factory=HttpStats)
     bucket: TokenBucket | None = None
     started: int = field(default_factory=P.now)
+    ops: ServeOps | None = None  # routes, canaries, request log, per-version metrics (seekforge.serve.ops)
 
     @property
     def default_model(self) -> ServedModel:
-        return self.models[self.default]
-
-    def model_for(self, body: dict[str, Any]) -> ServedModel:
-        """The model a request names in ``"model"`` (the default when absent); 400 for an unknown id."""
-        name = body.get("model")
-        if name is None:
-            return self.default_model
-        if isinstance(name, str) and name in self.models:
-            return self.models[name]
-        served = ", ".join(f"'{n}'" for n in self.models)
-        raise P.APIError(400, f"The model '{name}' does not exist; this server serves {served}.",
-                         param="model", code="model_not_found")
+        """The version a request without ``"model"`` gets (a default route: its stable version)."""
+        route = self.ops.routes.get(self.default) if self.ops is not None else None
+        return self.models[route.stable if route is not None else self.default]
 
 
 def server_state(request: Request) -> ServerState:
@@ -251,9 +251,10 @@ async def read_json(request: Request) -> dict[str, Any]:
 async def generation_request(request: Request) -> tuple[ServerState, ServedModel, dict[str, Any]]:
     """The prologue of the generating endpoints: authenticate, rate-limit, parse the body, pick the model."""
     state = server_state(request)
-    check_rate(state, check_auth(request))
+    key = check_auth(request)
+    check_rate(state, key)
     body = await read_json(request)
-    return state, state.model_for(body), body
+    return state, state.ops.resolve(body, key), body
 
 
 async def constrained(engine: Engine, params: SamplingParams, constraint: Any, param: str) -> SamplingParams:
@@ -297,6 +298,7 @@ def submit_all(engine: Engine, prompts: list[Any], params: SamplingParams, n: in
                          code="queue_full") from None
     except EngineClosed as e:
         raise P.APIError(503, str(e), type="server_error", code="shutting_down") from None
+    track_handles(handles)
     return handles
 
 
@@ -315,16 +317,23 @@ async def health(request: Request) -> dict[str, Any]:
 async def list_models(request: Request) -> dict[str, Any]:
     check_auth(request)
     state = server_state(request)
-    return {"object": "list", "data": [{
-        "id": m.name, "object": "model", "created": state.started, "owned_by": "seekforge",
-        "root": m.name, "parent": None, "max_model_len": m.engine.max_len, "permission": []}
-        for m in state.models.values()]}
+    versions = [{"id": name, "object": "model", "created": state.started, "owned_by": "seekforge",
+                 "root": name, "parent": None, "max_model_len": m.engine.max_len, "permission": []}
+                for name, m in list(state.models.items())]
+    routes = [{"id": name, "object": "model", "created": state.started, "owned_by": "seekforge",
+               "root": name, "parent": None, "permission": [], "route": r.to_dict(),
+               "max_model_len": min(state.models[v].engine.max_len for v in r.weights if v in state.models)}
+              for name, r in list(state.ops.routes.items())]
+    # The default first: clients that take data[0] (the chat page) then use what a bare request gets.
+    data = sorted(versions + routes, key=lambda m: m["id"] != state.default)
+    return {"object": "list", "data": data}
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> PlainTextResponse:
     state = server_state(request)
-    return PlainTextResponse(render_metrics(state.default_model.engine, state.http_stats),
+    text = render_metrics(state.default_model.engine, state.http_stats) + state.ops.metrics.render()
+    return PlainTextResponse(text,
                              media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -549,13 +558,24 @@ def _stream_completion(model: ServedModel, handles: list[RequestHandle], rid: st
 
 
 # --- the app -------------------------------------------------------------------------------------------
-def create_app(engine: Engine, options: ServerOptions | None = None) -> FastAPI:
-    """The FastAPI app serving ``engine``. The model id is ``engine.name``."""
+def create_app(engine: Engine | dict[str, Engine], options: ServerOptions | None = None) -> FastAPI:
+    """The FastAPI app serving ``engine`` (model id ``engine.name``) or several versions ``{id: engine}``
+    with the routes, canaries and admin API of ``options.ops`` (see :mod:`seekforge.serve.ops`)."""
     opts = options or ServerOptions()
+    engines = engine if isinstance(engine, dict) else {engine.name: engine}
+    if not engines:
+        raise ValueError("create_app: no model to serve")
+    for name, e in engines.items():
+        e.name = name  # responses name the version ("model" field, x-seekforge-model header)
     app = FastAPI(title="seekforge", docs_url="/docs", redoc_url=None)
+    default = opts.ops.default_model or next(iter(opts.ops.routes), None) or next(iter(engines))
     app.state.server = ServerState(
-        models={engine.name: ServedModel.of(engine)}, default=engine.name, options=opts,
+        models={name: ServedModel.of(e) for name, e in engines.items()}, default=default, options=opts,
         bucket=TokenBucket(opts.rate_limit, opts.rate_burst) if opts.rate_limit > 0 else None)
+    app.state.server.ops = ServeOps(app.state.server, opts.ops)
+    if default not in engines and default not in app.state.server.ops.routes:
+        raise ValueError(f"--default-model {default}: not a version or route")
+    install_ops(app)
     app.add_exception_handler(P.APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.middleware("http")(_count_requests)

@@ -9,9 +9,10 @@ import os
 log = logging.getLogger("seekforge.serve")
 
 
-def add_engine_args(p: argparse.ArgumentParser) -> None:
-    """Engine flags shared by ``serve`` and ``chat``."""
-    p.add_argument("model_dir", help="a seekforge/HF DeepSeek-V3 model directory (with tokenizer files)")
+def add_engine_args(p: argparse.ArgumentParser, model_optional: bool = False) -> None:
+    """Engine flags shared by ``serve`` and ``chat`` (``serve`` may name its models with ``--model``)."""
+    p.add_argument("model_dir", nargs="?" if model_optional else None,
+                   help="a seekforge/HF DeepSeek-V3 model directory (with tokenizer files)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: MODEL_DIR)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16")
@@ -29,53 +30,82 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="override an EngineConfig key, e.g. --set prefill_chunk=256")
 
 
-def engine_from_args(args: argparse.Namespace, queue_size: int = 64):
+def engine_config(args: argparse.Namespace, queue_size: int = 64):
     """Flags -> EngineConfig through the config system: defaults <- flags <- --config YAML <- --set."""
     from seekforge.config import load_config
-    from seekforge.infer import Engine, EngineConfig
+    from seekforge.infer import EngineConfig
 
     flags = dict(max_batch=args.max_batch, max_len=args.max_len, queue_size=queue_size,
                  prefill_chunk=args.prefill_chunk, speculative=args.speculative, device=args.device,
                  dtype=args.dtype, compile=args.compile, threads=args.threads)
-    cfg = load_config(EngineConfig, getattr(args, "config", None), getattr(args, "overrides", []), base=flags)
-    adapter = getattr(args, "adapter", None)
+    return load_config(EngineConfig, getattr(args, "config", None), getattr(args, "overrides", []),
+                       base=flags)
+
+
+def load_engine(model_dir: str, cfg, adapter: str | None = None, tokenizer: str | None = None,
+                name: str | None = None):
+    """An Engine over ``model_dir`` (a plain or quantized checkpoint), optionally with an adapter on it."""
+    from seekforge.infer import Engine
+
     if adapter:  # seekforge.finetune owns adapters; the engine only gets the transformed model
         from seekforge.finetune.adapters import adapter_engine_args
 
-        return Engine.from_pretrained(args.model_dir, cfg, **adapter_engine_args(adapter, args.tokenizer),
-                                      name=getattr(args, "model_name", None))
-    return Engine.from_pretrained(args.model_dir, cfg, tokenizer_dir=args.tokenizer,
-                                  name=getattr(args, "model_name", None))
+        return Engine.from_pretrained(model_dir, cfg, **adapter_engine_args(adapter, tokenizer), name=name)
+    return Engine.from_pretrained(model_dir, cfg, tokenizer_dir=tokenizer, name=name)
+
+
+def engine_from_args(args: argparse.Namespace, queue_size: int = 64):
+    """The engine of ``chat`` / single-model ``serve`` flags."""
+    return load_engine(args.model_dir, engine_config(args, queue_size), getattr(args, "adapter", None),
+                       args.tokenizer, getattr(args, "model_name", None))
 
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from seekforge.serve import ServerOptions, create_app
+    from seekforge.serve.opscli import ops_options, version_loader, version_specs
 
     keys = [k for k in (args.api_key or []) for k in k.split(",") if k]
     if not keys and os.environ.get("SEEKFORGE_API_KEY"):
         keys = [os.environ["SEEKFORGE_API_KEY"]]
-    engine = engine_from_args(args, queue_size=args.queue_size)
-    opts = ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst)
-    app = create_app(engine, opts)
-    where = f"http://{args.host}:{args.port}"
-    log.info("serving %s (max_batch %d, context %d, queue %d%s) at %s  — chat page: %s/", engine.name,
-             engine.config.max_batch, engine.max_len, engine.config.queue_size,
-             ", API key required" if keys else "", where, where)
+    specs = version_specs(args)
+    ops = ops_options(args, keys)  # flag errors before any model loads
+    ops.loader = version_loader(args, args.queue_size)
+    engines = {}
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info")
+        for spec in specs:
+            engines[spec.name] = ops.loader(spec)
+        opts = ServerOptions(api_keys=keys, rate_limit=args.rate_limit, rate_burst=args.rate_burst, ops=ops)
+        app = create_app(engines, opts)
+        state = app.state.server
+        for spec in specs:
+            state.models[spec.name].spec = spec
+        where = f"http://{args.host}:{args.port}"
+        for name, m in state.models.items():
+            log.info("version %s: %s (max_batch %d, context %d, queue %d)", name, m.spec.describe(),
+                     m.engine.config.max_batch, m.engine.max_len, m.engine.config.queue_size)
+        for route in state.ops.routes.values():
+            log.info("route %s: %s", route.name, route.to_dict())
+        log.info("serving %s at %s%s  — chat page: %s/", ", ".join(state.ops.public_names()), where,
+                 " (API key required)" if keys else "", where)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if not args.verbose else "info",
+                    timeout_keep_alive=args.keep_alive)
+        state.ops.close()
+        engines = {name: m.engine for name, m in state.models.items()}  # swapped/loaded ones included
     finally:
-        engine.close()
+        for engine in engines.values():
+            engine.close()
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server + web chat page",
-                       description="Serve a model over the OpenAI API (/v1/chat/completions, "
-                       "/v1/completions, /v1/models, /tokenize, /detokenize, /health, /metrics) "
-                       "with a chat page at /.")
-    add_engine_args(p)
+                       description="Serve one model (MODEL_DIR) or several versions (--model NAME=DIR) over "
+                       "the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /tokenize, "
+                       "/detokenize, /health, /ready, /metrics, /v1/feedback) with a chat page at /, "
+                       "weighted routes, shadow traffic, canaries and an /admin/ API.")
+    add_engine_args(p, model_optional=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to listen on all interfaces)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", default=None, help="model id clients send (default: the directory name)")
@@ -84,4 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests before answering 503")
     p.add_argument("--rate-limit", type=float, default=0.0, help="requests/minute per API key (0 = off)")
     p.add_argument("--rate-burst", type=int, default=10, help="requests allowed at once by the rate limit")
+    from seekforge.serve.opscli import add_ops_args
+
+    add_ops_args(p)
     p.set_defaults(func=run_serve)

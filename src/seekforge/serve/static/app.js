@@ -13,6 +13,11 @@ const STORE = "seekforge-chat-v1";
 let history = [];      // [{role, content}] of this conversation
 let model = null;      // id from /v1/models
 let controller = null; // AbortController of the answer being streamed
+// A random id per browser, sent as `user`: a route that splits traffic between model versions keeps
+// this browser on one version (the server hashes it), without knowing who the user is.
+const USER_ID = localStorage.getItem("seekforge-user") ||
+  "web-" + Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+localStorage.setItem("seekforge-user", USER_ID);
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -100,12 +105,12 @@ async function send(text) {
   controller = new AbortController();
   setBusy(true);
   const t0 = performance.now();
-  let tFirst = null, tokens = 0, answer = "", finish = null;
+  let tFirst = null, tokens = 0, answer = "", finish = null, answerId = null, version = null;
   try {
     const r = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
       body: JSON.stringify({
-        model, messages, stream: true, stream_options: { include_usage: true },
+        model, messages, stream: true, stream_options: { include_usage: true }, user: USER_ID,
         temperature: parseFloat(els.temperature.value), max_tokens: parseInt(els.maxTokens.value, 10),
       }),
     });
@@ -113,8 +118,10 @@ async function send(text) {
       const j = await r.json().catch(() => ({}));
       throw new Error(j.error ? j.error.message : r.status + " " + r.statusText);
     }
+    version = r.headers.get("x-seekforge-model"); // the version that answered (routes split traffic)
     for await (const chunk of sseEvents(r.body)) {
       if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.id) answerId = chunk.id;
       if (chunk.usage) tokens = chunk.usage.completion_tokens;
       for (const c of chunk.choices || []) {
         const piece = c.delta && c.delta.content;
@@ -145,9 +152,33 @@ async function send(text) {
   const meta = document.createElement("span");
   meta.className = "meta";
   meta.textContent = `${tokens} tokens · ${(tokens / Math.max(secs, 1e-3)).toFixed(1)} tok/s` +
-    (tFirst !== null ? ` · first token ${((tFirst - t0) / 1000).toFixed(2)} s` : "") + (finish ? ` · ${finish}` : "");
+    (tFirst !== null ? ` · first token ${((tFirst - t0) / 1000).toFixed(2)} s` : "") + (finish ? ` · ${finish}` : "") +
+    (version ? ` · ${version}` : "");
+  if (answerId && bot.dataset.state === "done") meta.appendChild(feedbackButtons(bot, answerId));
   bot.appendChild(meta);
   save();
+}
+
+// 👍/👎 under an answer: POST /v1/feedback, logged with the version that answered (seekforge ab-report).
+function feedbackButtons(bot, answerId) {
+  const box = document.createElement("span");
+  box.className = "rate";
+  for (const [rating, label] of [["up", "👍"], ["down", "👎"]]) {
+    const b = document.createElement("button");
+    b.className = "thumb";
+    b.dataset.rating = rating;
+    b.textContent = label;
+    b.title = rating === "up" ? "good answer" : "bad answer";
+    b.addEventListener("click", async () => {
+      for (const other of box.querySelectorAll("button")) other.disabled = true;
+      const r = await fetch("/v1/feedback", { method: "POST", headers: headers(),
+        body: JSON.stringify({ id: answerId, rating }) }).catch(() => null);
+      bot.dataset.rated = r && r.ok ? rating : "failed";
+      if (!(r && r.ok)) for (const other of box.querySelectorAll("button")) other.disabled = false;
+    });
+    box.appendChild(b);
+  }
+  return box;
 }
 
 function setBusy(busy) {
