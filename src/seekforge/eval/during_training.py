@@ -39,7 +39,7 @@ def benchmark_accuracy(
     """``{"bench_<task>_acc": accuracy}`` of ``model`` on the subset; the model's train/eval mode is kept."""
     from seekforge.eval.models import context_length
     from seekforge.eval.runner import EvalConfig, collect_subjects, run_multiple_choice
-    from seekforge.eval.scoring import SeekforgeScorer, Tokens, TransformersScorer
+    from seekforge.eval.scoring import Tokens, scorer_class
 
     if tokenizer is None:
         raise ConfigError("eval_tasks: scoring benchmarks needs the run's tokenizer (set `tokenizer`)")
@@ -48,7 +48,7 @@ def benchmark_accuracy(
     )
     subjects = collect_subjects(cfg)
     was_training = model.training
-    cls = SeekforgeScorer if hasattr(model, "forward_cached") else TransformersScorer
+    cls = scorer_class(model)
     try:
         scorer = cls(model, context_length(model.config), batch_size, "training")
         out = run_multiple_choice(Tokens(tokenizer), scorer, subjects, cfg)

@@ -29,10 +29,10 @@ from seekforge.eval.scoring import (
     EndpointError,
     EndpointScorer,
     Scorer,
-    SeekforgeScorer,
     Tokens,
     TransformersScorer,
     post_json,
+    scorer_class,
 )
 
 log = logging.getLogger("seekforge.eval")
@@ -173,7 +173,7 @@ def open_model(
     tokenizer = load_tokenizer(tokenizer_dir or path)
     window = max_length or context_length(model.config)
     name = path.resolve().name + (f"+{Path(adapter).resolve().name}" if adapter else "")
-    cls = SeekforgeScorer if kind == "seekforge" else TransformersScorer
+    cls = scorer_class(model) if kind == "seekforge" else TransformersScorer
     scorer = cls(model, window, batch_size, name)
     gen = _engine_generator(model, tokenizer) if kind == "seekforge" else _hf_generator(model, tokenizer)
     info = {

@@ -330,3 +330,13 @@ class EndpointScorer(Scorer):
                     raise EndpointError(f"{self.url}: a scored token came back without a log-probability")
                 out.append([float(v) for v in tail])
         return out
+
+
+def scorer_class(model: torch.nn.Module) -> type[LocalScorer]:
+    """The MLA-cache scorer for seekforge's DeepSeek-V3/V2 models; one full forward per batch for
+    anything else (transformers models, and DeepSeek-V4, whose compressed cache cannot share a
+    prefix between slots by copying it)."""
+    if hasattr(model, "forward_cached") and getattr(model.config, "model_type", "") != "deepseek_v4":
+        return SeekforgeScorer
+    return TransformersScorer
+

@@ -253,9 +253,15 @@ def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) 
     """
     names = [targets] if isinstance(targets, str) else list(targets)
     if kind == "hf":
+        # Linear subclasses with their own forward (DeepSeek-V4's grouped output projection reads
+        # its weight as g separate blocks) cannot take PEFT's LoRA wrapper, which assumes x @ W^T.
+        custom = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                  if isinstance(m, nn.Linear) and type(m).forward is not nn.Linear.forward}
         if names == ["all-linear"]:
-            return {"target_modules": "all-linear"}
-        valid = _linear_leaf_names(model) - {"lm_head"}
+            if not custom:
+                return {"target_modules": "all-linear"}
+            names = sorted(_linear_leaf_names(model) - {"lm_head"} - custom)
+        valid = _linear_leaf_names(model) - {"lm_head"} - custom
         for n in names:
             if n not in valid:
                 near = closest(n, valid)

@@ -361,13 +361,14 @@ class Engine:
         cfg = self.model.config
         # One spare position: a speculative step writes next_token and its draft (pos, pos + 1).
         self.cache = self.model.new_cache(self.config.max_batch, self.max_len + 1)
-        if not self.speculative:  # the MTP layers' entries would never be read: don't hold them
-            del self.cache.kv[cfg.num_hidden_layers:], self.cache.pe[cfg.num_hidden_layers:]
+        if not self.speculative and hasattr(self.cache, "pe"):  # MLA: the MTP layers' entries would
+            del self.cache.kv[cfg.num_hidden_layers:], self.cache.pe[cfg.num_hidden_layers:]  # never be read
         self.penalties = PenaltyState(self.config.max_batch, self.vocab_size, self.device)
         if self.config.compile:
             self._decode, self._mtp_decode = self._compiled_decode()
         else:
-            self._decode, self._mtp_decode = self.model.decode_step, self.model.mtp_decode_step
+            self._decode = self.model.decode_step
+            self._mtp_decode = getattr(self.model, "mtp_decode_step", None)  # V4 has no MTP drafter
 
     def _run(self) -> None:
         try:
@@ -631,7 +632,7 @@ class Engine:
             longest = max([len(s.prompt) for s in group] + [len(seq.prompt)])
             if seq.pos == 0 and longest * (len(group) + 1) <= budget:
                 group.append(seq)
-        if len(group) > 1:
+        if len(group) > 1 and getattr(self.model, "padded_prefill", True):
             self._prefill_group(group)
             return
         for seq in list(self._prefilling):

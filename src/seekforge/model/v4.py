@@ -18,11 +18,13 @@ stacked-expert layout) are shared, and the differences are all here. Top to bott
 
 Parameter names equal transformers 5's ``DeepseekV4ForCausalLM`` (``model.layers.0.attn_hc.fn``,
 ``self_attn.compressor.indexer.q_b_proj.weight`` ...), so a state dict moves between the two as is.
-transformers builds no MTP module for V4 and neither does this file. Full-sequence forward only:
-the engine's compressed caches are not written yet.
+transformers builds no MTP module for V4 and neither does this file. Cached inference (the window
+and compressed caches the engine uses) is in :mod:`seekforge.model.v4_cache`, mixed in here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from seekforge.model.model import IGNORE_INDEX, MLP, RMSNorm, RoutedExperts, cross_entropy, rope_inv_freq
 from seekforge.model.outputs import ModelOutput
+from seekforge.model.v4_cache import V4CachedInference
 from seekforge.model.v4_config import CSA, HCA, SLIDING, V4Config
 
 
@@ -125,25 +128,34 @@ class Compressor(nn.Module):
         self.position_bias = nn.Parameter(torch.empty(rate, series * width))
         self.kv_norm = RMSNorm(width, cfg.rms_norm_eps)
 
-    def compress(self, x: Tensor, rope: V4Rotary) -> Tensor:
-        """x [B, T, d] -> entries [B, T // m, width] (roped)."""
-        B, T, _ = x.shape
-        m, c = self.rate, self.width
-        n = T // m
-        if n == 0:
-            return x.new_zeros(B, 0, c)
-        kv = self.kv_proj(x[:, : n * m]).view(B, n, m, self.kv_proj.out_features)
-        gate = self.gate_proj(x[:, : n * m]).view(B, n, m, self.gate_proj.out_features) + self.position_bias
+    def project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-token inputs of the pool: C = kv_proj(h) and Z + B = gate_proj(h) + bias[position mod m]."""
+        return self.kv_proj(x), self.gate_proj(x) + self.position_bias[positions % self.rate]
+
+    def pool(self, kv: Tensor, gate: Tensor, block_ids: Tensor, rope: V4Rotary) -> Tensor:
+        """Consecutive whole blocks kv / gate [B, n, m, series * c] -> entries [B, n, c], entry i
+        roped at position block_ids[:, i] * m. With overlap, block i also pools block i-1's first
+        series (nothing for the first block given: the caller passes the predecessor when it exists)."""
+        c = self.width
         if self.overlap:
-            prev_kv = F.pad(kv[:, :-1, :, :c], (0, 0, 0, 0, 1, 0))  # block w-1's first series, zero for w=0
+            prev_kv = F.pad(kv[:, :-1, :, :c], (0, 0, 0, 0, 1, 0))  # block i-1's first series; none for i=0
             prev_gate = F.pad(gate[:, :-1, :, :c], (0, 0, 0, 0, 1, 0), value=float("-inf"))
             kv = torch.cat([prev_kv, kv[..., c:]], dim=2)  # [B, n, 2m, c]
             gate = torch.cat([prev_gate, gate[..., c:]], dim=2)
         pooled = (kv * gate.softmax(dim=2, dtype=torch.float32).to(kv.dtype)).sum(dim=2)
         pooled = self.kv_norm(pooled)
-        positions = (torch.arange(n, device=x.device) * m).expand(B, n)
-        cos, sin = rope(positions, "compress", pooled.dtype)
+        cos, sin = rope(block_ids * self.rate, "compress", pooled.dtype)
         return rope_tail(pooled, cos, sin)
+
+    def compress(self, x: Tensor, rope: V4Rotary) -> Tensor:
+        """x [B, T, d] -> entries [B, T // m, width] (roped)."""
+        B, T, _ = x.shape
+        m, n = self.rate, T // self.rate
+        if n == 0:
+            return x.new_zeros(B, 0, self.width)
+        kv, gate = self.project(x[:, : n * m], torch.arange(n * m, device=x.device))
+        block_ids = torch.arange(n, device=x.device).expand(B, n)
+        return self.pool(kv.view(B, n, m, -1), gate.view(B, n, m, -1), block_ids, rope)
 
 
 def closed_blocks(positions: Tensor, rate: int) -> Tensor:
@@ -179,19 +191,33 @@ class Indexer(Compressor):
     def select(self, x: Tensor, q_latent: Tensor, positions: Tensor, rope: V4Rotary) -> Tensor:
         """-> bool [B, T, n]: the compressed entries each query attends to (at most index_topk,
         never a block that is still open at the query's position)."""
+        return self.choose(x, q_latent, positions, self.compress(x, rope), rope)
+
+    def choose(self, x: Tensor, q_latent: Tensor, positions: Tensor, keys: Tensor, rope: V4Rotary) -> Tensor:
+        """The chosen entries as a bool mask [B, T, n] over ``keys`` [B, n, c_I]."""
         B, T, _ = x.shape
-        keys = self.compress(x, rope)
+        chosen = torch.zeros(B, T, keys.shape[1], dtype=torch.bool, device=x.device)
+        top, valid = self.top_entries(x, q_latent, positions, keys, rope)
+        return chosen.scatter_(-1, top, valid)
+
+    def top_entries(self, x: Tensor, q_latent: Tensor, positions: Tensor, keys: Tensor,
+                    rope: V4Rotary) -> tuple[Tensor, Tensor]:
+        """Indices [B, T, k] of the min(index_topk, n) best-scored entries of ``keys`` [B, n, c_I]
+        (the cached ones when decoding) and whether each is a closed block (bool, same shape)."""
+        B, T, _ = x.shape
         n = keys.shape[1]
         if n == 0:
-            return torch.zeros(B, T, 0, dtype=torch.bool, device=x.device)
+            empty = torch.zeros(B, T, 0, dtype=torch.long, device=x.device)
+            return empty, empty.bool()
         q = self.q_b_proj(q_latent).view(B, T, self.n_heads, self.width)
         cos, sin = rope(positions, "compress", q.dtype)
         scores = self.scorer(rope_tail(q, cos, sin), keys, x)
-        visible = torch.arange(n, device=x.device) < closed_blocks(positions, self.rate)[..., None]
-        scores = scores.masked_fill(~visible, float("-inf"))
-        top = scores.topk(min(self.topk, n), dim=-1).indices
-        chosen = torch.zeros_like(visible).scatter_(-1, top, True)
-        return chosen & visible
+        closed = closed_blocks(positions, self.rate)[..., None]
+        scores = scores.masked_fill(torch.arange(n, device=x.device) >= closed, float("-inf"))
+        # Ties are common (ReLU scores of 0): break them by block order, so a query picks the same
+        # blocks whether it is scored inside a full sequence or alone against the cache.
+        top = scores.sort(dim=-1, descending=True, stable=True).indices[..., : min(self.topk, n)]
+        return top, top < closed
 
 
 class CSACompressor(Compressor):
@@ -240,12 +266,7 @@ class V4Attention(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor, rope: V4Rotary) -> Tensor:
         B, T, _ = x.shape
-        H, c = self.n_heads, self.head_dim
-        cos, sin = rope(positions, self.rope_kind, x.dtype)
-        q_latent = self.q_a_norm(self.q_a_proj(x))
-        q = unweighted_rms_norm(self.q_b_proj(q_latent).view(B, T, H, c), self.cfg.rms_norm_eps)
-        q = rope_tail(q, cos, sin)
-        kv = rope_tail(self.kv_norm(self.kv_proj(x)), cos, sin)  # [B, T, c]
+        q, q_latent, kv, cos, sin = self.project(x, positions, rope)
         # Which keys each query sees: its own sliding window ...
         t = torch.arange(T, device=x.device)
         allowed = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - self.window)
@@ -260,13 +281,28 @@ class V4Attention(nn.Module):
                 seen = torch.arange(entries.shape[1], device=x.device) < open_until
             kv = torch.cat([kv, entries], dim=1)
             allowed = torch.cat([allowed, seen], dim=-1)
-        out = self._attend(q, kv, allowed)
-        out = rope_tail(out, cos, -sin)  # the values carried RoPE: rotate back to the query's frame
+        return self.output(self.attend(q, kv, allowed), cos, sin)
+
+    def project(self, x: Tensor, positions: Tensor,
+                rope: V4Rotary) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """-> q [B, T, H, c] (roped), the query latent, kv [B, T, c] (roped), and the cos / sin used."""
+        B, T, _ = x.shape
+        cos, sin = rope(positions, self.rope_kind, x.dtype)
+        q_latent = self.q_a_norm(self.q_a_proj(x))
+        q = unweighted_rms_norm(self.q_b_proj(q_latent).view(B, T, self.n_heads, self.head_dim),
+                                self.cfg.rms_norm_eps)
+        kv = rope_tail(self.kv_norm(self.kv_proj(x)), cos, sin)
+        return rope_tail(q, cos, sin), q_latent, kv, cos, sin
+
+    def output(self, attended: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """[B, T, H, c] -> [B, T, d]: undo the values' RoPE, then the grouped output projection."""
+        B, T = attended.shape[:2]
+        out = rope_tail(attended, cos, -sin)  # rotate back to the query's frame
         groups = out.reshape(B, T, self.cfg.o_groups, -1)
         w = self.o_a_proj.weight.view(self.cfg.o_groups, self.cfg.o_lora_rank, -1)
         return self.o_b_proj(torch.einsum("btgi,goi->btgo", groups, w).flatten(2))
 
-    def _attend(self, q: Tensor, kv: Tensor, allowed: Tensor) -> Tensor:
+    def attend(self, q: Tensor, kv: Tensor, allowed: Tensor) -> Tensor:
         """softmax over [scores | sink_h] with the sink's share dropped: a head may attend to
         "nothing" (the gpt-oss attention sink). q [B, T, H, c], kv [B, S, c], allowed [B, T, S]."""
         scores = torch.einsum("bthc,bsc->bhts", q, kv) * self.head_dim**-0.5
@@ -452,10 +488,13 @@ class V4DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = V4MoE(cfg, layer_idx)
 
-    def forward(self, streams: Tensor, input_ids: Tensor, positions: Tensor,
-                rope: V4Rotary) -> tuple[Tensor, Tensor]:
+    def forward(self, streams: Tensor, input_ids: Tensor, positions: Tensor, rope: V4Rotary,
+                attention: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """``attention``: what to run on the normed block input instead of the full-sequence
+        attention (the cached paths of :mod:`seekforge.model.v4_cache` pass theirs)."""
         post, comb, h = self.attn_hc(streams)
-        attn = self.self_attn(self.input_layernorm(h), positions, rope)
+        h = self.input_layernorm(h)
+        attn = attention(h) if attention is not None else self.self_attn(h, positions, rope)
         streams = HyperConnection.merge(streams, attn, post, comb)
         post, comb, h = self.ffn_hc(streams)
         y, loads = self.mlp(self.post_attention_layernorm(h), input_ids)
@@ -472,7 +511,7 @@ class DeepseekV4Model(nn.Module):
         self.rotary_emb = V4Rotary(cfg)
 
 
-class DeepseekV4ForCausalLM(nn.Module):
+class DeepseekV4ForCausalLM(V4CachedInference, nn.Module):
     """DeepSeek-V4 causal LM, with the training interface of the V3 model (``loss``, ``expert_loads``,
     ``update_router_bias``) so the same trainer drives it."""
 
@@ -526,15 +565,8 @@ class DeepseekV4ForCausalLM(nn.Module):
         positions = position_ids
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        h = self.model.embed_tokens(input_ids)
-        streams = h[:, :, None].expand(B, T, self.config.hc_mult, h.shape[-1]).contiguous()
-        loads = []
-        for layer in self.model.layers:
-            streams, ld = layer(streams, input_ids, positions, self.model.rotary_emb)
-            if not layer.mlp.is_hash:
-                loads.append(ld)
-        logits = self.lm_head(self.model.norm(self.model.hc_head(streams)))
-        expert_loads = torch.stack(loads) if loads else logits.new_zeros(0, self.config.n_routed_experts)
+        hidden, expert_loads = self.body(input_ids, positions)
+        logits = self.lm_head(hidden)
         if labels is None:
             return ModelOutput(logits=logits, expert_loads=expert_loads)
         targets = torch.full_like(labels, IGNORE_INDEX)
@@ -542,6 +574,23 @@ class DeepseekV4ForCausalLM(nn.Module):
         loss = cross_entropy(logits, targets)
         return ModelOutput(logits=logits, loss=loss, losses={"main": loss.detach()},
                            expert_loads=expert_loads)
+
+    def body(self, input_ids: Tensor, positions: Tensor,
+             attention: Callable[[int], Callable[[Tensor], Tensor]] | None = None) -> tuple[Tensor, Tensor]:
+        """Embeddings -> n streams -> layers -> collapse -> final norm: (hidden [B, T, d], expert loads).
+        ``attention(i)``, if given, is layer i's attention on its normed input (cached inference)."""
+        B, T = input_ids.shape
+        h = self.model.embed_tokens(input_ids)
+        streams = h[:, :, None].expand(B, T, self.config.hc_mult, h.shape[-1]).contiguous()
+        loads = []
+        for i, layer in enumerate(self.model.layers):
+            attend = attention(i) if attention is not None else None
+            streams, ld = layer(streams, input_ids, positions, self.model.rotary_emb, attend)
+            if not layer.mlp.is_hash:
+                loads.append(ld)
+        hidden = self.model.norm(self.model.hc_head(streams))
+        expert_loads = torch.stack(loads) if loads else hidden.new_zeros(0, self.config.n_routed_experts)
+        return hidden, expert_loads
 
     @torch.no_grad()
     def update_router_bias(self, loads: Tensor) -> None:
