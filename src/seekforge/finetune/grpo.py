@@ -51,6 +51,7 @@ from seekforge.finetune.rewards import NamedReward, RewardError, call_reward
 from seekforge.finetune.rl_tasks import TaskItem
 from seekforge.finetune.sft import SFTConfig, SFTObjective, load_chat_tokenizer, model_dtype
 from seekforge.train.config import DataConfig, TrainConfig
+from seekforge.train.loader import EvalHooks
 from seekforge.train.objective import LossOutput, Objective, TrainEnv, autocast, unwrap
 
 log = logging.getLogger("seekforge.finetune")
@@ -226,7 +227,7 @@ def collate_rows(prompt_ids: list[list[int]], completion_ids: list[list[int]],
     return {"input_ids": ids, "labels": labels}
 
 
-class RolloutLoader:
+class RolloutLoader(EvalHooks):
     """The trainer's loader for GRPO: each optimizer step's micro-batches come from a rollout.
 
     State = rollout rounds done (prompts are a function of the seed and the round) plus the

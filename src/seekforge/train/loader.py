@@ -132,7 +132,24 @@ class PackedRows:
         return epoch + j / max(1, self._epoch_sizes[epoch])
 
 
-class StepLoader:
+class EvalHooks:
+    """What the training loop asks every loader around evaluations; no-ops unless the loader's
+    sampling depends on training (a loss-driven mixture re-weights its sources)."""
+
+    @property
+    def needs_initial_eval(self) -> bool:
+        """Whether the loop should evaluate before the first step and pass the result to observe_eval."""
+        return False
+
+    def observe_eval(self, results: dict[str, Any]) -> None:
+        """Called with every evaluation's results (e.g. to re-weight a mixture)."""
+
+    def eval_record(self) -> dict[str, Any]:
+        """Extra numbers logged with every evaluation (e.g. the realised mixture)."""
+        return {}
+
+
+class StepLoader(EvalHooks):
     """This rank's micro-batches of each optimizer step; state = global rows consumed (``position``).
 
     Subclasses implement :meth:`batch` (absolute row indices -> tensors), :attr:`epoch` and
@@ -178,19 +195,6 @@ class StepLoader:
     def identity(self) -> dict[str, Any]:
         """Settings that decide which row an index means; resuming under others would repeat/skip data."""
         raise NotImplementedError
-
-    # -- hooks for loaders whose sampling depends on training (mixtures); no-ops by default
-    @property
-    def needs_initial_eval(self) -> bool:
-        """Whether the loop should evaluate before the first step and pass the result to observe_eval."""
-        return False
-
-    def observe_eval(self, results: dict[str, Any]) -> None:
-        """Called with every evaluation's results (e.g. to re-weight a mixture)."""
-
-    def eval_record(self) -> dict[str, Any]:
-        """Extra numbers logged with every evaluation (e.g. the realised mixture)."""
-        return {}
 
     def state_dict(self) -> dict:
         return {"position": self.position, **self.identity()}
