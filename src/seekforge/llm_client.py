@@ -74,11 +74,14 @@ class EndpointConfig:
 
     def validate(self) -> None:
         if not self.endpoint:
-            raise EndpointError("--endpoint: required (an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1)")
+            raise EndpointError(
+                "--endpoint: required (an OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1)"
+            )
         url = urlparse(self.endpoint)
         if url.scheme not in ("http", "https") or not url.netloc:
-            raise EndpointError(f"--endpoint: expected an http(s) URL such as http://127.0.0.1:8000/v1, "
-                                f"got {self.endpoint!r}")
+            raise EndpointError(
+                f"--endpoint: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {self.endpoint!r}"
+            )
         for name in ("concurrency",):
             if getattr(self, name) < 1:
                 raise EndpointError(f"--{name}: must be >= 1, got {getattr(self, name)}")
@@ -105,13 +108,26 @@ def add_endpoint_args(parser: argparse.ArgumentParser, prefix: str = "", require
     whose unset values fall back to the main ones (see :func:`endpoint_from_args`)."""
     dest = prefix.replace("-", "_")
     g = parser.add_argument_group(f"{prefix}endpoint" if prefix else "model endpoint")
-    g.add_argument(f"--{prefix}endpoint", dest=f"{dest}endpoint", required=required and not prefix,
-                   metavar="URL", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
-                   "(`seekforge serve`, vLLM, llama.cpp, a hosted API)")
-    g.add_argument(f"--{prefix}api-key", dest=f"{dest}api_key", metavar="KEY",
-                   help="API key (default: $SEEKFORGE_API_KEY, then $OPENAI_API_KEY)")
-    g.add_argument(f"--{prefix}model", dest=f"{dest}model", metavar="NAME",
-                   help="model name (default: the first one the endpoint lists)")
+    g.add_argument(
+        f"--{prefix}endpoint",
+        dest=f"{dest}endpoint",
+        required=required and not prefix,
+        metavar="URL",
+        help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
+        "(`seekforge serve`, vLLM, llama.cpp, a hosted API)",
+    )
+    g.add_argument(
+        f"--{prefix}api-key",
+        dest=f"{dest}api_key",
+        metavar="KEY",
+        help="API key (default: $SEEKFORGE_API_KEY, then $OPENAI_API_KEY)",
+    )
+    g.add_argument(
+        f"--{prefix}model",
+        dest=f"{dest}model",
+        metavar="NAME",
+        help="model name (default: the first one the endpoint lists)",
+    )
     if prefix:
         return
     g.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
@@ -119,15 +135,27 @@ def add_endpoint_args(parser: argparse.ArgumentParser, prefix: str = "", require
     g.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default 300)")
     g.add_argument("--rpm", type=float, default=0.0, help="requests-per-minute budget (0 = none)")
     g.add_argument("--tpm", type=float, default=0.0, help="tokens-per-minute budget (0 = none)")
-    g.add_argument("--price-prompt", type=float, default=0.0, metavar="PER_1M",
-                   help="price per 1M prompt tokens, for the cost in report.json")
-    g.add_argument("--price-completion", type=float, default=0.0, metavar="PER_1M",
-                   help="price per 1M completion tokens")
-    g.add_argument("--cache", default=None, metavar="FILE",
-                   help="response cache (sqlite; default OUT/cache/responses.sqlite)")
+    g.add_argument(
+        "--price-prompt",
+        type=float,
+        default=0.0,
+        metavar="PER_1M",
+        help="price per 1M prompt tokens, for the cost in report.json",
+    )
+    g.add_argument(
+        "--price-completion", type=float, default=0.0, metavar="PER_1M", help="price per 1M completion tokens"
+    )
+    g.add_argument(
+        "--cache",
+        default=None,
+        metavar="FILE",
+        help="response cache (sqlite; default OUT/cache/responses.sqlite)",
+    )
 
 
-def endpoint_from_args(args: argparse.Namespace, prefix: str = "", cache: str | None = None) -> EndpointConfig:
+def endpoint_from_args(
+    args: argparse.Namespace, prefix: str = "", cache: str | None = None
+) -> EndpointConfig:
     """An :class:`EndpointConfig` from :func:`add_endpoint_args` flags (``prefix`` as given there)."""
     dest = prefix.replace("-", "_")
     endpoint = getattr(args, f"{dest}endpoint") or args.endpoint
@@ -210,8 +238,10 @@ class ResponseCache:
 
     def put(self, key: str, response: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)",
-                             (key, json.dumps(response, ensure_ascii=False)))
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?)",
+                (key, json.dumps(response, ensure_ascii=False)),
+            )
             self._db.commit()
 
     def __len__(self) -> int:
@@ -309,8 +339,9 @@ class LLMClient:
         self.cfg = cfg
         self.usage = Usage(cost=0.0 if (cfg.price_prompt or cfg.price_completion) else None)
         # The openai package retries by itself too; ours replaces it so every attempt is counted.
-        self._api = OpenAI(base_url=cfg.base_url, api_key=cfg.resolved_api_key(), max_retries=0,
-                           timeout=cfg.timeout_s)
+        self._api = OpenAI(
+            base_url=cfg.base_url, api_key=cfg.resolved_api_key(), max_retries=0, timeout=cfg.timeout_s
+        )
         self._cache = ResponseCache(cfg.cache) if cfg.cache else None
         self._budget = MinuteBudget(cfg.rpm, cfg.tpm)
         self._lock = threading.Lock()
@@ -336,16 +367,21 @@ class LLMClient:
         try:
             listed = [m.id for m in self._api.models.list().data]
         except openai.AuthenticationError:
-            raise EndpointError(f"{url} refused the API key (401); pass --api-key or set "
-                                f"{' or '.join(API_KEY_ENVS)}") from None
+            raise EndpointError(
+                f"{url} refused the API key (401); pass --api-key or set {' or '.join(API_KEY_ENVS)}"
+            ) from None
         except openai.PermissionDeniedError:
             raise EndpointError(f"{url} denied access with this API key (403)") from None
         except openai.NotFoundError:
-            raise EndpointError(f"{url}/models does not exist (404): is {url} the OpenAI-compatible "
-                                "base URL (usually ending in /v1)?") from None
+            raise EndpointError(
+                f"{url}/models does not exist (404): is {url} the OpenAI-compatible "
+                "base URL (usually ending in /v1)?"
+            ) from None
         except (openai.APIConnectionError, openai.APITimeoutError) as e:
-            raise EndpointError(f"cannot reach the endpoint {url} ({e.__class__.__name__}: "
-                                f"{e.__cause__ or e}); is the server running?") from None
+            raise EndpointError(
+                f"cannot reach the endpoint {url} ({e.__class__.__name__}: "
+                f"{e.__cause__ or e}); is the server running?"
+            ) from None
         except openai.APIStatusError as e:
             raise EndpointError(f"{url}/models answered HTTP {e.status_code}: {e.message}") from None
         if self.cfg.model is None:
@@ -353,8 +389,10 @@ class LLMClient:
                 raise EndpointError(f"{url} lists no models; pass --model")
             self.model = listed[0]
         elif self.cfg.model not in listed:
-            raise EndpointError(f"model {self.cfg.model!r} is not served by {url}; it lists: "
-                                + (", ".join(listed[:20]) or "nothing"))
+            raise EndpointError(
+                f"model {self.cfg.model!r} is not served by {url}; it lists: "
+                + (", ".join(listed[:20]) or "nothing")
+            )
         else:
             self.model = self.cfg.model
         log.info("endpoint %s, model %s", url, self.model)
@@ -395,8 +433,12 @@ class LLMClient:
                 self.usage.requests += 1
             try:
                 r = self._api.chat.completions.create(model=self.model, **request)
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError,
-                    openai.APITimeoutError) as e:
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.APIConnectionError,
+                openai.APITimeoutError,
+            ) as e:
                 self._budget.settle(event, 0)
                 status = getattr(e, "status_code", None)
                 kind = f"HTTP {status}" if status else e.__class__.__name__
@@ -431,8 +473,9 @@ class LLMClient:
             u.prompt_tokens += prompt_tokens
             u.completion_tokens += completion_tokens
             if u.cost is not None:
-                u.cost = (u.prompt_tokens * self.cfg.price_prompt
-                          + u.completion_tokens * self.cfg.price_completion) / 1e6
+                u.cost = (
+                    u.prompt_tokens * self.cfg.price_prompt + u.completion_tokens * self.cfg.price_completion
+                ) / 1e6
         self._maybe_log()
 
     def _maybe_log(self) -> None:
@@ -445,13 +488,16 @@ class LLMClient:
     def progress_line(self) -> str:
         u = self.usage
         cost = f", cost {u.cost:.4f}" if u.cost is not None else ""
-        return (f"{u.requests} requests sent ({u.retries} retries), {u.cache_hits} cache hits, "
-                f"{u.failed} failed, {u.prompt_tokens}+{u.completion_tokens} tokens{cost}")
+        return (
+            f"{u.requests} requests sent ({u.retries} retries), {u.cache_hits} cache hits, "
+            f"{u.failed} failed, {u.prompt_tokens}+{u.completion_tokens} tokens{cost}"
+        )
 
     # -- many requests --------------------------------------------------------------------------
 
-    def chat_many(self, requests: Sequence[tuple[Sequence[dict[str, Any]], dict[str, Any]]]
-                  ) -> list[ChatResult | None]:
+    def chat_many(
+        self, requests: Sequence[tuple[Sequence[dict[str, Any]], dict[str, Any]]]
+    ) -> list[ChatResult | None]:
         """Answer ``[(messages, params), ...]`` in order with up to ``concurrency`` in flight."""
         if not self.model:
             self.preflight()

@@ -49,13 +49,29 @@ log = logging.getLogger("seekforge.data")
 
 METHODS = ("eda", "backtranslate", "paraphrase")
 TARGETS = ("prompt", "response", "all")
-LANG_NAMES = {"zh": "Chinese", "en": "English", "ja": "Japanese", "ko": "Korean", "fr": "French",
-              "de": "German", "es": "Spanish", "ru": "Russian"}
-LANG_NAMES_ZH = {"zh": "中文", "en": "英文", "ja": "日文", "ko": "韩文", "fr": "法文", "de": "德文",
-                 "es": "西班牙文", "ru": "俄文"}
+LANG_NAMES = {
+    "zh": "Chinese",
+    "en": "English",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "fr": "French",
+    "de": "German",
+    "es": "Spanish",
+    "ru": "Russian",
+}
+LANG_NAMES_ZH = {
+    "zh": "中文",
+    "en": "英文",
+    "ja": "日文",
+    "ko": "韩文",
+    "fr": "法文",
+    "de": "德文",
+    "es": "西班牙文",
+    "ru": "俄文",
+}
 PARAPHRASE_INSTRUCTION = {
     "en": "Rewrite the following text in different words, keeping its meaning and language. "
-          "Reply with the rewritten text only.",
+    "Reply with the rewritten text only.",
     "zh": "用不同的措辞改写下面的文字，保持原意和语言不变，只输出改写后的文字。",
 }
 
@@ -92,15 +108,32 @@ class AugmentConfig:
         self.checks.validate()
 
     def fingerprint(self, model: str | None) -> dict[str, Any]:
-        opts: dict[str, Any] = {"n": self.n, "seed": self.seed, "target": self.target,
-                                "text_field": self.text_field, "keep_original": self.keep_original}
+        opts: dict[str, Any] = {
+            "n": self.n,
+            "seed": self.seed,
+            "target": self.target,
+            "text_field": self.text_field,
+            "keep_original": self.keep_original,
+        }
         if self.method == "eda":
-            opts.update(sr=self.eda.sr, ri=self.eda.ri, rs=self.eda.rs, rd=self.eda.rd, synonyms=self.eda.synonyms)
+            opts.update(
+                sr=self.eda.sr, ri=self.eda.ri, rs=self.eda.rs, rd=self.eda.rd, synonyms=self.eda.synonyms
+            )
         else:
-            opts.update(pivot=self.pivot, instruction=self.instruction, temperature=self.temperature,
-                        max_tokens=self.max_tokens, model=model)
-        return {"command": "data augment", "method": self.method, "inputs": [str(p) for p in self.inputs],
-                "inputs_sha256": inputs_digest(self.inputs), "options": opts}
+            opts.update(
+                pivot=self.pivot,
+                instruction=self.instruction,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                model=model,
+            )
+        return {
+            "command": "data augment",
+            "method": self.method,
+            "inputs": [str(p) for p in self.inputs],
+            "inputs_sha256": inputs_digest(self.inputs),
+            "options": opts,
+        }
 
 
 # --------------------------------------------------------------------------- which texts change
@@ -140,9 +173,13 @@ def slots_of(row: dict[str, Any], fmt: str, target: str, text_field: str | None,
         return [(k,) for k in names if isinstance(row.get(k), str) and row[k].strip()]
     cols, tags = DEFAULT_COLUMNS[fmt], DEFAULT_TAGS[fmt]
     roles = ([tags["user_tag"]] if want_prompt else []) + ([tags["assistant_tag"]] if want_response else [])
-    return [(cols["messages"], i, tags["content_tag"]) for i, turn in enumerate(row[cols["messages"]])
-            if turn.get(tags["role_tag"]) in roles and isinstance(turn.get(tags["content_tag"]), str)
-            and turn[tags["content_tag"]].strip()]
+    return [
+        (cols["messages"], i, tags["content_tag"])
+        for i, turn in enumerate(row[cols["messages"]])
+        if turn.get(tags["role_tag"]) in roles
+        and isinstance(turn.get(tags["content_tag"]), str)
+        and turn[tags["content_tag"]].strip()
+    ]
 
 
 def get_slot(row: Any, slot: Slot) -> str:
@@ -164,8 +201,10 @@ def translate_messages(text: str, target_lang: str) -> list[dict[str, str]]:
     if target_lang == "zh":
         ask = "把下面的文字翻译成中文，只输出译文。"
     else:
-        ask = (f"Translate the following text into {LANG_NAMES.get(target_lang, target_lang)}. "
-               "Reply with the translation only.")
+        ask = (
+            f"Translate the following text into {LANG_NAMES.get(target_lang, target_lang)}. "
+            "Reply with the translation only."
+        )
     return [{"role": "user", "content": f"{ask}\n\n{text}"}]
 
 
@@ -206,8 +245,9 @@ def augment(cfg: AugmentConfig, client_cfg=None) -> dict[str, Any]:
 
         client = LLMClient(client_cfg)
         client.preflight()  # before anything is written: a dead endpoint must not claim --out
-    run = RunDir.claim(cfg.out, "augmented.jsonl", cfg.fingerprint(client.model if client else None),
-                       cfg.overwrite)
+    run = RunDir.claim(
+        cfg.out, "augmented.jsonl", cfg.fingerprint(client.model if client else None), cfg.overwrite
+    )
     if client is not None and client.cfg.cache is None:
         client.set_cache(run.cache_file)
     try:
@@ -226,7 +266,9 @@ def _eda_jobs(cfg: AugmentConfig, rows: list[Record], slots: list[list[Slot]]) -
         # when other records are added or removed.
         rng = random.Random(f"{cfg.seed}:{record_id(rec)}")
         for k, op in enumerate(eda.ops_for(cfg.n, rng)):
-            jobs.append(Job(i, k, f"eda:{op}", {s: eda.variant(get_slot(rec.value, s), op, rng) for s in slots[i]}))
+            jobs.append(
+                Job(i, k, f"eda:{op}", {s: eda.variant(get_slot(rec.value, s), op, rng) for s in slots[i]})
+            )
     return jobs
 
 
@@ -238,17 +280,30 @@ def _model_jobs(cfg: AugmentConfig, rows: list[Record], slots: list[list[Slot]],
     # The request seed is the variant number: variant k of every text is one fixed request, so a
     # re-run asks exactly the same questions and finds them all in the cache.
     if cfg.method == "paraphrase":
-        requests = [(paraphrase_messages(t, cfg.instruction), {**params, "seed": cfg.seed + k})
-                    for t, (_, k, _) in zip(sources, units)]
+        requests = [
+            (paraphrase_messages(t, cfg.instruction), {**params, "seed": cfg.seed + k})
+            for t, (_, k, _) in zip(sources, units)
+        ]
         answers = client.chat_many(requests)
         ops = ["paraphrase"] * len(units)
     else:
         pivots = [pivot_for(lang, cfg.pivot) for lang in langs]
-        there = client.chat_many([(translate_messages(t, p), {**params, "seed": cfg.seed + k})
-                                  for t, p, (_, k, _) in zip(sources, pivots, units)])
+        there = client.chat_many(
+            [
+                (translate_messages(t, p), {**params, "seed": cfg.seed + k})
+                for t, p, (_, k, _) in zip(sources, pivots, units)
+            ]
+        )
         back_idx = [j for j, a in enumerate(there) if a is not None and a.text.strip()]
-        back = client.chat_many([(translate_messages(there[j].text.strip(), langs[j]),
-                                  {**params, "seed": cfg.seed + units[j][1]}) for j in back_idx])
+        back = client.chat_many(
+            [
+                (
+                    translate_messages(there[j].text.strip(), langs[j]),
+                    {**params, "seed": cfg.seed + units[j][1]},
+                )
+                for j in back_idx
+            ]
+        )
         answers = [None] * len(units)
         for j, a in zip(back_idx, back):
             answers[j] = a
@@ -265,8 +320,14 @@ def _model_jobs(cfg: AugmentConfig, rows: list[Record], slots: list[list[Slot]],
     return list(by_variant.values())
 
 
-def _collect(cfg: AugmentConfig, rows: list[Record], slots: list[list[Slot]], jobs: list[Job | None],
-             run: RunDir, client) -> dict[str, Any]:
+def _collect(
+    cfg: AugmentConfig,
+    rows: list[Record],
+    slots: list[list[Slot]],
+    jobs: list[Job | None],
+    run: RunDir,
+    client,
+) -> dict[str, Any]:
     sim = Similarity(seed=cfg.seed + 1)
     drops: Counter = Counter()
     by_op: Counter = Counter()
@@ -274,7 +335,9 @@ def _collect(cfg: AugmentConfig, rows: list[Record], slots: list[list[Slot]], jo
     seen: dict[int, set[str]] = {}
     if cfg.keep_original:
         for rec in rows:
-            out.append({**copy.deepcopy(rec.value), "source_id": record_id(rec), "augment_method": "original"})
+            out.append(
+                {**copy.deepcopy(rec.value), "source_id": record_id(rec), "augment_method": "original"}
+            )
     made = 0
     for job in jobs:
         made += 1
@@ -311,6 +374,13 @@ def _collect(cfg: AugmentConfig, rows: list[Record], slots: list[list[Slot]], jo
         **client_numbers(client.report() if client else None),
     }
     run.finish(out, report)
-    log.info("augment %s: %d records -> %d variants kept of %d (dropped: %s)%s", cfg.method, len(rows), kept,
-             made, dict(drops) or "none", f"; {client.progress_line()}" if client else "")
+    log.info(
+        "augment %s: %d records -> %d variants kept of %d (dropped: %s)%s",
+        cfg.method,
+        len(rows),
+        kept,
+        made,
+        dict(drops) or "none",
+        f"; {client.progress_line()}" if client else "",
+    )
     return {**report, "complete": True, "output": str(Path(run.data_file))}

@@ -30,13 +30,17 @@ OPS = ("sr", "ri", "rs", "rd")
 
 # Function words never replaced or used as insertion sources (EDA skips stop words the same way:
 # swapping "the" for a synonym adds noise, not variety).
-EN_STOP = frozenset("""a an the and or but if of to in on at by for with from as is are was were be been
+EN_STOP = frozenset(
+    """a an the and or but if of to in on at by for with from as is are was were be been
 being it its this that these those i you he she we they me him her us them my your his our their
 not no do does did have has had will would can could should may might must shall so than then
 there here what which who whom whose when where why how all any each few more most other some such
-only own same too very just""".split())
-ZH_STOP = frozenset("""的 了 和 是 在 就 都 而 及 与 着 或 一个 没有 我们 你们 他们 她们 它们 我 你 他 她 它
-这 那 这个 那个 之 也 又 把 被 让 给 从 向 对 吗 呢 吧 啊 呀 么 于 以 及其 并 等 上 下 中""".split())
+only own same too very just""".split()
+)
+ZH_STOP = frozenset(
+    """的 了 和 是 在 就 都 而 及 与 着 或 一个 没有 我们 你们 他们 她们 它们 我 你 他 她 它
+这 那 这个 那个 之 也 又 把 被 让 给 从 向 对 吗 呢 吧 啊 呀 么 于 以 及其 并 等 上 下 中""".split()
+)
 
 _WORD = regex.compile(r"[\p{L}\p{N}]")
 _EN_TOKEN = regex.compile(r"\s+|[\p{L}\p{N}]+(?:['’-][\p{L}\p{N}]+)*|[^\s\p{L}\p{N}]")

@@ -36,8 +36,15 @@ from seekforge.utils import atomic_write_text
 RUN_FILE = "run.json"
 REPORT_FILE = "report.json"
 CACHE_FILE = "cache/responses.sqlite"
-REPORT_CLIENT_KEYS = ("requests", "cache_hits", "failed", "retries", "prompt_tokens", "completion_tokens",
-                      "cost")
+REPORT_CLIENT_KEYS = (
+    "requests",
+    "cache_hits",
+    "failed",
+    "retries",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+)
 
 
 # --------------------------------------------------------------------------- the output folder
@@ -84,11 +91,16 @@ class RunDir:
             old = _read_json(manifest) if manifest.exists() else {"run.json": "missing"}
             if old != fingerprint:
                 if not overwrite:
-                    diff = [f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}"
-                            for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
+                    diff = [
+                        f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}"
+                        for k in sorted(set(old) | set(fingerprint))
+                        if old.get(k) != fingerprint.get(k)
+                    ]
                     raise ValueError(
                         f"--out {path} holds a different run's cache and outputs ("
-                        + "; ".join(diff[:6]) + "); use another --out, or --overwrite to discard them")
+                        + "; ".join(diff[:6])
+                        + "); use another --out, or --overwrite to discard them"
+                    )
                 for name in (RUN_FILE, REPORT_FILE, data_name, "cache"):
                     target = path / name
                     if target.is_dir():
@@ -124,8 +136,12 @@ def client_numbers(client_report: dict[str, Any] | None) -> dict[str, Any]:
     base = {k: 0 for k in REPORT_CLIENT_KEYS if k != "cost"}
     if client_report is None:
         return base
-    return {**base, **{k: client_report[k] for k in REPORT_CLIENT_KEYS if k in client_report},
-            "model": client_report.get("model"), "elapsed_s": client_report.get("elapsed_s")}
+    return {
+        **base,
+        **{k: client_report[k] for k in REPORT_CLIENT_KEYS if k in client_report},
+        "model": client_report.get("model"),
+        "elapsed_s": client_report.get("elapsed_s"),
+    }
 
 
 # --------------------------------------------------------------------------- reading records
@@ -221,8 +237,10 @@ class VariantChecks:
         if not 0.0 <= self.max_similarity <= 1.0:
             raise ValueError(f"--max-similarity: must be in [0, 1], got {self.max_similarity}")
         if not 0 < self.min_length_ratio <= 1 <= self.max_length_ratio:
-            raise ValueError(f"--length-ratio: expected 0 < min <= 1 <= max, got "
-                             f"{self.min_length_ratio}, {self.max_length_ratio}")
+            raise ValueError(
+                f"--length-ratio: expected 0 < min <= 1 <= max, got "
+                f"{self.min_length_ratio}, {self.max_length_ratio}"
+            )
 
 
 def judge_variant(source: str, variant: str, checks: VariantChecks, sim: Similarity) -> str | None:

@@ -91,19 +91,43 @@ class SynthConfig:
         if not 0.0 <= self.max_similarity <= 1.0:
             raise ValueError(f"--max-similarity: must be in [0, 1], got {self.max_similarity}")
         if not 0 <= self.min_chars <= self.max_chars:
-            raise ValueError(f"--min-chars/--max-chars: expected 0 <= min <= max, got {self.min_chars}, "
-                             f"{self.max_chars}")
+            raise ValueError(
+                f"--min-chars/--max-chars: expected 0 <= min <= max, got {self.min_chars}, {self.max_chars}"
+            )
         if not 1.0 <= self.judge_min <= 10.0:
             raise ValueError(f"--judge-min: scores are 1-10, got {self.judge_min}")
 
     def fingerprint(self, model: str, judge_model: str | None) -> dict[str, Any]:
-        opts = {k: getattr(self, k) for k in ("n", "format", "seed", "batch", "max_attempts", "examples",
-                                               "temperature", "answer_temperature", "max_tokens", "min_chars",
-                                               "max_chars", "min_answer_chars", "langs", "max_similarity",
-                                               "judge", "judge_min")}
-        return {"command": "data synth", "method": self.method, "inputs": [str(p) for p in self.seeds],
-                "inputs_sha256": inputs_digest(self.seeds), "model": model, "judge_model": judge_model,
-                "options": opts}
+        opts = {
+            k: getattr(self, k)
+            for k in (
+                "n",
+                "format",
+                "seed",
+                "batch",
+                "max_attempts",
+                "examples",
+                "temperature",
+                "answer_temperature",
+                "max_tokens",
+                "min_chars",
+                "max_chars",
+                "min_answer_chars",
+                "langs",
+                "max_similarity",
+                "judge",
+                "judge_min",
+            )
+        }
+        return {
+            "command": "data synth",
+            "method": self.method,
+            "inputs": [str(p) for p in self.seeds],
+            "inputs_sha256": inputs_digest(self.seeds),
+            "model": model,
+            "judge_model": judge_model,
+            "options": opts,
+        }
 
 
 # --------------------------------------------------------------------------- seeds
@@ -124,8 +148,10 @@ def read_seeds(paths: list[str]) -> list[SeedTask]:
     rows = read_rows(paths, "--seeds")
     fmt = detect_format([r.value for r in rows], str(rows[0].path))
     if fmt == "text":
-        raise ValueError(f"--seeds: {rows[0].where}: seed tasks need instructions (alpaca 'instruction'/'output', "
-                         "sharegpt 'conversations' or openai 'messages'), not plain 'text' records")
+        raise ValueError(
+            f"--seeds: {rows[0].where}: seed tasks need instructions (alpaca 'instruction'/'output', "
+            "sharegpt 'conversations' or openai 'messages'), not plain 'text' records"
+        )
     seeds = []
     for rec in rows:
         try:
@@ -136,7 +162,9 @@ def read_seeds(paths: list[str]) -> list[SeedTask]:
         except _Bad as e:
             raise ValueError(f"--seeds: {rec.where}: {e}") from None
         chat = [m for m in messages if m["role"] != "system"]
-        seeds.append(SeedTask(record_id(rec), chat[0]["content"], chat[1]["content"] if len(chat) > 1 else ""))
+        seeds.append(
+            SeedTask(record_id(rec), chat[0]["content"], chat[1]["content"] if len(chat) > 1 else "")
+        )
     return seeds
 
 
@@ -150,28 +178,42 @@ def _is_zh(texts: list[str]) -> bool:
 def self_instruct_messages(examples: list[str]) -> list[dict[str, str]]:
     tasks = "\n".join(f"{i + 1}. {t.strip()}" for i, t in enumerate(examples))
     if _is_zh(examples):
-        ask = (f"下面是一些交给AI助手的任务示例：\n{tasks}\n\n请写出一个新的任务，主题和形式要与上面的都不同，"
-               "并且能由AI助手用文字完成。只输出这个任务本身。")
+        ask = (
+            f"下面是一些交给AI助手的任务示例：\n{tasks}\n\n请写出一个新的任务，主题和形式要与上面的都不同，"
+            "并且能由AI助手用文字完成。只输出这个任务本身。"
+        )
     else:
-        ask = (f"Here are some tasks given to an AI assistant:\n{tasks}\n\nWrite one new task that differs "
-               "from all of them in topic and form and that an AI assistant can do in text. "
-               "Reply with the task only.")
+        ask = (
+            f"Here are some tasks given to an AI assistant:\n{tasks}\n\nWrite one new task that differs "
+            "from all of them in topic and form and that an AI assistant can do in text. "
+            "Reply with the task only."
+        )
     return [{"role": "user", "content": ask}]
 
 
 # Evol-Instruct's operations, in our words: four in depth, one in breadth.
 EVOLUTIONS = {
-    "constraints": ("Rewrite the instruction below into a harder version by adding one more constraint "
-                    "or requirement.", "把下面的指令改写得更难：再增加一个约束或要求。"),
-    "deepen": ("Rewrite the instruction below so that it asks about its subject in more depth.",
-               "改写下面的指令，让它对所涉及的主题问得更深入。"),
-    "concretize": ("Rewrite the instruction below, replacing general concepts with more specific ones.",
-                   "改写下面的指令，把其中笼统的概念换成更具体的概念。"),
-    "reasoning": ("Rewrite the instruction below so that answering it needs several explicit steps of "
-                  "reasoning.", "改写下面的指令，使回答它需要多步明确的推理。"),
-    "breadth": ("Write a brand-new instruction in the same domain as the one below, about a rarer topic, "
-                "of similar length and difficulty.", "写一个与下面的指令属于同一领域、但话题更少见的全新指令，"
-                "长度和难度与它相近。"),
+    "constraints": (
+        "Rewrite the instruction below into a harder version by adding one more constraint or requirement.",
+        "把下面的指令改写得更难：再增加一个约束或要求。",
+    ),
+    "deepen": (
+        "Rewrite the instruction below so that it asks about its subject in more depth.",
+        "改写下面的指令，让它对所涉及的主题问得更深入。",
+    ),
+    "concretize": (
+        "Rewrite the instruction below, replacing general concepts with more specific ones.",
+        "改写下面的指令，把其中笼统的概念换成更具体的概念。",
+    ),
+    "reasoning": (
+        "Rewrite the instruction below so that answering it needs several explicit steps of reasoning.",
+        "改写下面的指令，使回答它需要多步明确的推理。",
+    ),
+    "breadth": (
+        "Write a brand-new instruction in the same domain as the one below, about a rarer topic, "
+        "of similar length and difficulty.",
+        "写一个与下面的指令属于同一领域、但话题更少见的全新指令，长度和难度与它相近。",
+    ),
 }
 
 
@@ -180,21 +222,31 @@ def evolve_messages(instruction: str, op: str) -> list[dict[str, str]]:
     if detect_language(instruction) == "zh":
         ask = f"{zh}新指令必须合理、可以回答。只输出新指令。\n\n指令：{instruction.strip()}"
     else:
-        ask = (f"{en} The new instruction must stay reasonable and answerable. Reply with the new "
-               f"instruction only.\n\nInstruction: {instruction.strip()}")
+        ask = (
+            f"{en} The new instruction must stay reasonable and answerable. Reply with the new "
+            f"instruction only.\n\nInstruction: {instruction.strip()}"
+        )
     return [{"role": "user", "content": ask}]
 
 
 def judge_messages(instruction: str, answer: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": (
-        "Rate how good the answer is as a response to the instruction (helpful, correct, clear), "
-        "from 1 (useless) to 10 (excellent). Reply with the number only.\n\n"
-        f"Instruction:\n{instruction}\n\nAnswer:\n{answer}")}]
+    return [
+        {
+            "role": "user",
+            "content": (
+                "Rate how good the answer is as a response to the instruction (helpful, correct, clear), "
+                "from 1 (useless) to 10 (excellent). Reply with the number only.\n\n"
+                f"Instruction:\n{instruction}\n\nAnswer:\n{answer}"
+            ),
+        }
+    ]
 
 
 _LEADING_LABEL = regex.compile(
     r"^\s*(?:(?:new\s+)?(?:task|instruction|rewritten (?:instruction|prompt))\s*\d*\s*[:：.]|"
-    r"(?:新)?(?:任务|指令)\s*\d*\s*[:：]|\d+\s*[.、)])\s*", regex.IGNORECASE)
+    r"(?:新)?(?:任务|指令)\s*\d*\s*[:：]|\d+\s*[.、)])\s*",
+    regex.IGNORECASE,
+)
 _SCORE = regex.compile(r"(?<![\d.])(10|[1-9])(?:\.\d+)?(?![\d])")
 
 
@@ -236,8 +288,12 @@ def synth(cfg: SynthConfig, client_cfg, judge_cfg=None) -> dict[str, Any]:
             judge = client if judge_cfg is None else LLMClient(judge_cfg)
             if judge is not client:
                 judge.preflight()
-        run = RunDir.claim(cfg.out, "synth.jsonl",
-                           cfg.fingerprint(client.model, judge.model if judge else None), cfg.overwrite)
+        run = RunDir.claim(
+            cfg.out,
+            "synth.jsonl",
+            cfg.fingerprint(client.model, judge.model if judge else None),
+            cfg.overwrite,
+        )
         if client.cfg.cache is None:
             client.set_cache(run.cache_file)
         if judge is not None and judge is not client and judge.cfg.cache is None:
@@ -249,8 +305,9 @@ def synth(cfg: SynthConfig, client_cfg, judge_cfg=None) -> dict[str, Any]:
             judge.close()
 
 
-def _synth_loop(cfg: SynthConfig, seeds: list[SeedTask], langs: set[str], client, judge, run: RunDir
-                ) -> dict[str, Any]:
+def _synth_loop(
+    cfg: SynthConfig, seeds: list[SeedTask], langs: set[str], client, judge, run: RunDir
+) -> dict[str, Any]:
     sim = Similarity(seed=cfg.seed + 1)
     for s in seeds:  # dedup against the seeds
         sim.seen(s.instruction)
@@ -263,8 +320,17 @@ def _synth_loop(cfg: SynthConfig, seeds: list[SeedTask], langs: set[str], client
         rng = random.Random(f"{cfg.seed}:{rounds}")
         size = min(cfg.batch, max_attempts - attempts)
         plans = [_plan(cfg, rng, seeds, accepted, evolved_pool) for _ in range(size)]
-        requests = [(msgs, {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
-                            "seed": cfg.seed + attempts + j}) for j, (msgs, _, _) in enumerate(plans)]
+        requests = [
+            (
+                msgs,
+                {
+                    "temperature": cfg.temperature,
+                    "max_tokens": cfg.max_tokens,
+                    "seed": cfg.seed + attempts + j,
+                },
+            )
+            for j, (msgs, _, _) in enumerate(plans)
+        ]
         attempts += size
         rounds += 1
         replies = client.chat_many(requests)
@@ -279,9 +345,15 @@ def _synth_loop(cfg: SynthConfig, seeds: list[SeedTask], langs: set[str], client
                 drops[reason] += 1
                 continue
             fresh.append(cand)
-        answers = client.chat_many([([{"role": "user", "content": c.instruction}],
-                                     {"temperature": cfg.answer_temperature, "max_tokens": cfg.max_tokens,
-                                      "seed": cfg.seed}) for c in fresh])
+        answers = client.chat_many(
+            [
+                (
+                    [{"role": "user", "content": c.instruction}],
+                    {"temperature": cfg.answer_temperature, "max_tokens": cfg.max_tokens, "seed": cfg.seed},
+                )
+                for c in fresh
+            ]
+        )
         answered = []
         for cand, ans in zip(fresh, answers):
             reason = _check_answer(cfg, ans, langs)
@@ -291,8 +363,12 @@ def _synth_loop(cfg: SynthConfig, seeds: list[SeedTask], langs: set[str], client
             cand.answer = ans.text.strip()
             answered.append(cand)
         if judge is not None and answered:
-            scores = judge.chat_many([(judge_messages(c.instruction, c.answer), {"temperature": 0.0, "max_tokens": 8})
-                                      for c in answered])
+            scores = judge.chat_many(
+                [
+                    (judge_messages(c.instruction, c.answer), {"temperature": 0.0, "max_tokens": 8})
+                    for c in answered
+                ]
+            )
             kept = []
             for cand, sc in zip(answered, scores):
                 cand.score = parse_score(sc.text) if sc is not None else None
@@ -312,13 +388,26 @@ def _synth_loop(cfg: SynthConfig, seeds: list[SeedTask], langs: set[str], client
             accepted.append(cand)
             if cfg.method == "evol-instruct":
                 evolved_pool.append((f"evol-{len(accepted)}", cand.instruction))
-        run.write_report({"complete": False, "accepted": len(accepted), "attempts": attempts,
-                          "dropped": dict(drops), **client_numbers(client.report())})
+        run.write_report(
+            {
+                "complete": False,
+                "accepted": len(accepted),
+                "attempts": attempts,
+                "dropped": dict(drops),
+                **client_numbers(client.report()),
+            }
+        )
         log.info("synth round %d: %d/%d accepted; %s", rounds, len(accepted), cfg.n, client.progress_line())
     rows = [_row(cfg, c) for c in accepted]
     if len(accepted) < cfg.n:
-        log.warning("synth: only %d of %d tasks after %d attempts (raise --max-attempts or loosen filters; "
-                    "drops: %s)", len(accepted), cfg.n, attempts, dict(drops))
+        log.warning(
+            "synth: only %d of %d tasks after %d attempts (raise --max-attempts or loosen filters; "
+            "drops: %s)",
+            len(accepted),
+            cfg.n,
+            attempts,
+            dict(drops),
+        )
     report = {
         "method": cfg.method,
         "format": cfg.format,
@@ -340,13 +429,21 @@ def _totals(client, judge) -> dict[str, Any]:
     if judge is None or judge is client:
         return main
     other = client_numbers(judge.report())
-    total = {k: main[k] + other[k] for k in main if isinstance(main[k], (int, float)) and k in other
-             and isinstance(other[k], (int, float))}
+    total = {
+        k: main[k] + other[k]
+        for k in main
+        if isinstance(main[k], (int, float)) and k in other and isinstance(other[k], (int, float))
+    }
     return {**main, **total, "judge": other}
 
 
-def _plan(cfg: SynthConfig, rng: random.Random, seeds: list[SeedTask], accepted: list[Candidate],
-          evolved: list[tuple[str, str]]) -> tuple[list[dict[str, str]], tuple[str, str] | None, str]:
+def _plan(
+    cfg: SynthConfig,
+    rng: random.Random,
+    seeds: list[SeedTask],
+    accepted: list[Candidate],
+    evolved: list[tuple[str, str]],
+) -> tuple[list[dict[str, str]], tuple[str, str] | None, str]:
     """(messages, parent (id, instruction) or None, operation) of one candidate."""
     if cfg.method == "self-instruct":
         mine = [c.instruction for c in accepted]
@@ -361,8 +458,9 @@ def _plan(cfg: SynthConfig, rng: random.Random, seeds: list[SeedTask], accepted:
     return evolve_messages(parent[1], op), parent, f"evol-instruct:{op}"
 
 
-def _check_instruction(cfg: SynthConfig, cand: Candidate, parent: str | None, langs: set[str],
-                       sim: Similarity) -> str | None:
+def _check_instruction(
+    cfg: SynthConfig, cand: Candidate, parent: str | None, langs: set[str], sim: Similarity
+) -> str | None:
     text = cand.instruction
     if not text:
         return "empty"
@@ -401,6 +499,8 @@ def _row(cfg: SynthConfig, c: Candidate) -> dict[str, Any]:
     if c.score is not None:
         meta["judge_score"] = c.score
     if cfg.format == "sharegpt":
-        return {"conversations": [{"from": "human", "value": c.instruction}, {"from": "gpt", "value": c.answer}],
-                **meta}
+        return {
+            "conversations": [{"from": "human", "value": c.instruction}, {"from": "gpt", "value": c.answer}],
+            **meta,
+        }
     return {"instruction": c.instruction, "input": "", "output": c.answer, **meta}
