@@ -251,9 +251,9 @@ def judge_variant(source: str, variant: str, checks: VariantChecks, sim: Similar
         return "unchanged"  # e.g. EDA synonym replacement on a text without a known synonym
     if sim.jaccard(source, variant) >= checks.max_similarity:
         return "too_similar"
+    if checks.same_language and detect_language(variant) != detect_language(source):
+        return "language_changed"
     ratio = len(variant.strip()) / max(1, len(source.strip()))
     if not checks.min_length_ratio <= ratio <= checks.max_length_ratio:
         return "length_ratio"
-    if checks.same_language and detect_language(variant) != detect_language(source):
-        return "language_changed"
     return None
