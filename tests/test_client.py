@@ -19,8 +19,13 @@ from seekforge.llm_client import (
 
 
 def _client(endpoint, tmp_path=None, **kw) -> LLMClient:
-    cfg = EndpointConfig(endpoint=endpoint.url, api_key=endpoint.api_key, model=endpoint.model,
-                         cache=str(tmp_path / "cache.sqlite") if tmp_path else None, **kw)
+    cfg = EndpointConfig(
+        endpoint=endpoint.url,
+        api_key=endpoint.api_key,
+        model=endpoint.model,
+        cache=str(tmp_path / "cache.sqlite") if tmp_path else None,
+        **kw,
+    )
     return LLMClient(cfg)
 
 
@@ -55,11 +60,30 @@ def test_shared_flags_and_url_without_v1(monkeypatch):
     p = argparse.ArgumentParser()
     add_endpoint_args(p)
     add_endpoint_args(p, prefix="judge-")
-    args = p.parse_args(["--endpoint", "http://127.0.0.1:9", "--model", "m", "--api-key", "k",
-                         "--concurrency", "3", "--rpm", "60", "--judge-model", "j"])
+    args = p.parse_args(
+        [
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--api-key",
+            "k",
+            "--concurrency",
+            "3",
+            "--rpm",
+            "60",
+            "--judge-model",
+            "j",
+        ]
+    )
     cfg = endpoint_from_args(args)
     assert (cfg.base_url, cfg.model, cfg.resolved_api_key(), cfg.concurrency, cfg.rpm) == (
-        "http://127.0.0.1:9/v1", "m", "k", 3, 60)
+        "http://127.0.0.1:9/v1",
+        "m",
+        "k",
+        3,
+        60,
+    )
     judge = endpoint_from_args(args, prefix="judge-")  # same endpoint and key, its own model
     assert (judge.base_url, judge.model, judge.resolved_api_key()) == ("http://127.0.0.1:9/v1", "j", "k")
     with pytest.raises(EndpointError, match="--concurrency"):
@@ -67,8 +91,10 @@ def test_shared_flags_and_url_without_v1(monkeypatch):
 
 
 def test_cache_makes_the_second_run_free(tiny_endpoint, tmp_path):
-    requests = [([{"role": "user", "content": f"count to {i}"}], {"max_tokens": 8, "temperature": 0})
-                for i in range(5)]
+    requests = [
+        ([{"role": "user", "content": f"count to {i}"}], {"max_tokens": 8, "temperature": 0})
+        for i in range(5)
+    ]
     with _client(tiny_endpoint, tmp_path, price_prompt=1.0, price_completion=2.0) as first:
         answers = first.chat_many(requests)
         report = first.report()
@@ -88,9 +114,11 @@ def test_cache_makes_the_second_run_free(tiny_endpoint, tmp_path):
 
 def test_retries_with_backoff_and_concurrency_limit(scripted_server):
     # Every request fails twice (429, then 500) and then succeeds.
-    server, url = scripted_server(lambda body: "ok " + body["messages"][0]["content"],
-                                  fail=lambda body, attempt: (429, 500)[attempt] if attempt < 2 else None,
-                                  delay_s=0.05)
+    server, url = scripted_server(
+        lambda body: "ok " + body["messages"][0]["content"],
+        fail=lambda body, attempt: (429, 500)[attempt] if attempt < 2 else None,
+        delay_s=0.05,
+    )
     sleeps: list[float] = []
     client = LLMClient(EndpointConfig(url, concurrency=4, max_retries=3, backoff_s=0.01), sleep=sleeps.append)
     answers = client.chat_many([([{"role": "user", "content": str(i)}], {}) for i in range(12)])

@@ -7,8 +7,6 @@ import json
 import random
 from pathlib import Path
 
-import pytest
-
 from seekforge.cli import main
 from seekforge.data.augment_eda import EDA, EDAConfig, tokenize
 from seekforge.data.augment_run import Similarity, VariantChecks, judge_variant
@@ -65,19 +63,48 @@ def test_variant_checks():
     assert judge_variant(long_en, long_en + " extra", checks, sim) == "too_similar"
     assert judge_variant(EN, "Short.", checks, sim) == "length_ratio"
     assert judge_variant(ZH, "We need a simple method to solve this problem; it matters.", checks, sim) == (
-        "language_changed")
+        "language_changed"
+    )
     assert judge_variant(ZH, "", checks, sim) == "empty"
     assert sim.jaccard(ZH, ZH) == 1.0 and sim.jaccard(EN, ZH) < 0.1
 
 
 def test_eda_cli_keeps_labels_and_answers(tmp_path):
-    data = _write_jsonl(tmp_path / "cls.jsonl", [
-        {"text": EN, "label": "positive"},
-        {"text": ZH, "label": "neutral", "id": "zh-1"},
-    ])
+    data = _write_jsonl(
+        tmp_path / "cls.jsonl",
+        [
+            {"text": EN, "label": "positive"},
+            {"text": ZH, "label": "neutral", "id": "zh-1"},
+        ],
+    )
     out = tmp_path / "out"
-    assert main(["data", "augment", "--method", "eda", "--input", str(data), "--out", str(out), "--n", "4",
-                 "--sr", "0.3", "--ri", "0.3", "--rs", "0.3", "--rd", "0.3", "--seed", "7"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "augment",
+                "--method",
+                "eda",
+                "--input",
+                str(data),
+                "--out",
+                str(out),
+                "--n",
+                "4",
+                "--sr",
+                "0.3",
+                "--ri",
+                "0.3",
+                "--rs",
+                "0.3",
+                "--rd",
+                "0.3",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
     rows = _rows(out / "augmented.jsonl")
     rep = _report(out)
     assert rep["complete"] is True and rep["records_in"] == 2 and rep["variants_made"] == 8
@@ -88,21 +115,80 @@ def test_eda_cli_keeps_labels_and_answers(tmp_path):
     assert {r["augment_method"] for r in rows} <= {"eda:sr", "eda:ri", "eda:rs", "eda:rd"}
     assert all(r["text"] not in (EN, ZH) for r in rows)
     # the same command again: the same output (seeded per record)
-    assert main(["data", "augment", "--method", "eda", "--input", str(data), "--out", str(out), "--n", "4",
-                 "--sr", "0.3", "--ri", "0.3", "--rs", "0.3", "--rd", "0.3", "--seed", "7"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "augment",
+                "--method",
+                "eda",
+                "--input",
+                str(data),
+                "--out",
+                str(out),
+                "--n",
+                "4",
+                "--sr",
+                "0.3",
+                "--ri",
+                "0.3",
+                "--rs",
+                "0.3",
+                "--rd",
+                "0.3",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
     assert _rows(out / "augmented.jsonl") == rows
 
     # SFT records: prompts change, answers are kept; the output is what `seekforge sft` reads
     from seekforge.finetune.datasets import DatasetSpec, load_examples
 
     sft = tmp_path / "sft.json"
-    sft.write_text(json.dumps([{"instruction": "Explain why the quick model is very good at answering "
-                                "a hard question.", "input": "", "output": "ANSWER-1"},
-                               {"instruction": "请用简单的方法解释这个重要的问题。", "input": "", "output": "答案二"}],
-                              ensure_ascii=False), encoding="utf-8")
+    sft.write_text(
+        json.dumps(
+            [
+                {
+                    "instruction": "Explain why the quick model is very good at answering a hard question.",
+                    "input": "",
+                    "output": "ANSWER-1",
+                },
+                {"instruction": "请用简单的方法解释这个重要的问题。", "input": "", "output": "答案二"},
+            ],
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     out2 = tmp_path / "out2"
-    assert main(["data", "augment", "--method", "eda", "--input", str(sft), "--out", str(out2), "--n", "3",
-                 "--rs", "0.3", "--sr", "0", "--ri", "0", "--rd", "0", "--keep-original"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "augment",
+                "--method",
+                "eda",
+                "--input",
+                str(sft),
+                "--out",
+                str(out2),
+                "--n",
+                "3",
+                "--rs",
+                "0.3",
+                "--sr",
+                "0",
+                "--ri",
+                "0",
+                "--rd",
+                "0",
+                "--keep-original",
+            ]
+        )
+        == 0
+    )
     rows = _rows(out2 / "augmented.jsonl")
     assert [r["augment_method"] for r in rows[:2]] == ["original", "original"]
     assert {r["output"] for r in rows} == {"ANSWER-1", "答案二"}
@@ -119,17 +205,22 @@ def test_bad_input_is_named(tmp_path, capsys):
         assert main(["data", "augment", *argv]) == 2
         return capsys.readouterr().err
 
-    assert "--rd: EDA rates must be in [0, 1], got 1.5" in err("--method", "eda", "--input", str(data), "--out",
-                                                               out, "--rd", "1.5")
-    assert "--sr: EDA rates must be in [0, 1], got -0.1" in err("--method", "eda", "--input", str(data), "--out",
-                                                                out, "--sr", "-0.1")
+    assert "--rd: EDA rates must be in [0, 1], got 1.5" in err(
+        "--method", "eda", "--input", str(data), "--out", out, "--rd", "1.5"
+    )
+    assert "--sr: EDA rates must be in [0, 1], got -0.1" in err(
+        "--method", "eda", "--input", str(data), "--out", out, "--sr", "-0.1"
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": EN}) + "\n{not json\n", encoding="utf-8")
     assert f"{bad}:2: invalid JSON" in err("--method", "eda", "--input", str(bad), "--out", out)
-    assert "needs a model: pass --endpoint" in err("--method", "paraphrase", "--input", str(data), "--out", out)
+    assert "needs a model: pass --endpoint" in err(
+        "--method", "paraphrase", "--input", str(data), "--out", out
+    )
     assert "does not exist" in err("--method", "eda", "--input", str(tmp_path / "nope.jsonl"), "--out", out)
-    sft = _write_jsonl(tmp_path / "sft.jsonl", [{"instruction": "hi", "output": "hello"},
-                                               {"instruction": "hey"}])
+    sft = _write_jsonl(
+        tmp_path / "sft.jsonl", [{"instruction": "hi", "output": "hello"}, {"instruction": "hey"}]
+    )
     assert f"{sft}:2: missing field: 'output'" in err("--method", "eda", "--input", str(sft), "--out", out)
     assert not (tmp_path / "out" / "augmented.jsonl").exists()
 
@@ -137,8 +228,22 @@ def test_bad_input_is_named(tmp_path, capsys):
 def test_paraphrase_and_backtranslate_through_seekforge_serve(tiny_endpoint, tmp_path, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", [{"text": EN, "label": 1}, {"text": ZH, "label": 0}])
     out = tmp_path / "para"
-    common = ["--input", str(data), "--n", "2", "--endpoint", tiny_endpoint.url, "--api-key", tiny_endpoint.api_key,
-              "--model", "tiny-chat", "--max-tokens", "12", "--concurrency", "4"]
+    common = [
+        "--input",
+        str(data),
+        "--n",
+        "2",
+        "--endpoint",
+        tiny_endpoint.url,
+        "--api-key",
+        tiny_endpoint.api_key,
+        "--model",
+        "tiny-chat",
+        "--max-tokens",
+        "12",
+        "--concurrency",
+        "4",
+    ]
     # The tiny model's words are random: keep every non-empty variant to check the plumbing.
     loose = ["--allow-language-change", "--length-ratio", "0.01", "100", "--max-similarity", "1"]
     assert main(["data", "augment", "--method", "paraphrase", "--out", str(out), *common, *loose]) == 0
@@ -148,8 +253,10 @@ def test_paraphrase_and_backtranslate_through_seekforge_serve(tiny_endpoint, tmp
     assert rep["prompt_tokens"] > 0 and rep["completion_tokens"] > 0
     rows = _rows(out / "augmented.jsonl")
     assert len(rows) == rep["kept"] == 4 - sum(rep["dropped"].values())
-    assert all(r["augment_method"] == "paraphrase" and r["label"] == (1 if r["source_id"].endswith(":1") else 0)
-               for r in rows)
+    assert all(
+        r["augment_method"] == "paraphrase" and r["label"] == (1 if r["source_id"].endswith(":1") else 0)
+        for r in rows
+    )
     # the same command again: everything from the cache, zero calls, the same output
     assert main(["data", "augment", "--method", "paraphrase", "--out", str(out), *common, *loose]) == 0
     rep2 = _report(out)
@@ -167,8 +274,10 @@ def test_paraphrase_and_backtranslate_through_seekforge_serve(tiny_endpoint, tmp
     # two requests per variant (there and back), every drop counted
     assert rep["requests"] == 8 and rep["variants_made"] == 4
     assert rep["kept"] + sum(rep["dropped"].values()) == 4
-    assert {r["augment_method"] for r in _rows(bt / "augmented.jsonl")} <= {"backtranslate:en-zh-en",
-                                                                          "backtranslate:zh-en-zh"}
+    assert {r["augment_method"] for r in _rows(bt / "augmented.jsonl")} <= {
+        "backtranslate:en-zh-en",
+        "backtranslate:zh-en-zh",
+    }
 
 
 def test_backtranslate_filters_and_pivot(scripted_server, tmp_path):
@@ -180,7 +289,9 @@ def test_backtranslate_filters_and_pivot(scripted_server, tmp_path):
         asked.append(text)
         src = text.split("\n\n", 1)[1]
         if "翻译成中文" in text:  # en -> zh (the way back of a zh -> en -> zh trip)
-            return {"EN-A": ZH.replace("简单", "容易"), "EN-B": ZH, "EN-C": "短"}.get(src, "Not Chinese text.")
+            return {"EN-A": ZH.replace("简单", "容易"), "EN-B": ZH, "EN-C": "短"}.get(
+                src, "Not Chinese text."
+            )
         if "Japanese" in text:
             return "JA"
         return {ZH: "EN-A", ZH + "!": "EN-B", ZH + "?": "EN-C"}.get(src, src)
@@ -188,8 +299,25 @@ def test_backtranslate_filters_and_pivot(scripted_server, tmp_path):
     server, url = scripted_server(reply)
     data = _write_jsonl(tmp_path / "d.jsonl", [{"text": ZH}, {"text": ZH + "!"}, {"text": ZH + "?"}])
     out = tmp_path / "out"
-    assert main(["data", "augment", "--method", "backtranslate", "--input", str(data), "--out", str(out), "--n", "1",
-                 "--endpoint", url]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "augment",
+                "--method",
+                "backtranslate",
+                "--input",
+                str(data),
+                "--out",
+                str(out),
+                "--n",
+                "1",
+                "--endpoint",
+                url,
+            ]
+        )
+        == 0
+    )
     rep = _report(out)
     assert rep["dropped"] == {"length_ratio": 1, "unchanged": 1} and rep["kept"] == 1
     (row,) = _rows(out / "augmented.jsonl")
@@ -197,7 +325,26 @@ def test_backtranslate_filters_and_pivot(scripted_server, tmp_path):
     assert any("into English" in a for a in asked)
     # --pivot: any language pair; the English answer of the way back is a language change
     out2 = tmp_path / "out2"
-    assert main(["data", "augment", "--method", "backtranslate", "--input", str(data), "--out", str(out2),
-                 "--n", "1", "--pivot", "ja", "--endpoint", url]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "augment",
+                "--method",
+                "backtranslate",
+                "--input",
+                str(data),
+                "--out",
+                str(out2),
+                "--n",
+                "1",
+                "--pivot",
+                "ja",
+                "--endpoint",
+                url,
+            ]
+        )
+        == 0
+    )
     assert any("into Japanese" in a for a in asked)
     assert _report(out2)["dropped"] == {"language_changed": 3}
