@@ -175,6 +175,7 @@ def _register_synth(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--min-chars", type=int, default=4, help="shortest instruction kept (characters)")
     p.add_argument("--max-chars", type=int, default=2000, help="longest instruction kept (characters)")
+    p.add_argument("--keep-truncated", action="store_true", help="keep answers cut at --max-tokens")
     p.add_argument(
         "--langs",
         nargs="+",
@@ -218,6 +219,7 @@ def run_synth(args: argparse.Namespace) -> int:
         min_chars=args.min_chars,
         max_chars=args.max_chars,
         langs=args.langs,
+        keep_truncated=args.keep_truncated,
         max_similarity=args.max_similarity,
         judge=args.judge,
         judge_min=args.judge_min,

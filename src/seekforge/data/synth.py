@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import regex
@@ -74,6 +74,7 @@ class SynthConfig:
     min_chars: int = 4  # instruction length bounds (characters)
     max_chars: int = 2000
     min_answer_chars: int = 1
+    keep_truncated: bool = False  # keep answers cut at max_tokens
     langs: list[str] | None = None  # allowed languages (None: those of the seeds; ["any"]: no check)
     max_similarity: float = 0.9  # evol-instruct: Jaccard to the parent at/above which it is no evolution
     judge: bool = False
@@ -98,27 +99,8 @@ class SynthConfig:
             raise ValueError(f"--judge-min: scores are 1-10, got {self.judge_min}")
 
     def fingerprint(self, model: str, judge_model: str | None) -> dict[str, Any]:
-        opts = {
-            k: getattr(self, k)
-            for k in (
-                "n",
-                "format",
-                "seed",
-                "batch",
-                "max_attempts",
-                "examples",
-                "temperature",
-                "answer_temperature",
-                "max_tokens",
-                "min_chars",
-                "max_chars",
-                "min_answer_chars",
-                "langs",
-                "max_similarity",
-                "judge",
-                "judge_min",
-            )
-        }
+        # every option that changes what is asked or kept (not where it goes)
+        opts = {k: v for k, v in asdict(self).items() if k not in ("method", "seeds", "out", "overwrite")}
         return {
             "command": "data synth",
             "method": self.method,
@@ -483,7 +465,7 @@ def _check_answer(cfg: SynthConfig, ans, langs: set[str]) -> str | None:
     text = ans.text.strip()
     if len(text) < max(1, cfg.min_answer_chars):
         return "empty_answer"
-    if ans.finish_reason == "length":
+    if ans.finish_reason == "length" and not cfg.keep_truncated:
         return "answer_truncated"
     if is_refusal(text):
         return "refusal"
