@@ -9,6 +9,9 @@ so every answer has that many tokens) three ways, at each concurrency:
   budget, no accounting) - the difference is what the client's bookkeeping costs;
 * ``llm_client (cached)``: the same requests again on the warm cache (no request sent).
 
+The three alternate ``--repeats`` times per concurrency and the fastest of each is reported (the
+machine may be shared).
+
     .venv/bin/python bench/augment.py [--requests 32] [--max-tokens 32]
 """
 
@@ -64,11 +67,17 @@ def with_openai(url: str, reqs, concurrency: int) -> tuple[float, int]:
     return time.perf_counter() - t0, tokens
 
 
+def _keep(best: dict, name: str, sent: int, wall: float, tokens: int) -> None:
+    if name not in best or wall < best[name][1]:
+        best[name] = (sent, wall, tokens)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     args = ap.parse_args()
     model_dir = small_moe_dir(args.workdir, preset="tiny")
@@ -78,14 +87,17 @@ def main() -> None:
             tempfile.TemporaryDirectory() as tmp:
         with_openai(url, reqs[:2], 2)  # warm-up: first requests pay for lazy initialisation
         for c in args.concurrency:
-            cache = Path(tmp) / f"c{c}.sqlite"
-            wall, tokens, rep = with_client(url, reqs, c, cache)
-            rows.append(("llm_client", c, rep["requests"], wall, tokens))
-            wall, tokens = with_openai(url, reqs, c)
-            rows.append(("openai (peer)", c, len(reqs), wall, tokens))
-            wall, tokens, rep = with_client(url, reqs, c, cache)
-            assert rep["requests"] == 0 and rep["cache_hits"] == len(reqs)
-            rows.append(("llm_client (cached)", c, 0, wall, tokens))
+            best: dict[str, tuple[int, float, int]] = {}
+            for r in range(args.repeats):  # interleaved, best of --repeats: the machine is shared
+                cache = Path(tmp) / f"c{c}-{r}.sqlite"
+                wall, tokens, rep = with_client(url, reqs, c, cache)
+                _keep(best, "llm_client", rep["requests"], wall, tokens)
+                wall, tokens = with_openai(url, reqs, c)
+                _keep(best, "openai (peer)", len(reqs), wall, tokens)
+                wall, tokens, rep = with_client(url, reqs, c, cache)
+                assert rep["requests"] == 0 and rep["cache_hits"] == len(reqs)
+                _keep(best, "llm_client (cached)", 0, wall, tokens)
+            rows += [(name, c, *numbers) for name, numbers in best.items()]
     print(f"\n{args.requests} chat requests x {args.max_tokens} tokens, seekforge serve (tiny, CPU, "
           f"--max-batch {max(args.concurrency)})\n")
     print("| client | concurrency | sent | wall s | requests/s | tokens/s |\n|---|---|---|---|---|---|")

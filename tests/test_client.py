@@ -153,3 +153,5 @@ def test_minute_budget_waits_for_the_window():
     assert budget._wait_s(now[0], 10) == 0.0
     budget.settle(ticket, 900)  # the real usage replaces the estimate
     assert budget._wait_s(now[0], 200) == pytest.approx(10.0)  # 900 + 200 > 1000 until t=170
+    assert budget._wait_s(now[0], 5000) == pytest.approx(10.0)  # bigger than the budget: alone, when empty
+    assert MinuteBudget(rpm=0, tpm=0).acquire(10**9)  # no budgets: never waits

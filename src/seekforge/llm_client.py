@@ -290,9 +290,12 @@ class MinuteBudget:
         if self.tpm and self._events:
             used = sum(e[1] for e in self._events)
             if used + tokens > self.tpm:
-                for t, n in self._events:  # wait until enough old usage leaves the window
+                # wait until enough old usage leaves the window; a request bigger than the whole
+                # budget waits until the window is empty
+                need = min(tokens, self.tpm)
+                for t, n in self._events:
                     used -= n
-                    if used + tokens <= self.tpm:
+                    if used + need <= self.tpm:
                         waits.append(t + self.WINDOW_S - now)
                         break
         return max(waits)
