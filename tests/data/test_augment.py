@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from seekforge.cli import main
@@ -197,6 +198,90 @@ def test_eda_cli_keeps_labels_and_answers(tmp_path):
     assert len(examples) == len(rows)
 
 
+def test_eda_on_chats_changes_user_turns_only(tmp_path):
+    chats = [
+        {
+            "conversations": [
+                {"from": "human", "value": EN},
+                {"from": "gpt", "value": "A1"},
+                {"from": "human", "value": ZH},
+                {"from": "gpt", "value": "A2"},
+            ],
+            "system": "S",
+        },
+    ]
+    data = _write_jsonl(tmp_path / "chat.jsonl", chats)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "data",
+                "augment",
+                "--method",
+                "eda",
+                "--input",
+                str(data),
+                "--out",
+                str(out),
+                "--n",
+                "3",
+                "--rs",
+                "0.3",
+                "--sr",
+                "0",
+                "--ri",
+                "0",
+                "--rd",
+                "0",
+            ]
+        )
+        == 0
+    )
+    rows = _rows(out / "augmented.jsonl")
+    assert len(rows) == 3
+    for r in rows:
+        turns = r["conversations"]
+        assert [t["value"] for t in turns[1::2]] == ["A1", "A2"] and r["system"] == "S"
+        assert (turns[0]["value"], turns[2]["value"]) != (EN, ZH)  # the user turns were swapped around
+        assert sorted(re.findall(r"\w+", turns[0]["value"])) == sorted(re.findall(r"\w+", EN))
+        assert r["augment_method"] == "eda:rs"
+    out2 = tmp_path / "out2"  # --target response: only the answers change
+    assert (
+        main(
+            [
+                "data",
+                "augment",
+                "--method",
+                "eda",
+                "--input",
+                str(data),
+                "--out",
+                str(out2),
+                "--n",
+                "1",
+                "--target",
+                "response",
+                "--rd",
+                "0.5",
+                "--sr",
+                "0",
+                "--ri",
+                "0",
+                "--rs",
+                "0",
+                "--length-ratio",
+                "0.01",
+                "10",
+                "--allow-language-change",
+            ]
+        )
+        == 0
+    )
+    rep = _report(out2)
+    assert rep["variants_made"] == 1  # answers "A1"/"A2" are one word each: deletion keeps one word
+    assert rep["dropped"] == {"unchanged": 1}
+
+
 def test_bad_input_is_named(tmp_path, capsys):
     data = _write_jsonl(tmp_path / "d.jsonl", [{"text": EN}])
     out = str(tmp_path / "out")
@@ -268,6 +353,26 @@ def test_paraphrase_and_backtranslate_through_seekforge_serve(tiny_endpoint, tmp
     assert f"--out {out} holds a different run's cache and outputs" in capsys.readouterr().err
     assert "'n': 2" in json.dumps(json.loads((out / "run.json").read_text())["options"]).replace('"', "'")
     assert _rows(out / "augmented.jsonl") == rows  # the earlier run's output is untouched
+    assert (
+        main(
+            [
+                "data",
+                "augment",
+                "--method",
+                "paraphrase",
+                "--out",
+                str(out),
+                *common,
+                *loose,
+                "--n",
+                "3",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+    rep3 = _report(out)  # the old cache went with --overwrite: all 6 requests are sent
+    assert rep3["variants_made"] == 6 and rep3["requests"] == 6 and rep3["cache_hits"] == 0
     bt = tmp_path / "bt"
     assert main(["data", "augment", "--method", "backtranslate", "--out", str(bt), *common]) == 0
     rep = _report(bt)
