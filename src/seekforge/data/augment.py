@@ -59,16 +59,6 @@ LANG_NAMES = {
     "es": "Spanish",
     "ru": "Russian",
 }
-LANG_NAMES_ZH = {
-    "zh": "中文",
-    "en": "英文",
-    "ja": "日文",
-    "ko": "韩文",
-    "fr": "法文",
-    "de": "德文",
-    "es": "西班牙文",
-    "ru": "俄文",
-}
 PARAPHRASE_INSTRUCTION = {
     "en": "Rewrite the following text in different words, keeping its meaning and language. "
     "Reply with the rewritten text only.",
@@ -244,13 +234,14 @@ def augment(cfg: AugmentConfig, client_cfg=None) -> dict[str, Any]:
         from seekforge.llm_client import LLMClient
 
         client = LLMClient(client_cfg)
-        client.preflight()  # before anything is written: a dead endpoint must not claim --out
-    run = RunDir.claim(
-        cfg.out, "augmented.jsonl", cfg.fingerprint(client.model if client else None), cfg.overwrite
-    )
-    if client is not None and client.cfg.cache is None:
-        client.set_cache(run.cache_file)
     try:
+        if client is not None:
+            client.preflight()  # before anything is written: a dead endpoint must not claim --out
+        run = RunDir.claim(
+            cfg.out, "augmented.jsonl", cfg.fingerprint(client.model if client else None), cfg.overwrite
+        )
+        if client is not None and client.cfg.cache is None:
+            client.set_cache(run.cache_file)
         jobs = _eda_jobs(cfg, rows, slots) if cfg.method == "eda" else _model_jobs(cfg, rows, slots, client)
         return _collect(cfg, rows, slots, jobs, run, client)
     finally:

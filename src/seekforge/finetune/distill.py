@@ -347,7 +347,7 @@ def _sampling(cfg: DistillConfig, i: int):
 def generate_api(cfg: DistillConfig, prompts: list[list[dict[str, str]]]) -> list[tuple[str, str] | None]:
     """(answer, finish_reason) per prompt from an OpenAI-compatible endpoint, None where the request
     failed for good. Goes through :class:`seekforge.llm_client.LLMClient` (preflight, retries,
-    ``gen_concurrency`` requests in flight, a response cache in ``OUT/teacher_cache`` so a re-run with
+    ``gen_concurrency`` requests in flight, a response cache in ``OUT/teacher_responses`` so a re-run with
     other generation settings only pays for new requests); its numbers go to ``OUT/report.json``."""
     from seekforge.llm_client import EndpointConfig, LLMClient
 
@@ -357,7 +357,7 @@ def generate_api(cfg: DistillConfig, prompts: list[list[dict[str, str]]]) -> lis
         api_key=os.environ.get(cfg.teacher_api_key_env) or None,
         concurrency=cfg.gen_concurrency,
         timeout_s=600,
-        cache=str(Path(cfg.out_dir) / "teacher_cache" / "responses.sqlite"),
+        cache=str(Path(cfg.out_dir) / "teacher_responses" / "responses.sqlite"),
     )
     with LLMClient(endpoint) as client:
         model = client.preflight()
