@@ -85,7 +85,9 @@ def main() -> None:
     rows = []
     with serve(model_dir, max_batch=max(args.concurrency), threads=None) as url, \
             tempfile.TemporaryDirectory() as tmp:
-        with_openai(url, reqs[:2], 2)  # warm-up: first requests pay for lazy initialisation
+        # warm-up at the largest batch: the engine's first steps at a new batch size pay for allocation
+        warm = max(args.concurrency)
+        with_openai(url, requests(warm, args.max_tokens)[::-1], warm)
         for c in args.concurrency:
             best: dict[str, tuple[int, float, int]] = {}
             for r in range(args.repeats):  # interleaved, best of --repeats: the machine is shared
