@@ -266,3 +266,13 @@ def test_bad_seeds_and_endpoints_are_named(scripted_server, tiny_endpoint, tmp_p
         "--seeds", seeds, "--out", out, "--endpoint", "http://127.0.0.1:9/v1", "--timeout", "5"
     )
     assert not Path(out).exists()  # preflight comes before anything is written
+
+
+def test_shared_sft_files_work_as_seeds(shared_data):
+    from seekforge.data.synth import read_seeds
+
+    files = [shared_data / "sft" / "identity.json", shared_data / "sft" / "alpaca_zh_demo.json"]
+    seeds = read_seeds([str(f) for f in files])
+    assert len(seeds) == sum(len(json.loads(f.read_text(encoding="utf-8"))) for f in files)
+    assert all(s.instruction.strip() and s.output.strip() for s in seeds)
+    assert seeds[0].id == f"{files[0]}[0]"
