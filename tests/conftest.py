@@ -152,10 +152,12 @@ class ScriptedServer:
     one request body are counted from 0). It measures the requests in flight at once.
     """
 
-    def __init__(self, reply, fail=None, delay_s: float = 0.0, model: str = "scripted"):
+    def __init__(self, reply, fail=None, delay_s: float = 0.0, model: str = "scripted",
+                 retry_after: str | None = None):
         import threading
 
         self.reply, self.fail, self.delay_s, self.model = reply, fail, delay_s, model
+        self.retry_after = retry_after  # sent as Retry-After with every failure
         self.requests = 0
         self.in_flight = self.max_in_flight = 0
         self.attempts: dict[str, int] = {}
@@ -187,8 +189,10 @@ class ScriptedServer:
                 await asyncio.sleep(self.delay_s)
                 status = self.fail(body, attempt) if self.fail else None
                 if status:
+                    headers = {"retry-after": self.retry_after} if self.retry_after else None
                     return JSONResponse({"error": {"message": f"scripted {status}", "type": "server_error",
-                                                   "param": None, "code": None}}, status_code=status)
+                                                   "param": None, "code": None}}, status_code=status,
+                                        headers=headers)
                 text = self.reply(body)
                 prompt = sum(len(m["content"]) for m in body["messages"])
                 return JSONResponse({
@@ -207,11 +211,12 @@ class ScriptedServer:
 
 @pytest.fixture
 def scripted_server():
-    """``scripted_server(reply, fail=None, delay_s=0.0)`` -> (ScriptedServer, its /v1 URL); stopped after."""
+    """``scripted_server(reply, fail=None, delay_s=0.0, retry_after=None)`` -> (ScriptedServer, its /v1 URL);
+    stopped after the test."""
     stops = []
 
-    def start(reply, fail=None, delay_s: float = 0.0):
-        server = ScriptedServer(reply, fail, delay_s)
+    def start(reply, fail=None, delay_s: float = 0.0, retry_after: str | None = None):
+        server = ScriptedServer(reply, fail, delay_s, retry_after=retry_after)
         url, stop = _serve_in_thread(server.app())
         stops.append(stop)
         return server, url + "/v1"

@@ -155,3 +155,12 @@ def test_minute_budget_waits_for_the_window():
     assert budget._wait_s(now[0], 200) == pytest.approx(10.0)  # 900 + 200 > 1000 until t=170
     assert budget._wait_s(now[0], 5000) == pytest.approx(10.0)  # bigger than the budget: alone, when empty
     assert MinuteBudget(rpm=0, tpm=0).acquire(10**9)  # no budgets: never waits
+
+
+def test_retry_after_is_honoured(scripted_server):
+    _, url = scripted_server(lambda body: "ok", fail=lambda body, attempt: 429 if attempt == 0 else None,
+                             retry_after="7")
+    sleeps: list[float] = []
+    client = LLMClient(EndpointConfig(url, backoff_s=0.01), sleep=sleeps.append)
+    assert client.chat([{"role": "user", "content": "x"}]).text == "ok"
+    assert sleeps == [7.0] and client.usage.retries == 1
