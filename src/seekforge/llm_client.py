@@ -108,26 +108,19 @@ def add_endpoint_args(parser: argparse.ArgumentParser, prefix: str = "", require
     whose unset values fall back to the main ones (see :func:`endpoint_from_args`)."""
     dest = prefix.replace("-", "_")
     g = parser.add_argument_group(f"{prefix}endpoint" if prefix else "model endpoint")
-    g.add_argument(
-        f"--{prefix}endpoint",
-        dest=f"{dest}endpoint",
-        required=required and not prefix,
-        metavar="URL",
-        help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
-        "(`seekforge serve`, vLLM, llama.cpp, a hosted API)",
-    )
-    g.add_argument(
-        f"--{prefix}api-key",
-        dest=f"{dest}api_key",
-        metavar="KEY",
-        help="API key (default: $SEEKFORGE_API_KEY, then $OPENAI_API_KEY)",
-    )
-    g.add_argument(
-        f"--{prefix}model",
-        dest=f"{dest}model",
-        metavar="NAME",
-        help="model name (default: the first one the endpoint lists)",
-    )
+    if prefix:  # a second model (e.g. a judge): everything defaults to the main endpoint's values
+        helps = (f"base URL of the {prefix.rstrip('-')} model (default: --endpoint)",
+                 "its API key (default: --api-key when the endpoint is the same)",
+                 "its model name (default: --model when the endpoint is the same, else the first listed)")
+    else:
+        helps = ("OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 "
+                 "(`seekforge serve`, vLLM, llama.cpp, a hosted API)",
+                 "API key (default: $SEEKFORGE_API_KEY, then $OPENAI_API_KEY)",
+                 "model name (default: the first one the endpoint lists)")
+    g.add_argument(f"--{prefix}endpoint", dest=f"{dest}endpoint", required=required and not prefix,
+                   metavar="URL", help=helps[0])
+    g.add_argument(f"--{prefix}api-key", dest=f"{dest}api_key", metavar="KEY", help=helps[1])
+    g.add_argument(f"--{prefix}model", dest=f"{dest}model", metavar="NAME", help=helps[2])
     if prefix:
         return
     g.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
