@@ -23,7 +23,7 @@ README = REPO / "README.md"
 # Examples run end to end: (leading words of the command, flags that make it a cheap run). Training,
 # fine-tuning, serving and chatting take minutes or wait for input; they are only parsed.
 CHEAP = ("demo --samples", "data prepare", "data domains", "tokenizer train", "tokenizer eval",
-         "data tokenize", "model info", "plan --preset")
+         "data tokenize", "model info", "plan --preset", "data augment --method eda")
 
 
 def fenced_blocks(text: str, lang: str) -> list[str]:
@@ -111,6 +111,7 @@ def test_cheap_readme_examples_run(tmp_path: Path, capsys: pytest.CaptureFixture
         assert (tmp_path / "runs/prepared/report.json").is_file()
         assert (tmp_path / "runs/tok/tokenizer.json").is_file()
         assert (tmp_path / "runs/shards/manifest.json").is_file()
+        assert (tmp_path / "runs/aug_eda/augmented.jsonl").is_file()
         # the Python example that reads the tokenizer and the shards
         snippet = next(b for b in fenced_blocks(README.read_text(encoding="utf-8"), "python")
                        if "TokenShards" in b)

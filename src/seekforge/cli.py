@@ -24,6 +24,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "seekforge.tokenizer.cli": ("tokenizer",),
     "seekforge.data.cli": ("data",),  # data prepare
     "seekforge.data.tokenize": ("data",),  # data tokenize
+    "seekforge.data.augment_cli": ("data",),  # data augment, data synth
     "seekforge.train.cli": ("train",),
     "seekforge.infer.chat": ("chat",),
     "seekforge.serve.cli": ("serve",),

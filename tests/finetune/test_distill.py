@@ -193,6 +193,15 @@ def test_sequence_distillation_local_engine_and_openai_endpoint(
             ],
         )
         path = build_teacher_dataset(remote, torch.device("cpu"))
+        # The endpoint is called through seekforge.llm_client: its report, and its cache on a re-run.
+        report = json.loads((tmp_path / "remote" / "report.json").read_text())
+        assert (report["requests"], report["cache_hits"], report["failed"]) == (6, 0, 0)
+        assert report["model"] == "teacher" and report["completion_tokens"] > 0
+        first = path.read_text()
+        path.unlink()
+        build_teacher_dataset(remote, torch.device("cpu"))
+        report = json.loads((tmp_path / "remote" / "report.json").read_text())
+        assert (report["requests"], report["cache_hits"]) == (0, 6) and path.read_text() == first
     remote_rows = [json.loads(line) for line in path.read_text().splitlines()]
     # Greedy answers of the same teacher: through the engine directly or over HTTP, the same text.
     assert [r["messages"][-1]["content"] for r in remote_rows] == [r["messages"][-1]["content"] for r in rows]

@@ -9,9 +9,9 @@ Two recipes (``mode``):
   Teacher and student must share the tokenizer; that is checked before anything loads.
 * ``generate`` - sequence-level distillation, the DeepSeek-R1 recipe: the teacher answers every
   prompt of the data (a local seekforge model through :mod:`seekforge.infer`'s engine, or any
-  OpenAI-compatible endpoint via ``teacher_api``), the answers become an SFT set
-  (``OUT/teacher_data.jsonl``, OpenAI messages), and the student is fine-tuned on it. Tokenizers
-  may differ here.
+  OpenAI-compatible endpoint via ``teacher_api``, called through :mod:`seekforge.llm_client`, which
+  writes ``OUT/report.json``), the answers become an SFT set (``OUT/teacher_data.jsonl``,
+  OpenAI messages), and the student is fine-tuned on it. Tokenizers may differ here.
 
 Both report teacher-student agreement - top-1 match and KL(teacher || student) at T=1 over the
 trained positions of held-out (or the first) examples - before training and at every eval, and
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -345,38 +344,40 @@ def _sampling(cfg: DistillConfig, i: int):
     )
 
 
-def generate_api(cfg: DistillConfig, prompts: list[list[dict[str, str]]]) -> list[tuple[str, str]]:
-    """(answer, finish_reason) per prompt from an OpenAI-compatible endpoint (parallel requests)."""
-    from openai import OpenAI
+def generate_api(cfg: DistillConfig, prompts: list[list[dict[str, str]]]) -> list[tuple[str, str] | None]:
+    """(answer, finish_reason) per prompt from an OpenAI-compatible endpoint, None where the request
+    failed for good. Goes through :class:`seekforge.llm_client.LLMClient` (preflight, retries,
+    ``gen_concurrency`` requests in flight, a response cache in ``OUT/teacher_responses`` so a re-run with
+    other generation settings only pays for new requests); its numbers go to ``OUT/report.json``."""
+    from seekforge.llm_client import EndpointConfig, LLMClient
 
-    client = OpenAI(
-        base_url=cfg.teacher_api,
-        api_key=os.environ.get(cfg.teacher_api_key_env) or "none",
-        max_retries=3,
-        timeout=600,
+    endpoint = EndpointConfig(
+        endpoint=cfg.teacher_api,
+        model=cfg.teacher_model,
+        api_key=os.environ.get(cfg.teacher_api_key_env) or None,
+        concurrency=cfg.gen_concurrency,
+        timeout_s=600,
+        cache=str(Path(cfg.out_dir) / "teacher_responses" / "responses.sqlite"),
     )
-    model = cfg.teacher_model
-    if model is None:
-        listed = [m.id for m in client.models.list().data]
-        if not listed:
-            raise ConfigError(f"{cfg.teacher_api} lists no models; set teacher_model")
-        model = listed[0]
-        log.info("teacher: %s at %s", model, cfg.teacher_api)
-
-    def one(i: int) -> tuple[str, str]:
-        kwargs: dict[str, Any] = {
-            "temperature": cfg.gen_temperature,
-            "max_tokens": cfg.gen_max_tokens,
-            "seed": cfg.seed + i,
-        }
-        if cfg.gen_temperature > 0:
-            kwargs["top_p"] = cfg.gen_top_p
-        r = client.chat.completions.create(model=model, messages=prompts[i], **kwargs)
-        choice = r.choices[0]
-        return choice.message.content or "", choice.finish_reason or "stop"
-
-    with ThreadPoolExecutor(max_workers=cfg.gen_concurrency) as pool:
-        return list(pool.map(one, range(len(prompts))))
+    with LLMClient(endpoint) as client:
+        model = client.preflight()
+        log.info("teacher: %s at %s", model, endpoint.base_url)
+        requests = []
+        for i, prompt in enumerate(prompts):
+            params: dict[str, Any] = {
+                "temperature": cfg.gen_temperature,
+                "max_tokens": cfg.gen_max_tokens,
+                "seed": cfg.seed + i,
+            }
+            if cfg.gen_temperature > 0:
+                params["top_p"] = cfg.gen_top_p
+            requests.append((prompt, params))
+        answers = client.chat_many(requests)
+        report = client.report()
+    atomic_write_text(Path(cfg.out_dir) / "report.json",
+                      json.dumps({"stage": "distill teacher answers", **report}, indent=2) + "\n")
+    log.info("teacher requests: %s", client.progress_line())
+    return [(a.text, a.finish_reason) if a is not None else None for a in answers]
 
 
 def build_teacher_dataset(cfg: DistillConfig, device: torch.device) -> Path:
@@ -408,8 +409,12 @@ def build_teacher_dataset(cfg: DistillConfig, device: torch.device) -> Path:
         return out
     t0 = time.perf_counter()
     answers = generate_api(cfg, prompts) if cfg.teacher_api else generate_local(cfg, prompts, device)
-    kept, cut, empty = [], 0, 0
-    for p, (text, reason) in zip(prompts, answers):
+    kept, cut, empty, failed = [], 0, 0, 0
+    for p, answer in zip(prompts, answers):
+        if answer is None:
+            failed += 1
+            continue
+        text, reason = answer
         if not text.strip():
             empty += 1
             continue
@@ -418,23 +423,27 @@ def build_teacher_dataset(cfg: DistillConfig, device: torch.device) -> Path:
             continue
         kept.append({"messages": p + [{"role": "assistant", "content": text}]})
     log.info(
-        "teacher answered %d prompts in %.1fs: kept %d, dropped %d cut at gen_max_tokens, %d empty",
+        "teacher answered %d prompts in %.1fs: kept %d, dropped %d cut at gen_max_tokens, %d empty, "
+        "%d failed requests",
         len(prompts),
         time.perf_counter() - t0,
         len(kept),
         cut,
         empty,
+        failed,
     )
     if not kept:
         raise ConfigError(
-            "the teacher produced no usable answer (all empty or cut at gen_max_tokens; raise "
-            "gen_max_tokens or set gen_keep_truncated: true)"
+            f"the teacher produced no usable answer ({failed} requests failed, {empty} empty, {cut} cut at "
+            "gen_max_tokens; raise gen_max_tokens or set gen_keep_truncated: true)"
         )
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     atomic_write_text(
         meta,
         json.dumps(
-            {"key": key, "prompts": len(prompts), "kept": len(kept), "cut": cut, "empty": empty}, indent=2
+            {"key": key, "prompts": len(prompts), "kept": len(kept), "cut": cut, "empty": empty,
+             "failed": failed},
+            indent=2,
         )
         + "\n",
     )
