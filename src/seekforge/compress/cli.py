@@ -93,6 +93,8 @@ def register_prune(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=float, required=True, help="fraction to remove, in (0, 1)")
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="magnitude: one threshold over all matrices (global) or the ratio per matrix")
+    p.add_argument("--structure", choices=("ffn", "heads", "both"), default="ffn",
+                   help="structured: remove FFN channels (default), attention heads, or both")
     p.add_argument("--iterations", type=int, default=1, help="prune in K rounds (default 1)")
     p.add_argument("--recover-steps", type=int, default=0,
                    help="trainer steps on --data after each round (default 0: no recovery)")
@@ -114,7 +116,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from seekforge.model import load_model, save_model
     from seekforge.tokenizer import load_tokenizer
 
-    settings = PruneSettings(method=args.method, ratio=args.ratio, scope=args.scope,
+    settings = PruneSettings(method=args.method, ratio=args.ratio, scope=args.scope, structure=args.structure,
                              iterations=args.iterations, recover_steps=args.recover_steps)
     settings.validate()
     model_dir = Path(args.model_dir)
