@@ -312,7 +312,8 @@ class QuantRoutedExperts(nn.Module):
         flat = idx.reshape(-1)
         counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(
             0, flat, torch.ones_like(flat, dtype=torch.int32))
-        if torch.compiler.is_compiling():
+        if (torch.compiler.is_compiling() and x.device.type == "cpu" and self.gate_up[0].kernel_fits
+                and self.down[0].kernel_fits):
             # The engine's compiled decode graph: the loop over chosen experts reads indices on the
             # host, so it runs inside one opaque op that the graph calls (CPU packed kernels only).
             bits, G = self.gate_up[0].bits, self.gate_up[0].group_size or 0
