@@ -17,7 +17,8 @@ bfloat16 activations (both kernels are vectorised for bf16; with fp32 inputs the
 slower than an fp32 matmul on an AVX2 CPU). Larger batches (prefill, evaluation, training) and other
 devices dequantize the weight to the activation dtype and call ``F.linear``, which is differentiable
 with respect to the input (what LoRA on a quantized base needs). The int4 CPU kernel wants its own
-tiled copy of the codes, built on first use next to the on-disk layout: on the CPU an int4 layer holds
+tiled copy of the codes, built when the layer lands on the CPU (before any compiled graph reads
+it), next to the on-disk layout: on the CPU an int4 layer holds
 1 byte per weight in memory (0.5 on disk), an int8 layer 1 byte in both.
 """
 
