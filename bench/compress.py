@@ -11,6 +11,11 @@ pretraining run on this machine (``--train-steps``, default 60 steps of 1024 tok
     qat int4        sft --set qat=int4 for --qat-steps more steps, then int4 RTN; compared with the
                     same steps without QAT, then int4 RTN ("ptq int4")
     experts -25%    seekforge prune --method experts --ratio 0.25 (no recovery)
+    --compile       fp32 and int8+head again with the engine's compiled decode step (compile=True)
+    --wide          100m-moe, random init (decode speed only): fp32 vs int8+head
+
+Bits per byte: the first ``--val-docs`` held-out documents, measured as ``seekforge eval --ppl`` measures
+a file of them (``seekforge.compress.data.bits_per_byte``).
 
 Decode: seekforge's engine (eager, ``compile=False``), batch 1, greedy, ``--new-tokens`` tokens,
 ``--threads`` CPU threads; each contender in its own process, rounds interleaved, best round kept,
@@ -123,11 +128,11 @@ def _worker(conn, kind: str, path: str, prompt: list[int], n: int, threads: int,
     import torch
 
     torch.set_num_threads(threads)
-    if kind == "engine":
+    if kind in ("engine", "compiled"):
         from seekforge.infer import Engine, EngineConfig, SamplingParams
 
         engine = Engine.from_pretrained(path, EngineConfig(max_batch=1, max_len=len(prompt) + n + 8,
-                                                           threads=threads))
+                                                           threads=threads, compile=kind == "compiled"))
         params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
 
         def run() -> list[int]:
@@ -152,7 +157,7 @@ def _worker(conn, kind: str, path: str, prompt: list[int], n: int, threads: int,
         t = clock()
         tokens = run()
         conn.send((clock() - t, len(tokens)))
-    if kind == "engine":
+    if kind != "llama":
         engine.close()
 
 
@@ -198,6 +203,19 @@ def gguf_contenders(workdir: Path, fp32: Path) -> tuple[dict[str, tuple[str, Pat
     return out, None
 
 
+def wide_contenders(workdir: Path) -> dict[str, tuple[str, Path]]:
+    """100m-moe (random init, untrained: decode speed only): fp32 and int8 with an int8 head."""
+    from seekforge.compress.quantize import QuantizeSettings, quantize_model, save_quantized
+    from seekforge.model import load_model
+
+    src = small_moe_dir(workdir, "100m-moe")
+    out = workdir / "compressed" / "100m-int8-head"
+    if not (out / "config.json").is_file():
+        model = quantize_model(load_model(src), QuantizeSettings("int8", 128, "int8"))
+        save_quantized(model, out, tokenizer=src)
+    return {"100m-moe fp32": ("engine", src), "100m-moe int8+head": ("engine", out)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR / "compress")
@@ -208,6 +226,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timer", choices=("cpu", "wall"), default="cpu")
     ap.add_argument("--val-docs", type=int, default=60)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time fp32 and int8 with the engine's compiled decode step (compile=True)")
+    ap.add_argument("--wide", action="store_true",
+                    help="also time 100m-moe (random init) fp32 vs int8+head: larger matrices")
     args = ap.parse_args()
 
     import torch
@@ -248,6 +270,13 @@ def main() -> None:
     size = {name: directory_bytes(d) for name, d in dirs.items()}
     timed = ["fp32", "int8", "int8+head", "int4 RTN", "awq", "int4 RTN+head", "experts -25%"]
     contenders = {name: ("engine", dirs[name]) for name in timed}
+    extra: dict[str, tuple[str, Path]] = {}
+    if args.compile:
+        extra["fp32 compiled"] = ("compiled", fp32)
+        extra["int8+head compiled"] = ("compiled", dirs["int8+head"])
+    if args.wide:
+        extra.update(wide_contenders(args.workdir))
+    contenders.update(extra)
     gguf, skipped = gguf_contenders(args.workdir, fp32)
     contenders.update(gguf)
     prompt = tok.encode(PROMPT)
@@ -275,9 +304,15 @@ def main() -> None:
     for name in gguf:
         print(f"| {name:<24} | {Path(contenders[name][1]).stat().st_size / 1e6:8.2f} | {'':>6} | {'':>7} | "
               f"{'':>7} | {tps[name]:7.1f} | {tps[name] / tps['fp32']:6.2f} |")
+    for name, (_, path) in extra.items():
+        base = "100m-moe fp32" if name.startswith("100m") else "fp32 compiled"
+        print(f"| {name:<24} | {directory_bytes(path) / 1e6:8.2f} | {'':>6} | {'':>7} | {'':>7} | "
+              f"{tps[name]:7.1f} | {tps[name] / tps[base]:6.2f} |")
     if skipped:
         print(f"\n{skipped}")
-    print("\nΔ bpb: against fp32; the two '+N' int4 rows against the plain continued model (same steps).")
+    print("\nΔ bpb: against fp32; the two '+N' int4 rows against the plain continued model (same steps). "
+          "× fp32: llama.cpp rows against the eager fp32 engine; 'compiled' rows against 'fp32 compiled'; "
+          "100m-moe rows against '100m-moe fp32'.")
 
 
 if __name__ == "__main__":

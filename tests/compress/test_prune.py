@@ -76,6 +76,35 @@ def test_structured_shrinks_matrices_and_transformers_loads_it(base, text_file, 
         assert (pruned(ids).logits - ref(ids).logits).abs().max() < ref(ids).logits.abs().max()
 
 
+def test_structured_heads_drop_low_mass_heads_and_transformers_loads_it(base, tmp_path):
+    model = load_model(base)
+    attn = model.model.layers[0].self_attn
+    with torch.no_grad():  # head 1 of layer 0 carries almost no weight: it is the one to go
+        attn.q_b_proj.weight.view(4, 24, -1)[1] *= 1e-3
+        attn.kv_b_proj.weight.view(4, 32, -1)[1] *= 1e-3
+        attn.o_proj.weight.view(64, 4, 16)[:, 1] *= 1e-3
+    kept_q = attn.q_b_proj.weight.view(4, 24, -1)[[0, 2, 3]].clone()
+    pruned, report = prune_model(model, PruneSettings("structured", 0.25, structure="heads"))
+    attn = pruned.model.layers[0].self_attn
+    assert pruned.config.num_attention_heads == 3 and attn.n_heads == 3
+    assert attn.q_b_proj.weight.shape == (3 * 24, 32) and attn.kv_b_proj.weight.shape == (3 * 32, 32)
+    assert attn.o_proj.weight.shape == (64, 3 * 16)
+    assert torch.equal(attn.q_b_proj.weight.view(3, 24, -1), kept_q)
+    assert report.params_after < report.params_before
+    out = save_model(pruned, tmp_path / "h")
+    assert json.loads((out / "config.json").read_text())["num_attention_heads"] == 3
+    ids = torch.randint(3, 512, (1, 16))
+    assert hf_logits_match(out, ids)
+    loaded = load_model(out)  # the absorbed-MLA decode path agrees with the full forward
+    cache = loaded.new_cache(1, 32)
+    loaded.forward_cached(ids[:, :15], cache, torch.tensor([0]), torch.tensor([0]))
+    step = loaded.forward_cached(ids[:, 15:], cache, torch.tensor([0]), torch.tensor([15])).logits[0, -1]
+    full = loaded(ids).logits[0, -1]
+    assert torch.allclose(step, full, atol=1e-4)
+    both, _ = prune_model(load_model(base), PruneSettings("structured", 0.5, structure="both"))
+    assert both.config.num_attention_heads == 2 and both.config.intermediate_size == 64
+
+
 def test_experts_drop_least_used_and_reindex_router(base, text_file, tmp_path):
     model = load_model(base)
     windows = windows_for(base, text_file)

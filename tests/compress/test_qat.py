@@ -65,15 +65,3 @@ def test_qat_bad_settings(tmp_path):
         load_config(SFTConfig, None, ["model=x", "data=y.json", "qat=int3"])
     with pytest.raises(ConfigError, match="needs method full or freeze"):
         load_config(SFTConfig, None, ["model=x", "data=y.json", "qat=int4", "method=lora"])
-
-
-def test_sft_on_quantized_base_is_refused_clearly(tokenizer_dir, shared_data, tmp_path):
-    from seekforge.compress.quantize import save_quantized
-    from seekforge.tokenizer import load_tokenizer
-
-    torch.manual_seed(0)
-    model = quantize_model(load_model("tiny", device="cpu", **TINY), QuantizeSettings("int8"))
-    qdir = save_quantized(model, tmp_path / "q", tokenizer=load_tokenizer(tokenizer_dir))
-    data = shared_data / "sft" / "alpaca_en_demo.json"
-    with pytest.raises(ConfigError, match="fine-tuning a quantized base is not supported"):
-        sft(tmp_path / "run", [f"model={qdir}", f"data={data}", "max_steps=1", "max_samples=4"])

@@ -117,5 +117,64 @@ def test_cli_quantize_and_bad_input(float_dir, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
     assert "no non-empty documents" in error("--method", "awq", "--calib", str(empty))
-    assert "needs --calib" in error("--method", "awq")
+    assert "needs calibration text: pass --calib PATH" in error("--method", "awq")
     assert not (tmp_path / "bad").exists()  # nothing half-written
+
+
+def test_awq_defaults_to_the_training_runs_validation_split(float_dir, tmp_path, capsys):
+    """A checkpoint inside a `seekforge train` run (RUN/final next to RUN/summary.json, shards in
+    RUN/data) calibrates on that run's val split when --calib is not given."""
+    import shutil
+
+    from seekforge.cli import main
+    from seekforge.compress.data import run_validation_data
+    from seekforge.data.tokenize import tokenize_to_shards
+
+    run = tmp_path / "run"
+    shutil.copytree(float_dir, run / "final")
+    (run / "summary.json").write_text("{}", encoding="utf-8")
+    text = tmp_path / "docs.jsonl"
+    docs = [f"document {i}: the model learns to predict the next token. 我们训练模型。" for i in range(40)]
+    text.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    tokenize_to_shards([text], float_dir, run / "data", val_fraction=0.25, workers=0)
+    assert run_validation_data(run / "final") == run / "data"
+    assert main(["quantize", str(run / "final"), "--method", "awq", "--group-size", "32",
+                 "--out", str(tmp_path / "awq")]) == 0
+    printed = capsys.readouterr().out
+    assert f"validation split {run / 'data'}" in printed and "bits per byte on" in printed
+    assert run_validation_data(float_dir) is None  # not inside a run: the CLI asks for --calib
+
+
+def test_bits_per_byte_is_seekforge_eval_ppl(float_dir, tmp_path):
+    """quantize / prune / bench report the same number as `seekforge eval --ppl` on the same text."""
+    from seekforge.cli import main
+    from seekforge.compress.data import bits_per_byte, read_texts, token_windows
+    from seekforge.tokenizer import load_tokenizer
+
+    text = tmp_path / "val.jsonl"
+    en, zh = "the model learns to predict the next token from data. ", "我们用数据训练一个语言模型。"
+    docs = [en * (3 + i) + zh * i for i in range(6)]
+    lines = "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
+    text.write_text(lines, encoding="utf-8")
+    model = load_model(float_dir)
+    ours = bits_per_byte(model, token_windows(load_tokenizer(float_dir), read_texts(text), seq_len=64))
+    assert main(["eval", str(float_dir), "--ppl", str(text), "--out", str(tmp_path / "eval"),
+                 "--no-progress"]) == 0
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())["ppl"]["val.jsonl"]
+    assert ours == pytest.approx(result["bits_per_byte"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_engine_runs_quantized_model(float_dir, tmp_path):
+    """compile=True on a quantized directory: the packed kernels and the routed-expert op run inside
+    the compiled decode graph and give the eager engine's greedy tokens."""
+    from seekforge.infer import Engine, EngineConfig, SamplingParams
+
+    q = quantize_model(load_model(float_dir), QuantizeSettings(method="int8", lm_head="int8"))
+    out = save_quantized(q, tmp_path / "int8", tokenizer=float_dir)
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    tokens = {}
+    for compile_ in (False, True):
+        with Engine.from_pretrained(out, EngineConfig(max_batch=1, max_len=64, compile=compile_)) as engine:
+            tokens[compile_] = engine.generate([engine.encode("hello world")], params)[0].token_ids
+    assert tokens[True] == tokens[False] and len(tokens[True]) == 12

@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     q.add_argument("--group-size", type=int, default=128,
                    help="int4/awq: input columns per scale (default 128)")
-    q.add_argument("--calib", help="calibration text (txt/jsonl/...; needed by awq; with it every method "
-                   "also reports bits per byte before/after)")
+    q.add_argument("--calib", help="calibration text (txt/jsonl/...). awq needs text: without --calib it "
+                   "uses the validation split that `seekforge train` tokenized for this model (RUN/data). "
+                   "With text, every method also reports bits per byte before/after")
     q.add_argument("--calib-docs", type=int, default=256, help="documents read from --calib (default 256)")
     q.add_argument("--lm-head", choices=("keep", "int8"), default="keep",
                    help="keep lm_head in the model's precision (default) or quantize it to int8")
@@ -36,7 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_quantize(args: argparse.Namespace) -> int:
     import torch
 
-    from seekforge.compress.data import bits_per_byte, read_texts, token_windows
+    from seekforge.compress.data import (
+        bits_per_byte,
+        read_texts,
+        run_validation_data,
+        shard_windows,
+        token_windows,
+    )
     from seekforge.compress.quantize import QuantizeSettings, directory_bytes, quantize_model, save_quantized
     from seekforge.model import load_model
     from seekforge.tokenizer import load_tokenizer
@@ -44,27 +51,34 @@ def run_quantize(args: argparse.Namespace) -> int:
     settings = QuantizeSettings(method=args.method, group_size=args.group_size, lm_head=args.lm_head,
                                 keep=list(args.keep))
     settings.validate()
-    if args.method == "awq" and not args.calib:
-        raise ValueError("--method awq needs --calib PATH (text to measure activations on, e.g. a few "
-                         "hundred documents of the model's validation data)")
     model_dir = Path(args.model_dir)
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
-    windows = None
+    windows, calib_name = None, args.calib
     tokenizer = load_tokenizer(model_dir)
     if args.calib:
         windows = token_windows(tokenizer, read_texts(args.calib, args.calib_docs), seq_len=256)
+    elif args.method == "awq":
+        val = run_validation_data(model_dir)
+        if val is None:
+            raise ValueError("--method awq needs calibration text: pass --calib PATH (a few hundred "
+                             f"documents like the model's validation data). {model_dir} records none: it is "
+                             "not a checkpoint of a `seekforge train` run whose RUN/data holds a val split")
+        # the split's first documents (about --calib-docs x 256 tokens) calibrate; all of it is measured
+        windows = shard_windows(val, "val", seq_len=256, max_tokens=args.calib_docs * 256)
+        calib_name = f"{val} (val split)"
+        print(f"calibration: the training run's validation split {val}")
     model = load_model(model_dir, device="cpu", dtype=torch.float32)
-    before = bits_per_byte(model, windows) if windows else None
+    before = bits_per_byte(model, windows) if windows and windows.num_bytes else None
     params = model.num_parameters()
     quantize_model(model, settings, windows.rows if windows else None)
-    after = bits_per_byte(model, windows) if windows else None
+    after = bits_per_byte(model, windows) if before is not None else None
     save_quantized(model, args.out, tokenizer=model_dir)
     size_in, size_out = directory_bytes(model_dir), directory_bytes(args.out)
     print(f"{args.method}: {human_count(params)} parameters, weights {human_bytes(size_in)} -> "
           f"{human_bytes(size_out)} ({size_out / size_in:.1%})")
     if before is not None:
-        print(f"bits per byte on {args.calib} ({windows.num_docs} docs): {before:.4f} -> {after:.4f} "
+        print(f"bits per byte on {calib_name} ({windows.num_docs} docs): {before:.4f} -> {after:.4f} "
               f"({(after - before) / before:+.2%})")
     print(f"wrote {args.out}")
     return 0
@@ -79,6 +93,8 @@ def register_prune(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", type=float, required=True, help="fraction to remove, in (0, 1)")
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="magnitude: one threshold over all matrices (global) or the ratio per matrix")
+    p.add_argument("--structure", choices=("ffn", "heads", "both"), default="ffn",
+                   help="structured: remove FFN channels (default), attention heads, or both")
     p.add_argument("--iterations", type=int, default=1, help="prune in K rounds (default 1)")
     p.add_argument("--recover-steps", type=int, default=0,
                    help="trainer steps on --data after each round (default 0: no recovery)")
@@ -100,7 +116,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from seekforge.model import load_model, save_model
     from seekforge.tokenizer import load_tokenizer
 
-    settings = PruneSettings(method=args.method, ratio=args.ratio, scope=args.scope,
+    settings = PruneSettings(method=args.method, ratio=args.ratio, scope=args.scope, structure=args.structure,
                              iterations=args.iterations, recover_steps=args.recover_steps)
     settings.validate()
     model_dir = Path(args.model_dir)

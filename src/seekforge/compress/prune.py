@@ -1,4 +1,4 @@
-"""Pruning: unstructured magnitude, structured FFN channels, and routed experts; iterative with recovery.
+"""Pruning: unstructured magnitude, structured FFN channels / attention heads, routed experts; iterative.
 
 * ``magnitude``: zero the smallest-|w| weights of the decoder layers' matrices (the quantization
   targets plus ``kv_b_proj``: every linear and routed expert; embeddings, head, router and norms are
@@ -9,6 +9,9 @@
   shared experts the same number of their own ``moe_intermediate_size`` channels (transformers'
   DeepseekV3 config has one width for all experts, so each expert keeps its own best channels but
   the same count). The matrices become smaller and ``config.json`` records the new widths.
+  ``structure="heads"`` (or ``"both"``) removes whole attention heads instead (or as well), ranked
+  by the L1 mass of each head's query rows, ``kv_b_proj`` rows and ``o_proj`` columns (MLA: the
+  latent projections are shared by all heads and stay); ``num_attention_heads`` shrinks.
 * ``experts``: drop the least-used routed experts of each MoE layer, counted by the router on
   calibration text (DeepSeek's node-limited routing needs equal groups, so the same number is
   dropped from each of the ``n_group`` groups). The router rows and ``e_score_correction_bias`` are
@@ -32,6 +35,7 @@ from seekforge.config import ConfigError, closest
 from seekforge.model.model import RoutedExperts
 
 METHODS = ("magnitude", "structured", "experts")
+STRUCTURES = ("ffn", "heads", "both")
 
 
 @dataclass
@@ -39,6 +43,7 @@ class PruneSettings:
     method: str = "magnitude"
     ratio: float = 0.25  # final fraction removed
     scope: str = "global"  # magnitude: global | layer
+    structure: str = "ffn"  # structured: ffn (SwiGLU channels) | heads (attention heads) | both
     iterations: int = 1
     recover_steps: int = 0
 
@@ -52,6 +57,8 @@ class PruneSettings:
             raise ConfigError(f"ratio must be in (0, 1) (the fraction to remove), got {self.ratio}")
         if self.scope not in ("global", "layer"):
             raise ConfigError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        if self.structure not in STRUCTURES:
+            raise ConfigError(f"structure must be one of {', '.join(STRUCTURES)}, got {self.structure!r}")
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.recover_steps < 0:
@@ -162,6 +169,51 @@ def structured_prune(model: nn.Module, ratio: float) -> None:
         if hasattr(layer.mlp, "shared_experts"):
             _shrink_mlp(layer.mlp.shared_experts, moe_keep * cfg.n_shared_experts)
     model.config = dataclasses.replace(cfg, intermediate_size=dense_keep, moe_intermediate_size=moe_keep)
+    _share_config(model)
+
+
+def _head_scores(attn: nn.Module) -> Tensor:
+    """L1 weight mass of each MLA head: its query rows (``q_b_proj`` or ``q_proj``: d_n + d_r per
+    head), its ``kv_b_proj`` rows (W_UK and W_UV: d_n + d_v) and its ``o_proj`` input columns (d_v)."""
+    H = attn.n_heads
+    q = (attn.q_b_proj if attn.q_lora_rank is not None else attn.q_proj).weight
+    o = attn.o_proj.weight
+    return (q.view(H, -1).abs().sum(-1).float() + attn.kv_b_proj.weight.view(H, -1).abs().sum(-1).float()
+            + o.view(o.shape[0], H, -1).abs().sum((0, 2)).float())
+
+
+def _linear_from(weight: Tensor) -> nn.Linear:
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    new.weight.copy_(weight)
+    return new
+
+
+@torch.no_grad()
+def _shrink_heads(attn: nn.Module, keep: int) -> None:
+    """Keep the ``keep`` heads with the largest L1 mass (each layer its own); the shared latent
+    projections (q_a, kv_a) and the per-head sizes are unchanged."""
+    H = attn.n_heads
+    idx = _head_scores(attn).topk(keep).indices.sort().values
+    name = "q_b_proj" if attn.q_lora_rank is not None else "q_proj"
+    q = getattr(attn, name).weight
+    setattr(attn, name, _linear_from(q.view(H, -1, q.shape[1])[idx].reshape(-1, q.shape[1])))
+    kv = attn.kv_b_proj.weight
+    attn.kv_b_proj = _linear_from(kv.view(H, -1, kv.shape[1])[idx].reshape(-1, kv.shape[1]))
+    o = attn.o_proj.weight
+    attn.o_proj = _linear_from(o.view(o.shape[0], H, -1)[:, idx].reshape(o.shape[0], -1))
+    attn.n_heads = keep
+
+
+def prune_heads(model: nn.Module, ratio: float) -> None:
+    """Remove ``ratio`` of the attention heads of every layer (main and MTP; the config has one head
+    count, so every layer keeps the same number, each its own best by L1 mass); updates config."""
+    cfg = model.config
+    keep = max(1, round(cfg.num_attention_heads * (1 - ratio)))
+    if keep == cfg.num_attention_heads:
+        raise ValueError(f"ratio {ratio} removes no head of {cfg.num_attention_heads}; use a larger ratio")
+    for layer in model.model.layers:
+        _shrink_heads(layer.self_attn, keep)
+    model.config = dataclasses.replace(cfg, num_attention_heads=keep)
     _share_config(model)
 
 
@@ -300,7 +352,10 @@ def prune_model(model: nn.Module, settings: PruneSettings, windows: TokenWindows
             target = 1 - (1 - settings.ratio) ** ((i + 1) / settings.iterations)
             magnitude_prune(model, target, settings.scope)
         elif settings.method == "structured":
-            structured_prune(model, settings.step_ratio(i))
+            if settings.structure in ("ffn", "both"):
+                structured_prune(model, settings.step_ratio(i))
+            if settings.structure in ("heads", "both"):
+                prune_heads(model, settings.step_ratio(i))
         else:
             expert_prune(model, drops[i], windows.rows)
         if settings.recover_steps:
@@ -318,6 +373,6 @@ def prune_model(model: nn.Module, settings: PruneSettings, windows: TokenWindows
     return model, report
 
 
-__all__ = ["METHODS", "PruneSettings", "PruneReport", "prune_model", "recover", "magnitude_prune",
-           "structured_prune", "expert_prune", "expert_usage", "expert_rounds", "experts_to_drop", "sparsity",
-           "prunable_tensors", "nonzero_parameters"]
+__all__ = ["METHODS", "STRUCTURES", "PruneSettings", "PruneReport", "prune_model", "recover",
+           "magnitude_prune", "structured_prune", "prune_heads", "expert_prune", "expert_usage",
+           "expert_rounds", "experts_to_drop", "sparsity", "prunable_tensors", "nonzero_parameters"]

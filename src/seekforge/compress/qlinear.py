@@ -17,7 +17,8 @@ bfloat16 activations (both kernels are vectorised for bf16; with fp32 inputs the
 slower than an fp32 matmul on an AVX2 CPU). Larger batches (prefill, evaluation, training) and other
 devices dequantize the weight to the activation dtype and call ``F.linear``, which is differentiable
 with respect to the input (what LoRA on a quantized base needs). The int4 CPU kernel wants its own
-tiled copy of the codes, built on first use next to the on-disk layout: on the CPU an int4 layer holds
+tiled copy of the codes, built when the layer lands on the CPU (before any compiled graph reads
+it), next to the on-disk layout: on the CPU an int4 layer holds
 1 byte per weight in memory (0.5 on disk), an int8 layer 1 byte in both.
 """
 
@@ -100,6 +101,20 @@ def unpack_nibbles(packed: Tensor) -> Tensor:
     return torch.stack([lo, hi], dim=-1).reshape(*packed.shape[:-1], -1).to(torch.int32)
 
 
+def packed_matmul(x: Tensor, kernel: list[Tensor], bits: int, group_size: int) -> Tensor:
+    """``x [..., K] @ W^T`` on torch's packed CPU kernels (``kernel`` from
+    :meth:`QuantLinear.kernel_tensors`); computed in bfloat16, returned in ``x.dtype``."""
+    packed, scales, inv_input_scale = kernel
+    x2 = x.reshape(-1, x.shape[-1]).to(_KERNEL_DTYPE)
+    if inv_input_scale.numel():
+        x2 = x2 * inv_input_scale
+    if bits == 8:
+        y = torch._weight_int8pack_mm(x2, packed, scales)
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, group_size, scales)
+    return y.to(x.dtype).view(*x.shape[:-1], y.shape[-1])
+
+
 # =============================================================================================
 # The quantized linear layer
 # =============================================================================================
@@ -119,7 +134,7 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.group_size = bits, group_size if bits == 4 else None
         self.input_scale: Tensor | None = None
-        self._kernel_cache: dict[str, Tensor] = {}
+        self._kernel_cache: list[Tensor] = []
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -163,6 +178,8 @@ class QuantLinear(nn.Module):
         if "input_scale" in tensors:
             del layer.input_scale
             layer.register_buffer("input_scale", tensors["input_scale"].float().to(device))
+        if device.type == "cpu" and layer.kernel_fits:
+            layer._kernel_cache = layer._build_kernel_tensors()
         return layer
 
     def to_tensors(self) -> dict[str, Tensor]:
@@ -175,8 +192,11 @@ class QuantLinear(nn.Module):
         return {k: v.contiguous() for k, v in out.items()}
 
     def _apply(self, fn, recurse: bool = True):
-        self._kernel_cache = {}  # rebuilt for the new device / dtype on the next kernel call
-        return super()._apply(fn, recurse)
+        out = super()._apply(fn, recurse)
+        self._kernel_cache = []
+        if self.qweight.device.type == "cpu" and self.kernel_fits:  # built now, not in a compiled graph
+            self._kernel_cache = self._build_kernel_tensors()
+        return out
 
     # --- math --------------------------------------------------------------------------------------
     def codes(self) -> Tensor:
@@ -196,43 +216,45 @@ class QuantLinear(nn.Module):
     def weight(self) -> Tensor:
         return self.dequantize(self.scales.dtype if self.scales.is_floating_point() else torch.float32)
 
-    def _kernel_tensors(self) -> dict[str, Tensor]:
-        cache = self._kernel_cache
-        if not cache:
-            if self.bits == 8:
-                cache["scales"] = self.scales.to(_KERNEL_DTYPE)
-            else:  # the kernel computes (code - 8) * scale + zero per group, tables [K/G, N, 2]
-                cache["packed"] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                    unpack_nibbles(self.qweight).contiguous(), 1)
-                zero = self.mins + 8 * self.scales
-                table = torch.stack([self.scales, zero], dim=-1).transpose(0, 1)
-                cache["scale_zeros"] = table.contiguous().to(_KERNEL_DTYPE)
-            if self.input_scale is not None:
-                cache["inv_input_scale"] = (1.0 / self.input_scale).to(_KERNEL_DTYPE)
-        return cache
+    def kernel_tensors(self) -> list[Tensor]:
+        """[packed weight, kernel scales, 1 / input_scale (empty without AWQ)] for :func:`packed_matmul`,
+        built once per device (the engine's compiled decode graph reads them, so they exist before
+        the first call: see :meth:`_apply`)."""
+        if not self._kernel_cache:
+            self._kernel_cache = self._build_kernel_tensors()
+        return self._kernel_cache
+
+    def _build_kernel_tensors(self) -> list[Tensor]:
+        if self.bits == 8:
+            packed, scales = self.qweight, self.scales.to(_KERNEL_DTYPE)
+        else:  # the kernel computes (code - 8) * scale + zero per group, tables [K/G, N, 2]
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                unpack_nibbles(self.qweight).contiguous(), 1)
+            zero = self.mins + 8 * self.scales
+            scales = torch.stack([self.scales, zero], dim=-1).transpose(0, 1).contiguous().to(_KERNEL_DTYPE)
+        inv = (1.0 / self.input_scale).to(_KERNEL_DTYPE) if self.input_scale is not None else \
+            self.scales.new_empty(0, dtype=_KERNEL_DTYPE)
+        return [packed, scales, inv]
+
+    @property
+    def kernel_fits(self) -> bool:
+        """The int4 CPU kernel tiles 16 output rows at a time; other shapes take the dequantize path."""
+        return self.bits == 8 or self.out_features % 16 == 0
+
+    def uses_kernel(self, x: Tensor) -> bool:
+        """Packed CPU kernel for this call? Small batches without autograd, shapes it tiles."""
+        rows = x.numel() // self.in_features
+        return (x.device.type == "cpu" and rows <= KERNEL_MAX_ROWS and self.kernel_fits
+                and not (torch.is_grad_enabled() and x.requires_grad))
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        rows = x.numel() // self.in_features
-        # The int4 CPU kernel tiles 16 output rows at a time; other shapes take the dequantize path.
-        use_kernel = (x.device.type == "cpu" and rows <= KERNEL_MAX_ROWS
-                      and (self.bits == 8 or self.out_features % 16 == 0)
-                      and not (torch.is_grad_enabled() and x.requires_grad))
-        if not use_kernel:
-            if self.input_scale is not None:
-                x = x / self.input_scale.to(x.dtype)
-            w = (dequantize_int8(self.qweight, self.scales, x.dtype) if self.bits == 8 else
-                 dequantize_int4(self.codes(), self.scales, self.mins, x.dtype))
-            return F.linear(x, w)
-        k = self._kernel_tensors()
-        x2 = x.reshape(rows, self.in_features).to(_KERNEL_DTYPE)
+        if self.uses_kernel(x):
+            return packed_matmul(x, self.kernel_tensors(), self.bits, self.group_size or 0)
         if self.input_scale is not None:
-            x2 = x2 * k["inv_input_scale"]
-        if self.bits == 8:
-            y = torch._weight_int8pack_mm(x2, self.qweight, k["scales"])
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, k["packed"], self.group_size, k["scale_zeros"])
-        return y.to(x.dtype).view(*lead, self.out_features)
+            x = x / self.input_scale.to(x.dtype)
+        w = (dequantize_int8(self.qweight, self.scales, x.dtype) if self.bits == 8 else
+             dequantize_int4(self.codes(), self.scales, self.mins, x.dtype))
+        return F.linear(x, w)
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.bits == 4 else ""
@@ -243,6 +265,30 @@ class QuantLinear(nn.Module):
 # =============================================================================================
 # Routed experts with per-expert quantized weights
 # =============================================================================================
+
+
+@torch.library.custom_op("seekforge::quant_expert_pairs", mutates_args=())
+def _quant_expert_pairs(x: Tensor, flat: Tensor, weights: Tensor, bits: int, group_size: int,
+                        gate_up: list[Tensor], down: list[Tensor]) -> Tensor:
+    """Output of each (token, choice) pair, [N*K, d], on the packed kernels: ``flat`` [N*K] expert
+    ids, ``weights`` [N*K] gate values, ``gate_up`` / ``down`` three kernel tensors per expert
+    (:meth:`QuantLinear.kernel_tensors`). Pairs are grouped by expert (one kernel call per chosen
+    expert and projection)."""
+    K = flat.numel() // x.shape[0]
+    out = x.new_empty(flat.numel(), x.shape[-1])
+    for e in flat.unique().tolist():
+        pairs = (flat == e).nonzero().squeeze(1)
+        h = packed_matmul(x[pairs // K], gate_up[3 * e : 3 * e + 3], bits, group_size)
+        gate, up = h.chunk(2, dim=-1)
+        out[pairs] = packed_matmul(F.silu(gate) * up * weights[pairs, None], down[3 * e : 3 * e + 3], bits,
+                                   group_size)
+    return out
+
+
+@_quant_expert_pairs.register_fake
+def _(x: Tensor, flat: Tensor, weights: Tensor, bits: int, group_size: int,
+      gate_up: list[Tensor], down: list[Tensor]) -> Tensor:
+    return x.new_empty(flat.shape[0], x.shape[-1])
 
 
 class QuantRoutedExperts(nn.Module):
@@ -267,6 +313,16 @@ class QuantRoutedExperts(nn.Module):
         flat = idx.reshape(-1)
         counts = torch.zeros(E, dtype=torch.int32, device=x.device).scatter_add_(
             0, flat, torch.ones_like(flat, dtype=torch.int32))
+        if (torch.compiler.is_compiling() and x.device.type == "cpu" and self.gate_up[0].kernel_fits
+                and self.down[0].kernel_fits):
+            # The engine's compiled decode graph: the loop over chosen experts reads indices on the
+            # host, so it runs inside one opaque op that the graph calls (CPU packed kernels only).
+            bits, G = self.gate_up[0].bits, self.gate_up[0].group_size or 0
+            y = torch.ops.seekforge.quant_expert_pairs(
+                x, flat, weights.reshape(-1).to(x.dtype), bits, G,
+                [t for layer in self.gate_up for t in layer.kernel_tensors()],
+                [t for layer in self.down for t in layer.kernel_tensors()])
+            return y.view(N, K, -1).sum(dim=1), counts
         if N * K <= 4 and not torch.is_grad_enabled():
             # Decode: one or two (token, choice) pairs; the sort and scatter below cost more than the
             # math, so each pair goes straight through its expert (as the float model's decode path).

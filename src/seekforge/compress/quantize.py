@@ -190,6 +190,15 @@ def read_quantization_config(model_dir: str | Path) -> dict[str, Any] | None:
     return qc
 
 
+def is_seekforge_quantized(model_dir: str | Path) -> bool:
+    """True for a `seekforge quantize` output directory (False for float, other-quantized, non-dirs)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return False
+    qc = json.loads(path.read_text(encoding="utf-8")).get("quantization_config") or {}
+    return qc.get("quant_method") == "seekforge"
+
+
 def load_quantized(model_dir: str | Path, cfg: Any, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Build the model on the meta device, put the quantized modules in from the stored tensors, and
     assign the remaining (float) tensors; nothing is materialised in full precision first."""
@@ -243,4 +252,4 @@ def directory_bytes(path: str | Path) -> int:
 
 
 __all__ = ["METHODS", "FORMAT", "QuantizeSettings", "quantize_model", "save_quantized", "load_quantized",
-           "read_quantization_config", "quantization_targets", "directory_bytes"]
+           "read_quantization_config", "is_seekforge_quantized", "quantization_targets", "directory_bytes"]

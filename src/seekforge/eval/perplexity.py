@@ -18,7 +18,7 @@ token is predicted once and, past the first window, with at least W - S tokens o
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,33 @@ def _documents(path: Path, tokens: Tokens) -> tuple[Iterator[list[int]], list[in
     return gen(), total
 
 
+def score_documents(
+    docs: Iterable[list[int]], scorer: Scorer, stride: int, batch_size: int = 8
+) -> tuple[float, int, int]:
+    """(total NLL in nats, scored tokens, documents) of token lists that each start with BOS,
+    in windows of ``scorer.window`` tokens advancing by ``stride`` (module docstring). Also what
+    ``seekforge quantize`` / ``prune`` report as bits per byte (``seekforge.compress.data``)."""
+    nll, scored, n_docs = 0.0, 0, 0
+    batch: list[TokenPair] = []
+
+    def flush() -> None:
+        nonlocal nll, scored
+        for lps in scorer.score(batch):
+            nll -= sum(lps)
+            scored += len(lps)
+        batch.clear()
+
+    for doc in docs:
+        n_docs += 1
+        for pair in windows(doc, scorer.window, stride):
+            batch.append(pair)
+            if len(batch) >= batch_size:
+                flush()
+    if batch:
+        flush()
+    return nll, scored, n_docs
+
+
 def perplexity(
     path: str | Path, tokens: Tokens, scorer: Scorer, stride: int | None = None, batch_size: int = 8
 ) -> PplResult:
@@ -91,24 +118,7 @@ def perplexity(
             f"--ppl-stride must be in 1..{window - 1} (the window is {window} tokens), got {stride}"
         )
     docs, total_bytes = _documents(path, tokens)
-    nll, scored, n_docs = 0.0, 0, 0
-    batch: list[TokenPair] = []
-
-    def flush() -> None:
-        nonlocal nll, scored
-        for lps in scorer.score(batch):
-            nll -= sum(lps)
-            scored += len(lps)
-        batch.clear()
-
-    for doc in docs:
-        n_docs += 1
-        for pair in windows(doc, window, stride):
-            batch.append(pair)
-            if len(batch) >= batch_size:
-                flush()
-    if batch:
-        flush()
+    nll, scored, n_docs = score_documents(docs, scorer, stride, batch_size)
     if not scored:
         raise ValueError(f"--ppl {path}: no tokens to score (empty documents)")
     return PplResult(

@@ -207,12 +207,18 @@ def peft_from_pretrained(model: nn.Module, adapter_dir: str | Path, **kwargs: An
 
 
 def _lora_into_seekforge(model: nn.Module, adapter_dir: Path) -> nn.Module:
-    """Merge a LoRA adapter into a seekforge model's weights (returns the plain model)."""
+    """Merge a LoRA adapter into a seekforge model's weights (returns the plain model). Over a
+    quantized base (`seekforge quantize`) the LoRA layers stay unmerged in the returned model."""
     from peft import PeftModel
+
+    from seekforge.compress.qlora import is_quantized, register_quant_lora
 
     config = lora_config(adapter_dir, model)
     config.task_type = None  # PeftModelForCausalLM expects HF generation hooks seekforge does not have
+    register_quant_lora(config, model)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), config=config)
+    if is_quantized(model):
+        return peft_model.base_model.model
     return peft_model.merge_and_unload()
 
 
@@ -285,6 +291,13 @@ def merge_lora(
     tokenizer = load_tokenizer(tok_dir)
     kind = base_kind(base_dir)
     device = torch.device("cpu")
+    from seekforge.compress.quantize import is_seekforge_quantized
+
+    if kind == "seekforge" and is_seekforge_quantized(base_dir):
+        raise ValueError(
+            f"{base_dir} is a quantized model (`seekforge quantize`): a LoRA adapter cannot be merged into "
+            "int8/int4 weights; merge it into the float model, or serve the quantized base with --adapter"
+        )
     if kind == "seekforge":
         from seekforge.model import load_model, save_model
 

@@ -239,8 +239,15 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _is_linear(module: nn.Module) -> bool:
+    """nn.Linear, or a `seekforge quantize` int8/int4 linear (LoRA over it is QLoRA on any device)."""
+    from seekforge.compress.qlinear import QuantLinear
+
+    return isinstance(module, (nn.Linear, QuantLinear))
+
+
 def _linear_leaf_names(model: nn.Module) -> set[str]:
-    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n}
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m) and n}
 
 
 def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) -> dict[str, Any]:
@@ -296,13 +303,20 @@ def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) 
     modules = sorted(
         name
         for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear)
+        if _is_linear(mod)
         and name.rsplit(".", 1)[-1] in chosen
         and name.startswith("model.layers.")
         and int(name.split(".")[2]) < L
     )
     out: dict[str, Any] = {"target_modules": modules}  # [] (not None: PEFT would pick defaults)
     if experts:
+        from seekforge.compress.qlinear import QuantRoutedExperts
+
+        if any(isinstance(m, QuantRoutedExperts) for m in model.modules()):
+            raise ConfigError(
+                "lora.target_modules: 'experts' cannot adapt quantized routed experts (a `seekforge "
+                "quantize` base); use attn / mlp / all-linear"
+            )
         moe_layers = [i for i in range(L) if cfg.is_moe_layer(i)]
         if not moe_layers:
             raise ConfigError(
@@ -328,6 +342,10 @@ def apply_lora(model: nn.Module, kind: str, s: LoraSettings) -> nn.Module:
     config = LoraConfig(
         r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, use_rslora=s.use_rslora, **targets
     )
+    if kind == "seekforge":
+        from seekforge.compress.qlora import register_quant_lora
+
+        register_quant_lora(config, unwrap(model))
     if kind == "hf":
         model.inner = get_peft_model(model.inner, config)
         return model

@@ -299,17 +299,23 @@ class SFTObjective(Objective):
         from seekforge.finetune.methods import prepare
 
         cfg, env = self.cfg, self.env
+        from seekforge.compress.quantize import is_seekforge_quantized
+
+        # A `seekforge quantize` directory is already an int8/int4 base: LoRA over it is QLoRA on any
+        # device (seekforge.compress.qlora), with no bitsandbytes re-quantization.
+        prequantized = is_seekforge_quantized(cfg.model)
+        if prequantized and (cfg.method not in ("lora", "qlora") or cfg.qat):
+            raise ConfigError(f"model: {cfg.model} is a `seekforge quantize` output: its weights are frozen "
+                              "int8/int4 codes, so only method=lora (or qlora) can train on it (got "
+                              f"method={cfg.method}{', qat=' + cfg.qat if cfg.qat else ''}); fine-tune the "
+                              "float model for full/freeze/QAT and quantize the result")
         model, kind = load_base(
             cfg.model,
             device=env.device,
             dtype=model_dtype(cfg, env.device, cfg.method),
-            quantize_4bit=cfg.method == "qlora",
+            quantize_4bit=cfg.method == "qlora" and not prequantized,
         )
         base = unwrap(model)
-        if getattr(base, "quantization", None):
-            raise ConfigError(f"model: {cfg.model} is a `seekforge quantize` output; fine-tuning a quantized "
-                              "base is not supported: fine-tune the float model (qat=int4 trains it for "
-                              "int4) and quantize the result")
         vocab = base.config.vocab_size
         if len(self.tokenizer) > vocab:
             raise ConfigError(

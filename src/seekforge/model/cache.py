@@ -163,7 +163,7 @@ class CachedInference:
     def new_cache(self, num_slots: int, max_len: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> MLACache:
         """An empty latent cache for ``num_slots`` sequences of up to ``max_len`` tokens."""
-        ref = self.lm_head.weight
+        ref = self.model.embed_tokens.weight  # never quantized (lm_head may be)
         device, dtype = device or ref.device, dtype or ref.dtype
         n = len(self.model.layers)
         cfg = self.config

@@ -117,7 +117,7 @@ class V4CachedInference:
 
     def new_cache(self, num_slots: int, max_len: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> V4Cache:
-        ref = self.lm_head.weight
+        ref = self.model.embed_tokens.weight  # never quantized (lm_head may be)
         device, dtype = device or ref.device, dtype or ref.dtype
         layers = []
         for layer in self.model.layers:
