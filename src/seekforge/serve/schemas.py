@@ -135,6 +135,12 @@ class DetokenizeRequest(_Open):
     tokens: list[int]
 
 
+class FeedbackRequest(_Open):
+    id: str
+    rating: Literal["up", "down"]
+    comment: str | None = None
+
+
 class ErrorBody(BaseModel):
     message: str
     type: str
@@ -152,6 +158,7 @@ REQUEST_BODIES: dict[str, type[BaseModel]] = {
     "/v1/moderations": ModerationRequest,
     "/tokenize": TokenizeRequest,
     "/detokenize": DetokenizeRequest,
+    "/v1/feedback": FeedbackRequest,
 }
 
 
