@@ -1,0 +1,265 @@
+"""DeepSeek Sparse Attention (DSA), the one change DeepSeek-V3.2 (arXiv:2512.02556, §2.1) makes to V3.
+
+Each MLA layer gets a *lightning indexer*: a few small heads that score every earlier token s for the
+query token t,
+
+    I_{t,s} = sum_j w_{t,j} * ReLU(q_{t,j} . k_s)                                    (V3.2 eq. 1)
+
+with per-head queries q_{t,j} = W_q^I c_q (read from MLA's query latent c_q), ONE key per token
+k_s = LayerNorm(W_k^I h_s) shared by the heads, and per-head weights w_{t,j} = W_w h_t. The first d_r
+dims of q and k get RoPE in the half-split (non-interleaved) layout. Only the ``index_topk`` tokens with
+the highest I_{t,s} enter the query's attention; MLA itself is unchanged. Parameter names are those of
+the Hugging Face ``deepseek_v32`` state dict (``self_attn.indexer.wq_b`` ...). DeepSeek's inference code
+also rotates q and k by a Hadamard matrix and scores in fp8; the rotation preserves dot products and fp8
+is a precision shortcut, so neither is reproduced here (transformers skips both too).
+
+    Indexer            the projections, keys, queries and scores I [B, T, S]
+    top_k_tokens       the k best-scored keys per query, ties broken by position
+    topk_keep          which (query, key) pairs attention may use: visible and among the top k
+    DSAttention        MLAttention + indexer: training / prefill (SDPA under the top-k mask, or over
+                       the cache in chunks for long prompts) and the absorbed decode over the k
+                       selected cached latents (the engine's path)
+    set_dsa_stage      switch the model between V3.2's training stages (§2.1.1):
+                         "dense_warmup"  dense attention; the indexer learns the attention distribution
+                                         (KL over all visible tokens), the rest of the model frozen
+                         "sparse"        top-k attention; the indexer's KL only over the selected tokens,
+                                         its inputs detached so the LM loss never reaches it
+                         None            inference / plain training: top-k attention, no indexer loss
+
+When every query can see at most ``index_topk`` tokens (short sequences) the selection keeps them all
+and the layer is dense MLA exactly; that case runs MLA's own code.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seekforge.model.cache import CacheView, write_cache
+from seekforge.model.config import ModelConfig
+from seekforge.model.model import MLAttention
+
+STAGES = ("dense_warmup", "sparse")
+
+# Queries scored per chunk when attending over a long cache: bounds the [B, chunk, H_I, S] index scores
+# and the [B, chunk, k, d_c] gathered latents to tens of MB.
+_CHUNK_ELEMENTS = 2**24
+
+
+def rope_half_split(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on the first d_r dims of ``x`` [B, T, ..., D] in the half-split layout (pairs (i, i + d_r/2)),
+    the rest passed through. cos/sin: [B, T, d_r/2] (the model's rotary embedding)."""
+    half = cos.shape[-1]
+    while cos.dim() < x.dim():
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+
+
+class IndexerQuery(NamedTuple):
+    """The indexer's side of the query tokens: per-head queries [B, T, H_I, d_I] and weights [B, T, H_I]."""
+
+    q: Tensor
+    weights: Tensor
+
+
+class Indexer(nn.Module):
+    """The lightning indexer of one layer (HF module name ``self_attn.indexer``)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.index_n_heads, cfg.index_head_dim
+        self.wq_b = nn.Linear(cfg.q_lora_rank, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.hidden_size, self.head_dim, bias=False)
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6)
+        self.weights_proj = nn.Linear(cfg.hidden_size, self.n_heads, bias=False)
+        self.scale = self.head_dim**-0.5
+
+    def keys(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """k_s for the tokens of ``x`` [B, T, d]: [B, T, d_I], what the indexer cache stores."""
+        return rope_half_split(self.k_norm(self.wk(x)), cos, sin)
+
+    def queries(self, q_latent: Tensor, x: Tensor, cos: Tensor, sin: Tensor) -> IndexerQuery:
+        B, T, _ = x.shape
+        q = rope_half_split(self.wq_b(q_latent).view(B, T, self.n_heads, self.head_dim), cos, sin)
+        # The 1/sqrt(H_I) keeps I's scale independent of the head count (DeepSeek's inference code).
+        weights = self.weights_proj(x).float() * self.n_heads**-0.5
+        return IndexerQuery(q, weights)
+
+    def scores(self, query: IndexerQuery, keys: Tensor) -> Tensor:
+        """I_{t,s} [B, T, S] in fp32 for queries [B, T, ...] against keys [B, S, d_I]."""
+        per_head = torch.matmul(query.q.float(), keys.float().transpose(1, 2)[:, None])  # [B, T, H_I, S]
+        per_head = F.relu(per_head * self.scale)
+        return torch.matmul(query.weights[:, :, None, :], per_head).squeeze(2)
+
+
+def top_k_tokens(scores: Tensor, hidden: Tensor, k: int) -> Tensor:
+    """Indices [..., k] of the k best-scored keys of each query, ``hidden`` keys ranked last.
+
+    Equal scores are common: I is exactly 0 wherever every head's ReLU is 0. ``topk`` breaks such ties
+    in an order that depends on the tensor's shape, which would let the full forward and the cached
+    decode choose different tokens. Ranking by (score, position) instead makes the choice a function of
+    the scores alone: among equal scores the later token wins. The fp32 score's bits, mapped to a
+    monotonic integer, are the high word of an int64 key and the position is the low word.
+    """
+    bits = (scores.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: larger magnitude -> lower
+    bits = bits.masked_fill(hidden, torch.iinfo(torch.int32).min)
+    positions = torch.arange(scores.shape[-1], device=scores.device)
+    return (bits * 2**32 + positions).topk(min(k, scores.shape[-1]), dim=-1).indices
+
+
+def topk_keep(scores: Tensor, visible: Tensor, k: int) -> Tensor:
+    """bool [B, T, S]: True where the key is visible to the query and among its k best-scored visible
+    keys (:func:`top_k_tokens`). Rows that see at most k keys keep all of them (dense)."""
+    best = top_k_tokens(scores, ~visible, k)
+    return torch.zeros_like(visible).scatter_(-1, best, True) & visible
+
+
+def indexer_kl(scores: Tensor, target: Tensor, keep: Tensor) -> Tensor:
+    """Mean over query tokens of KL(target || softmax(I)) over the kept keys (V3.2 eqs. 3 and 4).
+
+    ``target`` [B, T, S]: the main attention distribution (summed over heads, L1-normalised) on ``keep``.
+    """
+    log_q = scores.masked_fill(~keep, float("-inf")).log_softmax(dim=-1)
+    terms = torch.where(keep, torch.xlogy(target, target) - target * log_q, 0.0)
+    return terms.sum(dim=-1).mean()
+
+
+class DSAttention(MLAttention):
+    """MLA whose queries attend only to the indexer's top-k tokens (module name ``self_attn``)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.indexer = Indexer(cfg)
+        self.index_topk: int = cfg.index_topk
+        self.stage: str | None = None  # see set_dsa_stage
+        self.indexer_loss: Tensor | None = None  # set by forward while a training stage is on
+
+    # --- training / prefill -------------------------------------------------------------------
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                cache: CacheView | None = None) -> Tensor:
+        """As :meth:`MLAttention.forward`, with each query restricted to its top-k keys."""
+        B, T, _ = x.shape
+        self.indexer_loss = None
+        q_latent = self.query_latent(x)
+        q_nope, q_pe, c, k_pe = self._project(x, cos, sin, q_latent)
+        # In a training stage the indexer works on detached inputs: its KL loss trains only the indexer
+        # and the LM loss never reaches it (V3.2 §2.1.1).
+        x_idx, q_latent_idx = (x.detach(), q_latent.detach()) if self.stage else (x, q_latent)
+        keys = self.indexer.keys(x_idx, cos, sin)
+        if cache is not None:
+            write_cache(cache, c, k_pe)
+            write_index_keys(cache, keys)
+            if T > self.index_topk and not torch.is_grad_enabled():  # long prompt: sparse over the cache
+                query = self.indexer.queries(q_latent, x, cos, sin)
+                return self._sparse_over_cache(q_nope, q_pe, query, cache)
+        if self.stage is None and T <= self.index_topk:
+            return self._attend(q_nope, q_pe, c, k_pe, mask)  # nothing to drop: dense MLA exactly
+        visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril().expand(B, T, T)
+        if mask is not None:
+            visible = visible & mask[:, 0]
+        scores = self.indexer.scores(self.indexer.queries(q_latent_idx, x_idx, cos, sin), keys)
+        keep = visible if self.stage == "dense_warmup" else topk_keep(scores, visible, self.index_topk)
+        if self.stage is not None:
+            target = self._attention_distribution(q_nope, q_pe, c, k_pe, keep)
+            self.indexer_loss = indexer_kl(scores, target, keep)
+        return self._attend(q_nope, q_pe, c, k_pe, keep[:, None])
+
+    @torch.no_grad()
+    def _attention_distribution(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor,
+                                keep: Tensor) -> Tensor:
+        """The indexer's training target: MLA's attention probabilities over ``keep``, summed over the
+        heads and L1-normalised (V3.2 §2.1.1). [B, T, S], no gradient."""
+        B, T, H, _ = q_nope.shape
+        k_nope = self.kv_b_proj(c).view(B, T, H, self.d_n + self.d_v)[..., : self.d_n]
+        logits = torch.einsum("bthd,bshd->bhts", q_nope, k_nope) + torch.einsum("bthd,bsd->bhts", q_pe, k_pe)
+        probs = (logits.float() * self.scale).masked_fill(~keep[:, None], float("-inf")).softmax(dim=-1)
+        total = probs.sum(dim=1)
+        return total / total.sum(dim=-1, keepdim=True)
+
+    # --- decode over the cache ------------------------------------------------------------------
+    def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor, cache: CacheView,
+                         q_latent: Tensor | None = None) -> Tensor:
+        """Tokens after a cached prefix: absorbed MLA over the k cached latents the indexer selects."""
+        q_latent = self.query_latent(x) if q_latent is None else q_latent
+        write_index_keys(cache, self.indexer.keys(x, cos, sin))
+        if cache.length <= self.index_topk:  # every cached token is selected: dense absorbed MLA
+            return super().forward_absorbed(x, cos, sin, cache, q_latent)
+        q_nope, q_pe, c, k_pe = self._project(x, cos, sin, q_latent)
+        write_cache(cache, c, k_pe)
+        return self._sparse_over_cache(q_nope, q_pe, self.indexer.queries(q_latent, x, cos, sin), cache)
+
+    def _sparse_over_cache(self, q_nope: Tensor, q_pe: Tensor, query: IndexerQuery, cache: CacheView) -> Tensor:
+        """Each query attends to the top-k of its row's cached tokens 0 .. position (DeepSeek-V2 §2.1.2
+        absorption: scores and outputs in the d_c latent space, nothing expanded per head). The new
+        tokens' latents and indexer keys must already be in the cache. -> [B, T, d]."""
+        B, T, H, _ = q_nope.shape
+        S = cache.length
+        k = min(self.index_topk, S)
+        c_all, pe_all = cache.kv[cache.slots, :S], cache.pe[cache.slots, :S]  # [B, S, d_c], [B, S, d_r]
+        keys = cache.index_keys[cache.slots, :S]  # [B, S, d_I]
+        w = self._kv_b_weight().view(H, self.d_n + self.d_v, self.d_c)
+        w_uk, w_uv = w[:, : self.d_n], w[:, self.d_n :]
+        q_lat = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # W_UK^T q_nope: [B, T, H, d_c]
+        rows = torch.arange(B, device=q_nope.device)[:, None, None]
+        chunk = max(1, _CHUNK_ELEMENTS // (B * max(S * self.indexer.n_heads, k * (self.d_c + self.d_r))))
+        outputs = []
+        for t0 in range(0, T, chunk):
+            t1 = min(T, t0 + chunk)
+            positions = cache.positions[:, t0:t1, None]  # [B, Tc, 1]
+            scores = self.indexer.scores(IndexerQuery(query.q[:, t0:t1], query.weights[:, t0:t1]), keys)
+            hidden = torch.arange(S, device=scores.device) > positions
+            chosen = top_k_tokens(scores, hidden, k)  # [B, Tc, k]; rows seeing < k tokens also pick hidden ones
+            c_sel, pe_sel = c_all[rows, chosen], pe_all[rows, chosen]  # [B, Tc, k, d_c], [B, Tc, k, d_r]
+            logits = (torch.matmul(q_lat[:, t0:t1], c_sel.transpose(-1, -2))
+                      + torch.matmul(q_pe[:, t0:t1], pe_sel.transpose(-1, -2))) * self.scale  # [B, Tc, H, k]
+            logits = logits.masked_fill((chosen > positions)[:, :, None], float("-inf"))
+            p = logits.softmax(dim=-1, dtype=torch.float32).to(c_sel.dtype)
+            outputs.append(torch.matmul(p, c_sel))  # sum_s p_s c_s per head: [B, Tc, H, d_c]
+        a = torch.cat(outputs, dim=1)
+        o = torch.einsum("bthc,hvc->bthv", a, w_uv)  # W_UV per head
+        return self.o_proj(o.reshape(B, T, H * self.d_v))
+
+
+def write_index_keys(cache: CacheView, keys: Tensor) -> None:
+    """Store the indexer keys [B, T, d_I] of the new tokens next to their latents."""
+    rows = cache.slots[:, None].expand_as(cache.positions)
+    cache.index_keys[rows, cache.positions] = keys.to(cache.index_keys.dtype)
+
+
+# =============================================================================================
+# Training stages
+# =============================================================================================
+
+
+def dsa_attentions(model: nn.Module) -> list[DSAttention]:
+    return [m for m in model.modules() if isinstance(m, DSAttention)]
+
+
+def set_dsa_stage(model: nn.Module, stage: str | None) -> None:
+    """Put every DSA layer of ``model`` in a V3.2 training stage (``STAGES``) or back to None.
+
+    ``dense_warmup`` also freezes every parameter except the indexers' (the main model only provides
+    the target distribution); ``sparse`` and None leave ``requires_grad`` as the caller set it.
+    """
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"dsa stage must be one of {', '.join(STAGES)} or null, got {stage!r}")
+    layers = dsa_attentions(model)
+    if stage is not None and not layers:
+        raise ValueError(f"dsa stage {stage!r} needs a DeepSeek-V3.2 model (index_topk set), "
+                         "this one has no indexer")
+    for layer in layers:
+        layer.stage = stage
+        layer.indexer_loss = None
+    if stage == "dense_warmup":
+        indexer_params = {id(p) for layer in layers for p in layer.indexer.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in indexer_params)
+
+
+__all__ = ["Indexer", "IndexerQuery", "DSAttention", "top_k_tokens", "topk_keep", "indexer_kl", "set_dsa_stage",
+           "dsa_attentions", "write_index_keys", "rope_half_split", "STAGES"]
