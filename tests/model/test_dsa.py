@@ -60,7 +60,8 @@ def test_cached_prefill_decode_and_chunks_equal_the_full_forward():
         full = model(x).logits
         cache = model.new_cache(3, 96)
         slots = torch.tensor([2, 0])
-        out = model.forward_cached(x[:, :40], cache, slots, torch.zeros(2, dtype=torch.long))  # sparse prefill
+        start = torch.zeros(2, dtype=torch.long)
+        out = model.forward_cached(x[:, :40], cache, slots, start)  # a prefill longer than index_topk
         assert (out.logits - full[:, :40]).abs().max() < 1e-5
         for t in range(40, 50):  # decode over more than index_topk cached tokens
             step = model.forward_cached(x[:, t : t + 1], cache, slots, torch.tensor([t, t]))

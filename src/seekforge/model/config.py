@@ -312,7 +312,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["v3.2"] = {**PRESETS["v3"], "index_topk": 2048, "index_n_heads": 64, "index_head_dim": 128}
 # 16 / 8 indexer heads: with fewer, I = 0 exactly (every head's ReLU at 0) is frequent at random init.
 PRESETS["tiny-dsa"] = {**PRESETS["tiny"], "index_topk": 16, "index_n_heads": 16, "index_head_dim": 16}
-PRESETS["small-moe-dsa"] = {**PRESETS["small-moe"], "index_topk": 64, "index_n_heads": 8, "index_head_dim": 32}
+PRESETS["small-moe-dsa"] = {**PRESETS["small-moe"], "index_topk": 64, "index_n_heads": 8,
+                            "index_head_dim": 32}
 
 # Presets too large to materialise casually: build them on the meta device.
 LARGE_PRESETS = {"v2-lite", "v3", "v3.2"}

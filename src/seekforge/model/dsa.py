@@ -154,10 +154,10 @@ class DSAttention(MLAttention):
         if cache is not None:
             write_cache(cache, c, k_pe)
             write_index_keys(cache, keys)
-            if T > self.index_topk and not torch.is_grad_enabled():  # long prompt: sparse over the cache
+            if self.index_topk < T and not torch.is_grad_enabled():  # long prompt: sparse over the cache
                 query = self.indexer.queries(q_latent, x, cos, sin)
                 return self._sparse_over_cache(q_nope, q_pe, query, cache)
-        if self.stage is None and T <= self.index_topk:
+        if self.stage is None and self.index_topk >= T:
             return self._attend(q_nope, q_pe, c, k_pe, mask)  # nothing to drop: dense MLA exactly
         visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril().expand(B, T, T)
         if mask is not None:
@@ -191,9 +191,11 @@ class DSAttention(MLAttention):
             return super().forward_absorbed(x, cos, sin, cache, q_latent)
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin, q_latent)
         write_cache(cache, c, k_pe)
-        return self._sparse_over_cache(q_nope, q_pe, self.indexer.queries(q_latent, x, cos, sin), cache)
+        query = self.indexer.queries(q_latent, x, cos, sin)
+        return self._sparse_over_cache(q_nope, q_pe, query, cache)
 
-    def _sparse_over_cache(self, q_nope: Tensor, q_pe: Tensor, query: IndexerQuery, cache: CacheView) -> Tensor:
+    def _sparse_over_cache(self, q_nope: Tensor, q_pe: Tensor, query: IndexerQuery,
+                           cache: CacheView) -> Tensor:
         """Each query attends to the top-k of its row's cached tokens 0 .. position (DeepSeek-V2 §2.1.2
         absorption: scores and outputs in the d_c latent space, nothing expanded per head). The new
         tokens' latents and indexer keys must already be in the cache. -> [B, T, d]."""
@@ -211,9 +213,10 @@ class DSAttention(MLAttention):
         for t0 in range(0, T, chunk):
             t1 = min(T, t0 + chunk)
             positions = cache.positions[:, t0:t1, None]  # [B, Tc, 1]
-            scores = self.indexer.scores(IndexerQuery(query.q[:, t0:t1], query.weights[:, t0:t1]), keys)
+            rows_query = IndexerQuery(query.q[:, t0:t1], query.weights[:, t0:t1])
+            scores = self.indexer.scores(rows_query, keys)
             hidden = torch.arange(S, device=scores.device) > positions
-            chosen = top_k_tokens(scores, hidden, k)  # [B, Tc, k]; rows seeing < k tokens also pick hidden ones
+            chosen = top_k_tokens(scores, hidden, k)  # [B, Tc, k]; rows seeing < k tokens add hidden ones
             c_sel, pe_sel = c_all[rows, chosen], pe_all[rows, chosen]  # [B, Tc, k, d_c], [B, Tc, k, d_r]
             logits = (torch.matmul(q_lat[:, t0:t1], c_sel.transpose(-1, -2))
                       + torch.matmul(q_pe[:, t0:t1], pe_sel.transpose(-1, -2))) * self.scale  # [B, Tc, H, k]
@@ -261,5 +264,5 @@ def set_dsa_stage(model: nn.Module, stage: str | None) -> None:
             p.requires_grad_(id(p) in indexer_params)
 
 
-__all__ = ["Indexer", "IndexerQuery", "DSAttention", "top_k_tokens", "topk_keep", "indexer_kl", "set_dsa_stage",
-           "dsa_attentions", "write_index_keys", "rope_half_split", "STAGES"]
+__all__ = ["Indexer", "IndexerQuery", "DSAttention", "top_k_tokens", "topk_keep", "indexer_kl",
+           "set_dsa_stage", "dsa_attentions", "write_index_keys", "rope_half_split", "STAGES"]
