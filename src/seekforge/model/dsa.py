@@ -209,6 +209,8 @@ class DSAttention(MLAttention):
         q_lat = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # W_UK^T q_nope: [B, T, H, d_c]
         rows = torch.arange(B, device=q_nope.device)[:, None, None]
         chunk = max(1, _CHUNK_ELEMENTS // (B * max(S * self.indexer.n_heads, k * (self.d_c + self.d_r))))
+        if torch.compiler.is_compiling():  # a compiled decode step: a few tokens, one graph without a loop
+            chunk = T
         outputs = []
         for t0 in range(0, T, chunk):
             t1 = min(T, t0 + chunk)
