@@ -266,5 +266,29 @@ def set_dsa_stage(model: nn.Module, stage: str | None) -> None:
             p.requires_grad_(id(p) in indexer_params)
 
 
+def load_dense_into_sparse(model: nn.Module, state: dict[str, Tensor], source: object) -> list[str]:
+    """Turn a DeepSeek-V3 checkpoint into V3.2: load ``state`` (no indexer tensors) into the DSA
+    ``model``, whose indexers keep their fresh initialisation (train them with the ``dense_warmup``
+    stage). Every V3 tensor must exist in the model with the same shape; the error names the first
+    that does not. Returns the names of the tensors left initialised.
+    """
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name not in own:
+            raise ValueError(f"{source}: checkpoint tensor {name} has no place in the V3.2 model "
+                             "(the model config does not match the checkpoint's)")
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise ValueError(f"{source}: {name} has shape {list(tensor.shape)} in the checkpoint but "
+                             f"{list(own[name].shape)} in the V3.2 model: keep the checkpoint's sizes and "
+                             "only add index_topk / index_n_heads / index_head_dim")
+    missing, _ = model.load_state_dict(state, strict=False)
+    not_indexer = [k for k in missing if ".indexer." not in k]
+    if not_indexer:
+        raise ValueError(f"{source}: the checkpoint lacks {not_indexer[:4]} (only indexer tensors may be "
+                         "missing when converting DeepSeek-V3 to V3.2)")
+    return missing
+
+
 __all__ = ["Indexer", "IndexerQuery", "DSAttention", "top_k_tokens", "topk_keep", "indexer_kl",
-           "set_dsa_stage", "dsa_attentions", "write_index_keys", "rope_half_split", "STAGES"]
+           "set_dsa_stage", "dsa_attentions", "load_dense_into_sparse", "write_index_keys", "rope_half_split",
+           "STAGES"]
