@@ -60,3 +60,13 @@ def test_dsa_stage_errors_name_the_key(make_config, from_dir, tmp_path):
     bad = from_dir(tmp_path / "v3" / "latest", tmp_path / "bad", max_steps=1, **smaller)
     with pytest.raises(ValueError, match=r"kv_a_layernorm.weight has shape \[32\] in the checkpoint"):
         Trainer(bad).run()
+
+
+def test_sparse_stage_resumes_exactly(make_config, tmp_path):
+    run = dict(model="tiny-dsa", dsa_stage="sparse", max_steps=6, save_every=3, keep_last=10)
+    Trainer(make_config(out_dir=tmp_path / "a", **run)).run()
+    Trainer(make_config(out_dir=tmp_path / "b", resume=str(tmp_path / "a" / "step-000003"), **run)).run()
+    a, b = read_safetensors(tmp_path / "a" / "step-000006"), read_safetensors(tmp_path / "b" / "step-000006")
+    assert a.keys() == b.keys() and any(".indexer." in k for k in a)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
