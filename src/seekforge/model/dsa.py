@@ -91,9 +91,9 @@ class Indexer(nn.Module):
 
     def scores(self, query: IndexerQuery, keys: Tensor) -> Tensor:
         """I_{t,s} [B, T, S] in fp32 for queries [B, T, ...] against keys [B, S, d_I]."""
-        per_head = torch.matmul(query.q.float(), keys.float().transpose(1, 2)[:, None])  # [B, T, H_I, S]
-        per_head = F.relu(per_head * self.scale)
-        return torch.matmul(query.weights[:, :, None, :], per_head).squeeze(2)
+        # ReLU(s * q.k) = ReLU((s q).k) for s > 0: scaling the few queries saves a pass over [.., S]
+        per_head = F.relu(torch.matmul(query.q.float() * self.scale, keys.float().transpose(1, 2)[:, None]))
+        return torch.matmul(query.weights[:, :, None, :], per_head).squeeze(2)  # [B, T, S]
 
 
 def top_k_tokens(scores: Tensor, hidden: Tensor, k: int) -> Tensor:
@@ -105,11 +105,10 @@ def top_k_tokens(scores: Tensor, hidden: Tensor, k: int) -> Tensor:
     the scores alone: among equal scores the later token wins. The fp32 score's bits, mapped to a
     monotonic integer, are the high word of an int64 key and the position is the low word.
     """
-    bits = (scores.float() + 0.0).view(torch.int32).long()  # + 0.0 turns -0.0 into +0.0
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: larger magnitude -> lower
-    bits = bits.masked_fill(hidden, torch.iinfo(torch.int32).min)
+    bits = (scores.float().masked_fill(hidden, float("-inf")) + 0.0).view(torch.int32)  # -0.0 -> +0.0
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: larger magnitude -> lower integer
     positions = torch.arange(scores.shape[-1], device=scores.device)
-    return (bits * 2**32 + positions).topk(min(k, scores.shape[-1]), dim=-1).indices
+    return torch.add(positions, bits.long(), alpha=2**32).topk(min(k, scores.shape[-1]), dim=-1).indices
 
 
 def topk_keep(scores: Tensor, visible: Tensor, k: int) -> Tensor:
@@ -202,12 +201,13 @@ class DSAttention(MLAttention):
         B, T, H, _ = q_nope.shape
         S = cache.length
         k = min(self.index_topk, S)
-        c_all, pe_all = cache.kv[cache.slots, :S], cache.pe[cache.slots, :S]  # [B, S, d_c], [B, S, d_r]
-        keys = cache.index_keys[cache.slots, :S]  # [B, S, d_I]
+        keys = cache.index_keys[cache.slots, :S]  # [B, S, d_I]; the latents are gathered per query below
         w = self._kv_b_weight().view(H, self.d_n + self.d_v, self.d_c)
         w_uk, w_uv = w[:, : self.d_n], w[:, self.d_n :]
-        q_lat = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # W_UK^T q_nope: [B, T, H, d_c]
-        rows = torch.arange(B, device=q_nope.device)[:, None, None]
+        # W_UK^T q_nope, one matmul batched over heads: [H, B*T, d_n] @ [H, d_n, d_c] -> [B, T, H, d_c]
+        q_lat = torch.bmm(q_nope.reshape(B * T, H, self.d_n).transpose(0, 1), w_uk)
+        q_lat = q_lat.transpose(0, 1).reshape(B, T, H, self.d_c)
+        rows = cache.slots[:, None, None]
         chunk = max(1, _CHUNK_ELEMENTS // (B * max(S * self.indexer.n_heads, k * (self.d_c + self.d_r))))
         if torch.compiler.is_compiling():  # a compiled decode step: a few tokens, one graph without a loop
             chunk = T
@@ -215,19 +215,21 @@ class DSAttention(MLAttention):
         for t0 in range(0, T, chunk):
             t1 = min(T, t0 + chunk)
             positions = cache.positions[:, t0:t1, None]  # [B, Tc, 1]
+            # A chunk of a long prompt sees only the keys up to its last position (half the indexer's work)
+            seen = S if T == 1 or torch.compiler.is_compiling() else int(positions.max()) + 1
             rows_query = IndexerQuery(query.q[:, t0:t1], query.weights[:, t0:t1])
-            scores = self.indexer.scores(rows_query, keys)
-            hidden = torch.arange(S, device=scores.device) > positions
-            chosen = top_k_tokens(scores, hidden, k)  # [B, Tc, k]; rows seeing < k tokens add hidden ones
-            c_sel, pe_sel = c_all[rows, chosen], pe_all[rows, chosen]  # [B, Tc, k, d_c], [B, Tc, k, d_r]
+            scores = self.indexer.scores(rows_query, keys[:, :seen])
+            hidden = torch.arange(seen, device=scores.device) > positions
+            chosen = top_k_tokens(scores, hidden, min(k, seen))  # [B, Tc, k]; rows seeing < k add hidden ones
+            c_sel, pe_sel = cache.kv[rows, chosen], cache.pe[rows, chosen]  # [B, Tc, k, d_c], [B, Tc, k, d_r]
             logits = (torch.matmul(q_lat[:, t0:t1], c_sel.transpose(-1, -2))
                       + torch.matmul(q_pe[:, t0:t1], pe_sel.transpose(-1, -2))) * self.scale  # [B, Tc, H, k]
             logits = logits.masked_fill((chosen > positions)[:, :, None], float("-inf"))
             p = logits.softmax(dim=-1, dtype=torch.float32).to(c_sel.dtype)
             outputs.append(torch.matmul(p, c_sel))  # sum_s p_s c_s per head: [B, Tc, H, d_c]
-        a = torch.cat(outputs, dim=1)
-        o = torch.einsum("bthc,hvc->bthv", a, w_uv)  # W_UV per head
-        return self.o_proj(o.reshape(B, T, H * self.d_v))
+        a = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        o = torch.bmm(a.reshape(B * T, H, self.d_c).transpose(0, 1), w_uv.transpose(1, 2))  # W_UV per head
+        return self.o_proj(o.transpose(0, 1).reshape(B, T, H * self.d_v))
 
 
 def write_index_keys(cache: CacheView, keys: Tensor) -> None:
