@@ -82,21 +82,25 @@ class Indexer(nn.Module):
         """k_s for the tokens of ``x`` [B, T, d]: [B, T, d_I], what the indexer cache stores."""
         return rope_half_split(self.k_norm(self.wk(x)), cos, sin)
 
-    def queries(self, q_latent: Tensor, x: Tensor, cos: Tensor, sin: Tensor) -> IndexerQuery:
+    def forward(self, x: Tensor, q_latent: Tensor, cos: Tensor, sin: Tensor) -> tuple[IndexerQuery, Tensor]:
+        """Queries and keys of the tokens of ``x`` (one RoPE call: the key rides as one more head)."""
         B, T, _ = x.shape
-        q = rope_half_split(self.wq_b(q_latent).view(B, T, self.n_heads, self.head_dim), cos, sin)
-        # The 1/sqrt(H_I) keeps I's scale independent of the head count (DeepSeek's inference code).
-        weights = self.weights_proj(x).float() * self.n_heads**-0.5
-        return IndexerQuery(q, weights)
+        q = self.wq_b(q_latent).view(B, T, self.n_heads, self.head_dim)
+        qk = rope_half_split(torch.cat([q, self.k_norm(self.wk(x))[:, :, None]], dim=2), cos, sin)
+        # 1/sqrt(H_I) keeps I's scale independent of the head count (DeepSeek's inference code); the
+        # 1/sqrt(d_I) of the dot products is folded in too: ReLU(s q.k) = s ReLU(q.k) for s > 0, and
+        # scaling H_I weights is cheaper than a pass over the [.., H_I, S] scores.
+        weights = self.weights_proj(x).float() * (self.n_heads**-0.5 * self.scale)
+        return IndexerQuery(qk[:, :, : self.n_heads], weights), qk[:, :, self.n_heads]
 
     def scores(self, query: IndexerQuery, keys: Tensor) -> Tensor:
         """I_{t,s} [B, T, S] in fp32 for queries [B, T, ...] against keys [B, S, d_I]."""
-        # ReLU(s * q.k) = ReLU((s q).k) for s > 0: scaling the few queries saves a pass over [.., S]
-        per_head = F.relu(torch.matmul(query.q.float() * self.scale, keys.float().transpose(1, 2)[:, None]))
-        return torch.matmul(query.weights[:, :, None, :], per_head).squeeze(2)  # [B, T, S]
+        q, keys = (query.q, keys) if keys.dtype == torch.float32 else (query.q.float(), keys.float())
+        per_head = F.relu(torch.matmul(q, keys.transpose(1, 2)[:, None]))  # [B, T, H_I, S]
+        return torch.matmul(query.weights[:, :, None, :], per_head).squeeze(2)
 
 
-def top_k_tokens(scores: Tensor, hidden: Tensor, k: int) -> Tensor:
+def top_k_tokens(scores: Tensor, hidden: Tensor | None, k: int) -> Tensor:
     """Indices [..., k] of the k best-scored keys of each query, ``hidden`` keys ranked last.
 
     Equal scores are common: I is exactly 0 wherever every head's ReLU is 0. ``topk`` breaks such ties
@@ -105,7 +109,9 @@ def top_k_tokens(scores: Tensor, hidden: Tensor, k: int) -> Tensor:
     the scores alone: among equal scores the later token wins. The fp32 score's bits, mapped to a
     monotonic integer, are the high word of an int64 key and the position is the low word.
     """
-    bits = (scores.float().masked_fill(hidden, float("-inf")) + 0.0).view(torch.int32)  # -0.0 -> +0.0
+    if hidden is not None:
+        scores = scores.masked_fill(hidden, float("-inf"))
+    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
     bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: larger magnitude -> lower integer
     positions = torch.arange(scores.shape[-1], device=scores.device)
     return torch.add(positions, bits.long(), alpha=2**32).topk(min(k, scores.shape[-1]), dim=-1).indices
@@ -149,19 +155,22 @@ class DSAttention(MLAttention):
         # In a training stage the indexer works on detached inputs: its KL loss trains only the indexer
         # and the LM loss never reaches it (V3.2 §2.1.1).
         x_idx, q_latent_idx = (x.detach(), q_latent.detach()) if self.stage else (x, q_latent)
-        keys = self.indexer.keys(x_idx, cos, sin)
+        dense = self.stage is None and self.index_topk >= T  # nothing to drop: dense MLA exactly
+        if dense:
+            query, keys = None, self.indexer.keys(x_idx, cos, sin)
+        else:
+            query, keys = self.indexer(x_idx, q_latent_idx, cos, sin)
         if cache is not None:
             write_cache(cache, c, k_pe)
             write_index_keys(cache, keys)
-            if self.index_topk < T and not torch.is_grad_enabled():  # long prompt: sparse over the cache
-                query = self.indexer.queries(q_latent, x, cos, sin)
+            if not dense and not torch.is_grad_enabled():  # a long prompt: sparse attention over the cache
                 return self._sparse_over_cache(q_nope, q_pe, query, cache)
-        if self.stage is None and self.index_topk >= T:
-            return self._attend(q_nope, q_pe, c, k_pe, mask)  # nothing to drop: dense MLA exactly
+        if dense:
+            return self._attend(q_nope, q_pe, c, k_pe, mask)
         visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril().expand(B, T, T)
         if mask is not None:
             visible = visible & mask[:, 0]
-        scores = self.indexer.scores(self.indexer.queries(q_latent_idx, x_idx, cos, sin), keys)
+        scores = self.indexer.scores(query, keys)
         keep = visible if self.stage == "dense_warmup" else topk_keep(scores, visible, self.index_topk)
         if self.stage is not None:
             target = self._attention_distribution(q_nope, q_pe, c, k_pe, keep)
@@ -185,12 +194,13 @@ class DSAttention(MLAttention):
                          q_latent: Tensor | None = None) -> Tensor:
         """Tokens after a cached prefix: absorbed MLA over the k cached latents the indexer selects."""
         q_latent = self.query_latent(x) if q_latent is None else q_latent
-        write_index_keys(cache, self.indexer.keys(x, cos, sin))
         if cache.length <= self.index_topk:  # every cached token is selected: dense absorbed MLA
+            write_index_keys(cache, self.indexer.keys(x, cos, sin))
             return super().forward_absorbed(x, cos, sin, cache, q_latent)
+        query, keys = self.indexer(x, q_latent, cos, sin)
+        write_index_keys(cache, keys)
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin, q_latent)
         write_cache(cache, c, k_pe)
-        query = self.indexer.queries(q_latent, x, cos, sin)
         return self._sparse_over_cache(q_nope, q_pe, query, cache)
 
     def _sparse_over_cache(self, q_nope: Tensor, q_pe: Tensor, query: IndexerQuery,
@@ -211,6 +221,7 @@ class DSAttention(MLAttention):
         chunk = max(1, _CHUNK_ELEMENTS // (B * max(S * self.indexer.n_heads, k * (self.d_c + self.d_r))))
         if torch.compiler.is_compiling():  # a compiled decode step: a few tokens, one graph without a loop
             chunk = T
+        one_row = B == 1 and T == 1 and not torch.compiler.is_compiling()
         outputs = []
         for t0 in range(0, T, chunk):
             t1 = min(T, t0 + chunk)
@@ -219,12 +230,14 @@ class DSAttention(MLAttention):
             seen = S if T == 1 or torch.compiler.is_compiling() else int(positions.max()) + 1
             rows_query = IndexerQuery(query.q[:, t0:t1], query.weights[:, t0:t1])
             scores = self.indexer.scores(rows_query, keys[:, :seen])
-            hidden = torch.arange(seen, device=scores.device) > positions
+            # Eager decode of one row: S = its position + 1, nothing is hidden (as in the dense path).
+            hidden = None if one_row else torch.arange(seen, device=scores.device) > positions
             chosen = top_k_tokens(scores, hidden, min(k, seen))  # [B, Tc, k]; rows seeing < k add hidden ones
             c_sel, pe_sel = cache.kv[rows, chosen], cache.pe[rows, chosen]  # [B, Tc, k, d_c], [B, Tc, k, d_r]
             logits = (torch.matmul(q_lat[:, t0:t1], c_sel.transpose(-1, -2))
                       + torch.matmul(q_pe[:, t0:t1], pe_sel.transpose(-1, -2))) * self.scale  # [B, Tc, H, k]
-            logits = logits.masked_fill((chosen > positions)[:, :, None], float("-inf"))
+            if not one_row:
+                logits = logits.masked_fill((chosen > positions)[:, :, None], float("-inf"))
             p = logits.softmax(dim=-1, dtype=torch.float32).to(c_sel.dtype)
             outputs.append(torch.matmul(p, c_sel))  # sum_s p_s c_s per head: [B, Tc, H, d_c]
         a = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
