@@ -6,6 +6,7 @@ d_c + d_r numbers per token per layer and nothing per head. This file holds that
 that read it; :mod:`seekforge.model.model` (the architecture, read next to the V3 report) mixes them in:
 
     CacheView, MLACache, write_cache   the cache: per-layer latent and rope-key buffers, slot-addressed
+    cached_rows                        what one forward reads of it
     AbsorbedAttention                  MLAttention's decode path: W_UK / W_UV absorbed into the query
                                        and output, attention directly over the cached latents
     CachedDecoderLayer                 one block over the cache (SDPA prefill or absorbed decode)
@@ -78,6 +79,19 @@ class MLACache:
             del buffers[layer:]
 
 
+def cached_rows(buffer: Tensor, cache: CacheView) -> Tensor:
+    """Positions 0 .. length-1 of each row's slot of a cache buffer: [B, length, width].
+
+    One row on the CPU, outside torch.compile: a view of the slot (reading the slot id costs nothing
+    there), instead of the copy a gather makes: that copy was the largest cost of a long-context CPU
+    decode step. Otherwise a gather, which needs no host sync.
+    """
+    slots = cache.slots
+    if slots.shape[0] == 1 and slots.device.type == "cpu" and not torch.compiler.is_compiling():
+        return buffer[int(slots[0]), : cache.length][None]
+    return buffer[slots, : cache.length]
+
+
 def write_cache(cache: CacheView, c: Tensor, k_pe: Tensor) -> None:
     """Store latents of the new tokens at [slot, position] (rows may be at different positions)."""
     rows = cache.slots[:, None].expand_as(cache.positions)
@@ -113,8 +127,8 @@ class AbsorbedAttention:
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin, q_latent)
         write_cache(cache, c, k_pe)
         # Attend over positions 0 .. S-1 of each row's slot; positions after a row's own are masked.
-        c_all = cache.kv[cache.slots, :S]  # [B, S, d_c]
-        pe_all = cache.pe[cache.slots, :S]  # [B, S, d_r]
+        c_all = cached_rows(cache.kv, cache)  # [B, S, d_c]
+        pe_all = cached_rows(cache.pe, cache)  # [B, S, d_r]
         w = self._kv_b_weight().view(H, self.d_n + self.d_v, self.d_c)
         w_uk, w_uv = w[:, : self.d_n], w[:, self.d_n :]
         # Absorbed query W_UK^T q_nope: one matmul batched over heads, [H, B*T, d_n] @ [H, d_n, d_c].

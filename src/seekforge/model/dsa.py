@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seekforge.model.cache import CacheView, write_cache
+from seekforge.model.cache import CacheView, cached_rows, write_cache
 from seekforge.model.config import ModelConfig
 from seekforge.model.model import MLAttention
 
@@ -211,7 +211,7 @@ class DSAttention(MLAttention):
         B, T, H, _ = q_nope.shape
         S = cache.length
         k = min(self.index_topk, S)
-        keys = cache.index_keys[cache.slots, :S]  # [B, S, d_I]; the latents are gathered per query below
+        keys = cached_rows(cache.index_keys, cache)  # [B, S, d_I]; the latents are gathered per query below
         w = self._kv_b_weight().view(H, self.d_n + self.d_v, self.d_c)
         w_uk, w_uv = w[:, : self.d_n], w[:, self.d_n :]
         # W_UK^T q_nope, one matmul batched over heads: [H, B*T, d_n] @ [H, d_n, d_c] -> [B, T, H, d_c]
