@@ -10,15 +10,20 @@ Speed, for each context length (default 2k / 8k / 16k / 32k tokens), both models
   previous length and quadratic growth, to exceed it is not run and printed as "skipped");
 * cache bytes per token (latent + rope key, plus the indexer key for V3.2), fp32 as run here.
 
-Quality (``--train-steps`` > 0): the same short training of both models on the first 90% of
-tinyshakespeare (../shared/data), V3 dense, V3.2 from scratch in the ``sparse`` stage (top-k attention,
-indexer trained by KL), at ``--train-seq-len`` with ``--train-topk`` < seq_len so sparsity is active;
-validation bits per byte on the last 10%.
+* decode steps of the two models alternate, and each reports its fastest step, so that both see the
+  same load on a shared machine.
+
+Quality (``--train-steps`` > 0), V3.2's recipe at ``tiny`` widths on tinyshakespeare (../shared/data,
+first 90% trains, last 10% validates): a dense model pretrained ``--train-steps``, then continued for
+``--continue-steps`` either dense (the baseline) or converted to V3.2 (``--warmup-steps`` of the
+``dense_warmup`` stage, then the ``sparse`` stage), at ``--train-seq-len`` with ``--train-topk`` below
+it so that sparsity is active; validation bits per byte of both continuations.
 
 Prints a table, writes ``--json`` and a PNG plot (``--plot``, default docs/long_context.png).
 
     python bench/long_context.py
     python bench/long_context.py --lengths 2048 8192 --train-steps 0     # quick
+    python bench/long_context.py --skip-speed --reuse                    # quality only, reusing runs
 """
 
 from __future__ import annotations
@@ -116,7 +121,9 @@ def speed(args) -> list[dict]:
 
 
 def quality(args) -> dict:
-    """Same short training of both models; validation bits per byte."""
+    """V3.2's recipe at toy scale: a dense model trained ``--train-steps``, then continued for
+    ``--continue-steps`` either dense (the baseline) or converted to DSA (``--warmup-steps`` of indexer
+    warm-up, then the sparse stage); validation bits per byte of both continuations."""
     sys.path.insert(0, str(REPO / "bench"))
     from speedrun_cpu import prepare
 
@@ -125,21 +132,29 @@ def quality(args) -> dict:
 
     work = Path(args.workdir)
     shards = prepare(SHAKESPEARE, work / "prep", 2048)
-    results = {}
-    dsa = ["model.preset=tiny-dsa", f"model.index_topk={args.train_topk}", "dsa_stage=sparse"]
-    for name, model in (("dense", ["model=tiny"]), ("dsa", dsa)):
+    common = [*QUIET_RUN, f"data.train={shards}", f"seq_len={args.train_seq_len}",
+              f"batch_tokens={8 * args.train_seq_len}", "micro_batch_size=8", "eval_tokens=65536", "seed=1"]
+
+    def train(name: str, model: list[str], *extra: str) -> dict:
         out = work / f"train-{name}"
-        overrides = [*QUIET_RUN, f"data.train={shards}", f"out_dir={out}", *model,
-                     f"seq_len={args.train_seq_len}", f"batch_tokens={8 * args.train_seq_len}",
-                     "micro_batch_size=8", f"max_steps={args.train_steps}", "warmup_steps=20", "lr=3e-3",
-                     "eval_tokens=65536", "seed=1"]
-        cfg = load_train_config(None, overrides)
-        t0 = time.perf_counter()
-        summary = Trainer(cfg).run()
-        results[name] = {"val_bpb": summary["val_bpb"], "train_s": time.perf_counter() - t0}
-        print(f"  {name:<5} val_bpb {summary['val_bpb']:.4f}  ({results[name]['train_s']:.0f} s)", flush=True)
-    results["relative_gap"] = results["dsa"]["val_bpb"] / results["dense"]["val_bpb"] - 1
-    return results
+        if args.reuse and (out / "summary.json").is_file():
+            summary = json.loads((out / "summary.json").read_text())
+        else:
+            cfg = load_train_config(None, [*common, f"out_dir={out}", *model, *extra])
+            summary = Trainer(cfg).run()
+        print(f"  {name:<16} val_bpb {summary['val_bpb']:.4f}", flush=True)
+        return {"val_bpb": summary["val_bpb"], "dir": str(out / "latest")}
+
+    base = train("dense", ["model=tiny"], f"max_steps={args.train_steps}", "warmup_steps=20", "lr=3e-3")
+    cont = [f"max_steps={args.continue_steps}", "warmup_steps=0", "schedule=constant",
+            f"lr={args.continue_lr}"]
+    dense = train("dense-continued", [f"model={base['dir']}"], *cont)
+    dsa = [f"model.index_topk={args.train_topk}", "model.index_n_heads=8", "model.index_head_dim=16"]
+    warm = train("dsa-warmup", [f"model.preset={base['dir']}", *dsa], "dsa_stage=dense_warmup",
+                 f"max_steps={args.warmup_steps}", "warmup_steps=0", "schedule=constant", "lr=1e-3")
+    sparse = train("dsa-sparse", [f"model={warm['dir']}"], "dsa_stage=sparse", *cont)
+    return {"base": base["val_bpb"], "dense": dense["val_bpb"], "warmup": warm["val_bpb"],
+            "dsa": sparse["val_bpb"], "relative_gap": sparse["val_bpb"] / dense["val_bpb"] - 1}
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -191,15 +206,20 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=12, help="timed decode steps per length")
     p.add_argument("--prefill-budget", type=float, default=240.0,
                    help="skip a prefill predicted to take longer than this many seconds")
-    p.add_argument("--train-steps", type=int, default=200, help="0 skips the quality comparison")
+    p.add_argument("--train-steps", type=int, default=200, help="dense pretraining; 0 skips the quality part")
+    p.add_argument("--warmup-steps", type=int, default=20, help="DSA dense warm-up (indexers only)")
+    p.add_argument("--continue-steps", type=int, default=40, help="dense vs DSA sparse-stage continuation")
+    p.add_argument("--continue-lr", type=float, default=1e-3)
     p.add_argument("--train-seq-len", type=int, default=256)
     p.add_argument("--train-topk", type=int, default=64)
+    p.add_argument("--reuse", action="store_true", help="reuse finished training runs in --workdir")
+    p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "seekforge-long-context"))
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--plot", default=str(REPO / "docs" / "long_context.png"))
     args = p.parse_args()
     print(f"load average before: {load_avg()}  (threads {torch.get_num_threads()})", flush=True)
-    rows = speed(args)
+    rows = [] if args.skip_speed else speed(args)
     result = {"speed": rows, "topk": args.topk, "load_avg_after_speed": load_avg()}
     if args.train_steps > 0:
         if not SHAKESPEARE.is_file():
@@ -207,15 +227,18 @@ def main() -> int:
         else:
             result["quality"] = quality(args)
     print()
-    print(table(rows, args.topk))
+    if rows:
+        print(table(rows, args.topk))
     if "quality" in result:
         q = result["quality"]
-        print(f"\nval bits/byte after {args.train_steps} steps at seq_len {args.train_seq_len} (tiny widths; "
-              f"DSA top-{args.train_topk}, sparse stage): dense {q['dense']['val_bpb']:.4f}, "
-              f"DSA {q['dsa']['val_bpb']:.4f} ({100 * q['relative_gap']:+.2f}%)")
+        print(f"\nval bits/byte, tiny widths at seq_len {args.train_seq_len}: dense {args.train_steps} steps "
+              f"{q['base']:.4f}; then {args.continue_steps} more steps dense {q['dense']:.4f} vs DSA "
+              f"top-{args.train_topk} ({args.warmup_steps} warm-up + {args.continue_steps} sparse) "
+              f"{q['dsa']:.4f} "
+              f"({100 * q['relative_gap']:+.2f}%)")
     result["load_avg_end"] = load_avg()
     print(f"load average at the end: {result['load_avg_end']}")
-    if args.plot:
+    if args.plot and rows:
         plot(rows, Path(args.plot), args.topk)
         print(f"plot: {args.plot}")
     if args.json:
