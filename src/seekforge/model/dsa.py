@@ -96,7 +96,7 @@ class Indexer(nn.Module):
     def scores(self, query: IndexerQuery, keys: Tensor) -> Tensor:
         """I_{t,s} [B, T, S] in fp32 for queries [B, T, ...] against keys [B, S, d_I]."""
         q, keys = (query.q, keys) if keys.dtype == torch.float32 else (query.q.float(), keys.float())
-        per_head = F.relu(torch.matmul(q, keys.transpose(1, 2)[:, None]))  # [B, T, H_I, S]
+        per_head = F.relu(torch.matmul(q, keys.transpose(1, 2)[:, None]), inplace=True)  # [B, T, H_I, S]
         return torch.matmul(query.weights[:, :, None, :], per_head).squeeze(2)
 
 
@@ -111,10 +111,20 @@ def top_k_tokens(scores: Tensor, hidden: Tensor | None, k: int) -> Tensor:
     """
     if hidden is not None:
         scores = scores.masked_fill(hidden, float("-inf"))
+    k = min(k, scores.shape[-1])
+    if not torch.compiler.is_compiling():
+        # Usually no tie straddles the k-th place (hidden keys, tied at -inf, are dropped by every
+        # caller): then the k best are one set whatever the order, and a plain topk finds it, a few
+        # passes over [.., S] cheaper. The data-dependent check needs eager mode.
+        best = scores.topk(k, dim=-1)
+        kth = best.values[..., -1:]
+        unique = ((scores == kth).sum(-1) == (best.values == kth).sum(-1)) | (kth[..., 0] == float("-inf"))
+        if bool(unique.all()):
+            return best.indices
     bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
     bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: larger magnitude -> lower integer
     positions = torch.arange(scores.shape[-1], device=scores.device)
-    return torch.add(positions, bits.long(), alpha=2**32).topk(min(k, scores.shape[-1]), dim=-1).indices
+    return torch.add(positions, bits.long(), alpha=2**32).topk(k, dim=-1).indices
 
 
 def topk_keep(scores: Tensor, visible: Tensor, k: int) -> Tensor:
