@@ -52,13 +52,15 @@ def load_avg() -> str:
         return "n/a"
 
 
-def build(dsa: bool, topk: int, max_len: int):
+def build(dsa: bool, topk: int, max_len: int, overrides: list[str] | None = None):
+    from seekforge.config import parse_overrides
     from seekforge.model import load_model
 
     extra = {"index_topk": topk} if dsa else {}
     torch.manual_seed(0)
     model = load_model("small-moe-dsa" if dsa else "small-moe", device="cpu", dtype=torch.float32,
-                       max_position_embeddings=max_len, num_nextn_predict_layers=0, **extra)
+                       max_position_embeddings=max_len, num_nextn_predict_layers=0,
+                       **extra, **parse_overrides(overrides or []))
     return model.eval()
 
 
@@ -95,7 +97,8 @@ def decode_tok_s(models: dict, caches: dict, length: int, steps: int) -> dict[st
 
 def speed(args) -> list[dict]:
     max_len = max(args.lengths) + args.steps + 16
-    models = {"dense": build(False, args.topk, max_len), "dsa": build(True, args.topk, max_len)}
+    models = {"dense": build(False, args.topk, max_len, args.model_set),
+              "dsa": build(True, args.topk, max_len, args.model_set)}
     last: dict[str, tuple[int, float]] = {}
     rows = []
     for length in args.lengths:
@@ -161,7 +164,8 @@ def fmt(x: float | None, spec: str) -> str:
     return "skipped" if x is None else format(x, spec)
 
 
-def table(rows: list[dict], topk: int) -> str:
+def table(rows: list[dict], topk: int, model_set: list[str]) -> str:
+    extra = f" with {', '.join(model_set)}" if model_set else ""
     lines = ["| context | prefill dense (s) | prefill DSA (s) | decode dense (tok/s) | decode DSA (tok/s) | "
              "DSA decode speed-up | cache B/token dense | cache B/token DSA |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -171,7 +175,7 @@ def table(rows: list[dict], topk: int) -> str:
                      f"{r['dsa_decode_tok_s']:.1f} | "
                      f"{r['decode_speedup']:.2f}x | {r['dense_cache_bytes_per_token']:.0f} | "
                      f"{r['dsa_cache_bytes_per_token']:.0f} |")
-    lines.append(f"(small-moe widths, 6 layers, fp32 on CPU; DSA index_topk={topk})")
+    lines.append(f"(small-moe widths{extra}, 6 layers, fp32 on CPU; DSA index_topk={topk})")
     return "\n".join(lines)
 
 
@@ -204,6 +208,8 @@ def main() -> int:
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 16384, 32768])
     p.add_argument("--topk", type=int, default=256, help="index_topk of the V3.2 model (speed part)")
     p.add_argument("--steps", type=int, default=12, help="timed decode steps per length")
+    p.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="ModelConfig field for both models of the speed part (e.g. num_attention_heads=32)")
     p.add_argument("--prefill-budget", type=float, default=240.0,
                    help="skip a prefill predicted to take longer than this many seconds")
     p.add_argument("--train-steps", type=int, default=200, help="dense pretraining; 0 skips the quality part")
@@ -228,7 +234,7 @@ def main() -> int:
             result["quality"] = quality(args)
     print()
     if rows:
-        print(table(rows, args.topk))
+        print(table(rows, args.topk, args.model_set))
     if "quality" in result:
         q = result["quality"]
         print(f"\nval bits/byte, tiny widths at seq_len {args.train_seq_len}: dense {args.train_steps} steps "
