@@ -91,7 +91,9 @@ class ModelConfig:
         return self.index_topk is not None
 
     @property
-    def model_type(self) -> str:
+    def hf_model_type(self) -> str:
+        """``model_type`` of the HF config.json (not named ``model_type``: peft reads that attribute of
+        a model's config to pick transformers-specific defaults, which do not apply here)."""
         if self.is_dsa:
             return "deepseek_v32"
         return "deepseek_v3" if self.scoring_func == "sigmoid" else "deepseek_v2"
@@ -182,8 +184,8 @@ class ModelConfig:
             for key in _DSA_KEYS:
                 d.pop(key)
         arch = {"deepseek_v32": "DeepseekV32ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
-                "deepseek_v2": "DeepseekV2ForCausalLM"}[self.model_type]
-        return {"architectures": [arch], "model_type": self.model_type, **d}
+                "deepseek_v2": "DeepseekV2ForCausalLM"}[self.hf_model_type]
+        return {"architectures": [arch], "model_type": self.hf_model_type, **d}
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
