@@ -219,3 +219,23 @@ def test_compile_failure_is_a_clear_error(tiny_model_dir, monkeypatch) -> None:
     expected = r"compile=True: .*OSError: cannot find a C\+\+ compiler\)\. On CPU"
     with pytest.raises(RuntimeError, match=expected):
         Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch=1, max_len=32, compile=True))
+
+
+def test_dsa_model_greedy_matches_the_full_forward(tokenizer_dir, tmp_path) -> None:
+    # DeepSeek-V3.2 sparse attention (index_topk 16): prompts and generations longer than k, so prefill
+    # and decode select tokens from the indexer's key cache; batched, speculative or not. (compile=True
+    # gives the same tokens too, checked once: it costs minutes on a loaded 2-core machine.)
+    from seekforge.model import load_model, save_model
+    from seekforge.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    model_dir = save_model(load_model("tiny-dsa", device="cpu"), tmp_path / "dsa",
+                           tokenizer=load_tokenizer(tokenizer_dir))
+    prompts = [" ".join(PROMPTS), PROMPTS[2], PROMPTS[0]]
+    for speculative in (False, True):
+        cfg = EngineConfig(max_batch=2, max_len=128, speculative=speculative)
+        with Engine.from_pretrained(model_dir, cfg) as eng:
+            assert len(eng.encode(prompts[0])) > eng.model.config.index_topk
+            res = eng.generate(prompts, [greedy(24), greedy(30), greedy(20)])
+            for prompt, r, n in zip(prompts, res, [24, 30, 20]):
+                assert r.token_ids == reference_greedy(eng.model, eng.encode(prompt), n)

@@ -56,3 +56,10 @@ def test_init_with_tokenizer_sets_vocab_and_special_ids(tmp_path):
     assert (tmp_path / "m" / "tokenizer.json").exists()
     assert len(load_tokenizer(tmp_path / "m")) == len(tok)
 
+
+
+def test_info_v32_shows_the_indexer_and_what_top_k_saves(capsys):
+    assert main(["model", "info", "--preset", "v3.2", "--seq-len", "32768"]) == 0
+    out = capsys.readouterr().out
+    assert "64 heads x 128, top-2048 tokens per query" in out
+    assert "saves" in out and "indexer 15.25 KiB" in out

@@ -142,3 +142,43 @@ def test_missing_weights_error_names_the_directory(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path / "m", device="cpu")
+
+
+def test_v32_export_loads_in_transformers_with_equal_logits_below_and_above_index_topk(tmp_path):
+    torch.manual_seed(0)
+    ours = load_model("tiny-dsa", device="cpu").eval()
+    _random_bias(ours)
+    with torch.no_grad():  # non-trivial indexer key LayerNorm
+        for name, p in ours.named_parameters():
+            if "k_norm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    save_model(ours, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["model_type"] == "deepseek_v32" and cfg["index_topk"] == 16
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert type(hf).__name__ == "DeepseekV32ForCausalLM"
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    L = ours.config.num_hidden_layers
+    assert all(k.startswith(f"model.layers.{L}.") for k in info["unexpected_keys"])
+    for T in (12, 16, 48):  # below, at and above index_topk (16)
+        x = torch.randint(0, 512, (2, T))
+        with torch.no_grad():
+            assert (ours(x).logits - hf.eval()(x).logits).abs().max() < 1e-4, T
+
+
+def test_transformers_v32_model_loads_into_seekforge(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.DeepseekV32Config(
+        vocab_size=300, hidden_size=48, intermediate_size=96, moe_intermediate_size=24, num_hidden_layers=3,
+        num_attention_heads=4, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
+        v_head_dim=12, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=2, n_group=2, topk_group=1,
+        first_k_dense_replace=1, routed_scaling_factor=1.5, max_position_embeddings=128,
+        index_topk=8, index_n_heads=16, index_head_dim=16)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf", device="cpu").eval()
+    assert ours.config.is_dsa and ours.config.index_topk == 8 and ours.config.index_n_heads == 16
+    for T in (6, 30):
+        x = torch.randint(0, 300, (2, T))
+        with torch.no_grad():
+            assert (ours(x).logits - hf(x).logits).abs().max() < 1e-4, T

@@ -82,3 +82,24 @@ def test_tied_embeddings_and_bad_seq_len():
     assert flops_per_token(tied, 128) == flops_per_token(untied, 128)
     with pytest.raises(ValueError, match="seq_len"):
         flops_per_token(untied, 0)
+
+
+def test_v32_indexer_params_flops_and_cache_by_hand():
+    from seekforge.model import load_model
+    from seekforge.model.accounting import arch_from_model_config, dsa_attention_flops
+
+    d, dq, H_I, d_I, L = 7168, 1536, 64, 128, 61
+    indexer = dq * H_I * d_I + d * d_I + d * H_I + 2 * d_I  # wq_b, wk, weights_proj, k_norm weight + bias
+    v3, v32 = param_counts(preset_config("v3")), param_counts(preset_config("v3.2"))
+    assert v32["total"] - v3["total"] == L * indexer
+    kv = kv_cache_bytes_per_token(preset_config("v3.2"))
+    assert kv["indexer"] == 128 * 61 * 2 and kv["actual"] == (576 + 128) * 61 * 2
+    attn = arch_from_model_config(preset_config("v3.2")).layers[0].attention
+    f = dsa_attention_flops(attn, 32768)
+    assert f["dense"] == 6 * 128 * 320 * 32768 and f["attention"] == 6 * 128 * 320 * 2048
+    assert f["indexer"] == 6 * 64 * 129 * 32768 and f["saved"] == f["dense"] - f["attention"] - f["indexer"]
+    assert dsa_attention_flops(attn, 1024)["attention"] == dsa_attention_flops(attn, 1024)["dense"]
+    # the built model agrees with the analytic count
+    model = load_model("tiny-dsa", device="cpu")
+    pc = param_counts(preset_config("tiny-dsa"))
+    assert model.num_parameters() == pc["total"] + pc["mtp"]

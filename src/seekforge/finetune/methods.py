@@ -92,7 +92,7 @@ def base_kind(path: str | Path) -> str:
             f"{', '.join(PRESETS)})"
         )
     model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-    return "seekforge" if model_type in ("deepseek_v3", "deepseek_v2") else "hf"
+    return "seekforge" if model_type in ("deepseek_v3", "deepseek_v2", "deepseek_v32") else "hf"
 
 
 class HFCausalLM(nn.Module):

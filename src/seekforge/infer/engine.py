@@ -361,8 +361,8 @@ class Engine:
         cfg = self.model.config
         # One spare position: a speculative step writes next_token and its draft (pos, pos + 1).
         self.cache = self.model.new_cache(self.config.max_batch, self.max_len + 1)
-        if not self.speculative and hasattr(self.cache, "pe"):  # MLA: the MTP layers' entries would
-            del self.cache.kv[cfg.num_hidden_layers:], self.cache.pe[cfg.num_hidden_layers:]  # never be read
+        if not self.speculative:  # the MTP layers' entries would never be read: don't hold them
+            self.cache.drop_layers_from(cfg.num_hidden_layers)
         self.penalties = PenaltyState(self.config.max_batch, self.vocab_size, self.device)
         if self.config.compile:
             self._decode, self._mtp_decode = self._compiled_decode()

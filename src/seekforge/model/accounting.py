@@ -66,6 +66,10 @@ class Attention:
     rope_head_dim: int = 0  # MLA only (d_r, the shared RoPE key)
     qkv_bias: bool = False  # Qwen2 has biases on q/k/v
     qk_norm: bool = False  # Qwen3 normalises q and k per head (two [head_dim] RMSNorm weights)
+    # DeepSeek Sparse Attention (V3.2), MLA only: the lightning indexer and the k tokens it keeps
+    index_topk: int = 0  # 0 = dense attention
+    index_n_heads: int = 0
+    index_head_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ def arch_from_model_config(cfg: ModelConfig, name: str = "deepseek") -> Arch:
     attn = Attention(
         kind="mla", num_heads=cfg.num_attention_heads, qk_head_dim=cfg.qk_head_dim, v_head_dim=cfg.v_head_dim,
         q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank, rope_head_dim=cfg.qk_rope_head_dim,
+        index_topk=cfg.index_topk or 0, index_n_heads=cfg.index_n_heads if cfg.is_dsa else 0,
+        index_head_dim=cfg.index_head_dim if cfg.is_dsa else 0,
     )
     dense = FeedForward(intermediate_size=cfg.intermediate_size)
     moe = FeedForward(
@@ -166,7 +172,12 @@ def attention_params(a: Attention, d: int) -> dict[str, int]:
               + d * (a.kv_lora_rank + a.rope_head_dim)  # kv_a_proj_with_mqa [d_c + d_r, d]
               + a.kv_lora_rank * H * (d_n + a.v_head_dim)  # kv_b_proj [H·(d_n + d_v), d_c]
               + H * a.v_head_dim * d)  # o_proj [d, H·d_v]
-        return {"matmul": mm, "other": q_other + a.kv_lora_rank}  # + kv_a_layernorm [d_c]
+        other = q_other + a.kv_lora_rank  # + kv_a_layernorm [d_c]
+        if a.index_topk:  # indexer: wq_b [H_I·d_I, d_q], wk [d_I, d], weights_proj [H_I, d]; k_norm w + b
+            mm += (a.q_lora_rank or 0) * a.index_n_heads * a.index_head_dim + d * a.index_head_dim \
+                + d * a.index_n_heads
+            other += 2 * a.index_head_dim
+        return {"matmul": mm, "other": other}
     kv = a.num_kv_heads or H
     q_out, kv_out = H * a.qk_head_dim, kv * a.qk_head_dim
     mm = d * q_out + d * kv_out + d * kv * a.v_head_dim + H * a.v_head_dim * d
@@ -254,12 +265,40 @@ def param_counts(model: ModelConfig | Arch) -> dict[str, int]:
 
 def attention_flops_per_token(model: ModelConfig | Arch, seq_len: int, *, causal: bool = False,
                               include_mtp: bool = True) -> float:
-    """Training FLOPs per token of the score (QKᵀ) and value (AV) products: 6·Σ H·(d_qk+d_v)·T."""
+    """Training FLOPs per token of the score (QKᵀ) and value (AV) products: 6·Σ H·(d_qk+d_v)·T.
+
+    With DeepSeek Sparse Attention a query attends to min(T, k) tokens and the indexer scores all T
+    (:func:`dsa_attention_flops`)."""
     arch = as_arch(model)
     layers = arch.layers + (arch.mtp_layers if include_mtp else ())
-    per_layer = sum(6 * lay.attention.num_heads * (lay.attention.qk_head_dim + lay.attention.v_head_dim)
-                    for lay in layers)
-    return float(per_layer * seq_len) * (0.5 if causal else 1.0)
+    total = 0.0
+    for lay in layers:
+        a = lay.attention
+        if a.index_topk:
+            f = dsa_attention_flops(a, seq_len, causal=causal)
+            total += f["attention"] + f["indexer"]
+        else:
+            total += 6 * a.num_heads * (a.qk_head_dim + a.v_head_dim) * seq_len * (0.5 if causal else 1.0)
+    return total
+
+
+def dsa_attention_flops(a: Attention, seq_len: int, *, causal: bool = False) -> dict[str, float]:
+    """Training FLOPs per token of one DSA layer at context T (same 6x and T conventions as above):
+
+    ``indexer``  scoring every token: H_I·d_I multiply-adds for q·k plus H_I for the head weights;
+    ``attention`` MLA over the min(T, k) selected tokens; ``dense`` MLA over all T (what V3 pays);
+    ``saved`` = dense - attention - indexer (negative when T is not much larger than k).
+    Causal: query t sees min(t + 1, k) tokens, on average T/2 for T <= k and k·(1 - k/2T) above.
+    """
+    T, k = seq_len, a.index_topk
+    per_token = 6 * a.num_heads * (a.qk_head_dim + a.v_head_dim)
+    dense = per_token * T * (0.5 if causal else 1.0)
+    if k >= T:
+        attention = dense
+    else:
+        attention = per_token * k * ((1 - k / (2 * T)) if causal else 1.0)
+    indexer = 6 * a.index_n_heads * (a.index_head_dim + 1) * T * (0.5 if causal else 1.0)
+    return {"indexer": indexer, "attention": attention, "dense": dense, "saved": dense - attention - indexer}
 
 
 def flops_per_token(model: ModelConfig | Arch, seq_len: int, *, causal: bool = False,
@@ -279,13 +318,14 @@ def kv_cache_bytes_per_token(model: ModelConfig | Arch, bytes_per_elem: float = 
 
     MLA caches the normalised latent and the shared RoPE key: (d_c + d_r) per layer (DeepSeek-V2
     report, arXiv:2405.04434, Table 1).
+    DeepSeek-V3.2 adds the indexer's key, d_I per layer (``indexer``; included in ``actual``).
     GQA caches K and V of its KV heads: KV·(d_qk + d_v). ``mha`` is the same model with one K and V
     per query head: H·(d_qk + d_v). Returns ``{"mla"|"gqa": ..., "mha": ..., "actual": ...}``.
     MTP layers are left out unless asked for (they are only cached when drafting speculatively).
     """
     arch = as_arch(model)
     layers = arch.layers + (arch.mtp_layers if include_mtp else ())
-    mha = actual = 0
+    mha = actual = indexer = 0
     kinds = set()
     for lay in layers:
         a = lay.attention
@@ -294,13 +334,16 @@ def kv_cache_bytes_per_token(model: ModelConfig | Arch, bytes_per_elem: float = 
             actual += a.kv_lora_rank + a.rope_head_dim
         else:
             actual += (a.num_kv_heads or a.num_heads) * (a.qk_head_dim + a.v_head_dim)
+        indexer += a.index_head_dim if a.index_topk else 0  # V3.2: one d_I-dim indexer key per layer
         kinds.add(a.kind)
-    out = {"mha": mha * bytes_per_elem, "actual": actual * bytes_per_elem}
+    out = {"mha": mha * bytes_per_elem, "actual": (actual + indexer) * bytes_per_elem}
     for kind in kinds:
         out[kind] = actual * bytes_per_elem
+    if indexer:
+        out["indexer"] = indexer * bytes_per_elem
     return out
 
 
 __all__ = ["Arch", "Attention", "FeedForward", "Layer", "arch_from_model_config", "as_arch", "param_counts",
-           "flops_per_token", "attention_flops_per_token", "kv_cache_bytes_per_token", "attention_params",
-           "ffn_params"]
+           "flops_per_token", "attention_flops_per_token", "dsa_attention_flops", "kv_cache_bytes_per_token",
+           "attention_params", "ffn_params"]

@@ -6,6 +6,7 @@ d_c + d_r numbers per token per layer and nothing per head. This file holds that
 that read it; :mod:`seekforge.model.model` (the architecture, read next to the V3 report) mixes them in:
 
     CacheView, MLACache, write_cache   the cache: per-layer latent and rope-key buffers, slot-addressed
+    cached_rows                        what one forward reads of it
     AbsorbedAttention                  MLAttention's decode path: W_UK / W_UV absorbed into the query
                                        and output, attention directly over the cached latents
     CachedDecoderLayer                 one block over the cache (SDPA prefill or absorbed decode)
@@ -17,7 +18,7 @@ The inference engine, the evaluation scorer and prefix tuning all go through the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -41,16 +42,20 @@ class CacheView(NamedTuple):
     slots: Tensor
     positions: Tensor
     length: int
+    index_keys: Tensor | None = None  # DeepSeek-V3.2: the indexer's keys [slots, max_len, d_I]
 
 
 @dataclass
 class MLACache:
     """Latent KV cache for continuous batching: per layer (main layers, then MTP layers)
     ``kv[l]`` [slots, max_len, d_c] (latent after kv_a_layernorm) and ``pe[l]`` [slots, max_len, d_r]
-    (shared rope key after RoPE). d_c + d_r numbers per token per layer; nothing per head."""
+    (shared rope key after RoPE). d_c + d_r numbers per token per layer; nothing per head.
+    DeepSeek-V3.2 adds ``index_keys[l]`` [slots, max_len, d_I], the lightning indexer's one key per
+    token (empty list for dense models)."""
 
     kv: list[Tensor]
     pe: list[Tensor]
+    index_keys: list[Tensor] = field(default_factory=list)
 
     @property
     def num_slots(self) -> int:
@@ -61,7 +66,30 @@ class MLACache:
         return self.kv[0].shape[1]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.kv + self.pe)
+        return sum(t.numel() * t.element_size() for t in self.kv + self.pe + self.index_keys)
+
+    def view(self, layer: int, slots: Tensor, positions: Tensor, length: int) -> CacheView:
+        """Layer ``layer``'s buffers as a :class:`CacheView`."""
+        index_keys = self.index_keys[layer] if self.index_keys else None
+        return CacheView(self.kv[layer], self.pe[layer], slots, positions, length, index_keys)
+
+    def drop_layers_from(self, layer: int) -> None:
+        """Free the buffers of layers >= ``layer`` (e.g. the MTP layers when not speculating)."""
+        for buffers in (self.kv, self.pe, self.index_keys):
+            del buffers[layer:]
+
+
+def cached_rows(buffer: Tensor, cache: CacheView) -> Tensor:
+    """Positions 0 .. length-1 of each row's slot of a cache buffer: [B, length, width].
+
+    One row on the CPU, outside torch.compile: a view of the slot (reading the slot id costs nothing
+    there), instead of the copy a gather makes: that copy was the largest cost of a long-context CPU
+    decode step. Otherwise a gather, which needs no host sync.
+    """
+    slots = cache.slots
+    if slots.shape[0] == 1 and slots.device.type == "cpu" and not torch.compiler.is_compiling():
+        return buffer[int(slots[0]), : cache.length][None]
+    return buffer[slots, : cache.length]
 
 
 def write_cache(cache: CacheView, c: Tensor, k_pe: Tensor) -> None:
@@ -86,7 +114,8 @@ class AbsorbedAttention:
         ref = w if w is not None else next(self.kv_b_proj.parameters())
         return self.kv_b_proj(torch.eye(self.d_c, device=ref.device, dtype=ref.dtype)).T
 
-    def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor, cache: CacheView) -> Tensor:
+    def forward_absorbed(self, x: Tensor, cos: Tensor, sin: Tensor, cache: CacheView,
+                         q_latent: Tensor | None = None) -> Tensor:
         """Decode with absorbed projections (DeepSeek-V2 report, arXiv:2405.04434, §2.1.2).
 
         score = scale * ((W_UK^T q_nope) . c_s + q_pe . k_pe_s)   -> MQA with one 576-dim shared key
@@ -95,11 +124,11 @@ class AbsorbedAttention:
         """
         B, T, _ = x.shape
         H, S = self.n_heads, cache.length
-        q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
+        q_nope, q_pe, c, k_pe = self._project(x, cos, sin, q_latent)
         write_cache(cache, c, k_pe)
         # Attend over positions 0 .. S-1 of each row's slot; positions after a row's own are masked.
-        c_all = cache.kv[cache.slots, :S]  # [B, S, d_c]
-        pe_all = cache.pe[cache.slots, :S]  # [B, S, d_r]
+        c_all = cached_rows(cache.kv, cache)  # [B, S, d_c]
+        pe_all = cached_rows(cache.pe, cache)  # [B, S, d_r]
         w = self._kv_b_weight().view(H, self.d_n + self.d_v, self.d_c)
         w_uk, w_uv = w[:, : self.d_n], w[:, self.d_n :]
         # Absorbed query W_UK^T q_nope: one matmul batched over heads, [H, B*T, d_n] @ [H, d_n, d_c].
@@ -171,7 +200,8 @@ class CachedInference:
             return torch.zeros(num_slots, max_len, width, device=device, dtype=dtype)
 
         return MLACache(kv=[buf(cfg.kv_lora_rank) for _ in range(n)],
-                        pe=[buf(cfg.qk_rope_head_dim) for _ in range(n)])
+                        pe=[buf(cfg.qk_rope_head_dim) for _ in range(n)],
+                        index_keys=[buf(cfg.index_head_dim) for _ in range(n)] if cfg.is_dsa else [])
 
     def _cache_args(self, cache: MLACache, slots: Tensor, start_pos: Tensor, T: int,
                     device: torch.device) -> tuple[Tensor, Tensor, int, bool]:
@@ -219,8 +249,7 @@ class CachedInference:
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary_emb(positions, h.dtype)
         for i, layer in enumerate(self.main_layers):
-            view = CacheView(cache.kv[i], cache.pe[i], slots, positions, length)
-            h = layer.forward_cached(h, cos, sin, view, prefill)
+            h = layer.forward_cached(h, cos, sin, cache.view(i, slots, positions, length), prefill)
         h = self.model.norm(h)
         logits = self.lm_head(h) if with_logits else h.new_empty(*h.shape[:-1], 0)
         return ModelOutput(logits=logits, hidden=h)
@@ -256,6 +285,5 @@ class CachedInference:
         li = self.config.num_hidden_layers + depth - 1
         x = layer.combine(hidden, self.model.embed_tokens(next_ids))
         cos, sin = self.model.rotary_emb(positions, x.dtype)
-        view = CacheView(cache.kv[li], cache.pe[li], slots, positions, length)
-        h = layer.forward_cached(x, cos, sin, view, prefill)
+        h = layer.forward_cached(x, cos, sin, cache.view(li, slots, positions, length), prefill)
         return ModelOutput(logits=self.lm_head(layer.shared_head.norm(h)), hidden=h)

@@ -106,7 +106,7 @@ def info_rows(cfg: ModelConfig, seq_len: int) -> list[tuple[str, str]]:
                f"{cfg.num_hidden_layers - cfg.first_k_dense_replace} MoE layers")
     mla = f"{human_bytes(kv['mla'])}  ({cfg.kv_lora_rank}+{cfg.qk_rope_head_dim} per layer)"
     mha = f"{human_bytes(kv['mha'])}  ({kv['mha'] / kv['mla']:.1f}x MLA)"
-    return [
+    rows = [
         ("parameters (total, main model)", f"{human_count(pc['total'])}  ({pc['total']:,})"),
         ("parameters (active per token)", f"{human_count(pc['active'])}  ({pc['active']:,})"),
         ("parameters (embedding + lm_head)", f"{human_count(pc['embedding'])}"),
@@ -117,6 +117,26 @@ def info_rows(cfg: ModelConfig, seq_len: int) -> list[tuple[str, str]]:
         ("KV cache/token bf16, MLA (d_c + d_r)", mla),
         ("KV cache/token bf16, MHA same heads", mha),
         ("weights bf16 / fp32 (incl. MTP)", f"{human_bytes(2 * total_all)} / {human_bytes(4 * total_all)}"),
+    ]
+    return rows + (_dsa_rows(cfg, seq_len, kv) if cfg.is_dsa else [])
+
+
+def _dsa_rows(cfg: ModelConfig, seq_len: int, kv: dict[str, float]) -> list[tuple[str, str]]:
+    """DeepSeek-V3.2: the indexer, the attention FLOPs its top-k saves, its cache."""
+    from seekforge.model.accounting import arch_from_model_config, dsa_attention_flops
+
+    attn = arch_from_model_config(cfg).layers[0].attention
+    L = cfg.num_hidden_layers
+    f = {key: L * value for key, value in dsa_attention_flops(attn, seq_len).items()}
+    return [
+        ("sparse attention (DSA indexer)",
+         f"{cfg.index_n_heads} heads x {cfg.index_head_dim}, top-{cfg.index_topk} tokens per query"),
+        (f"attention FLOPs/token dense MLA (T={seq_len})", human_count(f["dense"])),
+        ("attention FLOPs/token DSA: top-k + indexer",
+         f"{human_count(f['attention'])} + {human_count(f['indexer'])}  (saves {human_count(f['saved'])})"),
+        ("KV cache/token bf16, incl. indexer keys",
+         f"{human_bytes(kv['actual'])}  "
+         f"(indexer {human_bytes(kv['indexer'])}: {cfg.index_head_dim} per layer)"),
     ]
 
 

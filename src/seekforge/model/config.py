@@ -66,6 +66,10 @@ class ModelConfig:
     pad_token_id: int | None = None
     # --- multi-token prediction --------------------------------------------------------------
     num_nextn_predict_layers: int = 1
+    # --- DeepSeek Sparse Attention (V3.2; model_type deepseek_v32). index_topk None = dense V3 ---
+    index_topk: int | None = None  # k: cached tokens each query attends to, chosen by the indexer
+    index_n_heads: int = 64  # lightning-indexer heads H_I
+    index_head_dim: int = 128  # their width d_I (the first d_r dims get RoPE)
     # --- training-only knobs (seekforge; stored in config.json, ignored by transformers) ------
     mtp_loss_weight: float = 0.3  # lambda in L = L_main + lambda/D * sum_k L_MTP^k
     aux_loss_alpha: float = 1e-4  # alpha of the sequence-wise balance loss (0 disables it)
@@ -80,6 +84,19 @@ class ModelConfig:
     @property
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def is_dsa(self) -> bool:
+        """DeepSeek-V3.2: a lightning indexer picks ``index_topk`` tokens per query for MLA."""
+        return self.index_topk is not None
+
+    @property
+    def hf_model_type(self) -> str:
+        """``model_type`` of the HF config.json (not named ``model_type``: peft reads that attribute of
+        a model's config to pick transformers-specific defaults, which do not apply here)."""
+        if self.is_dsa:
+            return "deepseek_v32"
+        return "deepseek_v3" if self.scoring_func == "sigmoid" else "deepseek_v2"
 
     @property
     def is_moe(self) -> bool:
@@ -116,6 +133,8 @@ class ModelConfig:
             raise ConfigError("num_nextn_predict_layers must be >= 0")
         if self.n_routed_experts > 0:
             self._validate_moe()
+        if self.is_dsa:
+            self._validate_dsa()
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
             if kind not in ("yarn", "default", None):
@@ -140,14 +159,33 @@ class ModelConfig:
             raise ConfigError(f"with n_group > 1 each group needs >= 2 experts (group score = top-2 sum): "
                               f"n_routed_experts ({E}) / n_group ({G}) < 2")
 
+    def _validate_dsa(self) -> None:
+        if not 1 <= self.index_topk <= self.max_position_embeddings:
+            raise ConfigError(f"index_topk must be between 1 and max_position_embeddings "
+                              f"({self.max_position_embeddings}), got {self.index_topk}")
+        for name in ("index_n_heads", "index_head_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if self.index_head_dim < self.qk_rope_head_dim:
+            raise ConfigError(f"index_head_dim ({self.index_head_dim}) must be >= qk_rope_head_dim "
+                              f"({self.qk_rope_head_dim}): the indexer ropes its first d_r dims")
+        if self.q_lora_rank is None:
+            raise ConfigError("q_lora_rank must be set for DeepSeek Sparse Attention (index_topk): "
+                              "the indexer's queries read the query latent")
+        if self.scoring_func != "sigmoid":
+            raise ConfigError("index_topk (DeepSeek-V3.2) needs scoring_func 'sigmoid' (the V3 router)")
+
     # HF interop ---------------------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
         """The ``config.json`` content (legacy rope_theta/rope_scaling form: transformers 4/5, llama.cpp)."""
         d = to_dict(self)
         d["num_key_value_heads"] = self.num_attention_heads
-        arch = "DeepseekV3ForCausalLM" if self.scoring_func == "sigmoid" else "DeepseekV2ForCausalLM"
-        model_type = "deepseek_v3" if self.scoring_func == "sigmoid" else "deepseek_v2"
-        return {"architectures": [arch], "model_type": model_type, **d}
+        if not self.is_dsa:  # a V3/V2 config.json carries no indexer keys
+            for key in _DSA_KEYS:
+                d.pop(key)
+        arch = {"deepseek_v32": "DeepseekV32ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
+                "deepseek_v2": "DeepseekV2ForCausalLM"}[self.hf_model_type]
+        return {"architectures": [arch], "model_type": self.hf_model_type, **d}
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -158,6 +196,7 @@ class ModelConfig:
                               "which builds the V4 model")
         names = {f.name for f in dataclasses.fields(cls)}
         d = dict(d)
+        _check_model_type(d)
         # transformers 5 may write rope_parameters instead of the legacy pair.
         rp = d.pop("rope_parameters", None)
         if isinstance(rp, dict):
@@ -199,6 +238,24 @@ class ModelConfig:
             return cls.from_hf_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+_DSA_KEYS = ("index_topk", "index_n_heads", "index_head_dim")
+
+
+def _check_model_type(d: dict[str, Any]) -> None:
+    """A V3.2 config must say so, and a V3/V2 one must not carry indexer keys: loading one as the
+    other would silently drop (or invent) the indexer."""
+    model_type = d.get("model_type")
+    if model_type == "deepseek_v32":
+        if d.get("index_topk") is None:
+            raise ConfigError("model_type 'deepseek_v32' (DeepSeek-V3.2) needs index_topk, "
+                              "the number of tokens the indexer keeps per query")
+    elif model_type is not None:
+        present = [k for k in _DSA_KEYS if d.get(k) is not None]
+        if present:
+            raise ConfigError(f"{', '.join(present)} given but model_type is {model_type!r}: DeepSeek "
+                              "Sparse Attention configs need model_type 'deepseek_v32'")
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,9 +312,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=163840, rope_scaling=dict(_YARN_V3), num_nextn_predict_layers=1,
     ),
 }
+# DeepSeek-V3.2 (arXiv:2512.02556): V3 plus a lightning indexer in every layer (64 heads of 128,
+# top-2048 tokens per query). The CPU variants keep tiny / small-moe widths with a small k, so short
+# sequences already exercise the sparse path.
+PRESETS["v3.2"] = {**PRESETS["v3"], "index_topk": 2048, "index_n_heads": 64, "index_head_dim": 128}
+# 16 / 8 indexer heads: with fewer, I = 0 exactly (every head's ReLU at 0) is frequent at random init.
+PRESETS["tiny-dsa"] = {**PRESETS["tiny"], "index_topk": 16, "index_n_heads": 16, "index_head_dim": 16}
+PRESETS["small-moe-dsa"] = {**PRESETS["small-moe"], "index_topk": 64, "index_n_heads": 8,
+                            "index_head_dim": 32}
 
 # Presets too large to materialise casually: build them on the meta device.
-LARGE_PRESETS = {"v2-lite", "v3"}
+LARGE_PRESETS = {"v2-lite", "v3", "v3.2"}
 
 
 def preset_config(name: str, overrides: dict[str, Any] | list[str] | None = None) -> ModelConfig:

@@ -94,6 +94,10 @@ def load_model(preset_or_dir: str | Path | ModelConfig, *, device: torch.device 
         for name, buf in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 buf.zero_()
+    if any(".indexer." in k for k in missing):
+        raise ValueError(f"{spec}: no DeepSeek Sparse Attention indexer weights (e.g. {missing[0]}) but "
+                         "the config sets index_topk: this is a DeepSeek-V3 checkpoint; convert it into "
+                         "V3.2 with `seekforge train` (model.init_from, see docs/model.md)")
     if missing or unexpected:
         raise ValueError(f"{spec}: weights do not match config.json: missing {missing[:8]}"
                          f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"

@@ -227,14 +227,21 @@ class MLAttention(AbsorbedAttention, nn.Module):
         self.kv_b_proj = nn.Linear(self.d_c, H * (self.d_n + self.d_v), bias=False)
         self.o_proj = nn.Linear(H * self.d_v, d, bias=False)
 
-    def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x [B,T,d] -> q_nope [B,T,H,d_n], q_pe [B,T,H,d_r] (roped), latent c [B,T,d_c], k_pe [B,T,d_r]."""
+    def query_latent(self, x: Tensor) -> Tensor | None:
+        """c_q = RMSNorm(W_DQ x) [B,T,d_q] (None without q-LoRA); V3.2's indexer reads it too."""
+        return None if self.q_lora_rank is None else self.q_a_layernorm(self.q_a_proj(x))
+
+    def _project(self, x: Tensor, cos: Tensor, sin: Tensor,
+                 q_latent: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x [B,T,d] -> q_nope [B,T,H,d_n], q_pe [B,T,H,d_r] (roped), latent c [B,T,d_c], k_pe [B,T,d_r].
+
+        ``q_latent``: c_q when the caller has computed it already."""
         B, T, _ = x.shape
         H = self.n_heads
         if self.q_lora_rank is None:
             q = self.q_proj(x)
         else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+            q = self.q_b_proj(q_latent if q_latent is not None else self.query_latent(x))
         q_nope, q_pe = q.view(B, T, H, self.d_qk).split([self.d_n, self.d_r], dim=-1)
         c, k_pe = self.kv_a_proj_with_mqa(x).split([self.d_c, self.d_r], dim=-1)
         # The shared rope key rides along as an extra "head": one RoPE call instead of two (the rope
@@ -249,11 +256,14 @@ class MLAttention(AbsorbedAttention, nn.Module):
         ``mask``: None = plain causal, else a bool [B, 1, T, T] (True = may attend).
         ``cache``: where to also store this chunk's latents (prefill).
         """
-        B, T, _ = x.shape
-        H = self.n_heads
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin)
         if cache is not None:
             write_cache(cache, c, k_pe)
+        return self._attend(q_nope, q_pe, c, k_pe, mask)
+
+    def _attend(self, q_nope: Tensor, q_pe: Tensor, c: Tensor, k_pe: Tensor, mask: Tensor | None) -> Tensor:
+        """Expand the latents to per-head keys and values and attend (``mask`` as in :meth:`forward`)."""
+        B, T, H, _ = q_nope.shape
         kv = self.kv_b_proj(c).view(B, T, H, self.d_n + self.d_v)
         k_nope, v = kv.split([self.d_n, self.d_v], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)  # [B, H, T, d_qk]
@@ -412,7 +422,12 @@ class DecoderLayer(CachedDecoderLayer, nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = MLAttention(cfg)
+        if cfg.is_dsa:  # DeepSeek-V3.2: MLA plus a lightning indexer (its module imports this one)
+            from seekforge.model.dsa import DSAttention
+
+            self.self_attn: MLAttention = DSAttention(cfg)
+        else:
+            self.self_attn = MLAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.is_moe = cfg.is_moe_layer(layer_idx)
         self.mlp = MoE(cfg) if self.is_moe else MLP(cfg.hidden_size, cfg.intermediate_size)
@@ -539,7 +554,7 @@ class DeepseekV3ForCausalLM(CachedInference, nn.Module):
             elif isinstance(module, Router):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 nn.init.zeros_(module.e_score_correction_bias)
-            elif isinstance(module, (RMSNorm, RotaryEmbedding)):
+            elif isinstance(module, (RMSNorm, RotaryEmbedding, nn.LayerNorm)):  # LayerNorm: V3.2's indexer
                 module.reset_parameters()
 
     # --- training / full-sequence forward -----------------------------------------------------
@@ -578,6 +593,9 @@ class DeepseekV3ForCausalLM(CachedInference, nn.Module):
             mtp = self._mtp_loss(h, input_ids, labels, segment_ids, cos, sin, mask, with_aux, loads, bal)
             loss = loss + cfg.mtp_loss_weight * mtp
             losses["mtp"] = mtp.detach()
+        if cfg.is_dsa and (indexer := self._indexer_loss()) is not None:  # a V3.2 training stage is on
+            loss = loss + indexer
+            losses["indexer"] = indexer.detach()
         if bal:
             balance = torch.stack(bal).sum()
             loss = loss + balance
@@ -602,6 +620,12 @@ class DeepseekV3ForCausalLM(CachedInference, nn.Module):
             logits = self.lm_head(layer.shared_head.norm(h))
             per_depth.append(self.cross_entropy(logits, _shift_targets(labels, k + 1, segment_ids)))
         return torch.stack(per_depth).mean()
+
+    def _indexer_loss(self) -> Tensor | None:
+        """Mean over the layers that ran of the DSA indexer's KL loss (set by a training stage)."""
+        parts = [layer.self_attn.indexer_loss for layer in self.model.layers
+                 if getattr(layer.self_attn, "indexer_loss", None) is not None]
+        return torch.stack(parts).mean() if parts else None
 
     @staticmethod
     def _collect(ld: Tensor | None, b: Tensor | None, loads: list, bal: list) -> None:

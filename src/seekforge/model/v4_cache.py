@@ -53,6 +53,10 @@ class V4Cache:
     def num_slots(self) -> int:
         return self.layers[0].window.shape[0]
 
+    def drop_layers_from(self, n: int) -> None:
+        """Free the buffers of layers n.. (the engine's call for unused MTP layers; V4 has none)."""
+        del self.layers[n:]
+
     def nbytes(self) -> int:
         total = 0
         for lc in self.layers:

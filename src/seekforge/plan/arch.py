@@ -24,7 +24,7 @@ from seekforge.model.config import PRESETS, ModelConfig, model_config_from, pres
 
 DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
-DEEPSEEK_TYPES = ("deepseek_v3", "deepseek_v2")
+DEEPSEEK_TYPES = ("deepseek_v3", "deepseek_v2", "deepseek_v32")
 SUPPORTED = DEEPSEEK_TYPES + DENSE_TYPES + MOE_TYPES
 
 

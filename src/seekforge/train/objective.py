@@ -370,9 +370,18 @@ class PretrainObjective(Objective):
         if source_dir is not None:
             self.load_model_weights(model, source_dir)
             log.info("continuing from the weights in %s", source_dir)
+        if self.env.cfg.dsa_stage is not None:
+            from seekforge.model.dsa import set_dsa_stage
+
+            try:
+                set_dsa_stage(model, self.env.cfg.dsa_stage)
+            except ValueError as e:
+                raise ConfigError(f"dsa_stage: {e}; set model.index_topk (or start from a V3.2 "
+                                  "model) to add the indexer") from None
         return model
 
     def load_model_weights(self, model: nn.Module, path: Path) -> None:
+        from seekforge.model.dsa import load_dense_into_sparse
         from seekforge.model.hf import load_checkpoint
 
         base = unwrap(model)
@@ -383,6 +392,11 @@ class PretrainObjective(Objective):
             check_hash_tables(base.config, state, str(path))
         else:
             cfg, state = load_checkpoint(path, base.config)
+            if base.config.is_dsa and not any(".indexer." in k for k in state):
+                added = load_dense_into_sparse(base, state, path)  # V3 -> V3.2: the indexers start fresh
+                log.info("%s is a DeepSeek-V3 checkpoint: converted to V3.2, %d indexer tensors initialised",
+                         path, len(added))
+                return
         missing, unexpected = base.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not match the model: missing {missing[:6]}, "
@@ -430,7 +444,9 @@ class PretrainObjective(Objective):
     # -- loss -----------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         out = model(batch["input_ids"], labels=batch["labels"])
-        return LossOutput(out.loss, dict(out.losses), out.expert_loads)
+        # DSA dense warm-up: the main model is frozen, its router biases included (no loads, no update).
+        loads = None if self.env.cfg.dsa_stage == "dense_warmup" else out.expert_loads
+        return LossOutput(out.loss, dict(out.losses), loads)
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
