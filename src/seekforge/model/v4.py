@@ -409,7 +409,8 @@ class ClippedExperts(RoutedExperts):
     def forward(self, x: Tensor, idx: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
         E = self.gate_up_proj.shape[0]
         y = torch.zeros_like(x)
-        for e in range(E):
+        # Only the experts some token chose (a decoded token uses K of E); one host read per layer.
+        for e in idx.unique().tolist():
             token, choice = torch.where(idx == e)
             gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
             out = F.linear(_clipped_swiglu(gate, up, self.limit), self.down_proj[e])
