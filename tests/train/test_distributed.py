@@ -87,3 +87,24 @@ def test_two_processes_match_one_on_a_loss_driven_mixture(tiny_shards, counting_
     for a, b in evals:
         assert a["mix_tokens/prose"] == b["mix_tokens/prose"]
         assert a["mix_weight/prose"] == pytest.approx(b["mix_weight/prose"], rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-dsa", "tiny-v4"])
+def test_torchrun_ddp_on_the_newer_architectures(tiny_shards, tmp_path, model):
+    """DeepSeek-V3.2 (sparse attention) and V4 under torchrun: 2 processes match 1."""
+    from seekforge.train.config import load_train_config
+
+    ref, out = tmp_path / "one", tmp_path / "two"
+    Trainer(load_train_config(None, _sets(tiny_shards, ref, model=model))).run()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "seekforge", "train"]
+    for s in _sets(tiny_shards, out, model=model, distributed="ddp"):
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    one, two = _losses(ref), _losses(out)
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two):
+        assert abs(a - b) / a <= 1e-4, (model, one, two)

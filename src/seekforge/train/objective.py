@@ -123,6 +123,21 @@ class Objective:
 # Pretraining
 
 
+def freeze_untrained_indexers(model: nn.Module, dsa_stage: str | None) -> int:
+    """Freeze the lightning indexers when nothing trains them: their top-k choice is discrete, so the
+    language-model loss gives them no gradient; only V3.2's indexer KL (``dsa_stage``) does. Frozen,
+    they cost no optimizer state and DDP does not wait for gradients that never come.
+    V4's indexers have no training loss here yet. Returns how many tensors were frozen."""
+    cfg = unwrap(model).config
+    if _is_v4_config(cfg) or (getattr(cfg, "is_dsa", False) and dsa_stage is None):
+        params = [p for name, p in unwrap(model).named_parameters()
+                  if ".indexer." in name and p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        return len(params)
+    return 0
+
+
 def _is_v4(source: Any) -> bool:
     """A DeepSeek-V4 preset name or model directory (the V4 model is built by its own module)."""
     from seekforge.model.hf_v4 import is_v4_dir
@@ -378,6 +393,9 @@ class PretrainObjective(Objective):
             except ValueError as e:
                 raise ConfigError(f"dsa_stage: {e}; set model.index_topk (or start from a V3.2 "
                                   "model) to add the indexer") from None
+        frozen = freeze_untrained_indexers(model, self.env.cfg.dsa_stage)
+        if frozen:
+            log.info("%d lightning-indexer tensors frozen: no loss of this run reaches them", frozen)
         return model
 
     def load_model_weights(self, model: nn.Module, path: Path) -> None:
