@@ -345,7 +345,9 @@ def test_hot_swap_drains_in_flight_requests(tiny_model_dir, other_model_dir, tmp
         for t in threads:
             t.join(60)
         assert results == [(old_text, "length", 24)] * 4  # nothing truncated, nothing cut over mid-answer
-        wait_for(lambda: not old.is_alive())
+        # the engine closes first, then the drain is recorded: wait for the record
+        wait_for(lambda: any(e["event"] == "drained" for e in state.ops.events))
+        assert not old.is_alive()
         drained = [e for e in state.ops.events if e["event"] == "drained"]
         assert len(drained) == 1 and drained[0]["cut_off"] == 0
 
