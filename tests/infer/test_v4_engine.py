@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seekforge.infer import Engine, EngineConfig, SamplingParams
+from seekforge.infer import Engine, EngineConfig
+
+from .test_engine import greedy, reference_greedy
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +27,6 @@ def v4_model():
     return model
 
 
-def reference_greedy(model, ids: list[int], n: int) -> list[int]:
-    x = torch.tensor([ids])
-    out = []
-    with torch.no_grad():
-        for _ in range(n):
-            t = int(model(x).logits[0, -1].argmax())
-            out.append(t)
-            x = torch.cat([x, torch.tensor([[t]])], dim=1)
-    return out
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
 
 
 def _prompts() -> list[list[int]]:
