@@ -14,6 +14,7 @@ from seekforge.llm_client import (
     MinuteBudget,
     add_endpoint_args,
     endpoint_from_args,
+    estimate_tokens,
     request_key,
 )
 
@@ -110,6 +111,23 @@ def test_cache_makes_the_second_run_free(tiny_endpoint, tmp_path):
     # The key is the full request: another parameter is another request.
     assert request_key("m", {"messages": [], "seed": 1}) != request_key("m", {"messages": [], "seed": 2})
     assert request_key("m", {"a": 1, "b": 2}) == request_key("m", {"b": 2, "a": 1})
+
+
+def test_completions_and_moderations_share_the_cache_and_report(tiny_endpoint, tmp_path):
+    """``complete`` (eval's log-likelihood requests: token-id prompts, echo, logprobs) is cached and
+    counted like chat; ``moderate`` is counted, never cached."""
+    request = {"prompt": [[5, 6, 7, 8], [9, 10]], "max_tokens": 1, "logprobs": 1, "echo": True,
+               "temperature": 0}
+    with _client(tiny_endpoint, tmp_path) as first:
+        reply = first.complete(request)
+        report = first.report()
+    lps = [c["logprobs"]["token_logprobs"] for c in sorted(reply["choices"], key=lambda c: c["index"])]
+    assert [len(x) for x in lps] == [5, 3] and lps[0][0] is None and all(v < 0 for v in lps[0][1:])
+    assert report["requests"] == 1 and report["prompt_tokens"] == 6
+    with _client(tiny_endpoint, tmp_path) as second:
+        assert second.complete(request) == reply and second.report()["requests"] == 0
+    assert estimate_tokens(request) == 6 + 1 + 1  # token ids counted exactly, + the completion budget
+    assert estimate_tokens({"input": ["abcdef"]}) == 3  # moderation: no completion budget
 
 
 def test_retries_with_backoff_and_concurrency_limit(scripted_server):

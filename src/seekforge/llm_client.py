@@ -1,4 +1,5 @@
-"""The one client for calling an external OpenAI-compatible model (data augment/synth, distill).
+"""The one client for calling an external OpenAI-compatible model: ``data augment``/``synth``,
+``distill``'s endpoint teacher, ``eval --endpoint`` and ``serve``'s remote moderation classifier.
 
 Every stage that asks a model for text goes through :class:`LLMClient`, so every such command
 takes the same flags (:func:`add_endpoint_args`: ``--endpoint URL --api-key KEY --model NAME``,
@@ -103,7 +104,12 @@ class EndpointConfig:
         return "none"  # the openai package insists on a key; keyless local servers ignore it
 
 
-def add_endpoint_args(parser: argparse.ArgumentParser, prefix: str = "", required: bool = True) -> None:
+def add_endpoint_args(
+    parser: argparse.ArgumentParser,
+    prefix: str = "",
+    required: bool = True,
+    cache_help: str = "response cache (sqlite; default OUT/cache/responses.sqlite)",
+) -> None:
     """The shared endpoint flags. ``prefix="judge-"`` adds a second set (``--judge-endpoint`` ...)
     whose unset values fall back to the main ones (see :func:`endpoint_from_args`)."""
     dest = prefix.replace("-", "_")
@@ -142,7 +148,7 @@ def add_endpoint_args(parser: argparse.ArgumentParser, prefix: str = "", require
         "--cache",
         default=None,
         metavar="FILE",
-        help="response cache (sqlite; default OUT/cache/responses.sqlite)",
+        help=cache_help,
     )
 
 
@@ -315,22 +321,40 @@ class MinuteBudget:
 
 
 def estimate_tokens(request: dict[str, Any]) -> int:
-    """Rough token count of a request before sending it: ~3 characters per token of the messages
-    (English is ~4, Chinese ~1.5 characters per token) plus the completion budget."""
-    chars = sum(len(str(m.get("content", ""))) for m in request.get("messages", []))
-    return chars // 3 + 1 + int(request.get("max_tokens") or 256)
+    """Rough token count of a request before sending it: ~3 characters per token of the text
+    (English is ~4, Chinese ~1.5 characters per token), token-id prompts counted exactly, plus the
+    completion budget (none for a moderation request)."""
+    texts = [str(m.get("content", "")) for m in request.get("messages", [])]
+    ids = 0
+    for part in _as_list(request.get("prompt")) + _as_list(request.get("input")):
+        if isinstance(part, int):
+            ids += 1
+        elif isinstance(part, list):  # one token-id prompt
+            ids += len(part)
+        else:
+            texts.append(str(part))
+    budget = 0 if "input" in request else int(request.get("max_tokens") or 256)
+    return sum(map(len, texts)) // 3 + 1 + ids + budget
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
 
 
 # --------------------------------------------------------------------------- the client
 
 
 class LLMClient:
-    """Chat completions against one endpoint with the cache, retries, budgets and report above.
+    """One endpoint with the cache, retries, budgets and report above.
 
-    ``chat(messages, **params)`` answers one request (or raises :class:`RequestFailed`);
+    ``chat(messages, **params)`` answers one chat request (or raises :class:`RequestFailed`);
     ``chat_many(requests)`` answers many with ``concurrency`` in flight and returns None for the
     ones that failed (counted in :attr:`usage`). ``params`` are OpenAI request fields
-    (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop`` ...).
+    (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop`` ...). ``complete(request)`` is
+    one ``/v1/completions`` request (``seekforge eval`` scores log-likelihoods with it) and
+    ``moderate(texts)`` one ``/v1/moderations`` request (the server's remote safety classifier).
     """
 
     def __init__(self, cfg: EndpointConfig, sleep: Callable[[float], None] = time.sleep):
@@ -408,32 +432,74 @@ class LLMClient:
         if not self.model:
             self.preflight()
         request = self._request(messages, params)
+        record, cached = self._cached_call(request, self._api.chat.completions.create, _chat_record)
+        return ChatResult(**record, cached=cached)
+
+    def complete(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One ``/v1/completions`` request (``prompt`` as text or token ids, ``echo``, ``logprobs``,
+        ``max_tokens`` ...); returns the response as a dict. Cached, retried and counted like chat."""
+        if not self.model:
+            self.preflight()
+        record, _ = self._cached_call(dict(request), self._api.completions.create, _response_dict)
+        return record
+
+    def moderate(self, texts: list[str]) -> list[dict[str, float]]:
+        """Category scores of each text from ``/v1/moderations``. Not cached (a policy or model
+        change must take effect at once) and no preflight: moderation endpoints often list no
+        model, so the model is sent only when one was configured."""
+        request: dict[str, Any] = {"input": list(texts)}
+        if self.cfg.model:
+            request["model"] = self.cfg.model
+        try:
+            response = self._call(request, self._api.moderations.create, send_model=False)
+        except RequestFailed as e:
+            self._count_failure(e)
+            raise
+        self._account(0, 0)
+        out = []
+        for result in response.results:
+            raw = result.category_scores.model_dump() if hasattr(result.category_scores, "model_dump") else {}
+            out.append({k: float(v) for k, v in raw.items() if isinstance(v, (int, float))})
+        return out
+
+    def _cached_call(
+        self, request: dict[str, Any], create: Callable[..., Any], record: Callable[[Any], dict[str, Any]]
+    ) -> tuple[dict[str, Any], bool]:
+        """(the response's record, whether it came from the cache)."""
         key = request_key(self.model, request)
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             with self._lock:
                 self.usage.cache_hits += 1
-            return ChatResult(**hit, cached=True)
+            return hit, True
         try:
-            result = self._send(request)
+            response = self._call(request, create)
         except RequestFailed as e:
-            with self._lock:
-                self.usage.failed += 1
-                self.usage.errors[e.kind] = self.usage.errors.get(e.kind, 0) + 1
+            self._count_failure(e)
             raise
+        pt, ct = _token_usage(response)
+        self._account(pt, ct)
+        rec = record(response)
         if self._cache is not None:
-            self._cache.put(key, {k: v for k, v in asdict(result).items() if k != "cached"})
-        return result
+            self._cache.put(key, rec)
+        return rec, False
 
-    def _send(self, request: dict[str, Any]) -> ChatResult:
+    def _count_failure(self, e: RequestFailed) -> None:
+        with self._lock:
+            self.usage.failed += 1
+            self.usage.errors[e.kind] = self.usage.errors.get(e.kind, 0) + 1
+
+    def _call(self, request: dict[str, Any], create: Callable[..., Any], send_model: bool = True) -> Any:
+        """Send one request, retrying what a retry can fix; the openai response object."""
         import openai
 
         attempt = 0
+        model = {"model": self.model} if send_model else {}
         while True:
             event = self._budget.acquire(estimate_tokens(request))
             with self._lock:
                 self.usage.requests += 1
             try:
-                r = self._api.chat.completions.create(model=self.model, **request)
+                response = create(**model, **request)
             except (
                 openai.RateLimitError,
                 openai.InternalServerError,
@@ -453,12 +519,8 @@ class LLMClient:
             except openai.APIStatusError as e:  # other 4xx: the request itself is wrong, retrying won't help
                 self._budget.settle(event, 0)
                 raise RequestFailed(f"HTTP {e.status_code}", f"HTTP {e.status_code}: {e.message}") from None
-            choice = r.choices[0]
-            pt = r.usage.prompt_tokens if r.usage else 0
-            ct = r.usage.completion_tokens if r.usage else 0
-            self._budget.settle(event, pt + ct)
-            self._account(pt, ct)
-            return ChatResult(choice.message.content or "", choice.finish_reason or "stop", pt, ct)
+            self._budget.settle(event, sum(_token_usage(response)))
+            return response
 
     def _backoff(self, attempt: int, response: Any) -> None:
         delay = random.uniform(0, min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2**attempt))
@@ -529,6 +591,24 @@ class LLMClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _token_usage(response: Any) -> tuple[int, int]:
+    """(prompt, completion) tokens the server reports; 0 when it reports none."""
+    usage = getattr(response, "usage", None)
+    return (getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+
+
+def _chat_record(response: Any) -> dict[str, Any]:
+    """What a chat answer keeps (and the cache stores): text, finish reason, token counts."""
+    choice = response.choices[0]
+    pt, ct = _token_usage(response)
+    return {"text": choice.message.content or "", "finish_reason": choice.finish_reason or "stop",
+            "prompt_tokens": pt, "completion_tokens": ct}
+
+
+def _response_dict(response: Any) -> dict[str, Any]:
+    return response.model_dump()
 
 
 class RequestFailed(RuntimeError):

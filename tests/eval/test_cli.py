@@ -165,6 +165,17 @@ class _NoLogprobs(BaseHTTPRequestHandler):
 
     refuse = False
 
+    def do_GET(self) -> None:  # /v1/models, which the client's preflight asks first
+        self._send({"object": "list", "data": [{"id": "m", "object": "model"}]}, 200)
+
+    def _send(self, body: dict, code: int) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self) -> None:
         prompts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["prompt"]
         if self.refuse:
@@ -174,12 +185,7 @@ class _NoLogprobs(BaseHTTPRequestHandler):
                 {"choices": [{"index": i, "text": "x", "logprobs": None} for i in range(len(prompts))]},
                 200,
             )
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(body, code)
 
     def log_message(self, *args) -> None:
         pass
@@ -205,7 +211,7 @@ def test_endpoint_without_logprobs_is_a_clear_error(sf_model_dir, tmp_path, caps
                 "eval",
                 "--endpoint",
                 url,
-                "--endpoint-model",
+                "--model",
                 "m",
                 "--tokenizer",
                 str(sf_model_dir),

@@ -218,9 +218,18 @@ def test_local_completions_on_seekforge_serve_equals_hf(
             SHOTS,
             LIMIT,
         )
-        mine = ours(
-            None, eval_data, tmp_path / "out", "--endpoint", f"{url}/v1", "--tokenizer", str(sf_model_dir)
-        )
+        endpoint = ["--endpoint", f"{url}/v1", "--tokenizer", str(sf_model_dir)]
+        cached = [*endpoint, "--cache", str(tmp_path / "responses.sqlite")]
+        mine = ours(None, eval_data, tmp_path / "out", *cached)
+        # the client's report: every batch was a request that came back, with the server's token counts
+        report = json.loads((tmp_path / "out" / "report.json").read_text("utf-8"))
+        assert report["requests"] == report["succeeded"] > 0 and report["failed"] == report["cache_hits"] == 0
+        assert report["prompt_tokens"] > 0 and report["model"] == "tiny-sf"
+        # a rerun with the same cache sends nothing and scores the same
+        again = ours(None, eval_data, tmp_path / "again", *cached)
+        rerun = json.loads((tmp_path / "again" / "report.json").read_text("utf-8"))
+        assert rerun["requests"] == 0 and rerun["cache_hits"] == report["succeeded"]
+        assert again == mine
         gen = tmp_path / "gen.jsonl"
         gen.write_text(
             json.dumps({"prompt": "床前明月光，", "reference": "疑是地上霜。"}, ensure_ascii=False)
@@ -234,10 +243,7 @@ def test_local_completions_on_seekforge_serve_equals_hf(
             main(
                 [
                     "eval",
-                    "--endpoint",
-                    f"{url}/v1",
-                    "--tokenizer",
-                    str(sf_model_dir),
+                    *endpoint,
                     "--out",
                     str(tmp_path / "gen_api"),
                     *gen_args,

@@ -206,6 +206,35 @@ def test_remote_moderation_endpoint_as_the_classifier(tiny_model_dir) -> None:
             assert r.choices[0].message.content is not None
 
 
+def test_unreachable_remote_classifier_fails_closed(tiny_model_dir) -> None:
+    """A classifier that does not answer: prompts and /v1/moderations get a 503 in OpenAI's shape
+    (never a 500, never an unchecked pass), and the client's one retry is counted."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    policy = SafetyPolicy.from_dict({"categories": {"insult": ["idiot"]}, "classifier": {"url": dead}})
+    cfg = EngineConfig(max_batch=2, max_len=128)
+    with run_server(tiny_model_dir, cfg, ServerOptions(safety=policy)) as a:
+        r = httpx.post(a.api + "/chat/completions", timeout=60,
+                       json={"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "classifier_unavailable"
+        assert dead in r.json()["error"]["message"]
+        r = httpx.post(a.api + "/moderations", json={"input": "hi"}, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+    usage = policy.classifier.client.usage
+    assert usage.failed == 2 and usage.requests == 4 and usage.retries == 2
+    # checking answers only: the answer that could not be checked is withheld
+    policy = SafetyPolicy.from_dict({"categories": {"insult": ["idiot"]}, "apply_to": ["output"],
+                                     "classifier": {"url": dead}})
+    with run_server(tiny_model_dir, cfg, ServerOptions(safety=policy)) as a:
+        c = openai.OpenAI(base_url=a.api, api_key="x", max_retries=0, timeout=60)
+        r = c.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
+                                      max_tokens=4)
+        assert r.choices[0].finish_reason == "content_filter" and not r.choices[0].message.content
+
+
 def test_hf_sequence_classifier(tmp_path, tokenizer_dir) -> None:
     """A Hugging Face sequence classifier directory; ``safe`` is ignored, other labels flag."""
     for flags in (True, False):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -52,13 +53,16 @@ def run_eval(args: argparse.Namespace) -> int:
     tasks = collect_subjects(cfg)  # bad files fail here, before the model loads
     if tasks:
         print(f"multiple choice: {cfg.shots}-shot (--shots; lm-eval's own default is 0-shot)")
+    endpoint = None
+    if args.endpoint:
+        from seekforge.llm_client import endpoint_from_args
+
+        endpoint = endpoint_from_args(args)
     model = open_model(
         args.model_dir,
         adapter=args.adapter,
         tokenizer_dir=args.tokenizer,
-        endpoint=args.endpoint,
-        api_key=args.api_key,
-        endpoint_model=args.endpoint_model,
+        endpoint=endpoint,
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
@@ -71,6 +75,11 @@ def run_eval(args: argparse.Namespace) -> int:
         model.close()
     out_dir = Path(args.out or Path("runs") / "eval" / model.name)
     report.write_outputs(out_dir, out.results, out.samples)
+    if model.client is not None:  # what the endpoint cost: requests, cache hits, failures, tokens
+        from seekforge.utils import atomic_write_text
+
+        atomic_write_text(out_dir / "report.json", json.dumps(model.client.report(), indent=2) + "\n")
+        print(f"endpoint: {model.client.progress_line()}")
     print(report.summary_table(out.results))
     print(f"results: {out_dir / 'results.json'} ({out.results['seconds']:.1f} s)")
     return 0
@@ -144,13 +153,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="tokenizer dir (default: the model's; required with --endpoint unless MODEL_DIR is given)",
     )
-    p.add_argument(
-        "--endpoint", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
-    )
-    p.add_argument("--api-key", default=None, help="Bearer key for --endpoint")
-    p.add_argument(
-        "--endpoint-model", default=None, help="model id to send (default: the first in /v1/models)"
-    )
+    from seekforge.llm_client import add_endpoint_args
+
+    # Scores are measurements of what the endpoint serves now, so nothing is cached unless asked.
+    add_endpoint_args(p, required=False, cache_help="response cache (sqlite), so a rerun of the same "
+                      "requests costs nothing (default: none; evaluation asks the endpoint every time)")
+    p.add_argument("--endpoint-model", dest="model", help=argparse.SUPPRESS)  # the earlier name of --model
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16")
     p.add_argument("--batch-size", type=int, default=8, help="questions scored per forward")

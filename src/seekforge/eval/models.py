@@ -10,7 +10,8 @@
 - ``--adapter DIR``: a PEFT / seekforge adapter from ``seekforge sft``, applied with
   ``seekforge.finetune.adapters.load_adapter`` (LoRA merged into the weights).
 - ``--endpoint URL``: scoring via ``/v1/completions`` (echo + logprobs), generation via
-  ``/v1/chat/completions``; the tokenizer comes from ``--tokenizer`` (or the model directory).
+  ``/v1/chat/completions``, both through ``seekforge.llm_client`` (preflight, retries, budgets,
+  optional cache, ``report.json``); the tokenizer comes from ``--tokenizer`` (or the model directory).
 
 The context window is the model config's ``max_position_embeddings`` (``n_positions``/``n_ctx``
 for other architectures), else 2048, as lm-eval resolves it.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -31,9 +32,11 @@ from seekforge.eval.scoring import (
     Scorer,
     Tokens,
     TransformersScorer,
-    post_json,
     scorer_class,
 )
+
+if TYPE_CHECKING:
+    from seekforge.llm_client import EndpointConfig, LLMClient
 
 log = logging.getLogger("seekforge.eval")
 
@@ -67,6 +70,7 @@ class EvalModel:
     scorer: Scorer
     generate: Generator
     info: dict[str, Any]
+    client: LLMClient | None = None  # the endpoint's client (its report is the run's report.json)
 
     def close(self) -> None:
         self.scorer.close()
@@ -100,9 +104,7 @@ def open_model(
     *,
     adapter: str | None = None,
     tokenizer_dir: str | None = None,
-    endpoint: str | None = None,
-    api_key: str | None = None,
-    endpoint_model: str | None = None,
+    endpoint: EndpointConfig | None = None,
     device: str = "auto",
     dtype: str = "auto",
     batch_size: int = 8,
@@ -124,14 +126,22 @@ def open_model(
             import json
 
             max_length = context_length(json.loads(cfg_file.read_text(encoding="utf-8")))
-        name = endpoint_model or _endpoint_model_name(endpoint, api_key)
-        scorer = EndpointScorer(endpoint, name, api_key, max_length or DEFAULT_MAX_LENGTH, batch_size)
+        from seekforge.llm_client import LLMClient
+
+        client = LLMClient(endpoint)
+        try:
+            name = client.preflight()  # unreachable, key refused, model not listed: fail before any work
+        except BaseException:
+            client.close()
+            raise
+        scorer = EndpointScorer(client, max_length or DEFAULT_MAX_LENGTH, batch_size)
         return EvalModel(
             name,
             Tokens(tokenizer, add_bos),
             scorer,
-            _endpoint_generator(endpoint, name, api_key),
-            {"endpoint": endpoint, "model": name, "max_length": scorer.window},
+            _endpoint_generator(client),
+            {"endpoint": client.cfg.base_url, "model": name, "max_length": scorer.window},
+            client,
         )
     if not model_dir:
         raise ValueError("give a MODEL_DIR (or --endpoint URL)")
@@ -234,53 +244,24 @@ def _hf_generator(model: torch.nn.Module, tokenizer: Any) -> Generator:
     return generate
 
 
-def _endpoint_model_name(endpoint: str, api_key: str | None) -> str:
-    """The first model the endpoint lists (``GET /v1/models``)."""
-    import json
-    import urllib.request
-
-    base = endpoint.rstrip("/")
-    for suffix in ("/completions", "/chat/completions"):
-        base = base.removesuffix(suffix)
-    if not base.endswith("/v1"):
-        base += "/v1"
-    req = urllib.request.Request(
-        base + "/models", headers={"Authorization": f"Bearer {api_key}"} if api_key else {}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            data = json.loads(resp.read().decode("utf-8")).get("data") or []
-    except OSError as e:
-        raise EndpointError(
-            f"{base}/models: cannot list the endpoint's models ({e}); pass --endpoint-model"
-        ) from None
-    if not data:
-        raise EndpointError(f"{base}/models lists no model; pass --endpoint-model NAME")
-    return str(data[0]["id"])
-
-
-def _endpoint_generator(endpoint: str, name: str, api_key: str | None) -> Generator:
-    """``/v1/chat/completions``; a plain ``prompt`` becomes one user message."""
-    base = endpoint.rstrip("/").removesuffix("/completions").removesuffix("/chat")
-    url = (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
+def _endpoint_generator(client: LLMClient) -> Generator:
+    """``/v1/chat/completions`` through the model client, ``concurrency`` requests in flight; a plain
+    ``prompt`` becomes one user message. A request that fails for good fails the run: a generation
+    metric over the answers that happened to come back would not be the metric asked for."""
 
     def generate(requests: list[GenRequest], settings: GenSettings) -> list[str]:
-        out = []
+        batch = []
         for i, r in enumerate(requests):
             messages = r.messages if r.messages is not None else [{"role": "user", "content": r.prompt}]
-            body = {
-                "model": name,
-                "messages": messages,
-                "max_tokens": settings.max_new_tokens,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "seed": settings.seed + i,
-            }
-            reply = post_json(url, body, api_key)
-            try:
-                out.append(reply["choices"][0]["message"]["content"] or "")
-            except (KeyError, IndexError, TypeError):
-                raise EndpointError(f"{url}: unexpected reply {str(reply)[:300]}") from None
-        return out
+            params = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                      "top_p": settings.top_p, "seed": settings.seed + i}
+            batch.append((messages, params))
+        answers = client.chat_many(batch)
+        if failed := [i for i, a in enumerate(answers) if a is None]:
+            raise EndpointError(
+                f"{client.cfg.base_url}/chat/completions: {len(failed)} of {len(answers)} generation "
+                f"requests failed after retries (first: request {failed[0]}); {client.progress_line()}"
+            )
+        return [a.text for a in answers if a is not None]
 
     return generate

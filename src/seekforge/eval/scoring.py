@@ -21,19 +21,20 @@ tokens of each sequence given everything before them.
   batches (causal attention never looks at the padding to the right).
 - :class:`EndpointScorer`: an OpenAI-compatible ``/v1/completions`` with ``echo`` + ``logprobs``
   (seekforge serve, vLLM), prompts sent as token ids from a local tokenizer, as lm-eval's
-  ``local-completions`` model does.
+  ``local-completions`` model does, through the one model client (``seekforge.llm_client``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from seekforge.llm_client import LLMClient
 
 log = logging.getLogger("seekforge.eval")
 
@@ -263,73 +264,65 @@ class EndpointError(ValueError):
     """The endpoint answered with an error or without what scoring needs."""
 
 
-def post_json(url: str, body: dict[str, Any], api_key: str | None, timeout: float = 600.0) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    req = urllib.request.Request(url, json.dumps(body).encode("utf-8"), headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode("utf-8"))
-    except urllib.error.HTTPError as e:
-        detail = e.read().decode("utf-8", "replace")[:500]
-        raise EndpointError(f"{url}: HTTP {e.code}: {detail}") from None
-    except urllib.error.URLError as e:
-        raise EndpointError(f"{url}: cannot connect ({e.reason})") from None
-
-
 class EndpointScorer(Scorer):
     """``/v1/completions`` with ``echo`` and ``logprobs``: the prompt's own token log-probs.
 
     Sends token-id prompts (``max_tokens`` 1, ``temperature`` 0, as lm-eval's ``local-completions``)
-    in batches; the server must accept token-id prompts and return prompt log-probs with echo.
+    in batches of ``batch_size`` prompts, up to the client's ``concurrency`` batches in flight, all
+    through :class:`seekforge.llm_client.LLMClient` (retries, budgets, cache, report). The server
+    must accept token-id prompts and return prompt log-probs with echo.
     """
 
-    def __init__(
-        self, base_url: str, model: str, api_key: str | None, max_length: int, batch_size: int
-    ) -> None:
-        self.url = base_url.rstrip("/")
-        if not self.url.endswith("/completions"):
-            self.url += "/completions" if self.url.endswith("/v1") else "/v1/completions"
-        self.model_name, self.api_key = model, api_key
+    def __init__(self, client: LLMClient, max_length: int, batch_size: int) -> None:
+        self.client = client
+        self.url = client.cfg.base_url + "/completions"
         self.window = max_length  # the echoed prompt itself must fit the server's context
         self.batch_size = max(1, batch_size)
-        self.name = model
+        self.name = client.model
 
     def score(self, pairs: Sequence[TokenPair]) -> list[list[float]]:
-        out: list[list[float]] = []
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start : start + self.batch_size]
-            body = {
-                "model": self.model_name,
-                "prompt": [p.tokens for p in chunk],
-                "max_tokens": 1,
-                "logprobs": 1,
-                "echo": True,
-                "temperature": 0,
-            }
-            try:
-                reply = post_json(self.url, body, self.api_key)
-            except EndpointError as e:
+        chunks = [pairs[i : i + self.batch_size] for i in range(0, len(pairs), self.batch_size)]
+        workers = min(self.client.cfg.concurrency, len(chunks))
+        if workers <= 1:
+            return [lp for chunk in chunks for lp in self._score_chunk(chunk)]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return [lp for scored in pool.map(self._score_chunk, chunks) for lp in scored]
+
+    def _score_chunk(self, chunk: Sequence[TokenPair]) -> list[list[float]]:
+        from seekforge.llm_client import RequestFailed
+
+        request = {
+            "prompt": [p.tokens for p in chunk],
+            "max_tokens": 1,
+            "logprobs": 1,
+            "echo": True,
+            "temperature": 0,
+        }
+        try:
+            reply = self.client.complete(request)
+        except RequestFailed as e:
+            raise EndpointError(
+                f"{self.url}: {e}\nThe endpoint refused a log-likelihood request (echo=true + logprobs "
+                f"over token ids): {NO_LOGPROBS}"
+            ) from None
+        choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(chunk):
+            raise EndpointError(f"{self.url}: {len(choices)} choices for {len(chunk)} prompts")
+        out = []
+        for p, ch in zip(chunk, choices):
+            lps = (ch.get("logprobs") or {}).get("token_logprobs")
+            if not lps or len(lps) < len(p.tokens):
                 raise EndpointError(
-                    f"{e}\nThe endpoint refused a log-likelihood request (echo=true + logprobs "
-                    f"over token ids): {NO_LOGPROBS}"
-                ) from None
-            choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
-            if len(choices) != len(chunk):
-                raise EndpointError(f"{self.url}: {len(choices)} choices for {len(chunk)} prompts")
-            for p, ch in zip(chunk, choices):
-                lps = (ch.get("logprobs") or {}).get("token_logprobs")
-                if not lps or len(lps) < len(p.tokens):
-                    raise EndpointError(
-                        f"{self.url} returned no prompt log-probabilities for echo=true + "
-                        f"logprobs: {NO_LOGPROBS}"
-                    )
-                tail = lps[len(p.tokens) - p.n_scored : len(p.tokens)]
-                if any(v is None for v in tail):
-                    raise EndpointError(f"{self.url}: a scored token came back without a log-probability")
-                out.append([float(v) for v in tail])
+                    f"{self.url} returned no prompt log-probabilities for echo=true + logprobs: {NO_LOGPROBS}"
+                )
+            tail = lps[len(p.tokens) - p.n_scored : len(p.tokens)]
+            if any(v is None for v in tail):
+                raise EndpointError(f"{self.url}: a scored token came back without a log-probability")
+            out.append([float(v) for v in tail])
         return out
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def scorer_class(model: torch.nn.Module) -> type[LocalScorer]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import re
 import threading
 import unicodedata
@@ -50,6 +51,8 @@ import yaml
 
 from seekforge.infer import RequestHandle, StreamEvent
 from seekforge.serve.protocol import APIError
+
+log = logging.getLogger("seekforge.serve")
 
 SEVERITIES = {"low": 1, "medium": 2, "high": 3}
 SCORES = {1: 0.34, 2: 0.67, 3: 1.0}
@@ -479,24 +482,36 @@ class HFClassifier:
 
 
 class RemoteModeration:
-    """Any OpenAI-compatible ``/v1/moderations`` endpoint, called with the ``openai`` client."""
+    """Any OpenAI-compatible ``/v1/moderations`` endpoint, called through the one model client
+    (``seekforge.llm_client``): one retry on 429/5xx/timeouts, a short timeout, since a request
+    waits on the verdict. The key is only the policy's ``api_key`` (never the environment's, which
+    may hold this server's own key)."""
 
     def __init__(self, base_url: str, api_key: str = "none", model: str | None = None,
                  timeout: float = 10.0) -> None:
-        import openai
+        from seekforge.llm_client import EndpointConfig, LLMClient
 
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=1)
-        self.model = model
+        self.client = LLMClient(EndpointConfig(endpoint=base_url, api_key=api_key, model=model,
+                                               timeout_s=timeout, max_retries=1, backoff_s=0.2))
         self.labels: list[str] = []
 
     def scores(self, texts: list[str]) -> list[dict[str, float]]:
-        kw = {"model": self.model} if self.model else {}
-        results = self.client.moderations.create(input=texts, **kw).results
-        out = []
-        for r in results:
-            raw = r.category_scores.model_dump() if hasattr(r.category_scores, "model_dump") else {}
-            out.append({k: float(v) for k, v in raw.items() if isinstance(v, (int, float))})
-        return out
+        from seekforge.llm_client import RequestFailed
+
+        try:
+            return self.client.moderate(texts)
+        except RequestFailed as e:
+            raise ClassifierUnavailable(f"{self.client.cfg.base_url}/moderations: {e}") from None
+
+
+class ClassifierUnavailable(RuntimeError):
+    """The remote classifier did not answer. The server fails closed: a prompt gets a 503 and an
+    answer is withheld (``content_filter``), since an unchecked text is what the policy forbids."""
+
+
+def _unavailable(e: ClassifierUnavailable) -> APIError:
+    return APIError(503, f"the safety classifier is unavailable, so the text was not checked ({e})",
+                    type="server_error", code="classifier_unavailable")
 
 
 def _classifier(spec: Any, fail: Callable[[str], ValueError]) -> tuple[Classifier | None, float]:
@@ -537,11 +552,14 @@ async def check_input(policy: SafetyPolicy | None, texts: list[str], param: str)
     """Raise OpenAI's 400 ``content_policy_violation`` when a prompt text is blocked."""
     if policy is None or "input" not in policy.apply_to or not texts:
         return
-    if policy.classifier is not None or sum(map(len, texts)) > 20_000:
-        # Folding runs in Python, character by character: keep long prompts off the event loop.
-        verdicts = await asyncio.to_thread(policy.moderate, texts)
-    else:
-        verdicts = policy.moderate(texts)
+    try:
+        if policy.classifier is not None or sum(map(len, texts)) > 20_000:
+            # Folding runs in Python, character by character: keep long prompts off the event loop.
+            verdicts = await asyncio.to_thread(policy.moderate, texts)
+        else:
+            verdicts = policy.moderate(texts)
+    except ClassifierUnavailable as e:
+        raise _unavailable(e) from None
     blocked = sorted({c for v in verdicts for c in v.blocked_categories})
     if blocked:
         policy.record_block("input", blocked)
@@ -597,7 +615,11 @@ async def moderated(policy: SafetyPolicy | None, handles: list[RequestHandle],
         final = ev.finish_reason is not None
         verdict = h.guard.feed(ev.text, final=final).verdict
         if verdict is None and final and policy.classifier is not None:
-            scores = (await asyncio.to_thread(policy.classify, [h.guard.text]))[0]
+            try:
+                scores = (await asyncio.to_thread(policy.classify, [h.guard.text]))[0]
+            except ClassifierUnavailable as e:  # fail closed: withhold what is still held
+                log.warning("%s; answer withheld", e)
+                scores = {"classifier_unavailable": 1.0}
             if (v := policy._verdict([], scores)).blocked:
                 verdict = v  # no matches: first_start is 0, so all that is still held is withheld
         if verdict is not None:
@@ -655,6 +677,9 @@ async def moderation_response(policy: SafetyPolicy, body: dict[str, Any]) -> dic
     if model is not None and not isinstance(model, str):
         raise APIError(400, "'model' must be a string", param="model", code="invalid_type")
     slow = policy.classifier is not None or sum(map(len, texts)) > 20_000
-    verdicts = await asyncio.to_thread(policy.moderate, texts) if slow else policy.moderate(texts)
+    try:
+        verdicts = await asyncio.to_thread(policy.moderate, texts) if slow else policy.moderate(texts)
+    except ClassifierUnavailable as e:
+        raise _unavailable(e) from None
     return {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": model or "seekforge-safety",
             "results": [moderation_result(policy, v) for v in verdicts]}
