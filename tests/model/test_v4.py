@@ -138,6 +138,9 @@ def test_presets_and_meta_build():
     big = load_model("v4-flash")  # published shape, on the meta device
     assert next(big.parameters()).is_meta
     assert big.config.num_hidden_layers == 43 and big.config.hc_mult == 4
+    pro = load_model("v4-pro")
+    assert next(pro.parameters()).is_meta and pro.config.num_hidden_layers == 61
+    assert pro.config.layer_types[:3] == [HCA, HCA, HCA] and pro.config.layer_types[3] == CSA
     small = v4_preset("small-v4")
     assert {SLIDING, CSA, HCA} <= set(small.layer_types) and "hash_moe" in small.mlp_layer_types
 
@@ -175,7 +178,7 @@ def test_hash_table_that_does_not_match_the_vocabulary(model, tmp_path):
         load_model(tmp_path / "m")
 
 
-@pytest.mark.parametrize("preset", ["tiny-v4", "small-v4", "v4-flash"])
+@pytest.mark.parametrize("preset", ["tiny-v4", "small-v4", "v4-flash", "v4-pro"])
 def test_analytic_parameter_count_is_exact(preset):
     from seekforge.model.v4_accounting import parameter_counts
 
@@ -189,4 +192,7 @@ def test_model_info_for_v4(capsys):
     assert main(["model", "info", "--preset", "v4-flash"]) == 0
     out = capsys.readouterr().out
     assert "284.33B" in out and "13.79B" in out  # published: 284B total, 13B active
+    assert main(["model", "info", "--preset", "v4-pro"]) == 0
+    out = capsys.readouterr().out
+    assert "1.57T" in out and "49.76B" in out  # announced: 1.6T total, 49B active
     assert "cache bf16 per sequence at 128k" in out

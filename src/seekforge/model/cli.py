@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     info = sub.add_parser("info", help="parameters, FLOPs/token, KV-cache and weight memory")
     info.add_argument("model", nargs="?", help="model directory (or give --preset)")
-    info.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}, v4-flash, tiny-v4, small-v4")
+    info.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}, v4-flash, v4-pro, tiny-v4, small-v4")
     add_config_args(info, config_positional=False)
     info.add_argument("--seq-len", type=int, default=None,
                       help="sequence length for FLOPs (default min(4096, max_position_embeddings))")

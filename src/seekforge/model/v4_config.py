@@ -188,6 +188,14 @@ class V4Config:
 V4_PRESETS: dict[str, dict[str, Any]] = {
     # transformers 5's DeepseekV4Config defaults, documented there as DeepSeek-V4-Flash-Base.
     "v4-flash": {},
+    # DeepSeek-V4-Pro as published with its weights (config.json, model card): d 7168, 61 layers
+    # (2 x HCA, then CSA / HCA alternating; 3 hash-routed MoE layers), 128 heads of 512 with q rank
+    # 1536, 16 output groups of rank 1024, 384 routed experts of 3072 (top-6), routed scale 2.5,
+    # CSA top-1024. The indexer's head count is not among the published figures; Flash's 64 x 128
+    # is kept, which gives 1.57T total / 49.76B active, matching the announced 1.6T / 49B.
+    "v4-pro": dict(hidden_size=7168, moe_intermediate_size=3072, num_hidden_layers=61,
+                   num_attention_heads=128, q_lora_rank=1536, o_groups=16, o_lora_rank=1024,
+                   index_topk=1024, n_routed_experts=384, routed_scaling_factor=2.5),
     # Every layer type, hash and learned-router MoE layers and mHC, at CPU size. The window (16) and
     # the compression rates (4 and 16) are small so short test sequences cross all of them.
     "tiny-v4": dict(vocab_size=512, hidden_size=64, moe_intermediate_size=64, num_hidden_layers=4,
@@ -204,7 +212,7 @@ V4_PRESETS: dict[str, dict[str, Any]] = {
                      hc_mult=4, hc_sinkhorn_iters=10, mlp_layer_types=["hash_moe"] + ["moe"] * 5,
                      n_routed_experts=16, num_experts_per_tok=2, max_position_embeddings=65536),
 }
-V4_LARGE_PRESETS = {"v4-flash"}
+V4_LARGE_PRESETS = {"v4-flash", "v4-pro"}
 
 
 def v4_preset(name: str, **overrides: Any) -> V4Config:
