@@ -56,3 +56,14 @@ def test_sft_on_a_dsa_model(method: str, dsa_base: Path, sft_dir: Path, tmp_path
         theirs = PeftModel.from_pretrained(hf, str(out / "final")).eval()
         with torch.no_grad():
             assert (ours(x).logits - theirs(x).logits).abs().max() < 1e-4
+
+
+def test_prefix_tuning_refuses_a_dsa_model(dsa_base: Path):
+    """A prefix would turn the sparse layers dense: refused with the reason, before anything trains."""
+    from seekforge.finetune.prefix import attach_prefix
+    from seekforge.model import load_model
+
+    model = load_model(dsa_base, device="cpu")
+    with pytest.raises(ValueError, match="method=prefix.*V3.2 sparse attention.*method=lora"):
+        attach_prefix(model, 4)
+    assert type(model.main_layers[0].self_attn).__name__ == "DSAttention"  # left as it was

@@ -144,6 +144,11 @@ def attach_prefix(
     """Give every main layer of a seekforge model a learned MLA prefix; return the new parameters."""
     if num_virtual_tokens < 1:
         raise ValueError(f"prefix.num_virtual_tokens must be >= 1 (got {num_virtual_tokens})")
+    if getattr(model.config, "is_dsa", False):
+        # A prefix would turn each DSA layer back into dense MLA: its queries would skip the lightning
+        # indexer's top-k and attend to every token, which is not the model that was trained.
+        raise ValueError("method=prefix: prefix tuning is built for dense MLA layers; this model uses "
+                         "DeepSeek-V3.2 sparse attention (index_topk is set). Use method=lora instead")
     init = _sample_latents(model, input_ids, num_virtual_tokens, seed)
     params = []
     for layer, (c, pe) in zip(model.main_layers, init):
