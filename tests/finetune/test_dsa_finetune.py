@@ -67,3 +67,26 @@ def test_prefix_tuning_refuses_a_dsa_model(dsa_base: Path):
     with pytest.raises(ValueError, match="method=prefix.*V3.2 sparse attention.*method=lora"):
         attach_prefix(model, 4)
     assert type(model.main_layers[0].self_attn).__name__ == "DSAttention"  # left as it was
+
+
+@pytest.mark.slow
+def test_torchrun_full_sft_on_a_dsa_model(dsa_base: Path, sft_dir: Path, tmp_path: Path):
+    """Full SFT under DDP: the lightning indexers get no gradient from the SFT loss, so they must be
+    frozen (DDP would otherwise wait for their gradients and fail)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "seekforge", "sft"]
+    for s in [f"model={dsa_base}", f"data={sft_dir}/identity.json", *FAST, "micro_batch_size=4",
+              "method=full", "max_steps=2",
+              "max_samples=32", "template_vars={name: Forge, author: Ada}", f"out_dir={tmp_path / 'two'}",
+              "distributed=ddp", "progress=false", "plot=false", "tensorboard=false", "sample_tokens=0",
+              "save_every=0", "num_threads=1", "mtp_loss_weight=0"]:
+        cmd += ["--set", s]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "lightning-indexer tensors frozen" in res.stderr
+    assert len([r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if "train_loss" in r]) == 2

@@ -337,6 +337,12 @@ class SFTObjective(Objective):
             if kind != "seekforge":
                 raise ConfigError("qat: available for seekforge (DeepSeek-V3) base models only")
             apply_qat(base, parse_qat(cfg.qat), cfg.qat_group_size)
+        from seekforge.train.objective import freeze_untrained_indexers
+
+        # No SFT loss reaches a lightning indexer (its top-k is discrete): frozen, as in pretraining
+        # without a dsa_stage, or DDP waits for their gradients.
+        if frozen := freeze_untrained_indexers(base, None):
+            log.info("%d lightning-indexer tensors frozen: no loss of this run reaches them", frozen)
         if kind == "seekforge" and base.config.num_nextn_predict_layers and base.config.mtp_loss_weight == 0:
             # MTP modules get no gradient without their loss: freeze them, or DDP waits for their grads.
             for layer in base.mtp_layers:
