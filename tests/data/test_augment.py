@@ -25,6 +25,10 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def _augment(*argv: str) -> None:
+    assert main(["data", "augment", *argv]) == 0
+
+
 def _report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
@@ -79,33 +83,8 @@ def test_eda_cli_keeps_labels_and_answers(tmp_path):
         ],
     )
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "data",
-                "augment",
-                "--method",
-                "eda",
-                "--input",
-                str(data),
-                "--out",
-                str(out),
-                "--n",
-                "4",
-                "--sr",
-                "0.3",
-                "--ri",
-                "0.3",
-                "--rs",
-                "0.3",
-                "--rd",
-                "0.3",
-                "--seed",
-                "7",
-            ]
-        )
-        == 0
-    )
+    _augment("--method", "eda", "--input", str(data), "--out", str(out), "--n", "4", "--sr",
+             "0.3", "--ri", "0.3", "--rs", "0.3", "--rd", "0.3", "--seed", "7")
     rows = _rows(out / "augmented.jsonl")
     rep = _report(out)
     assert rep["complete"] is True and rep["records_in"] == 2 and rep["variants_made"] == 8
@@ -116,33 +95,8 @@ def test_eda_cli_keeps_labels_and_answers(tmp_path):
     assert {r["augment_method"] for r in rows} <= {"eda:sr", "eda:ri", "eda:rs", "eda:rd"}
     assert all(r["text"] not in (EN, ZH) for r in rows)
     # the same command again: the same output (seeded per record)
-    assert (
-        main(
-            [
-                "data",
-                "augment",
-                "--method",
-                "eda",
-                "--input",
-                str(data),
-                "--out",
-                str(out),
-                "--n",
-                "4",
-                "--sr",
-                "0.3",
-                "--ri",
-                "0.3",
-                "--rs",
-                "0.3",
-                "--rd",
-                "0.3",
-                "--seed",
-                "7",
-            ]
-        )
-        == 0
-    )
+    _augment("--method", "eda", "--input", str(data), "--out", str(out), "--n", "4", "--sr",
+             "0.3", "--ri", "0.3", "--rs", "0.3", "--rd", "0.3", "--seed", "7")
     assert _rows(out / "augmented.jsonl") == rows
 
     # SFT records: prompts change, answers are kept; the output is what `seekforge sft` reads
@@ -164,32 +118,8 @@ def test_eda_cli_keeps_labels_and_answers(tmp_path):
         encoding="utf-8",
     )
     out2 = tmp_path / "out2"
-    assert (
-        main(
-            [
-                "data",
-                "augment",
-                "--method",
-                "eda",
-                "--input",
-                str(sft),
-                "--out",
-                str(out2),
-                "--n",
-                "3",
-                "--rs",
-                "0.3",
-                "--sr",
-                "0",
-                "--ri",
-                "0",
-                "--rd",
-                "0",
-                "--keep-original",
-            ]
-        )
-        == 0
-    )
+    _augment("--method", "eda", "--input", str(sft), "--out", str(out2), "--n", "3", "--rs",
+             "0.3", "--sr", "0", "--ri", "0", "--rd", "0", "--keep-original")
     rows = _rows(out2 / "augmented.jsonl")
     assert [r["augment_method"] for r in rows[:2]] == ["original", "original"]
     assert {r["output"] for r in rows} == {"ANSWER-1", "答案二"}
@@ -212,31 +142,8 @@ def test_eda_on_chats_changes_user_turns_only(tmp_path):
     ]
     data = _write_jsonl(tmp_path / "chat.jsonl", chats)
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "data",
-                "augment",
-                "--method",
-                "eda",
-                "--input",
-                str(data),
-                "--out",
-                str(out),
-                "--n",
-                "3",
-                "--rs",
-                "0.3",
-                "--sr",
-                "0",
-                "--ri",
-                "0",
-                "--rd",
-                "0",
-            ]
-        )
-        == 0
-    )
+    _augment("--method", "eda", "--input", str(data), "--out", str(out), "--n", "3", "--rs",
+             "0.3", "--sr", "0", "--ri", "0", "--rd", "0")
     rows = _rows(out / "augmented.jsonl")
     assert len(rows) == 3
     for r in rows:
@@ -246,37 +153,9 @@ def test_eda_on_chats_changes_user_turns_only(tmp_path):
         assert sorted(re.findall(r"\w+", turns[0]["value"])) == sorted(re.findall(r"\w+", EN))
         assert r["augment_method"] == "eda:rs"
     out2 = tmp_path / "out2"  # --target response: only the answers change
-    assert (
-        main(
-            [
-                "data",
-                "augment",
-                "--method",
-                "eda",
-                "--input",
-                str(data),
-                "--out",
-                str(out2),
-                "--n",
-                "1",
-                "--target",
-                "response",
-                "--rd",
-                "0.5",
-                "--sr",
-                "0",
-                "--ri",
-                "0",
-                "--rs",
-                "0",
-                "--length-ratio",
-                "0.01",
-                "10",
-                "--allow-language-change",
-            ]
-        )
-        == 0
-    )
+    _augment("--method", "eda", "--input", str(data), "--out", str(out2), "--n", "1", "--target",
+             "response", "--rd", "0.5", "--sr", "0", "--ri", "0", "--rs", "0", "--length-ratio",
+             "0.01", "10", "--allow-language-change")
     rep = _report(out2)
     assert rep["variants_made"] == 1  # answers "A1"/"A2" are one word each: deletion keeps one word
     assert rep["dropped"] == {"unchanged": 1}
@@ -353,24 +232,8 @@ def test_paraphrase_and_backtranslate_through_seekforge_serve(tiny_endpoint, tmp
     assert f"--out {out} holds a different run's cache and outputs" in capsys.readouterr().err
     assert "'n': 2" in json.dumps(json.loads((out / "run.json").read_text())["options"]).replace('"', "'")
     assert _rows(out / "augmented.jsonl") == rows  # the earlier run's output is untouched
-    assert (
-        main(
-            [
-                "data",
-                "augment",
-                "--method",
-                "paraphrase",
-                "--out",
-                str(out),
-                *common,
-                *loose,
-                "--n",
-                "3",
-                "--overwrite",
-            ]
-        )
-        == 0
-    )
+    _augment("--method", "paraphrase", "--out", str(out), *common, *loose, "--n", "3",
+             "--overwrite")
     rep3 = _report(out)  # the old cache went with --overwrite: all 6 requests are sent
     assert rep3["variants_made"] == 6 and rep3["requests"] == 6 and rep3["cache_hits"] == 0
     bt = tmp_path / "bt"
@@ -404,25 +267,8 @@ def test_backtranslate_filters_and_pivot(scripted_server, tmp_path):
     server, url = scripted_server(reply)
     data = _write_jsonl(tmp_path / "d.jsonl", [{"text": ZH}, {"text": ZH + "!"}, {"text": ZH + "?"}])
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "data",
-                "augment",
-                "--method",
-                "backtranslate",
-                "--input",
-                str(data),
-                "--out",
-                str(out),
-                "--n",
-                "1",
-                "--endpoint",
-                url,
-            ]
-        )
-        == 0
-    )
+    _augment("--method", "backtranslate", "--input", str(data), "--out", str(out), "--n", "1",
+             "--endpoint", url)
     rep = _report(out)
     assert rep["dropped"] == {"length_ratio": 1, "unchanged": 1} and rep["kept"] == 1
     (row,) = _rows(out / "augmented.jsonl")
@@ -430,26 +276,7 @@ def test_backtranslate_filters_and_pivot(scripted_server, tmp_path):
     assert any("into English" in a for a in asked)
     # --pivot: any language pair; the English answer of the way back is a language change
     out2 = tmp_path / "out2"
-    assert (
-        main(
-            [
-                "data",
-                "augment",
-                "--method",
-                "backtranslate",
-                "--input",
-                str(data),
-                "--out",
-                str(out2),
-                "--n",
-                "1",
-                "--pivot",
-                "ja",
-                "--endpoint",
-                url,
-            ]
-        )
-        == 0
-    )
+    _augment("--method", "backtranslate", "--input", str(data), "--out", str(out2), "--n", "1",
+             "--pivot", "ja", "--endpoint", url)
     assert any("into Japanese" in a for a in asked)
     assert _report(out2)["dropped"] == {"language_changed": 3}
