@@ -10,7 +10,7 @@ import pytest
 from seekforge.config import ConfigError
 from seekforge.plan.measure import read_metrics
 
-# Both presets are checked against a real run by default (~40 s and ~85 s on a 2-core CPU);
+# The presets are checked against a real run by default (~40 s and ~85 s on a 2-core CPU);
 # `pytest -m "not slow"` leaves out the larger one.
 
 
@@ -33,6 +33,7 @@ def write_shards(out: Path, vocab: int, train_tokens: int = 20_000, val_tokens: 
 @pytest.mark.parametrize("preset, vocab, seq_len, micro_batch", [
     ("small-moe", 8192, 256, 4),
     pytest.param("100m-moe", 32000, 64, 2, marks=pytest.mark.slow),  # ~85 s on 2 shared cores
+    ("small-v4", 8192, 256, 4),  # DeepSeek-V4: explicit attention scores and mHC streams (~60 s)
 ])
 def test_measured_peak_memory_matches_estimate(run_plan, tmp_path, preset, vocab, seq_len, micro_batch):
     data = write_shards(tmp_path / "shards", vocab)

@@ -5,7 +5,9 @@ so it works for the 671B DeepSeek-V3 as quickly as for the tiny test model.
 
 Two inputs are accepted:
 
-* a seekforge :class:`~seekforge.model.config.ModelConfig` (DeepSeek-V3/V2: MLA + DeepSeekMoE + MTP);
+* a seekforge :class:`~seekforge.model.config.ModelConfig` (DeepSeek-V3/V2: MLA + DeepSeekMoE + MTP)
+  or :class:`~seekforge.model.v4_config.V4Config` (DeepSeek-V4: sliding window + compressed
+  attention, mHC residual streams, an all-MoE stack);
 * an :class:`Arch`, a small generic description (attention kind, dense or MoE feed-forward per
   layer) that the planner also builds from Llama / Qwen2 / Qwen3 / Mixtral / Qwen2-MoE
   ``config.json`` files, so one estimator serves every family.
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from seekforge.model.config import ModelConfig
+from seekforge.model.v4_config import CSA, HCA, V4Config
 
 
 # ------------------------------------------------------------------------------------------------
@@ -54,9 +57,11 @@ from seekforge.model.config import ModelConfig
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Attention:
-    """One attention block. ``kind="mla"`` is DeepSeek's latent attention, ``"gqa"`` covers MHA/GQA/MQA."""
+    """One attention block. ``kind="mla"`` is DeepSeek's latent attention, ``"gqa"`` covers MHA/GQA/MQA,
+    ``"v4"`` is DeepSeek-V4's (one shared key = value head of ``qk_head_dim``, a sliding window, and
+    in CSA / HCA layers a compressed branch)."""
 
-    kind: Literal["mla", "gqa"]
+    kind: Literal["mla", "gqa", "v4"]
     num_heads: int
     qk_head_dim: int  # per query head (MLA: d_n + d_r)
     v_head_dim: int
@@ -70,6 +75,12 @@ class Attention:
     index_topk: int = 0  # 0 = dense attention
     index_n_heads: int = 0
     index_head_dim: int = 0
+    # DeepSeek-V4 only. A CSA layer has compress_rate m (overlapping blocks) and the indexer fields
+    # above; an HCA layer compress_rate m' and no indexer; a sliding-window layer compress_rate 0.
+    window: int = 0
+    compress_rate: int = 0
+    o_groups: int = 0  # grouped output projection: o_groups blocks of heads -> o_lora_rank each -> d
+    o_lora_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class FeedForward:
     expert_intermediate_size: int = 0
     shared_intermediate_size: int = 0  # total width of the shared expert(s): S·I_m for DeepSeek
     shared_expert_gate: bool = False  # Qwen2-MoE gates its shared expert with a [1, d] linear
+    clipped: bool = False  # DeepSeek-V4 clips the SwiGLU inputs (more tensors kept for backward)
 
     @property
     def is_moe(self) -> bool:
@@ -92,6 +104,8 @@ class FeedForward:
 class Layer:
     attention: Attention
     ffn: FeedForward
+    hyper_connections: int = 0  # DeepSeek-V4's mHC: residual streams n (0 = one plain residual)
+    sinkhorn_iters: int = 0  # mHC's Sinkhorn-Knopp iterations (memory only)
 
 
 @dataclass(frozen=True)
@@ -148,12 +162,38 @@ def arch_from_model_config(cfg: ModelConfig, name: str = "deepseek") -> Arch:
     )
 
 
-def as_arch(model: ModelConfig | Arch) -> Arch:
+def arch_from_v4_config(cfg: V4Config, name: str = "deepseek_v4") -> Arch:
+    """The :class:`Arch` of a DeepSeek-V4 config: per layer its attention type, every FFN a MoE
+    (hash-routed layers have the same shapes as learned-router ones), mHC on every block. V4 has no
+    MTP module in transformers, so none is counted."""
+    def attention(kind: str) -> Attention:
+        csa = kind == CSA
+        return Attention(
+            kind="v4", num_heads=cfg.num_attention_heads, qk_head_dim=cfg.head_dim, v_head_dim=cfg.head_dim,
+            num_kv_heads=1, q_lora_rank=cfg.q_lora_rank, rope_head_dim=cfg.qk_rope_head_dim,
+            index_topk=cfg.index_topk if csa else 0, index_n_heads=cfg.index_n_heads if csa else 0,
+            index_head_dim=cfg.index_head_dim if csa else 0, window=cfg.sliding_window,
+            compress_rate=cfg.compress_rates[kind] if kind in (CSA, HCA) else 0,
+            o_groups=cfg.o_groups, o_lora_rank=cfg.o_lora_rank,
+        )
+
+    moe = FeedForward(num_experts=cfg.n_routed_experts, experts_per_token=cfg.num_experts_per_tok,
+                      expert_intermediate_size=cfg.moe_intermediate_size,
+                      shared_intermediate_size=cfg.moe_intermediate_size, clipped=True)
+    return Arch(name=name, vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+                layers=tuple(Layer(attention(kind), moe, cfg.hc_mult, cfg.hc_sinkhorn_iters)
+                             for kind in cfg.layer_types),
+                fused_cross_entropy=True)
+
+
+def as_arch(model: ModelConfig | V4Config | Arch) -> Arch:
     if isinstance(model, Arch):
         return model
     if isinstance(model, ModelConfig):
         return arch_from_model_config(model)
-    raise TypeError(f"expected a ModelConfig or an Arch, got {type(model).__name__}")
+    if isinstance(model, V4Config):
+        return arch_from_v4_config(model)
+    raise TypeError(f"expected a ModelConfig, a V4Config or an Arch, got {type(model).__name__}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,6 +202,8 @@ def as_arch(model: ModelConfig | Arch) -> Arch:
 def attention_params(a: Attention, d: int) -> dict[str, int]:
     """Parameters of one attention block: ``matmul`` (linear weights) and ``other`` (norms, biases)."""
     H = a.num_heads
+    if a.kind == "v4":
+        return _v4_attention_params(a, d)
     if a.kind == "mla":
         if a.q_lora_rank:  # q_a_proj [d_q, d], q_a_layernorm [d_q], q_b_proj [H·d_qk, d_q]
             q_mm, q_other = d * a.q_lora_rank + a.q_lora_rank * H * a.qk_head_dim, a.q_lora_rank
@@ -187,6 +229,36 @@ def attention_params(a: Attention, d: int) -> dict[str, int]:
     return {"matmul": mm, "other": other}
 
 
+def _v4_attention_params(a: Attention, d: int) -> dict[str, int]:
+    """DeepSeek-V4 attention (shapes of transformers' ``DeepseekV4Attention``; c = head_dim, q_r =
+    q_lora_rank, g x o_r the grouped output): q_a [q_r, d] + norm, q_b [H·c, q_r], one key = value
+    projection [c, d] + norm, o_a (H·c -> o_r per group, so H·c·o_r), o_b [d, g·o_r], H sink logits.
+    A compressor pools blocks from kv and gate projections of the block's tokens, with a learned
+    position bias per block offset: two series of width c in CSA (overlapping blocks), one in HCA.
+    CSA's indexer has its own such compressor of width c_I, a query projection [H_I·c_I, q_r] and
+    head weights [H_I, d]."""
+    H, c, q_r = a.num_heads, a.qk_head_dim, a.q_lora_rank or 0
+    mm = d * q_r + q_r * H * c + d * c + H * c * a.o_lora_rank + a.o_groups * a.o_lora_rank * d
+    other = q_r + c + H
+    m = a.compress_rate
+    series = 2 if a.index_topk else 1  # CSA's overlapping blocks pool two series
+    if m:
+        mm += 2 * d * series * c  # kv and gate projections
+        other += m * series * c + c  # position bias per block offset, entry norm
+    if a.index_topk:
+        c_i, n_i = a.index_head_dim, a.index_n_heads
+        mm += 2 * d * 2 * c_i + q_r * n_i * c_i + d * n_i
+        other += m * 2 * c_i + c_i
+    return {"matmul": mm, "other": other}
+
+
+def _hyper_connection_params(n: int, d: int) -> dict[str, int]:
+    """mHC around one sub-block (Xie et al. 2025, arXiv:2512.24880, as DeepSeek-V4 uses it): from the
+    n streams (n·d wide) a [(2 + n)·n, n·d] matrix makes the pre / post weights and the n x n mixing
+    logits, plus (2 + n)·n biases and 3 scales."""
+    return {"matmul": (2 + n) * n * n * d, "other": (2 + n) * n + 3}
+
+
 def ffn_params(f: FeedForward, d: int) -> dict[str, int]:
     """Parameters of one feed-forward block, split by role (each SwiGLU MLP of width I has 3·d·I)."""
     if not f.is_moe:
@@ -209,11 +281,15 @@ def _layer_counts(layer: Layer, d: int) -> dict[str, int]:
     else:
         ffn_active = ffn["dense"]
     norms = 2 * d  # input_layernorm + post_attention_layernorm
-    total = att["matmul"] + att["other"] + sum(ffn.values()) + norms
-    active = att["matmul"] + att["other"] + ffn_active + norms
+    hc = {"matmul": 0, "other": 0}
+    if layer.hyper_connections:  # one mHC around attention, one around the FFN
+        hc = {k: 2 * v for k, v in _hyper_connection_params(layer.hyper_connections, d).items()}
+    hc_total = hc["matmul"] + hc["other"]
+    total = att["matmul"] + att["other"] + sum(ffn.values()) + norms + hc_total
+    active = att["matmul"] + att["other"] + ffn_active + norms + hc_total
     # The Qwen2-MoE shared-expert gate is a [1, d] linear: a (tiny) matmul, kept in ffn_active.
-    return {"attention": att["matmul"] + att["other"], "norms": norms, **ffn,
-            "total": total, "active": active, "matmul_active": att["matmul"] + ffn_active}
+    return {"attention": att["matmul"] + att["other"], "norms": norms, "hyper_connections": hc_total, **ffn,
+            "total": total, "active": active, "matmul_active": att["matmul"] + ffn_active + hc["matmul"]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,23 +301,29 @@ def param_counts(model: ModelConfig | Arch) -> dict[str, int]:
     Keys: ``total``, ``active``, ``embedding`` (input embedding + untied LM head), ``mtp`` (not in
     ``total``), ``matmul_active`` (what the 6N FLOP rule multiplies), and a breakdown
     ``attention``, ``dense_mlp``, ``router``, ``routed_experts``, ``shared_experts``, ``norms``,
-    ``embed_tokens``, ``lm_head``, plus ``mtp_active`` and ``mtp_matmul_active``.
+    ``embed_tokens``, ``lm_head``, ``hyper_connections`` (DeepSeek-V4's mHC), plus ``mtp_active``
+    and ``mtp_matmul_active``.
     """
     arch = as_arch(model)
     d, V = arch.hidden_size, arch.vocab_size
-    names = ("attention", "dense_mlp", "router", "routed_experts", "shared_experts", "norms")
+    names = ("attention", "dense_mlp", "router", "routed_experts", "shared_experts", "norms",
+             "hyper_connections")
     parts = dict.fromkeys(names, 0)
     active = matmul_active = 0
     for layer in arch.layers:
         c = _layer_counts(layer, d)
         parts["attention"] += c["attention"]
         parts["dense_mlp"] += c.get("dense", 0)
-        for key in ("router", "routed_experts", "shared_experts"):
+        for key in ("router", "routed_experts", "shared_experts", "hyper_connections"):
             parts[key] += c.get(key, 0)
         parts["norms"] += c["norms"]
         active += c["active"]
         matmul_active += c["matmul_active"]
     parts["norms"] += d  # final model.norm
+    if n := arch.layers[-1].hyper_connections:  # mHC's head merges the n streams: [n, n·d], n biases, 1 scale
+        parts["hyper_connections"] += n * n * d + n + 1
+        active += n * n * d + n + 1
+        matmul_active += n * n * d
     embed_tokens = V * d
     lm_head = 0 if arch.tie_word_embeddings else V * d
     embedding = embed_tokens + lm_head
@@ -274,7 +356,9 @@ def attention_flops_per_token(model: ModelConfig | Arch, seq_len: int, *, causal
     total = 0.0
     for lay in layers:
         a = lay.attention
-        if a.index_topk:
+        if a.kind == "v4":
+            total += sum(v4_attention_flops(a, seq_len, causal=causal).values())
+        elif a.index_topk:
             f = dsa_attention_flops(a, seq_len, causal=causal)
             total += f["attention"] + f["indexer"]
         else:
@@ -301,6 +385,34 @@ def dsa_attention_flops(a: Attention, seq_len: int, *, causal: bool = False) -> 
     return {"indexer": indexer, "attention": attention, "dense": dense, "saved": dense - attention - indexer}
 
 
+def v4_attention_flops(a: Attention, seq_len: int, *, causal: bool = False) -> dict[str, float]:
+    """Training FLOPs per token of one DeepSeek-V4 attention layer at context T (the 6x convention
+    above; keys and values are c-wide, so one attended entry costs 6·H·2c):
+
+    ``window``      the last min(T, n_win) tokens (causal: query t sees min(t + 1, n_win));
+    ``compressed``  CSA: min(k, T/m) selected entries; HCA: all T/m' entries (causal: half);
+    ``indexer``     CSA: H_I·(c_I + 1) multiply-adds per entry over all T/m entries (causal: half).
+    """
+    T, n_win = seq_len, a.window
+    per_entry = 6 * a.num_heads * (a.qk_head_dim + a.v_head_dim)
+
+    def causal_mean(limit: float, visible: float) -> float:
+        """Mean over queries of min(visible at the query, limit) when visibility grows linearly to
+        ``visible``; without causal, min(visible, limit)."""
+        if not causal:
+            return min(visible, limit)
+        return visible / 2 if visible <= limit else limit * (1 - limit / (2 * visible))
+
+    out = {"window": per_entry * causal_mean(n_win, T), "compressed": 0.0, "indexer": 0.0}
+    if a.compress_rate:
+        entries = T / a.compress_rate
+        limit = a.index_topk if a.index_topk else entries
+        out["compressed"] = per_entry * causal_mean(limit, entries)
+        if a.index_topk:
+            out["indexer"] = 6 * a.index_n_heads * (a.index_head_dim + 1) * entries * (0.5 if causal else 1.0)
+    return out
+
+
 def flops_per_token(model: ModelConfig | Arch, seq_len: int, *, causal: bool = False,
                     include_mtp: bool = True) -> float:
     """Training FLOPs per token: 6·N_matmul_active + attention term (see the module docstring)."""
@@ -313,7 +425,7 @@ def flops_per_token(model: ModelConfig | Arch, seq_len: int, *, causal: bool = F
 
 
 def kv_cache_bytes_per_token(model: ModelConfig | Arch, bytes_per_elem: float = 2,
-                             include_mtp: bool = False) -> dict[str, float]:
+                             include_mtp: bool = False, context: int | None = None) -> dict[str, float]:
     """KV-cache bytes per token summed over layers, as stored and as plain MHA would store it.
 
     MLA caches the normalised latent and the shared RoPE key: (d_c + d_r) per layer (DeepSeek-V2
@@ -322,19 +434,29 @@ def kv_cache_bytes_per_token(model: ModelConfig | Arch, bytes_per_elem: float = 
     GQA caches K and V of its KV heads: KV·(d_qk + d_v). ``mha`` is the same model with one K and V
     per query head: H·(d_qk + d_v). Returns ``{"mla"|"gqa": ..., "mha": ..., "actual": ...}``.
     MTP layers are left out unless asked for (they are only cached when drafting speculatively).
+    DeepSeek-V4 caches per layer its window (n_win keys of c, a fixed size: spread over ``context``
+    tokens when given, else left out), one c-wide entry per m tokens, and in CSA layers the
+    indexer's c_I-wide key per entry.
     """
     arch = as_arch(model)
     layers = arch.layers + (arch.mtp_layers if include_mtp else ())
-    mha = actual = indexer = 0
+    mha = actual = indexer = 0.0
     kinds = set()
     for lay in layers:
         a = lay.attention
         mha += a.num_heads * (a.qk_head_dim + a.v_head_dim)
-        if a.kind == "mla":
+        if a.kind == "v4":
+            window = min(context, a.window) * a.qk_head_dim / context if context else 0.0
+            # closed blocks only: a context of L tokens holds L // m entries
+            entries = (context // a.compress_rate / context if context else 1 / a.compress_rate) \
+                if a.compress_rate else 0.0
+            actual += window + entries * a.qk_head_dim
+            indexer += entries * a.index_head_dim if a.index_topk else 0.0
+        elif a.kind == "mla":
             actual += a.kv_lora_rank + a.rope_head_dim
+            indexer += a.index_head_dim if a.index_topk else 0  # V3.2: one d_I-dim indexer key per layer
         else:
             actual += (a.num_kv_heads or a.num_heads) * (a.qk_head_dim + a.v_head_dim)
-        indexer += a.index_head_dim if a.index_topk else 0  # V3.2: one d_I-dim indexer key per layer
         kinds.add(a.kind)
     out = {"mha": mha * bytes_per_elem, "actual": (actual + indexer) * bytes_per_elem}
     for kind in kinds:
@@ -344,6 +466,6 @@ def kv_cache_bytes_per_token(model: ModelConfig | Arch, bytes_per_elem: float = 
     return out
 
 
-__all__ = ["Arch", "Attention", "FeedForward", "Layer", "arch_from_model_config", "as_arch", "param_counts",
-           "flops_per_token", "attention_flops_per_token", "dsa_attention_flops", "kv_cache_bytes_per_token",
-           "attention_params", "ffn_params"]
+__all__ = ["Arch", "Attention", "FeedForward", "Layer", "arch_from_model_config", "arch_from_v4_config",
+           "as_arch", "param_counts", "flops_per_token", "attention_flops_per_token", "dsa_attention_flops",
+           "v4_attention_flops", "kv_cache_bytes_per_token", "attention_params", "ffn_params"]

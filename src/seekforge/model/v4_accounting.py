@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seekforge.model.accounting import arch_from_v4_config, param_counts
 from seekforge.model.v4_config import CSA, HCA, V4Config
 
 
@@ -23,29 +24,10 @@ class V4Counts:
 
 
 def parameter_counts(cfg: V4Config) -> V4Counts:
-    d, H, c, E, K, inter = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim, cfg.n_routed_experts,
-                            cfg.num_experts_per_tok, cfg.moe_intermediate_size)
-    n = cfg.hc_mult
-    hc = (2 + n) * n * (n * d + 1) + 3
-    attn = d * cfg.q_lora_rank + cfg.q_lora_rank + cfg.q_lora_rank * H * c + d * c + c
-    attn += H * c * cfg.o_lora_rank + cfg.o_groups * cfg.o_lora_rank * d + H
-    expert = 3 * d * inter
-    total = active = 0
-    for kind in cfg.layer_types:
-        layer = attn + 2 * hc + 2 * d + E * d + expert * (E + 1)  # router bias: a buffer
-        if kind == CSA:
-            m = cfg.compress_rates[CSA]
-            c_i, n_i = cfg.index_head_dim, cfg.index_n_heads
-            layer += 2 * d * 2 * c + m * 2 * c + c  # two-series kv/gate projections, block bias, norm
-            layer += 2 * d * 2 * c_i + m * 2 * c_i + c_i + cfg.q_lora_rank * n_i * c_i + d * n_i
-        elif kind == HCA:
-            layer += 2 * d * c + cfg.compress_rates[HCA] * c + c
-        total += layer
-        active += layer - (E - K) * expert
-    embedding = 2 * cfg.vocab_size * d
-    head = n * (n * d) + n + 1 + d  # hc_head + final norm
-    # hash layers hold a [vocab, K] token -> expert table (a buffer, not a parameter): not counted
-    return V4Counts(total=total + embedding + head, active=active + embedding + head, embedding=embedding)
+    """Totals from the shared accounting (``seekforge.model.accounting``, which ``seekforge plan``
+    uses too). The hash layers' [vocab, K] token -> expert table is a buffer, not a parameter."""
+    pc = param_counts(arch_from_v4_config(cfg))
+    return V4Counts(total=pc["total"], active=pc["active"], embedding=pc["embedding"])
 
 
 def cache_bytes(cfg: V4Config, context: int, bytes_per_elem: int = 2) -> dict[str, float]:
@@ -79,9 +61,10 @@ def attention_flops_per_token(cfg: V4Config, context: int) -> float:
 
 
 def flops_per_token(cfg: V4Config, context: int) -> float:
-    """Forward FLOPs per token: 2 x active matrix parameters (embedding lookup excluded) + attention."""
-    counts = parameter_counts(cfg)
-    return 2 * (counts.active - cfg.vocab_size * cfg.hidden_size) + attention_flops_per_token(cfg, context)
+    """Forward FLOPs per token: 2 x active matrix parameters (the embedding lookup, norms and biases
+    excluded) + attention."""
+    matmul_active = param_counts(arch_from_v4_config(cfg))["matmul_active"]
+    return 2 * matmul_active + attention_flops_per_token(cfg, context)
 
 
 def mla_cache_bytes(context: int, layers: int, latent: int = 512 + 64, bytes_per_elem: int = 2) -> float:

@@ -7,7 +7,8 @@ Sources: a seekforge preset, a seekforge YAML (a model config, or a training con
 * ``llama`` / ``mistral`` / ``qwen2`` / ``qwen3``: dense SwiGLU with GQA (Qwen2 has q/k/v biases,
   Qwen3 per-head q/k RMSNorms and an explicit ``head_dim``);
 * ``mixtral`` / ``qwen2_moe`` / ``qwen3_moe``: GQA + MoE (Qwen2-MoE adds a gated shared expert,
-  and both Qwen MoEs may keep some layers dense via ``mlp_only_layers``/``decoder_sparse_step``).
+  and both Qwen MoEs may keep some layers dense via ``mlp_only_layers``/``decoder_sparse_step``);
+* ``deepseek_v4``: read by :class:`V4Config` (sliding window + CSA / HCA attention, mHC, MoE).
 
 Only the shapes matter here; nothing is downloaded or instantiated.
 """
@@ -18,14 +19,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from seekforge.config import ConfigError, closest, read_json, read_yaml
-from seekforge.model.accounting import Arch, Attention, FeedForward, Layer, arch_from_model_config
+from seekforge.config import ConfigError, closest, parse_overrides, read_json, read_yaml
+from seekforge.model.accounting import (
+    Arch,
+    Attention,
+    FeedForward,
+    Layer,
+    arch_from_model_config,
+    arch_from_v4_config,
+)
 from seekforge.model.config import PRESETS, ModelConfig, model_config_from, preset_config
+from seekforge.model.v4_config import V4_PRESETS, V4Config, v4_preset
 
 DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
 DEEPSEEK_TYPES = ("deepseek_v3", "deepseek_v2", "deepseek_v32")
-SUPPORTED = DEEPSEEK_TYPES + DENSE_TYPES + MOE_TYPES
+SUPPORTED = DEEPSEEK_TYPES + ("deepseek_v4",) + DENSE_TYPES + MOE_TYPES
 
 
 def _need(cfg: dict[str, Any], key: str, where: str) -> Any:
@@ -38,10 +47,12 @@ def arch_from_hf_dict(cfg: dict[str, Any], where: str = "config.json") -> Arch:
     """An :class:`Arch` from an HF ``config.json`` dict of one of the :data:`SUPPORTED` families."""
     cfg = dict(cfg.get("text_config") or cfg)  # multimodal wrappers keep the LM under text_config
     kind = cfg.get("model_type")
-    if kind in DEEPSEEK_TYPES:
+    if kind in DEEPSEEK_TYPES or kind == "deepseek_v4":
         try:
+            if kind == "deepseek_v4":
+                return arch_from_v4_config(V4Config.from_hf_dict(cfg), name=kind)
             return arch_from_model_config(ModelConfig.from_hf_dict(cfg), name=kind)
-        except ConfigError as e:
+        except (ConfigError, TypeError) as e:
             raise ConfigError(f"{where}: {e}") from None
     if kind not in DENSE_TYPES + MOE_TYPES:
         near = closest(str(kind), SUPPORTED)
@@ -102,16 +113,35 @@ def arch_from_yaml(path: str | Path, overrides: list[str] | None = None) -> tupl
         spec = data["model"]
         keys = ("seq_len", "batch_tokens", "micro_batch_size", "max_steps")
         train = {k: data[k] for k in keys if k in data}
+        if isinstance(spec, str) and spec in V4_PRESETS:
+            return v4_preset_arch(spec, overrides), train
         if isinstance(spec, str) and spec not in PRESETS and Path(spec).is_dir() and not \
                 _is_deepseek_dir(spec):
             return arch_from_model_dir(spec), train
     else:
         spec = data
+    if isinstance(spec, dict) and spec.get("model_type") == "deepseek_v4":
+        try:
+            return arch_from_v4_config(V4Config(**{**spec, **parse_overrides(overrides or [])})), train
+        except TypeError as e:
+            raise ConfigError(f"--config {path}: {e}") from None
     try:
         cfg = model_config_from(spec, overrides or None)
     except ConfigError as e:
         raise ConfigError(f"--config {path}: {e}") from None
     return arch_from_model_config(cfg), train
+
+
+def v4_preset_arch(name: str, overrides: list[str] | None = None) -> Arch:
+    """A DeepSeek-V4 preset (``tiny-v4`` ... ``v4-pro``) with ``key=value`` overrides."""
+    fields = parse_overrides(overrides or [])
+    try:
+        return arch_from_v4_config(v4_preset(name, **fields), name=name)
+    except TypeError as e:  # an unknown field: V4Config names them all
+        import dataclasses
+
+        valid = ", ".join(f.name for f in dataclasses.fields(V4Config))
+        raise ConfigError(f"--set: {e}; valid DeepSeek-V4 keys: {valid}") from None
 
 
 def _is_deepseek_dir(directory: str) -> bool:
@@ -129,6 +159,13 @@ def resolve_arch(preset: str | None = None, config: str | None = None, model_dir
     if len(given) != 1:
         raise ConfigError("name the model with exactly one of --preset NAME, --config FILE.yaml or "
                           "--model DIR" + (f" (got {', '.join(given)})" if given else ""))
+    if preset in V4_PRESETS:
+        return v4_preset_arch(preset, overrides), {}
+    if preset and preset not in PRESETS:
+        valid = [*PRESETS, *V4_PRESETS]
+        near = closest(preset, valid)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"unknown preset {preset!r}.{hint} Available presets: {', '.join(valid)}")
     if preset:
         return arch_from_model_config(preset_config(preset, overrides or None), name=preset), {}
     if config:
@@ -152,7 +189,10 @@ def lora_linear_shapes(arch: Arch) -> list[tuple[int, int]]:
     for layer in arch.layers:
         a = layer.attention
         H = a.num_heads
-        if a.kind == "mla":
+        if a.kind == "v4":  # q_a, q_b, the key = value projection, o_b (the grouped o_a is left out)
+            shapes += [(d, a.q_lora_rank or 0), (a.q_lora_rank or 0, H * a.qk_head_dim), (d, a.qk_head_dim),
+                       (a.o_groups * a.o_lora_rank, d)]
+        elif a.kind == "mla":
             if a.q_lora_rank:
                 shapes += [(d, a.q_lora_rank), (a.q_lora_rank, H * a.qk_head_dim)]
             else:
@@ -162,7 +202,8 @@ def lora_linear_shapes(arch: Arch) -> list[tuple[int, int]]:
         else:
             kv = a.num_kv_heads or H
             shapes += [(d, H * a.qk_head_dim), (d, kv * a.qk_head_dim), (d, kv * a.v_head_dim)]
-        shapes.append((H * a.v_head_dim, d))
+        if a.kind != "v4":
+            shapes.append((H * a.v_head_dim, d))
         f = layer.ffn
         width = f.shared_intermediate_size if f.is_moe else f.intermediate_size
         if width:

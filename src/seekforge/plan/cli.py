@@ -18,6 +18,7 @@ from typing import Any
 from seekforge.config import ConfigError
 from seekforge.model.accounting import arch_from_model_config
 from seekforge.model.config import LARGE_PRESETS, PRESETS, preset_config
+from seekforge.model.v4_config import V4_LARGE_PRESETS, V4_PRESETS
 from seekforge.plan.arch import resolve_arch
 from seekforge.plan.estimate import (
     CHECKPOINTING,
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model (exactly one)")
-    m.add_argument("--preset", help=f"a seekforge preset: {', '.join(PRESETS)}")
+    m.add_argument("--preset", help=f"a seekforge preset: {', '.join([*PRESETS, *V4_PRESETS])}")
     m.add_argument("--config", help="a seekforge YAML: a model config, or a training config with a "
                    "model: key")
     m.add_argument("--model", dest="model_dir", metavar="DIR",
@@ -173,7 +174,7 @@ def _check_measure_args(args: argparse.Namespace) -> None:
         raise ConfigError("--measure runs `seekforge train` and so only supports --method pretrain")
     if args.model_dir or (args.preset and args.overrides):
         raise ConfigError("--measure needs --preset NAME (without --set) or a training --config")
-    if args.preset in LARGE_PRESETS:
+    if args.preset in LARGE_PRESETS or args.preset in V4_LARGE_PRESETS:
         raise ConfigError(f"--measure: preset {args.preset!r} is too large to train here; "
                           "measure a small one")
     if not args.data and not args.config:

@@ -34,6 +34,7 @@ from typing import Any
 from seekforge.config import ConfigError
 from seekforge.model.accounting import (
     Arch,
+    Attention,
     Layer,
     as_arch,
     attention_flops_per_token,
@@ -199,7 +200,7 @@ def _train_param_groups(arch: Arch, pc: dict[str, int], method: str) -> tuple[fl
 # ------------------------------------------------------------------------------------------------
 # Activations
 # ------------------------------------------------------------------------------------------------
-def _attention_saved(layer: Layer, d: int) -> tuple[float, float]:
+def _attention_saved(layer: Layer, d: int, seq_len: int = 0) -> tuple[float, float]:
     """(elements, fp32 bytes) autograd keeps per token for one attention block without recomputation.
 
     Counted for SDPA/flash attention (no T x T scores): the tensors SDPA saves (q, k, v, output,
@@ -211,6 +212,8 @@ def _attention_saved(layer: Layer, d: int) -> tuple[float, float]:
     H = a.num_heads
     vd = max(a.qk_head_dim, a.v_head_dim)
     lse = 4.0 * H
+    if a.kind == "v4":
+        return _v4_attention_saved(a, seq_len)
     if a.kind == "mla":
         q_side = 3 * a.q_lora_rank if a.q_lora_rank else 0
         kv_side = (a.kv_lora_rank + a.rope_head_dim) + 2 * a.kv_lora_rank
@@ -218,6 +221,37 @@ def _attention_saved(layer: Layer, d: int) -> tuple[float, float]:
     kv = a.num_kv_heads or H
     qk_norm = 2 * (H + kv) * a.qk_head_dim if a.qk_norm else 0
     return 2 * H * a.qk_head_dim + H * vd + H * vd + H * a.v_head_dim + qk_norm, lse
+
+
+def _v4_attention_saved(a: Attention, seq_len: int) -> tuple[float, float]:
+    """seekforge's DeepSeek-V4 attention (counted from its autograd graph): no fused kernel, so the
+    fp32 softmax over [keys | sink] and the weighted sum's copy of it are kept, H·S each per token,
+    where a query's S keys are all T tokens (masked to the window) plus the T/m compressed entries.
+    Besides: the q side (q_a output, its norm, q_b output and its rope'd copy), the key = value head
+    (norm in/out, rope), the attended heads and the grouped output's intermediate, the compressor's
+    kv and gate projections (two series in CSA), and CSA's indexer (queries, keys, top-k indices)."""
+    H, c, T = a.num_heads, a.qk_head_dim, seq_len
+    keys = T + (T / a.compress_rate if a.compress_rate else 0)
+    elements = 3 * (a.q_lora_rank or 0) + 2 * H * c + 3 * c + H * c + a.o_groups * a.o_lora_rank
+    elements += H * keys  # the softmax's copy in the activation dtype, as the weighted sum reads it
+    fp32 = 4.0 * H * (keys + 1) + keys  # fp32 softmax output; the boolean mask
+    if a.compress_rate:
+        elements += (4 if a.index_topk else 2) * c
+    if a.index_topk:
+        elements += 2 * a.index_n_heads * a.index_head_dim + 2 * a.index_head_dim
+        fp32 += 9.0 * min(a.index_topk, T / a.compress_rate if T else a.index_topk)  # int64 index + mask
+    return elements, fp32
+
+
+def _hyper_connection_saved(layer: Layer, d: int) -> tuple[float, float]:
+    """(elements, fp32 bytes) per token of DeepSeek-V4's two mHC around a layer's sub-blocks: each
+    keeps its n·d streams and their fp32 normed copy, the Sinkhorn-Knopp iterations' n x n
+    matrices and sums, and the merge's block output, mixing matrix and post weights."""
+    n = layer.hyper_connections
+    if not n:
+        return 0.0, 0.0
+    per_block_fp32 = 4.0 * (n * d + layer.sinkhorn_iters * (2 * n * n + 2 * n) + n * n + n)
+    return 2.0 * (n * d + d), 2.0 * per_block_fp32
 
 
 def _ffn_saved(layer: Layer, d: int) -> tuple[float, float]:
@@ -230,6 +264,9 @@ def _ffn_saved(layer: Layer, d: int) -> tuple[float, float]:
     f = layer.ffn
     if not f.is_moe:
         return 4.0 * f.intermediate_size, 0.0
+    if f.clipped:  # DeepSeek-V4: the clamps keep their inputs, the experts two more d-wide tensors
+        routed = f.experts_per_token * (3 * d + 6 * f.expert_intermediate_size)
+        return routed + 6.0 * f.shared_intermediate_size, 3 * 4.0 * f.num_experts
     routed = f.experts_per_token * (d + 5 * f.expert_intermediate_size)
     return routed + 4.0 * f.shared_intermediate_size, 3 * 4.0 * f.num_experts
 
@@ -238,7 +275,12 @@ def _matmul_outputs(layer: Layer, d: int) -> float:
     """Elements per token output by all matmuls of one layer (selective checkpointing keeps half)."""
     a, f = layer.attention, layer.ffn
     H = a.num_heads
-    if a.kind == "mla":
+    if a.kind == "v4":
+        series = 2 if a.index_topk else 1
+        att = (a.q_lora_rank or 0) + H * a.qk_head_dim + a.qk_head_dim + a.o_groups * a.o_lora_rank + d
+        att += 2 * series * a.qk_head_dim if a.compress_rate else 0
+        att += 4 * a.index_head_dim + a.index_n_heads * (a.index_head_dim + 1) if a.index_topk else 0
+    elif a.kind == "mla":
         d_n = a.qk_head_dim - a.rope_head_dim
         q = (a.q_lora_rank + H * a.qk_head_dim) if a.q_lora_rank else H * a.qk_head_dim
         att = q + a.kv_lora_rank + a.rope_head_dim + H * (d_n + a.v_head_dim) + d
@@ -250,27 +292,33 @@ def _matmul_outputs(layer: Layer, d: int) -> float:
             + 2 * f.shared_intermediate_size + (d if f.shared_intermediate_size else 0)
     else:
         ffn = 2 * f.intermediate_size + d
-    return att + ffn
+    n = layer.hyper_connections  # mHC: the (2 + n)·n mixing weights before each sub-block
+    return att + ffn + 2 * (2 + n) * n
 
 
-def layer_activation_bytes(layer: Layer, d: int, policy: str, act_bytes: float) -> float:
+def layer_activation_bytes(layer: Layer, d: int, policy: str, act_bytes: float, seq_len: int = 0) -> float:
     """Bytes per token one layer keeps from forward to backward under a checkpointing policy.
 
     * none: everything autograd saves — two RMSNorms (input, normalised value, scaled output: 3d
-      each), attention and FFN as in :func:`_attention_saved` / :func:`_ffn_saved`.
+      each), attention and FFN as in :func:`_attention_saved` / :func:`_ffn_saved`, and
+      DeepSeek-V4's mHC (:func:`_hyper_connection_saved`). ``seq_len`` matters only for V4, whose
+      attention keeps its score matrix.
     * selective: torchtitan's op-level policy — the layer input, every other matmul output and the
       attention output (+ log-sum-exp); norms, RoPE and SwiGLU are recomputed.
     * full: only the layer input.
     """
+    # DeepSeek-V4's mHC carries n residual streams: the layer input is n·d wide.
+    layer_input = (layer.hyper_connections or 1) * d
     if policy == "full":
-        return d * act_bytes
+        return layer_input * act_bytes
     a = layer.attention
     if policy == "selective":
         out = a.num_heads * max(a.qk_head_dim, a.v_head_dim)
-        return (d + 0.5 * _matmul_outputs(layer, d) + out) * act_bytes + 4.0 * a.num_heads
-    att, att_fp32 = _attention_saved(layer, d)
+        return (layer_input + 0.5 * _matmul_outputs(layer, d) + out) * act_bytes + 4.0 * a.num_heads
+    att, att_fp32 = _attention_saved(layer, d, seq_len)
     ffn, ffn_fp32 = _ffn_saved(layer, d)
-    return (6 * d + att + ffn) * act_bytes + att_fp32 + ffn_fp32
+    hc, hc_fp32 = _hyper_connection_saved(layer, d)
+    return (6 * d + att + ffn + hc) * act_bytes + att_fp32 + ffn_fp32 + hc_fp32
 
 
 def logits_bytes_per_element(arch: Arch, act_bytes: float) -> float:
@@ -301,11 +349,11 @@ def activation_bytes(arch: Arch, spec: PlanSpec) -> dict[str, float]:
         return {"layers": one * chunk / spec.tp, "logits": spec.concurrency * V * 4.0}
     tokens = spec.micro_batch * spec.seq_len
     layers = arch.layers + arch.mtp_layers
-    kept = sum(layer_activation_bytes(lay, d, spec.checkpointing, ab) for lay in layers)
+    kept = sum(layer_activation_bytes(lay, d, spec.checkpointing, ab, spec.seq_len) for lay in layers)
     # Each MTP depth also keeps enorm/hnorm triples and the eh_proj input (2d) and output (d).
     kept += len(arch.mtp_layers) * (6 * d + 3 * d) * ab
     if spec.checkpointing != "none":  # during backward one layer is recomputed in full at a time
-        kept += max(layer_activation_bytes(lay, d, "none", ab) for lay in layers)
+        kept += max(layer_activation_bytes(lay, d, "none", ab, spec.seq_len) for lay in layers)
     # 1F1B pipelines keep pp micro-batches in flight on the first stage, each through L/pp layers:
     # the first stage therefore holds about a whole model's worth (Korthikanti et al. 2022, §4.2.3).
     layer_bytes = kept * tokens / spec.tp  # tensor parallel with sequence parallel splits every tensor
@@ -369,10 +417,11 @@ def memory_per_device(arch: Arch, hw: Hardware, spec: PlanSpec) -> dict[str, flo
     else:  # inference
         weights = per_device(non_expert, expert, False) * WEIGHT_BYTES[prec]
         kv_prec = 4.0 if prec == "fp32" else (1.0 if prec == "fp8" else 2.0)
-        per_tok = kv_cache_bytes_per_token(arch, bytes_per_elem=kv_prec)
-        # GQA splits its KV heads over TP ranks; the MLA latent is shared by all heads, so every TP
-        # rank keeps the whole latent cache. Pipeline stages keep their own layers' caches.
-        mla = arch.layers[0].attention.kind == "mla"
+        per_tok = kv_cache_bytes_per_token(arch, bytes_per_elem=kv_prec, context=spec.context)
+        # GQA splits its KV heads over TP ranks; the MLA latent (and V4's one key = value head) is
+        # shared by all heads, so every TP rank keeps the whole cache. Pipeline stages keep their
+        # own layers' caches.
+        mla = arch.layers[0].attention.kind in ("mla", "v4")
         kv_heads = arch.layers[0].attention.num_kv_heads or arch.layers[0].attention.num_heads
         kv_split = 1 if mla else min(tp, kv_heads)
         kv = spec.concurrency * spec.context * per_tok["actual"] / kv_split / pp
@@ -461,7 +510,7 @@ def decode_tokens_per_s(arch: Arch, hw: Hardware, spec: PlanSpec) -> float:
         f = moe[0]
         experts_touched_frac = 1 - (1 - f.experts_per_token / f.num_experts) ** B
     weight_bytes = (pc["total"] - pc["routed_experts"] * (1 - experts_touched_frac)) * WEIGHT_BYTES[prec]
-    kv_per_tok = kv_cache_bytes_per_token(arch, bytes_per_elem=WEIGHT_BYTES[prec])["actual"]
+    kv_per_tok = kv_cache_bytes_per_token(arch, WEIGHT_BYTES[prec], context=spec.context)["actual"]
     kv_bytes = B * spec.context * kv_per_tok
     group = spec.tp * spec.pp  # one replica spans tp x pp devices; pipeline stages run one at a time
     replicas = spec.num_gpus // group
