@@ -12,7 +12,7 @@ Methods (``method`` in the config):
 * ``full``    every weight trains.
 * ``freeze``  only the last N layers (``freeze.trainable_layers``; negative = first N), optionally
               only some of their modules (``freeze.modules``) plus ``freeze.extra_modules``.
-* ``lora``    PEFT LoRA. seekforge's module names equal HF DeepSeek-V3's, so the adapter is a plain
+* ``lora``    PEFT LoRA. seekforge's module names equal HF DeepSeek-V3's / V4's, so the adapter is a plain
               PEFT adapter for the HF model too (saved form: :mod:`.adapters`). ``all-linear`` = MLA
               projections + dense MLPs + shared experts of the main layers (not the MTP modules, not
               lm_head); routed experts are opt-in (``experts``), trained as PEFT
@@ -48,7 +48,7 @@ log = logging.getLogger("seekforge.finetune")
 METHODS = ("full", "freeze", "lora", "qlora", "prefix")
 ADAPTER_METHODS = ("lora", "qlora", "prefix")
 
-# seekforge / HF DeepSeek-V3 linear layers by group (leaf module names).
+# seekforge / HF DeepSeek-V3/V2 linear layers by group (leaf module names).
 ATTN_NAMES = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # dense MLPs and shared experts
 EXPERT_PARAMS = ("gate_up_proj", "down_proj")  # stacked routed experts (nn.Parameter, not Linear)
