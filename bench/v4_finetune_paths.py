@@ -11,8 +11,9 @@ hash + learned-router MoE of 16 experts; mHC x4), saved once under ``--workdir``
 * ``eval``: one log-likelihood batch of ``seekforge eval``'s full-forward scorer (the scorer both
   paths use for V4) over [batch, seq_len] rows, the last 8 tokens scored.
 
-Every (path, job) runs in its own process so that peak RSS (``ru_maxrss``: weights, activations,
-optimizer state) is that job's alone; rounds alternate the paths and each keeps its best time.
+Every (path, job) runs in its own process so that its peak RSS (``ru_maxrss``) minus the RSS after
+importing torch / transformers / peft is that job's memory alone (weights, activations, optimizer
+state); rounds alternate the paths and each keeps its best time (memory: its largest).
 
     .venv/bin/python bench/v4_finetune_paths.py
     .venv/bin/python bench/v4_finetune_paths.py --seq-len 256 --rounds 3
@@ -45,8 +46,12 @@ def model_dir(workdir: Path) -> Path:
 
 def run_job(path: str, job: str, base: Path, batch: int, seq_len: int, steps: int) -> dict:
     """One (path, job) in this process: seconds of the best of ``steps`` timed repeats, peak RSS."""
+    import peft  # noqa: F401  (both paths import peft and transformers: the baseline RSS is the same)
+    import transformers  # noqa: F401
+
     from seekforge.finetune.methods import HFCausalLM, LoraSettings, prepare
 
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     torch.manual_seed(0)
     if path == "seekforge":
         from seekforge.model import load_model
@@ -84,7 +89,7 @@ def run_job(path: str, job: str, base: Path, batch: int, seq_len: int, steps: in
             scorer.score(rows)
             times.append(time.perf_counter() - t0)
     return {"path": path, "job": job, "seconds": min(times[1:]), "trainable": trainable,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before}
 
 
 def main() -> None:
@@ -121,7 +126,7 @@ def main() -> None:
     tokens = args.batch * args.seq_len
     print(f"small-v4, batch {args.batch} x seq_len {args.seq_len}, {args.threads} thread(s), best of "
           f"{args.rounds} processes x {args.steps} repeats")
-    print(f"{'job':<6} {'path':<34} {'seconds':>8} {'tok/s':>8} {'peak RSS MiB':>13} {'LoRA params':>12}")
+    print(f"{'job':<6} {'path':<34} {'seconds':>8} {'tok/s':>8} {'job RSS MiB':>13} {'LoRA params':>12}")
     names = {"hf": "transformers DeepseekV4", "seekforge": "seekforge V4 (new path)"}
     for job in ("lora", "eval"):
         for path in ("hf", "seekforge"):
