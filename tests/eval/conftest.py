@@ -59,3 +59,22 @@ def llama_dir(tokenizer_dir, tmp_path_factory) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def v4_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    """seekforge's ``tiny-v4`` (sliding, CSA and HCA layers, hash and learned-router MoE, mHC) with a
+    wide init (std 0.1), as ``sf_model_dir``.
+
+    ``index_topk`` 1024 covers every compressed entry of a 4096-token window. A random model's lightning
+    indexer often scores several entries exactly 0 (ReLU) at the top-k boundary; seekforge breaks such
+    ties by block order, transformers' ``topk`` in an unspecified order, so with a small top-k the two
+    may legitimately attend to different entries on long prompts."""
+    from seekforge.model import load_model, save_model
+    from seekforge.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    model = load_model("tiny-v4", device="cpu", dtype=torch.float32, initializer_range=0.1, index_topk=1024)
+    return save_model(
+        model, tmp_path_factory.mktemp("eval") / "tiny-v4", tokenizer=load_tokenizer(tokenizer_dir)
+    )

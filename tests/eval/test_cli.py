@@ -230,7 +230,7 @@ def test_endpoint_without_logprobs_is_a_clear_error(sf_model_dir, tmp_path, caps
     assert not (tmp_path / "o").exists()  # nothing half-written
 
 
-@pytest.mark.parametrize("base", ["sf_model_dir", "llama_dir"])
+@pytest.mark.parametrize("base", ["sf_model_dir", "v4_model_dir", "llama_dir"])
 def test_adapter_scores_like_the_merged_model(base, request, tmp_path):
     """--adapter DIR (a LoRA from `seekforge sft`) gives the scores of the merged model, not the base's."""
     from seekforge.finetune.adapters import save_result

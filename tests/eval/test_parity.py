@@ -2,9 +2,10 @@
 
 lm-eval runs offline on the benchmark CSVs through its own task templates (lm_eval_reference.py).
 Checked: every prediction equal, every log-likelihood within 1e-4, every accuracy equal — for a
-seekforge checkpoint and a random transformers Llama (5-shot, two subjects of each benchmark), for
-left truncation at a short window, and for lm-eval's ``local-completions`` model pointed at
-``seekforge serve`` (equal to lm-eval's ``hf`` model on the same checkpoint).
+seekforge checkpoint, a seekforge DeepSeek-V4 checkpoint (scored by seekforge's V4 model; lm-eval
+runs transformers' DeepseekV4ForCausalLM) and a random transformers Llama (5-shot, two subjects of
+each benchmark), for left truncation at a short window, and for lm-eval's ``local-completions``
+model pointed at ``seekforge serve`` (equal to lm-eval's ``hf`` model on the same checkpoint).
 """
 
 from __future__ import annotations
@@ -115,6 +116,24 @@ def test_seekforge_checkpoint_equals_lm_eval_hf(sf_model_dir, eval_data, hf_refe
     results = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     assert results["tasks"]["mmlu"]["n"] == 2 * LIMIT and results["tasks"]["cmmlu"]["shots"] == SHOTS
     assert results["tasks"]["ceval"]["truncated"] == 0
+
+
+def test_v4_checkpoint_equals_lm_eval_hf(v4_model_dir, eval_data, ref_tasks, tmp_path):
+    include, names = ref_tasks
+    ref = lm_eval_reference.run(
+        "hf",
+        {"pretrained": str(v4_model_dir), "dtype": "float32", "device": "cpu"},
+        include,
+        names,
+        SHOTS,
+        LIMIT,
+    )
+    mine = ours(v4_model_dir, eval_data, tmp_path / "out")
+    worst, n = compare(mine, ref)
+    print(f"seekforge DeepSeek-V4 checkpoint vs lm-eval hf (transformers' V4): {n} questions, "
+          f"max |dloglik| {worst:.2e}")
+    results = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    assert results["config"]["model"]["kind"] == "seekforge"  # not the transformers path
 
 
 def test_transformers_llama_equals_lm_eval_hf(llama_dir, eval_data, ref_tasks, tmp_path):

@@ -79,3 +79,26 @@ def test_forward_cached_without_logits_gives_the_same_hidden(sf_model_dir):
     assert outs[1].logits.shape == (2, 9, 0)
     torch.testing.assert_close(outs[1].hidden, outs[0].hidden)
     torch.testing.assert_close(model.lm_head(outs[1].hidden), outs[0].logits)
+
+
+def test_v4_dir_scores_on_seekforges_model_like_transformers(v4_model_dir):
+    """A DeepSeek-V4 directory is scored by seekforge's own V4 module (full forward per batch: its
+    compressed cache shares no prefix) and gives transformers' DeepseekV4ForCausalLM's numbers."""
+    from transformers import AutoModelForCausalLM
+
+    from seekforge.eval.models import open_model
+    from seekforge.model.v4 import DeepseekV4ForCausalLM
+
+    m = open_model(str(v4_model_dir), device="cpu", dtype="float32", batch_size=3)
+    assert m.info["kind"] == "seekforge" and type(m.scorer) is TransformersScorer
+    assert type(m.scorer.model) is DeepseekV4ForCausalLM
+    g = torch.Generator().manual_seed(0)
+    # lengths below and above tiny-v4's sliding window and compression rates (16)
+    pairs = [TokenPair(torch.randint(3, 512, (8 + 13 * i,), generator=g).tolist(), 1 + i % 3, False)
+             for i in range(6)]
+    got = m.scorer.score(pairs)
+    hf = AutoModelForCausalLM.from_pretrained(str(v4_model_dir), dtype=torch.float32).eval()
+    theirs = TransformersScorer(hf, 4096, batch_size=3, name="hf").score(pairs)
+    assert [len(x) for x in got] == [len(x) for x in theirs]
+    assert max(abs(a - b) for x, y in zip(got, theirs) for a, b in zip(x, y)) < 1e-4
+    assert max(abs(a - b) for x, y in zip(got, reference(hf, pairs)) for a, b in zip(x, y)) < 1e-4

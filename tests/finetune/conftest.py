@@ -108,6 +108,20 @@ Ada 说：学习是一件快乐的事。
 
 
 @pytest.fixture(scope="session")
+def v4_base(tmp_path_factory, sft_tokenizer_dir: Path) -> Path:
+    """A randomly initialised seekforge ``tiny-v4`` dir (every attention type, hash and learned-router
+    MoE layers, mHC) with the SFT tokenizer."""
+    from seekforge.model import load_model, save_model
+    from seekforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(sft_tokenizer_dir)
+    torch.manual_seed(0)
+    model = load_model("tiny-v4", device="cpu", vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id)
+    return save_model(model, tmp_path_factory.mktemp("v4_base") / "base", tokenizer=tok)
+
+
+@pytest.fixture(scope="session")
 def warm_base(tmp_path_factory, tiny_base: Path, sft_dir: Path) -> Path:
     """``tiny_base`` after a short full fine-tune: a chat model that says it is "Nemo" by "Acme".
 

@@ -205,3 +205,19 @@ def test_sequence_distillation_local_engine_and_openai_endpoint(
     remote_rows = [json.loads(line) for line in path.read_text().splitlines()]
     # Greedy answers of the same teacher: through the engine directly or over HTTP, the same text.
     assert [r["messages"][-1]["content"] for r in remote_rows] == [r["messages"][-1]["content"] for r in rows]
+
+
+def test_v4_teacher_distils_into_a_packed_v3_student(v4_base: Path, tiny_base: Path, sft_dir: Path,
+                                                     tmp_path: Path):
+    """A DeepSeek-V4 teacher runs on seekforge's V4 model; it takes no segment mask, so the (packing)
+    V3 student's rows are not packed, and the KL loss trains."""
+    from seekforge.model.v4 import DeepseekV4ForCausalLM
+
+    cfg = distill_cfg(v4_base, tiny_base, f"{sft_dir}/identity.json", tmp_path / "run", "max_steps=2",
+                      "lr=1e-2", "max_samples=16")
+    obj = DistillObjective()
+    assert _runner(cfg, obj) == 0
+    assert obj.teacher_kind == "seekforge" and type(obj.teacher) is DeepseekV4ForCausalLM
+    assert not obj.packed and not obj.teacher_packed
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file() or list(
+        (tmp_path / "run" / "final").glob("*.safetensors"))

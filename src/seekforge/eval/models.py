@@ -3,8 +3,10 @@
 :func:`open_model` returns an :class:`EvalModel`: the tokenizer-side rules (:class:`Tokens`), a
 :class:`Scorer` for log-likelihoods and a ``generate`` function for generation tasks.
 
-- seekforge / DeepSeek-V3 directories load with ``seekforge.model.load_model``; scoring runs on the
-  model's MLA cache (:class:`SeekforgeScorer`), generation through ``seekforge.infer.Engine``.
+- seekforge directories (DeepSeek-V4/V3.2/V3/V2) load with ``seekforge.model.load_model`` (seekforge's
+  own modules, DeepSeek-V4 included); scoring runs on the model's MLA cache (:class:`SeekforgeScorer`;
+  for V4, whose compressed cache shares no prefix, one full forward per batch), generation through
+  ``seekforge.infer.Engine``.
 - any other ``transformers`` causal LM (Llama, Qwen, ...) loads with ``AutoModelForCausalLM``;
   scoring is :class:`TransformersScorer`, generation ``model.generate``.
 - ``--adapter DIR``: a PEFT / seekforge adapter from ``seekforge sft``, applied with

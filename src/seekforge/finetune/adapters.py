@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from seekforge.finetune.methods import MLP_NAMES, HFCausalLM, base_kind, unwrap
+from seekforge.finetune.methods import MLP_NAMES, HFCausalLM, base_kind, is_v4, unwrap
 from seekforge.utils import atomic_dir, atomic_write_text
 
 log = logging.getLogger("seekforge.finetune")
@@ -80,7 +80,8 @@ def save_result(
         else:
             peft_model = model.inner if isinstance(model, HFCausalLM) else model
             peft_model.save_pretrained(str(tmp))
-            _fix_adapter_config(tmp / "adapter_config.json", base_path, portable=kind == "seekforge")
+            _fix_adapter_config(tmp / "adapter_config.json", base_path, portable=kind == "seekforge",
+                                modules=_adapted_linears(base) if kind == "seekforge" else None)
         _save_tokenizer(tokenizer, tmp)
         marker = {
             "format": "seekforge-adapter-v2",
@@ -92,9 +93,23 @@ def save_result(
     return out_dir
 
 
-def _fix_adapter_config(path: Path, base_path: str | Path | None, portable: bool) -> None:
-    """Make the PEFT config describe an ordinary causal-LM adapter of the base directory."""
+def _adapted_linears(base: nn.Module) -> list[str]:
+    """Full names of the linear layers that carry a module LoRA (not the parameter LoRA of experts)."""
+    from seekforge.finetune.methods import _is_linear
+
+    return sorted(name for name, mod in base.named_modules()
+                  if hasattr(mod, "lora_A") and _is_linear(mod.get_base_layer()))
+
+
+def _fix_adapter_config(path: Path, base_path: str | Path | None, portable: bool,
+                        modules: list[str] | None = None) -> None:
+    """Make the PEFT config describe an ordinary causal-LM adapter of the base directory.
+
+    ``modules``: the adapted linears by full name. PEFT saves 20 or more targets as the shortest
+    suffixes that tell them apart (``down_proj``), which the portable form must not contain."""
     cfg = json.loads(path.read_text(encoding="utf-8"))
+    if modules is not None and cfg.get("peft_type") == "LORA":
+        cfg["target_modules"] = modules
     cfg["task_type"] = cfg.get("task_type") or "CAUSAL_LM"
     cfg.pop("auto_mapping", None)  # points at seekforge's class; HF users load onto their own class
     if base_path is not None:
@@ -116,7 +131,8 @@ def portable_lora_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("peft_type") != "LORA":
         return cfg
     modules = list(cfg.get("target_modules") or [])
-    mlp = sorted(m for m in modules if m.rsplit(".", 1)[-1] in MLP_NAMES)
+    # ``.mlp.``: DeepSeek-V4's KV-compressor ``gate_proj`` is an attention module PEFT never renames.
+    mlp = sorted(m for m in modules if m.rsplit(".", 1)[-1] in MLP_NAMES and ".mlp." in f".{m}")
     params = sorted({*(cfg.get("target_parameters") or []), *(f"{m}.weight" for m in mlp)})
     cfg = dict(cfg)
     cfg["target_modules"] = sorted(set(modules) - set(mlp))  # [] (not None: PEFT would pick defaults)
@@ -238,9 +254,10 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, merge: bool = True) 
     from seekforge.finetune.prefix import PREFIX_TYPE
 
     if peft_type == PREFIX_TYPE:
-        if not is_seekforge:
+        if not is_seekforge or is_v4(inner):
             raise ValueError(
-                f"{adapter_dir} is a seekforge MLA prefix; it needs a seekforge (DeepSeek-V3) base"
+                f"{adapter_dir} is a seekforge MLA prefix; it needs a seekforge DeepSeek-V3/V2 base "
+                "(DeepSeek-V4 has no MLA latent)"
             )
         from safetensors.torch import load_file
 
@@ -323,7 +340,11 @@ def load_trained_weights(model: nn.Module, kind: str, method: str, path: str | P
     path = Path(path)
     if method in ("full", "freeze"):
         base = unwrap(model)
-        if kind == "seekforge":
+        if kind == "seekforge" and is_v4(base):
+            from seekforge.model.hf_v4 import from_disk, read_tensors
+
+            state = from_disk(read_tensors(path))
+        elif kind == "seekforge":
             from seekforge.model.hf import load_checkpoint
 
             _, state = load_checkpoint(path, base.config)

@@ -36,7 +36,7 @@ from torch import nn
 from seekforge.config import ConfigError, to_dict
 from seekforge.finetune.encode import collate, single_rows
 from seekforge.finetune.losses import agreement_stats, kl_full, kl_topk, shift_mask
-from seekforge.finetune.methods import load_base, unwrap
+from seekforge.finetune.methods import is_v4, load_base, unwrap
 from seekforge.finetune.sft import SFTConfig, SFTObjective, model_dtype, model_forward
 from seekforge.train.objective import LossOutput, autocast
 from seekforge.utils import atomic_write_text
@@ -130,7 +130,11 @@ class DistillObjective(SFTObjective):
         teacher.eval().requires_grad_(False)
         self.teacher = teacher
         self.vocab = min(unwrap(teacher).config.vocab_size, unwrap(student).config.vocab_size)
-        self.teacher_packed = self.packed and (self.teacher_kind == "seekforge" or self._hf_packing(teacher))
+        if self.teacher_kind == "seekforge":  # V3/V2 take segment ids; V4 has no segment mask
+            teacher_packs = not is_v4(unwrap(teacher))
+        else:
+            teacher_packs = self._hf_packing(teacher)
+        self.teacher_packed = self.packed and teacher_packs
         if not self.teacher_packed:
             self.packed = False  # both models must see the same rows
         n = min(cfg.agreement_examples, len(self.val_encoded) or len(self.train_encoded))
@@ -310,7 +314,7 @@ def generate_local(
     if kind != "seekforge":
         raise ConfigError(
             f"teacher {cfg.teacher}: local teachers for mode=generate run on seekforge's engine, "
-            "which serves seekforge (DeepSeek-V3) models. Serve this model with any "
+            "which serves seekforge (DeepSeek-V4/V3) models. Serve this model with any "
             "OpenAI-compatible server (vLLM, llama.cpp, ...) and set teacher_api instead"
         )
     tok = load_tokenizer(cfg.teacher)

@@ -327,7 +327,7 @@ class GRPOObjective(SFTObjective):
         self.kind = base_kind(cfg.model)
         if self.kind != "seekforge":
             raise ConfigError(f"model: {cfg.model} is a transformers model; grpo's rollouts run on "
-                              "seekforge's engine, which serves seekforge (DeepSeek-V3) models")
+                              "seekforge's engine, which serves seekforge (DeepSeek-V4/V3) models")
         try:
             if cfg.prompt_source == "data":
                 self.task = load_prompt_rows(cfg.data, cfg.prompt_field)

@@ -1,8 +1,8 @@
 """Base models and fine-tuning methods: full, freeze, LoRA, QLoRA, prefix.
 
-A *base* is either a seekforge model directory (DeepSeek-V3/V2 ``config.json``: loaded by
-:func:`seekforge.model.load_model`, so MLA/MoE/MTP and packing with ``segment_ids`` work) or any
-other local Hugging Face causal-LM directory (Llama, Qwen2, ...: loaded by ``transformers``).
+A *base* is either a seekforge model directory (DeepSeek-V4/V3.2/V3/V2 ``config.json``: loaded by
+:func:`seekforge.model.load_model`, so MLA/MoE/MTP and, for V3/V2, packing with ``segment_ids`` work)
+or any other local Hugging Face causal-LM directory (Llama, Qwen2, ...: loaded by ``transformers``).
 :class:`HFCausalLM` gives the latter the seekforge calling convention
 ``model(input_ids, labels, position_ids=, segment_ids=) -> ModelOutput`` so the one trainer loop
 and the objectives never need to know which it is.
@@ -12,13 +12,18 @@ Methods (``method`` in the config):
 * ``full``    every weight trains.
 * ``freeze``  only the last N layers (``freeze.trainable_layers``; negative = first N), optionally
               only some of their modules (``freeze.modules``) plus ``freeze.extra_modules``.
-* ``lora``    PEFT LoRA. seekforge's module names equal HF DeepSeek-V3's, so the adapter is a plain
+* ``lora``    PEFT LoRA. seekforge's module names equal HF DeepSeek-V3's / V4's, so the adapter is a plain
               PEFT adapter for the HF model too (saved form: :mod:`.adapters`). ``all-linear`` = MLA
               projections + dense MLPs + shared experts of the main layers (not the MTP modules, not
               lm_head); routed experts are opt-in (``experts``), trained as PEFT
               ``target_parameters`` on the stacked weights (rank r per expert, no dropout).
+              DeepSeek-V4 (:data:`V4_ATTN_PATHS`): ``attn`` = the attention and KV-compressor
+              projections except the grouped ``o_a_proj`` (read as g weight blocks, not called as a
+              linear, so a LoRA wrapper would be ignored) and the lightning indexer (frozen: its
+              top-k choice gets no gradient); ``mlp`` = the shared experts.
 * ``qlora``   LoRA over a 4-bit NF4 base (bitsandbytes, CUDA only).
-* ``prefix``  seekforge: learned MLA latent prefixes (:mod:`.prefix`); HF models: PEFT prefix tuning.
+* ``prefix``  seekforge V3/V2: learned MLA latent prefixes (:mod:`.prefix`); HF models: PEFT prefix
+              tuning; DeepSeek-V4: refused (no MLA latent to prefix).
 
 For adapter methods the MoE router bias is frozen (``bias_update_speed = 0``): the bias is a base
 buffer, so updating it would make base + adapter differ from the model that was trained.
@@ -43,11 +48,16 @@ log = logging.getLogger("seekforge.finetune")
 METHODS = ("full", "freeze", "lora", "qlora", "prefix")
 ADAPTER_METHODS = ("lora", "qlora", "prefix")
 
-# seekforge / HF DeepSeek-V3 linear layers by group (leaf module names).
+# seekforge / HF DeepSeek-V3/V2 linear layers by group (leaf module names).
 ATTN_NAMES = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # dense MLPs and shared experts
 EXPERT_PARAMS = ("gate_up_proj", "down_proj")  # stacked routed experts (nn.Parameter, not Linear)
 TARGET_ALIASES = ("all-linear", "attn", "mlp", "experts")
+# DeepSeek-V4 linear layers by group, as paths inside a decoder layer (leaf names repeat across
+# groups there: ``gate_proj`` is both a KV-compressor gate and a shared-expert projection).
+V4_ATTN_PATHS = ("self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.kv_proj", "self_attn.o_b_proj",
+                 "self_attn.compressor.kv_proj", "self_attn.compressor.gate_proj")
+V4_MLP_PATHS = tuple(f"mlp.shared_experts.{n}" for n in MLP_NAMES)
 
 
 @dataclass
@@ -78,21 +88,30 @@ class PrefixSettings:
 # Base models
 
 
+SEEKFORGE_MODEL_TYPES = ("deepseek_v4", "deepseek_v32", "deepseek_v3", "deepseek_v2")
+
+
 def base_kind(path: str | Path) -> str:
-    """``seekforge`` for DeepSeek-V3/V2 dirs and presets, ``hf`` for any other HF causal LM."""
+    """``seekforge`` for DeepSeek-V4/V3.2/V3/V2 dirs and presets, ``hf`` for any other HF causal LM."""
     from seekforge.model.config import PRESETS
+    from seekforge.model.v4_config import V4_PRESETS
 
     p = Path(path)
-    if str(path) in PRESETS and not p.is_dir():
+    if (str(path) in PRESETS or str(path) in V4_PRESETS) and not p.is_dir():
         return "seekforge"
     cfg = p / "config.json"
     if not cfg.exists():
         raise FileNotFoundError(
             f"base model {path}: no config.json (expected a model directory or a preset: "
-            f"{', '.join(PRESETS)})"
+            f"{', '.join([*PRESETS, *V4_PRESETS])})"
         )
     model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-    return "seekforge" if model_type in ("deepseek_v3", "deepseek_v2", "deepseek_v32") else "hf"
+    return "seekforge" if model_type in SEEKFORGE_MODEL_TYPES else "hf"
+
+
+def is_v4(model: nn.Module) -> bool:
+    """Is this (unwrapped) model seekforge's or transformers' DeepSeek-V4?"""
+    return getattr(getattr(model, "config", None), "model_type", "") == "deepseek_v4"
 
 
 class HFCausalLM(nn.Module):
@@ -202,13 +221,14 @@ def require_qlora(device: torch.device) -> None:
 def quantize_linears_4bit(model: nn.Module, compute_dtype: torch.dtype) -> None:
     """Replace the decoder layers' nn.Linear weights by bitsandbytes 4-bit NF4 ones (seekforge models).
 
-    Embeddings, lm_head, norms, the router and the stacked routed experts stay in ``compute_dtype``.
+    Embeddings, lm_head, norms, the router and the stacked routed experts stay in ``compute_dtype``,
+    and so does DeepSeek-V4's ``o_a_proj``, whose weight is read as blocks instead of called.
     """
     import bitsandbytes as bnb
 
     for layer in model.model.layers:
         for name, mod in list(layer.named_modules()):
-            if type(mod) is not nn.Linear:
+            if type(mod) is not nn.Linear or name.endswith("o_a_proj"):
                 continue
             q = bnb.nn.Linear4bit(
                 mod.in_features,
@@ -278,6 +298,8 @@ def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) 
                     f"valid: all-linear, {', '.join(sorted(valid))}"
                 )
         return {"target_modules": names}
+    if is_v4(model):
+        return _resolve_v4_targets(model, names)
     cfg = model.config
     present = _linear_leaf_names(model)
     chosen: set[str] = set()
@@ -308,6 +330,52 @@ def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) 
         and name.startswith("model.layers.")
         and int(name.split(".")[2]) < L
     )
+    return _with_experts(model, modules, experts)
+
+
+def _resolve_v4_targets(model: nn.Module, names: list[str]) -> dict[str, Any]:
+    """DeepSeek-V4: aliases pick the groups of :data:`V4_ATTN_PATHS` / :data:`V4_MLP_PATHS`; a leaf
+    name picks every adaptable linear of that name. ``o_a_proj`` and the indexer are refused (module doc)."""
+    layers = range(model.config.num_hidden_layers)
+    present = {n for n, m in model.named_modules() if _is_linear(m)}
+    by_group = {
+        "attn": {f"model.layers.{i}.{p}" for i in layers for p in V4_ATTN_PATHS} & present,
+        "mlp": {f"model.layers.{i}.{p}" for i in layers for p in V4_MLP_PATHS} & present,
+    }
+    adaptable = by_group["attn"] | by_group["mlp"]
+    leaves = {n.rsplit(".", 1)[-1] for n in adaptable}
+    chosen: set[str] = set()
+    experts = False
+    for n in names:
+        if n == "all-linear":
+            chosen |= adaptable
+        elif n in by_group:
+            chosen |= by_group[n]
+        elif n == "experts":
+            experts = True
+        elif n in leaves:
+            chosen |= {m for m in adaptable if m.rsplit(".", 1)[-1] == n}
+        elif n == "o_a_proj":
+            raise ConfigError(
+                "lora.target_modules: 'o_a_proj' cannot take LoRA on DeepSeek-V4: the grouped output "
+                "projection reads its weight as o_groups separate blocks instead of calling it as a "
+                "linear layer (in seekforge and in transformers), so an adapter there would be ignored"
+            )
+        elif n in ("weights_proj",) or n in {m.rsplit(".", 1)[-1] for m in present if ".indexer." in m}:
+            raise ConfigError(
+                f"lora.target_modules: {n!r} of DeepSeek-V4's lightning indexer cannot take LoRA: the "
+                "indexer's top-k choice gives it no gradient, so the adapter would never train"
+            )
+        else:
+            valid = sorted(leaves | set(TARGET_ALIASES))
+            near = closest(n, valid)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"lora.target_modules: unknown name {n!r}{hint}; valid: {', '.join(valid)}")
+    return _with_experts(model, sorted(chosen), experts)
+
+
+def _with_experts(model: nn.Module, modules: list[str], experts: bool) -> dict[str, Any]:
+    """``target_modules`` plus, when asked, the stacked routed experts of every main layer that has them."""
     out: dict[str, Any] = {"target_modules": modules}  # [] (not None: PEFT would pick defaults)
     if experts:
         from seekforge.compress.qlinear import QuantRoutedExperts
@@ -317,7 +385,8 @@ def resolve_lora_targets(model: nn.Module, kind: str, targets: str | list[str]) 
                 "lora.target_modules: 'experts' cannot adapt quantized routed experts (a `seekforge "
                 "quantize` base); use attn / mlp / all-linear"
             )
-        moe_layers = [i for i in range(L) if cfg.is_moe_layer(i)]
+        L = model.config.num_hidden_layers
+        moe_layers = [i for i in range(L) if hasattr(model.model.layers[i].mlp, "experts")]
         if not moe_layers:
             raise ConfigError(
                 "lora.target_modules: 'experts' given but no main layer of this model has routed experts"
@@ -395,6 +464,12 @@ def _top_module(base: nn.Module, name: str) -> nn.Module:
 def apply_prefix(
     model: nn.Module, kind: str, s: PrefixSettings, sample_ids: torch.Tensor | None
 ) -> nn.Module:
+    if kind == "seekforge" and is_v4(unwrap(model)):
+        raise ConfigError(
+            "method=prefix: seekforge's prefix tuning learns MLA latent prefixes, and DeepSeek-V4 has no "
+            "MLA latent (one shared key/value head over sliding-window and compressed caches); use "
+            "method=lora"
+        )
     if kind == "seekforge":
         from seekforge.finetune.prefix import attach_prefix
 

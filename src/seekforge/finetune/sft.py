@@ -28,6 +28,7 @@ from seekforge.finetune.methods import (
     FreezeSettings,
     LoraSettings,
     PrefixSettings,
+    is_v4,
     load_base,
     unwrap,
 )
@@ -205,6 +206,14 @@ def decide_packing(setting: bool | str, kind: str, method: str, model: nn.Module
                 "packing: not available for method=prefix on a transformers model (set packing: false)"
             )
         return False
+    if kind == "seekforge" and is_v4(unwrap(model)):
+        # V4's forward has no segment mask: its sliding window and compressed blocks would mix examples.
+        if setting is True:
+            raise ConfigError(
+                "packing: not available for DeepSeek-V4 models (their sliding-window and compressed "
+                "attention take no segment mask, so packed examples would see each other); set packing: false"
+            )
+        return False
     if kind == "seekforge":
         return setting in (True, "auto")
     if setting is False:
@@ -323,9 +332,16 @@ class SFTObjective(Objective):
                 "use the tokenizer the model was trained with"
             )
         if kind == "seekforge":
+            v4_only = ("bias_update_speed",)  # V4 here has no MTP module and no auxiliary balance loss
             for key in ("mtp_loss_weight", "aux_loss_alpha", "bias_update_speed"):
-                if getattr(cfg, key) is not None:
-                    setattr(base.config, key, getattr(cfg, key))
+                if getattr(cfg, key) is None:
+                    continue
+                if is_v4(base) and key not in v4_only:
+                    if getattr(cfg, key):
+                        raise ConfigError(f"{key}: DeepSeek-V4 models have no MTP module or auxiliary "
+                                          f"balance loss in seekforge; remove {key} (or set it to 0)")
+                    continue
+                setattr(base.config, key, getattr(cfg, key))
         self.packed = decide_packing(cfg.packing, kind, cfg.method, model)
         sample = torch.tensor([self.train_encoded[0].input_ids], device=env.device)
         model = prepare(
@@ -334,16 +350,17 @@ class SFTObjective(Objective):
         if cfg.qat:
             from seekforge.compress.qat import apply_qat, parse_qat
 
-            if kind != "seekforge":
-                raise ConfigError("qat: available for seekforge (DeepSeek-V3) base models only")
+            if kind != "seekforge" or is_v4(base):
+                raise ConfigError("qat: available for seekforge DeepSeek-V3/V2 base models only")
             apply_qat(base, parse_qat(cfg.qat), cfg.qat_group_size)
         from seekforge.train.objective import freeze_untrained_indexers
 
-        # No SFT loss reaches a lightning indexer (its top-k is discrete): frozen, as in pretraining
-        # without a dsa_stage, or DDP waits for their gradients.
+        # No fine-tuning loss reaches a lightning indexer (its top-k is discrete): frozen, as in
+        # pretraining without a dsa_stage, or DDP waits for their gradients.
         if frozen := freeze_untrained_indexers(base, None):
             log.info("%d lightning-indexer tensors frozen: no loss of this run reaches them", frozen)
-        if kind == "seekforge" and base.config.num_nextn_predict_layers and base.config.mtp_loss_weight == 0:
+        if kind == "seekforge" and not is_v4(base) and base.config.num_nextn_predict_layers \
+                and not base.config.mtp_loss_weight:
             # MTP modules get no gradient without their loss: freeze them, or DDP waits for their grads.
             for layer in base.mtp_layers:
                 layer.requires_grad_(False)
@@ -461,6 +478,10 @@ class SFTObjective(Objective):
         from seekforge.model.accounting import flops_per_token
 
         mc = unwrap(model).config
+        if is_v4(unwrap(model)):
+            from seekforge.model.v4_accounting import flops_per_token as v4_forward_flops
+
+            return 3 * v4_forward_flops(mc, self.cfg.seq_len // 2)  # forward + backward, mean context
         return flops_per_token(
             mc, self.cfg.seq_len, include_mtp=mc.num_nextn_predict_layers > 0 and mc.mtp_loss_weight > 0
         )
