@@ -76,3 +76,16 @@ def test_plan_v4_bad_override_lists_the_keys(run_plan):
 
     with pytest.raises(ConfigError, match="valid DeepSeek-V4 keys: .*hc_mult"):
         run_plan(["--preset", "tiny-v4", "--set", "hc_mul=2", "--hardware", "cpu"])
+
+
+def test_lora_parameters_equal_what_sft_adapts():
+    """The planner's LoRA count for V4 is the count of the linears `all-linear` adapts on the model."""
+    from seekforge.finetune.methods import resolve_lora_targets
+    from seekforge.model import load_model
+    from seekforge.plan.arch import lora_params
+
+    model = load_model("tiny-v4", device="cpu")
+    targets = resolve_lora_targets(model, "seekforge", "all-linear")["target_modules"]
+    rank = 8
+    adapted = sum(rank * (m.in_features + m.out_features) for m in map(model.get_submodule, targets))
+    assert lora_params(arch_from_v4_config(v4_preset("tiny-v4")), rank) == adapted

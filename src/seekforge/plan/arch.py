@@ -189,9 +189,14 @@ def lora_linear_shapes(arch: Arch) -> list[tuple[int, int]]:
     for layer in arch.layers:
         a = layer.attention
         H = a.num_heads
-        if a.kind == "v4":  # q_a, q_b, the key = value projection, o_b (the grouped o_a is left out)
+        if a.kind == "v4":
+            # q_a, q_b, the key = value projection, o_b, and the compressor's kv and gate projections
+            # (two series in CSA); the grouped o_a and the lightning indexer are never adapted
             shapes += [(d, a.q_lora_rank or 0), (a.q_lora_rank or 0, H * a.qk_head_dim), (d, a.qk_head_dim),
                        (a.o_groups * a.o_lora_rank, d)]
+            if a.compress_rate:
+                series = 2 if a.index_topk else 1
+                shapes += [(d, series * a.qk_head_dim)] * 2
         elif a.kind == "mla":
             if a.q_lora_rank:
                 shapes += [(d, a.q_lora_rank), (a.q_lora_rank, H * a.qk_head_dim)]
