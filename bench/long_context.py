@@ -23,7 +23,8 @@ With ``--v4`` the quality part runs the same recipe on DeepSeek-V4's CSA indexer
 ``tiny-v4`` widths with ``--v4-topk`` of the seq_len / 4 compressed blocks: ``--train-steps`` of plain
 training (the indexers frozen at their initialisation, what ``train`` does without ``dsa_stage``),
 then ``--continue-steps`` more either plain (the frozen-indexer baseline) or ``--warmup-steps`` of
-``dense_warmup`` followed by the ``sparse`` stage for the rest (the same total). It prints validation
+``dense_warmup`` followed by the ``sparse`` stage for the rest (the same total), or for all
+``--continue-steps`` (the same language-model steps, V3.2's accounting above). It prints validation
 bits per byte and the indexer's top-k recall (the share of the attention's k heaviest blocks that
 the indexer's top k holds, on validation rows) of every stage.
 
@@ -203,8 +204,12 @@ def quality_v4(args) -> dict:
                  f"lr={args.warmup_lr}")
     sparse = train("v4-sparse", f"model={warm['dir']}", "dsa_stage=sparse",
                    f"max_steps={args.continue_steps - args.warmup_steps}", *cont)
-    return {"base": base, "frozen": frozen, "warmup": warm, "sparse": sparse,
-            "relative_gap": sparse["val_bpb"] / frozen["val_bpb"] - 1}
+    # V3.2's accounting instead: the warm-up on top of as many language-model steps as the baseline
+    longer = train("v4-sparse-long", f"model={warm['dir']}", "dsa_stage=sparse",
+                   f"max_steps={args.continue_steps}", *cont)
+    return {"base": base, "frozen": frozen, "warmup": warm, "sparse": sparse, "sparse_long": longer,
+            "relative_gap": sparse["val_bpb"] / frozen["val_bpb"] - 1,
+            "relative_gap_long": longer["val_bpb"] / frozen["val_bpb"] - 1}
 
 
 def validation_rows(shards: Path, seq_len: int, n_rows: int) -> torch.Tensor:
@@ -328,9 +333,11 @@ def main() -> int:
         for key, label in (("base", f"base ({args.train_steps} steps, indexers frozen at init)"),
                            ("frozen", f"+ {args.continue_steps} steps, indexers still frozen"),
                            ("warmup", f"+ {args.warmup_steps} dense_warmup steps (val: all blocks)"),
-                           ("sparse", f"  + {args.continue_steps - args.warmup_steps} sparse steps")):
+                           ("sparse", f"  + {args.continue_steps - args.warmup_steps} sparse steps"),
+                           ("sparse_long", f"  + {args.continue_steps} sparse steps instead")):
             print(f"| {label} | {q[key]['val_bpb']:.4f} | {q[key]['recall']:.3f} |")
-        print(f"trained indexer vs frozen, same total steps: {100 * q['relative_gap']:+.2f}% bits/byte")
+        print(f"trained indexer vs frozen: {100 * q['relative_gap']:+.2f}% bits/byte at equal total steps, "
+              f"{100 * q['relative_gap_long']:+.2f}% at the same language-model steps")
     result["load_avg_end"] = load_avg()
     print(f"load average at the end: {result['load_avg_end']}")
     if args.plot and rows:
