@@ -19,11 +19,21 @@ first 90% trains, last 10% validates): a dense model pretrained ``--train-steps`
 ``dense_warmup`` stage, then the ``sparse`` stage), at ``--train-seq-len`` with ``--train-topk`` below
 it so that sparsity is active; validation bits per byte of both continuations.
 
+With ``--v4`` the quality part runs the same recipe on DeepSeek-V4's CSA indexer instead, at
+``tiny-v4`` widths with ``--v4-topk`` of the seq_len / 4 compressed blocks: ``--train-steps`` of plain
+training (the indexers frozen at their initialisation, what ``train`` does without ``dsa_stage``),
+then ``--continue-steps`` more either plain (the frozen-indexer baseline) or ``--warmup-steps`` of
+``dense_warmup`` followed by the ``sparse`` stage for the rest (the same total), or for all
+``--continue-steps`` (the same language-model steps, V3.2's accounting above). It prints validation
+bits per byte and the indexer's top-k recall (the share of the attention's k heaviest blocks that
+the indexer's top k holds, on validation rows) of every stage.
+
 Prints a table, writes ``--json`` and a PNG plot (``--plot``, default docs/long_context.png).
 
     python bench/long_context.py
     python bench/long_context.py --lengths 2048 8192 --train-steps 0     # quick
     python bench/long_context.py --skip-speed --reuse                    # quality only, reusing runs
+    python bench/long_context.py --skip-speed --v4                       # V4's CSA indexer recipe
 """
 
 from __future__ import annotations
@@ -154,10 +164,78 @@ def quality(args) -> dict:
     dense = train("dense-continued", [f"model={base['dir']}"], *cont)
     dsa = [f"model.index_topk={args.train_topk}", "model.index_n_heads=8", "model.index_head_dim=16"]
     warm = train("dsa-warmup", [f"model.preset={base['dir']}", *dsa], "dsa_stage=dense_warmup",
-                 f"max_steps={args.warmup_steps}", "warmup_steps=0", "schedule=constant", "lr=1e-3")
+                 f"max_steps={args.warmup_steps}", "warmup_steps=0", "schedule=constant",
+                 f"lr={args.warmup_lr}")
     sparse = train("dsa-sparse", [f"model={warm['dir']}"], "dsa_stage=sparse", *cont)
     return {"base": base["val_bpb"], "dense": dense["val_bpb"], "warmup": warm["val_bpb"],
             "dsa": sparse["val_bpb"], "relative_gap": sparse["val_bpb"] / dense["val_bpb"] - 1}
+
+
+def quality_v4(args) -> dict:
+    """The recipe of :func:`quality` for DeepSeek-V4's CSA indexer (see the module docstring)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from speedrun_cpu import prepare
+
+    from seekforge.train import Trainer
+    from seekforge.train.config import QUIET_RUN, load_train_config
+
+    work = Path(args.workdir)
+    shards = prepare(SHAKESPEARE, work / "prep", 2048)
+    common = [*QUIET_RUN, f"data.train={shards}", f"seq_len={args.train_seq_len}",
+              f"batch_tokens={8 * args.train_seq_len}", "micro_batch_size=8", "eval_tokens=65536", "seed=1"]
+    rows = validation_rows(shards, args.train_seq_len, 8)
+
+    def train(name: str, model: str, *extra: str) -> dict:
+        out = work / f"train-{name}"
+        if args.reuse and (out / "summary.json").is_file():
+            summary = json.loads((out / "summary.json").read_text())
+        else:
+            summary = Trainer(load_train_config(None, [*common, f"out_dir={out}", model, *extra])).run()
+        recall = indexer_recall(out / "latest", rows)
+        print(f"  {name:<16} val_bpb {summary['val_bpb']:.4f}  indexer recall {recall:.3f}", flush=True)
+        return {"val_bpb": summary["val_bpb"], "recall": recall, "dir": str(out / "latest")}
+
+    base = train("v4-base", "model.preset=tiny-v4", f"model.index_topk={args.v4_topk}",
+                 f"max_steps={args.train_steps}", "warmup_steps=20", "lr=3e-3")
+    cont = ["warmup_steps=0", "schedule=constant", f"lr={args.continue_lr}"]
+    frozen = train("v4-frozen", f"model={base['dir']}", f"max_steps={args.continue_steps}", *cont)
+    warm = train("v4-warmup", f"model={base['dir']}", "dsa_stage=dense_warmup",
+                 f"max_steps={args.warmup_steps}", "warmup_steps=0", "schedule=constant",
+                 f"lr={args.warmup_lr}")
+    sparse = train("v4-sparse", f"model={warm['dir']}", "dsa_stage=sparse",
+                   f"max_steps={args.continue_steps - args.warmup_steps}", *cont)
+    # V3.2's accounting instead: the warm-up on top of as many language-model steps as the baseline
+    longer = train("v4-sparse-long", f"model={warm['dir']}", "dsa_stage=sparse",
+                   f"max_steps={args.continue_steps}", *cont)
+    return {"base": base, "frozen": frozen, "warmup": warm, "sparse": sparse, "sparse_long": longer,
+            "relative_gap": sparse["val_bpb"] / frozen["val_bpb"] - 1,
+            "relative_gap_long": longer["val_bpb"] / frozen["val_bpb"] - 1}
+
+
+def validation_rows(shards: Path, seq_len: int, n_rows: int) -> torch.Tensor:
+    """The first n_rows x seq_len tokens of the validation split, as a batch."""
+    import numpy as np
+
+    from seekforge.data.shards import TokenShards
+
+    val = TokenShards(shards, "val")
+    need, parts, i = n_rows * seq_len, [], 0
+    while sum(len(p) for p in parts) < need and i < val.num_docs:
+        parts.append(np.asarray(val.doc(i), dtype=np.int64))
+        i += 1
+    return torch.from_numpy(np.concatenate(parts)[:need].copy()).view(n_rows, seq_len)
+
+
+@torch.no_grad()
+def indexer_recall(model_dir: Path, rows: torch.Tensor) -> float:
+    """Mean top-k recall of a V4 model's CSA indexers on ``rows`` (the dense warm-up's measure)."""
+    from seekforge.model import load_model
+    from seekforge.model.dsa import mean_indexer_recall, set_dsa_stage
+
+    model = load_model(model_dir, device="cpu").eval()
+    set_dsa_stage(model, "dense_warmup")
+    model(rows)
+    return float(mean_indexer_recall(model))
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -218,6 +296,9 @@ def main() -> int:
     p.add_argument("--continue-lr", type=float, default=1e-3)
     p.add_argument("--train-seq-len", type=int, default=256)
     p.add_argument("--train-topk", type=int, default=64)
+    p.add_argument("--warmup-lr", type=float, default=1e-3, help="learning rate of the dense warm-up")
+    p.add_argument("--v4", action="store_true", help="quality part on DeepSeek-V4's CSA indexer (tiny-v4)")
+    p.add_argument("--v4-topk", type=int, default=8, help="index_topk of the V4 model (blocks of 4 tokens)")
     p.add_argument("--reuse", action="store_true", help="reuse finished training runs in --workdir")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "seekforge-long-context"))
@@ -231,7 +312,7 @@ def main() -> int:
         if not SHAKESPEARE.is_file():
             print(f"quality part skipped: {SHAKESPEARE} not found")
         else:
-            result["quality"] = quality(args)
+            result["quality_v4" if args.v4 else "quality"] = quality_v4(args) if args.v4 else quality(args)
     print()
     if rows:
         print(table(rows, args.topk, args.model_set))
@@ -242,6 +323,21 @@ def main() -> int:
               f"top-{args.train_topk} ({args.warmup_steps} warm-up + {args.continue_steps} sparse) "
               f"{q['dsa']:.4f} "
               f"({100 * q['relative_gap']:+.2f}%)")
+    if "quality_v4" in result:
+        q = result["quality_v4"]
+        blocks = args.train_seq_len // 4
+        print(f"\ntiny-v4 at seq_len {args.train_seq_len}, CSA top-{args.v4_topk} of {blocks} blocks: "
+              f"{args.train_steps} steps with frozen indexers, then {args.continue_steps} more")
+        print("| run | val bits/byte | indexer top-k recall |")
+        print("|---|---:|---:|")
+        for key, label in (("base", f"base ({args.train_steps} steps, indexers frozen at init)"),
+                           ("frozen", f"+ {args.continue_steps} steps, indexers still frozen"),
+                           ("warmup", f"+ {args.warmup_steps} dense_warmup steps (val: all blocks)"),
+                           ("sparse", f"  + {args.continue_steps - args.warmup_steps} sparse steps"),
+                           ("sparse_long", f"  + {args.continue_steps} sparse steps instead")):
+            print(f"| {label} | {q[key]['val_bpb']:.4f} | {q[key]['recall']:.3f} |")
+        print(f"trained indexer vs frozen: {100 * q['relative_gap']:+.2f}% bits/byte at equal total steps, "
+              f"{100 * q['relative_gap_long']:+.2f}% at the same language-model steps")
     result["load_avg_end"] = load_avg()
     print(f"load average at the end: {result['load_avg_end']}")
     if args.plot and rows:

@@ -90,16 +90,18 @@ def test_two_processes_match_one_on_a_loss_driven_mixture(tiny_shards, counting_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["tiny-dsa", "tiny-v4"])
-def test_torchrun_ddp_on_the_newer_architectures(tiny_shards, tmp_path, model):
-    """DeepSeek-V3.2 (sparse attention) and V4 under torchrun: 2 processes match 1."""
+@pytest.mark.parametrize("model,stage", [("tiny-dsa", None), ("tiny-v4", None), ("tiny-v4", "sparse")])
+def test_torchrun_ddp_on_the_newer_architectures(tiny_shards, tmp_path, model, stage):
+    """DeepSeek-V3.2 (sparse attention) and V4 under torchrun: 2 processes match 1, with the
+    indexers frozen (no stage) or trained by their KL next to the model (V4's sparse stage)."""
     from seekforge.train.config import load_train_config
 
     ref, out = tmp_path / "one", tmp_path / "two"
-    Trainer(load_train_config(None, _sets(tiny_shards, ref, model=model))).run()
+    extra = {"model": model, "dsa_stage": stage} if stage else {"model": model}
+    Trainer(load_train_config(None, _sets(tiny_shards, ref, **extra))).run()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "seekforge", "train"]
-    for s in _sets(tiny_shards, out, model=model, distributed="ddp"):
+    for s in _sets(tiny_shards, out, distributed="ddp", **extra):
         cmd += ["--set", s]
     res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                          timeout=300)

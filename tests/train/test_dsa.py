@@ -42,6 +42,7 @@ def test_v3_checkpoint_converts_to_v32_and_trains_in_both_stages(make_config, fr
     records = read_metrics(tmp_path / "warm" / "metrics.jsonl")
     losses = [r["indexer_loss"] for r in records if "train_loss" in r]
     assert len(losses) == 4 and all(x > 0 for x in losses)  # KL(attention || indexer) is logged
+    assert all(0 <= r["indexer_recall"] <= 1 for r in records if "train_loss" in r)  # and the top-k recall
 
     sparse = from_dir(warm_dir, tmp_path / "sparse", dsa_stage="sparse", max_steps=3)
     Trainer(sparse).run()

@@ -16,6 +16,10 @@ is a precision shortcut, so neither is reproduced here (transformers skips both 
     Indexer            the projections, keys, queries and scores I [B, T, S]
     top_k_tokens       the k best-scored keys per query, ties broken by position
     topk_keep          which (query, key) pairs attention may use: visible and among the top k
+    indexer_kl         the indexer's training loss, KL(attention distribution || softmax(I)) over the
+                       kept keys; topk_recall how much of the attention's top-k mass the indexer finds
+    IndexedAttention   what every layer with a trainable indexer shares with the stages (DSAttention
+                       here, DeepSeek-V4's CSA attention in seekforge.model.v4)
     DSAttention        MLAttention + indexer: training / prefill (SDPA under the top-k mask, or over
                        the cache in chunks for long prompts) and the absorbed decode over the k
                        selected cached latents (the engine's path)
@@ -138,28 +142,80 @@ def indexer_kl(scores: Tensor, target: Tensor, keep: Tensor) -> Tensor:
     """Mean over query tokens of KL(target || softmax(I)) over the kept keys (V3.2 eqs. 3 and 4).
 
     ``target`` [B, T, S]: the main attention distribution (summed over heads, L1-normalised) on ``keep``.
+    Queries that keep no key (DeepSeek-V4's CSA before its first block closes) are left out of the mean.
     """
-    log_q = scores.masked_fill(~keep, float("-inf")).log_softmax(dim=-1)
-    terms = torch.where(keep, torch.xlogy(target, target) - target * log_q, 0.0)
-    return terms.sum(dim=-1).mean()
+    rows = keep.any(dim=-1, keepdim=True)
+    # A row with nothing kept gets finite logits (it adds 0 either way): an all -inf row would make
+    # log_softmax NaN, and its backward would spread that NaN into the indexer's gradient.
+    logits = scores.masked_fill(~keep, float("-inf")).masked_fill(~rows, 0.0)
+    terms = torch.where(keep, torch.xlogy(target, target) - target * logits.log_softmax(dim=-1), 0.0)
+    return terms.sum() / rows.sum().clamp(min=1)
 
 
-class DSAttention(MLAttention):
+@torch.no_grad()
+def topk_recall(scores: Tensor, target: Tensor, keep: Tensor, k: int) -> Tensor | None:
+    """How well the indexer's top k matches the attention's: over the queries that keep more than k
+    keys, the mean share of the k keys with the most attention mass (``target``) that are also among
+    the k best-scored. None when no query keeps more than k keys (every selection is then exact)."""
+    rows = keep.sum(dim=-1) > k
+    if not bool(rows.any()):
+        return None
+    scores, target, keep = scores[rows], target[rows], keep[rows]
+    hidden = ~keep
+    picked = torch.zeros_like(keep).scatter_(-1, top_k_tokens(scores, hidden, k), True)
+    heaviest = torch.zeros_like(keep).scatter_(-1, top_k_tokens(target.float(), hidden, k), True)
+    return (picked & heaviest).sum(dim=-1).float().mean() / k
+
+
+class IndexedAttention:
+    """What an attention layer with a trainable lightning indexer shares with the training stages
+    (:func:`set_dsa_stage`): the stage it runs in and what its last forward measured.
+    DeepSeek-V3.2's :class:`DSAttention` and DeepSeek-V4's CSA layers are such layers."""
+
+    stage: str | None = None  # see set_dsa_stage
+    indexer_loss: Tensor | None = None  # set by forward while a training stage is on
+    indexer_recall: Tensor | None = None  # topk_recall, set by forward in the dense_warmup stage
+
+    def trainable_indexer(self) -> nn.Module | None:
+        """The indexer the stages train (None: this layer has none)."""
+        raise NotImplementedError
+
+    def record_indexer_loss(self, scores: Tensor, target: Tensor, keep: Tensor, k: int) -> None:
+        """Set ``indexer_loss`` (and in the dense warm-up, where ``keep`` is every visible key, the
+        indexer's top-k recall) from the indexer's scores and the attention's distribution."""
+        self.indexer_loss = indexer_kl(scores, target, keep)
+        self.indexer_recall = topk_recall(scores, target, keep, k) if self.stage == "dense_warmup" else None
+
+
+def mean_indexer_loss(attentions) -> Tensor | None:
+    """Mean over the attention layers that ran a training stage of their indexer KL (None: none did)."""
+    parts = [a.indexer_loss for a in attentions if getattr(a, "indexer_loss", None) is not None]
+    return torch.stack(parts).mean() if parts else None
+
+
+def mean_indexer_recall(model: nn.Module) -> Tensor | None:
+    """Mean over the layers that measured one of the indexer's top-k recall (dense warm-up only)."""
+    parts = [a.indexer_recall for a in dsa_attentions(model) if a.indexer_recall is not None]
+    return torch.stack(parts).mean() if parts else None
+
+
+class DSAttention(IndexedAttention, MLAttention):
     """MLA whose queries attend only to the indexer's top-k tokens (module name ``self_attn``)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.indexer = Indexer(cfg)
         self.index_topk: int = cfg.index_topk
-        self.stage: str | None = None  # see set_dsa_stage
-        self.indexer_loss: Tensor | None = None  # set by forward while a training stage is on
+
+    def trainable_indexer(self) -> Indexer:
+        return self.indexer
 
     # --- training / prefill -------------------------------------------------------------------
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
                 cache: CacheView | None = None) -> Tensor:
         """As :meth:`MLAttention.forward`, with each query restricted to its top-k keys."""
         B, T, _ = x.shape
-        self.indexer_loss = None
+        self.indexer_loss = self.indexer_recall = None
         q_latent = self.query_latent(x)
         q_nope, q_pe, c, k_pe = self._project(x, cos, sin, q_latent)
         # In a training stage the indexer works on detached inputs: its KL loss trains only the indexer
@@ -184,7 +240,7 @@ class DSAttention(MLAttention):
         keep = visible if self.stage == "dense_warmup" else topk_keep(scores, visible, self.index_topk)
         if self.stage is not None:
             target = self._attention_distribution(q_nope, q_pe, c, k_pe, keep)
-            self.indexer_loss = indexer_kl(scores, target, keep)
+            self.record_indexer_loss(scores, target, keep, self.index_topk)
         return self._attend(q_nope, q_pe, c, k_pe, keep[:, None])
 
     @torch.no_grad()
@@ -266,12 +322,15 @@ def write_index_keys(cache: CacheView, keys: Tensor) -> None:
 # =============================================================================================
 
 
-def dsa_attentions(model: nn.Module) -> list[DSAttention]:
-    return [m for m in model.modules() if isinstance(m, DSAttention)]
+def dsa_attentions(model: nn.Module) -> list[IndexedAttention]:
+    """The attention layers of ``model`` that have a lightning indexer (V3.2's, V4's CSA layers)."""
+    return [m for m in model.modules()
+            if isinstance(m, IndexedAttention) and m.trainable_indexer() is not None]
 
 
 def set_dsa_stage(model: nn.Module, stage: str | None) -> None:
-    """Put every DSA layer of ``model`` in a V3.2 training stage (``STAGES``) or back to None.
+    """Put every indexed attention layer of ``model`` (DeepSeek-V3.2's DSA layers, DeepSeek-V4's CSA
+    layers) in a V3.2 training stage (``STAGES``) or back to None.
 
     ``dense_warmup`` also freezes every parameter except the indexers' (the main model only provides
     the target distribution); ``sparse`` and None leave ``requires_grad`` as the caller set it.
@@ -280,13 +339,13 @@ def set_dsa_stage(model: nn.Module, stage: str | None) -> None:
         raise ValueError(f"dsa stage must be one of {', '.join(STAGES)} or null, got {stage!r}")
     layers = dsa_attentions(model)
     if stage is not None and not layers:
-        raise ValueError(f"dsa stage {stage!r} needs a DeepSeek-V3.2 model (index_topk set), "
-                         "this one has no indexer")
+        raise ValueError(f"dsa stage {stage!r} needs a DeepSeek-V3.2 model (index_topk set) or a "
+                         "DeepSeek-V4 model with CSA layers; this one has no indexer")
     for layer in layers:
         layer.stage = stage
-        layer.indexer_loss = None
+        layer.indexer_loss = layer.indexer_recall = None
     if stage == "dense_warmup":
-        indexer_params = {id(p) for layer in layers for p in layer.indexer.parameters()}
+        indexer_params = {id(p) for layer in layers for p in layer.trainable_indexer().parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in indexer_params)
 
@@ -314,6 +373,7 @@ def load_dense_into_sparse(model: nn.Module, state: dict[str, Tensor], source: o
     return missing
 
 
-__all__ = ["Indexer", "IndexerQuery", "DSAttention", "top_k_tokens", "topk_keep", "indexer_kl",
+__all__ = ["Indexer", "IndexerQuery", "DSAttention", "IndexedAttention", "top_k_tokens", "topk_keep",
+           "indexer_kl", "topk_recall", "mean_indexer_loss", "mean_indexer_recall",
            "set_dsa_stage", "dsa_attentions", "load_dense_into_sparse", "write_index_keys", "rope_half_split",
            "STAGES"]

@@ -623,9 +623,9 @@ class DeepseekV3ForCausalLM(CachedInference, nn.Module):
 
     def _indexer_loss(self) -> Tensor | None:
         """Mean over the layers that ran of the DSA indexer's KL loss (set by a training stage)."""
-        parts = [layer.self_attn.indexer_loss for layer in self.model.layers
-                 if getattr(layer.self_attn, "indexer_loss", None) is not None]
-        return torch.stack(parts).mean() if parts else None
+        from seekforge.model.dsa import mean_indexer_loss
+
+        return mean_indexer_loss(layer.self_attn for layer in self.model.layers)
 
     @staticmethod
     def _collect(ld: Tensor | None, b: Tensor | None, loads: list, bal: list) -> None:

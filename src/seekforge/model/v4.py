@@ -9,7 +9,8 @@ stacked-expert layout) are shared, and the differences are all here. Top to bott
     V4Attention                     one shared key = value head (MQA with K = V) over a sliding window,
                                     plus compressed entries: CSA (m = 4, top-k by the indexer) or
                                     HCA (m' = 128, all closed blocks); a learned per-head sink;
-                                    grouped low-rank output projection
+                                    grouped low-rank output projection; in a V3.2 training stage
+                                    (dense warm-up / sparse) a CSA layer also sets its indexer's KL loss
     HyperConnection, HyperHead      mHC: n residual streams, mixed by a Sinkhorn-projected
                                     doubly-stochastic matrix computed from the streams themselves
     V4Router, V4MoE                 sqrt(softplus) router with the aux-loss-free bias, or a frozen
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seekforge.model.dsa import IndexedAttention, mean_indexer_loss
 from seekforge.model.model import IGNORE_INDEX, MLP, RMSNorm, RoutedExperts, cross_entropy, rope_inv_freq
 from seekforge.model.outputs import ModelOutput
 from seekforge.model.v4_cache import V4CachedInference
@@ -209,14 +211,24 @@ class Indexer(Compressor):
         if n == 0:
             empty = torch.zeros(B, T, 0, dtype=torch.long, device=x.device)
             return empty, empty.bool()
+        return self.top_of(self.scores(x, q_latent, positions, keys, rope), positions)
+
+    def scores(self, x: Tensor, q_latent: Tensor, positions: Tensor, keys: Tensor, rope: V4Rotary) -> Tensor:
+        """I [B, T, n] (fp32) of the queries against ``keys`` [B, n, c_I]; -inf on blocks still open."""
+        B, T, _ = x.shape
         q = self.q_b_proj(q_latent).view(B, T, self.n_heads, self.width)
         cos, sin = rope(positions, "compress", q.dtype)
         scores = self.scorer(rope_tail(q, cos, sin), keys, x)
         closed = closed_blocks(positions, self.rate)[..., None]
-        scores = scores.masked_fill(torch.arange(n, device=x.device) >= closed, float("-inf"))
+        return scores.masked_fill(torch.arange(keys.shape[1], device=x.device) >= closed, float("-inf"))
+
+    def top_of(self, scores: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`top_entries` from the scores [B, T, n]."""
+        closed = closed_blocks(positions, self.rate)[..., None]
         # Ties are common (ReLU scores of 0): break them by block order, so a query picks the same
         # blocks whether it is scored inside a full sequence or alone against the cache.
-        top = scores.sort(dim=-1, descending=True, stable=True).indices[..., : min(self.topk, n)]
+        k = min(self.topk, scores.shape[-1])
+        top = scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
         return top, top < closed
 
 
@@ -233,9 +245,10 @@ class CSACompressor(Compressor):
 # =============================================================================================
 
 
-class V4Attention(nn.Module):
+class V4Attention(IndexedAttention, nn.Module):
     """Multi-query attention whose single key head is also the value (K = V), over
     [the last n_win tokens | compressed entries], with a learned sink logit per head.
+    A CSA layer's indexer is trained by V3.2's stages (:func:`seekforge.model.dsa.set_dsa_stage`).
 
         q  = RoPE(norm_h(W_QB RMSNorm(W_QA h)))            per head, c wide; RoPE on the last d_r
         kv = RoPE(RMSNorm(W_KV h))                         one head, c wide: key and value
@@ -266,22 +279,53 @@ class V4Attention(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor, rope: V4Rotary) -> Tensor:
         B, T, _ = x.shape
+        self.indexer_loss = self.indexer_recall = None
         q, q_latent, kv, cos, sin = self.project(x, positions, rope)
         # Which keys each query sees: its own sliding window ...
         t = torch.arange(T, device=x.device)
         allowed = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - self.window)
         allowed = allowed.expand(B, T, T)
         # ... and, in CSA / HCA layers, compressed entries of blocks already closed.
+        index_scores = None
         if self.compressor is not None:
             entries = self.compressor.compress(x, rope)
-            if isinstance(self.compressor, CSACompressor):
+            if self.stage is not None and isinstance(self.compressor, CSACompressor):
+                index_scores, seen = self._staged_selection(x, q_latent, positions, rope)
+            elif isinstance(self.compressor, CSACompressor):
                 seen = self.compressor.indexer.select(x, q_latent, positions, rope)
             else:
                 open_until = closed_blocks(positions, self.compressor.rate)[..., None]
                 seen = torch.arange(entries.shape[1], device=x.device) < open_until
             kv = torch.cat([kv, entries], dim=1)
             allowed = torch.cat([allowed, seen], dim=-1)
-        return self.output(self.attend(q, kv, allowed), cos, sin)
+        probs = self.attention_probs(q, kv, allowed)
+        if index_scores is not None:
+            # The indexer's target: the attention's mass on each compressed entry, summed over the
+            # heads and L1-normalised (V3.2 §2.1.1), with no gradient back into the attention.
+            mass = probs.detach()[..., T:].sum(dim=1)
+            target = mass / mass.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(mass.dtype).tiny)
+            self.record_indexer_loss(index_scores, target, seen, self.cfg.index_topk)
+        return self.output(torch.einsum("bhts,bsc->bthc", probs.to(kv.dtype), kv), cos, sin)
+
+    def trainable_indexer(self) -> Indexer | None:
+        return self.compressor.indexer if isinstance(self.compressor, CSACompressor) else None
+
+    def _staged_selection(self, x: Tensor, q_latent: Tensor, positions: Tensor,
+                          rope: V4Rotary) -> tuple[Tensor, Tensor]:
+        """A CSA layer in a V3.2 training stage -> (indexer scores [B, T, n], entries seen [B, T, n]).
+
+        The indexer works on detached inputs, so its KL trains only the indexer and the LM loss never
+        reaches it. dense_warmup: every closed block is seen; sparse: the top k, as without a stage.
+        """
+        indexer = self.compressor.indexer
+        x, q_latent = x.detach(), q_latent.detach()
+        keys = indexer.compress(x, rope)
+        scores = indexer.scores(x, q_latent, positions, keys, rope)
+        if self.stage == "dense_warmup":
+            closed = closed_blocks(positions, indexer.rate)[..., None]
+            return scores, torch.arange(keys.shape[1], device=x.device) < closed
+        top, valid = indexer.top_of(scores, positions)
+        return scores, torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, top, valid)
 
     def project(self, x: Tensor, positions: Tensor,
                 rope: V4Rotary) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -303,13 +347,16 @@ class V4Attention(nn.Module):
         return self.o_b_proj(torch.einsum("btgi,goi->btgo", groups, w).flatten(2))
 
     def attend(self, q: Tensor, kv: Tensor, allowed: Tensor) -> Tensor:
+        """q [B, T, H, c] over kv [B, S, c] where ``allowed`` [B, T, S] -> [B, T, H, c]."""
+        return torch.einsum("bhts,bsc->bthc", self.attention_probs(q, kv, allowed).to(kv.dtype), kv)
+
+    def attention_probs(self, q: Tensor, kv: Tensor, allowed: Tensor) -> Tensor:
         """softmax over [scores | sink_h] with the sink's share dropped: a head may attend to
-        "nothing" (the gpt-oss attention sink). q [B, T, H, c], kv [B, S, c], allowed [B, T, S]."""
+        "nothing" (the gpt-oss attention sink). -> [B, H, T, S] fp32."""
         scores = torch.einsum("bthc,bsc->bhts", q, kv) * self.head_dim**-0.5
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
-        p = torch.cat([scores, sink], dim=-1).softmax(dim=-1, dtype=torch.float32)[..., :-1]
-        return torch.einsum("bhts,bsc->bthc", p.to(kv.dtype), kv)
+        return torch.cat([scores, sink], dim=-1).softmax(dim=-1, dtype=torch.float32)[..., :-1]
 
 
 # =============================================================================================
@@ -573,8 +620,12 @@ class DeepseekV4ForCausalLM(V4CachedInference, nn.Module):
         targets = torch.full_like(labels, IGNORE_INDEX)
         targets[:, :-1] = labels[:, 1:]
         loss = cross_entropy(logits, targets)
-        return ModelOutput(logits=logits, loss=loss, losses={"main": loss.detach()},
-                           expert_loads=expert_loads)
+        losses = {"main": loss.detach()}
+        indexer = mean_indexer_loss(layer.self_attn for layer in self.model.layers)
+        if indexer is not None:  # a V3.2 training stage is on (seekforge.model.dsa.set_dsa_stage)
+            loss = loss + indexer
+            losses["indexer"] = indexer.detach()
+        return ModelOutput(logits=logits, loss=loss, losses=losses, expert_loads=expert_loads)
 
     def body(self, input_ids: Tensor, positions: Tensor,
              attention: Callable[[int], Callable[[Tensor], Tensor]] | None = None) -> tuple[Tensor, Tensor]:

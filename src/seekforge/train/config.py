@@ -90,7 +90,7 @@ class TrainConfig:
     mtp_loss_weight: float | None = None
     aux_loss_alpha: float | None = None
     bias_update_speed: float | None = None
-    # --- DeepSeek-V3.2 sparse attention (models with index_topk; docs/model.md) ----------------
+    # --- lightning-indexer stages (V3.2 models with index_topk, V4 CSA layers; docs/model.md) --
     # dense_warmup: only the indexers train, towards the dense attention distribution (KL);
     # sparse: top-k attention, the indexers trained by KL on the selected tokens; null: no indexer loss
     dsa_stage: Literal["dense_warmup", "sparse"] | None = None

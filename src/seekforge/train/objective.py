@@ -124,18 +124,19 @@ class Objective:
 
 
 def freeze_untrained_indexers(model: nn.Module, dsa_stage: str | None) -> int:
-    """Freeze the lightning indexers when nothing trains them: their top-k choice is discrete, so the
-    language-model loss gives them no gradient; only V3.2's indexer KL (``dsa_stage``) does. Frozen,
-    they cost no optimizer state and DDP does not wait for gradients that never come.
-    V4's indexers have no training loss here yet. Returns how many tensors were frozen."""
-    cfg = unwrap(model).config
-    if _is_v4_config(cfg) or (getattr(cfg, "is_dsa", False) and dsa_stage is None):
-        params = [p for name, p in unwrap(model).named_parameters()
-                  if ".indexer." in name and p.requires_grad]
-        for p in params:
-            p.requires_grad_(False)
-        return len(params)
-    return 0
+    """Freeze the lightning indexers (DeepSeek-V3.2's, DeepSeek-V4's CSA layers') when no ``dsa_stage``
+    trains them: their top-k choice is discrete, so the language-model loss gives them no gradient;
+    only the indexer KL of a V3.2 training stage does. Frozen, they cost no optimizer state and DDP
+    does not wait for gradients that never come. Returns how many tensors were frozen."""
+    from seekforge.model.dsa import dsa_attentions
+
+    if dsa_stage is not None:
+        return 0
+    params = [p for layer in dsa_attentions(unwrap(model)) for p in layer.trainable_indexer().parameters()
+              if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    return len(params)
 
 
 def _is_v4(source: Any) -> bool:
@@ -464,7 +465,14 @@ class PretrainObjective(Objective):
         out = model(batch["input_ids"], labels=batch["labels"])
         # DSA dense warm-up: the main model is frozen, its router biases included (no loads, no update).
         loads = None if self.env.cfg.dsa_stage == "dense_warmup" else out.expert_loads
-        return LossOutput(out.loss, dict(out.losses), loads)
+        metrics = {}
+        if self.env.cfg.dsa_stage == "dense_warmup":
+            from seekforge.model.dsa import mean_indexer_recall
+
+            recall = mean_indexer_recall(unwrap(model))
+            if recall is not None:  # share of the attention's top-k entries the indexer's top k holds
+                metrics["indexer_recall"] = recall
+        return LossOutput(out.loss, dict(out.losses), loads, metrics)
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
