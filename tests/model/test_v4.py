@@ -196,3 +196,26 @@ def test_model_info_for_v4(capsys):
     out = capsys.readouterr().out
     assert "1.57T" in out and "49.76B" in out  # announced: 1.6T total, 49B active
     assert "cache bf16 per sequence at 128k" in out
+
+
+def test_query_blocks_equal_one_block(monkeypatch):
+    """The full forward runs queries in blocks against the keys their window reaches; blocks of one
+    window (16 tokens here) give the logits, gradients and indexer loss of a single block."""
+    from seekforge.model.dsa import set_dsa_stage
+    from seekforge.model.v4 import V4Attention
+
+    x = torch.randint(0, 512, (2, 67), generator=torch.Generator().manual_seed(3))
+    runs = []
+    for block in (4096, 1):  # 1 -> the window, 16: five blocks of 67 tokens
+        monkeypatch.setattr(V4Attention, "QUERY_BLOCK", block)
+        model = _random_model(seed=5).train()
+        set_dsa_stage(model, "dense_warmup")
+        out = model(x, labels=x)
+        out.loss.backward()
+        runs.append((out.logits.detach(), out.losses["indexer"],
+                     {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ia, ga), (b, ib, gb) = runs
+    assert (a - b).abs().max() < 1e-5 and torch.allclose(ia, ib, atol=1e-6)
+    assert ga.keys() == gb.keys() and ga
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-5, rtol=1e-4), name

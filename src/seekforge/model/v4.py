@@ -35,7 +35,7 @@ from seekforge.model.dsa import IndexedAttention, mean_indexer_loss
 from seekforge.model.model import IGNORE_INDEX, MLP, RMSNorm, RoutedExperts, cross_entropy, rope_inv_freq
 from seekforge.model.outputs import ModelOutput
 from seekforge.model.v4_cache import V4CachedInference
-from seekforge.model.v4_config import CSA, HCA, SLIDING, V4Config
+from seekforge.model.v4_config import CSA, HCA, SLIDING, V4_QUERY_BLOCK, V4Config
 
 
 def unweighted_rms_norm(x: Tensor, eps: float) -> Tensor:
@@ -255,6 +255,8 @@ class V4Attention(IndexedAttention, nn.Module):
         o  = W_OB [W_OA,g (RoPE^-1(attn))_g for each group g of heads]
     """
 
+    QUERY_BLOCK = V4_QUERY_BLOCK  # queries per block of the full-sequence forward (at least the window)
+
     def __init__(self, cfg: V4Config, layer_idx: int) -> None:
         super().__init__()
         self.cfg, self.layer_type = cfg, cfg.layer_types[layer_idx]
@@ -281,12 +283,9 @@ class V4Attention(IndexedAttention, nn.Module):
         B, T, _ = x.shape
         self.indexer_loss = self.indexer_recall = None
         q, q_latent, kv, cos, sin = self.project(x, positions, rope)
-        # Which keys each query sees: its own sliding window ...
-        t = torch.arange(T, device=x.device)
-        allowed = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - self.window)
-        allowed = allowed.expand(B, T, T)
-        # ... and, in CSA / HCA layers, compressed entries of blocks already closed.
-        index_scores = None
+        # Each query sees its own sliding window and, in CSA / HCA layers, compressed entries of
+        # blocks already closed (``seen`` [B, T, n]).
+        entries = seen = index_scores = None
         if self.compressor is not None:
             entries = self.compressor.compress(x, rope)
             if self.stage is not None and isinstance(self.compressor, CSACompressor):
@@ -296,16 +295,33 @@ class V4Attention(IndexedAttention, nn.Module):
             else:
                 open_until = closed_blocks(positions, self.compressor.rate)[..., None]
                 seen = torch.arange(entries.shape[1], device=x.device) < open_until
-            kv = torch.cat([kv, entries], dim=1)
-            allowed = torch.cat([allowed, seen], dim=-1)
-        probs = self.attention_probs(q, kv, allowed)
+        # Queries run in blocks, each against only the keys its window can reach, so the scores
+        # are [Q, Q + n_win + n] per block instead of [T, T + n]: memory linear in T for a fixed
+        # window. Masked keys contributed exp(-inf) = 0, so leaving them out changes nothing.
+        block = max(self.QUERY_BLOCK, self.window)
+        attended, masses = [], []
+        for start in range(0, T, block):
+            end = min(T, start + block)
+            first = max(0, start - self.window + 1)
+            tq = torch.arange(start, end, device=x.device)
+            tk = torch.arange(first, end, device=x.device)
+            allowed = (tk[None, :] <= tq[:, None]) & (tk[None, :] > tq[:, None] - self.window)
+            allowed = allowed.expand(B, -1, -1)
+            keys = kv[:, first:end]
+            if entries is not None:
+                keys = torch.cat([keys, entries], dim=1)
+                allowed = torch.cat([allowed, seen[:, start:end]], dim=-1)
+            probs = self.attention_probs(q[:, start:end], keys, allowed)
+            if index_scores is not None:
+                masses.append(probs.detach()[..., end - first:-1].sum(dim=1))
+            attended.append(self.mix(probs, keys))
         if index_scores is not None:
             # The indexer's target: the attention's mass on each compressed entry, summed over the
             # heads and L1-normalised (V3.2 §2.1.1), with no gradient back into the attention.
-            mass = probs.detach()[..., T:].sum(dim=1)
+            mass = torch.cat(masses, dim=1)
             target = mass / mass.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(mass.dtype).tiny)
             self.record_indexer_loss(index_scores, target, seen, self.cfg.index_topk)
-        return self.output(torch.einsum("bhts,bsc->bthc", probs.to(kv.dtype), kv), cos, sin)
+        return self.output(torch.cat(attended, dim=1), cos, sin)
 
     def trainable_indexer(self) -> Indexer | None:
         return self.compressor.indexer if isinstance(self.compressor, CSACompressor) else None
@@ -348,15 +364,28 @@ class V4Attention(IndexedAttention, nn.Module):
 
     def attend(self, q: Tensor, kv: Tensor, allowed: Tensor) -> Tensor:
         """q [B, T, H, c] over kv [B, S, c] where ``allowed`` [B, T, S] -> [B, T, H, c]."""
-        return torch.einsum("bhts,bsc->bthc", self.attention_probs(q, kv, allowed).to(kv.dtype), kv)
+        return self.mix(self.attention_probs(q, kv, allowed), kv)
 
     def attention_probs(self, q: Tensor, kv: Tensor, allowed: Tensor) -> Tensor:
-        """softmax over [scores | sink_h] with the sink's share dropped: a head may attend to
-        "nothing" (the gpt-oss attention sink). -> [B, H, T, S] fp32."""
+        """softmax over [scores | sink_h]: a head may attend to "nothing" (the gpt-oss attention
+        sink), whose share is the last column. -> [B, H, T, S + 1] fp32."""
         scores = torch.einsum("bthc,bsc->bhts", q, kv) * self.head_dim**-0.5
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
-        return torch.cat([scores, sink], dim=-1).softmax(dim=-1, dtype=torch.float32)[..., :-1]
+        return torch.cat([scores, sink], dim=-1).softmax(dim=-1, dtype=torch.float32)
+
+    @staticmethod
+    def mix(probs: Tensor, kv: Tensor) -> Tensor:
+        """[B, H, T, S + 1] probabilities (sink last) x kv [B, S, c] -> [B, T, H, c]. The sink takes
+        no value: a zero row stands for it, so the whole (contiguous) softmax output feeds the
+        product and autograd keeps no second, sliced copy of it."""
+        B, H, T, S1 = probs.shape
+        values = torch.cat([kv, kv.new_zeros(B, 1, kv.shape[-1])], dim=1)
+        # One [H·T, S + 1] x [S + 1, c] product per sequence: the probabilities are used as laid out
+        # and the single key = value head is shared, so nothing is copied per head (an einsum here
+        # copies the probabilities, a broadcast matmul the values, and autograd keeps the copy).
+        out = torch.bmm(probs.to(kv.dtype).view(B, H * T, S1), values)
+        return out.view(B, H, T, -1).transpose(1, 2)
 
 
 # =============================================================================================

@@ -21,6 +21,8 @@ from seekforge.config import ConfigError, closest
 SLIDING, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
 LAYER_TYPES = (SLIDING, CSA, HCA)
 MLP_LAYER_TYPES = ("hash_moe", "moe")
+# The full-sequence forward runs queries in blocks of max(this, sliding_window) (memory, not maths).
+V4_QUERY_BLOCK = 256
 # Legacy checkpoints name each layer by its compression ratio instead of its type.
 _RATIO_TO_TYPE = {0: SLIDING, 4: CSA, 128: HCA}
 

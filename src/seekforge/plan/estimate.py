@@ -41,6 +41,7 @@ from seekforge.model.accounting import (
     kv_cache_bytes_per_token,
     param_counts,
 )
+from seekforge.model.v4_config import V4_QUERY_BLOCK
 from seekforge.plan.arch import lora_params
 from seekforge.plan.hardware import GIB, Hardware
 
@@ -200,7 +201,7 @@ def _train_param_groups(arch: Arch, pc: dict[str, int], method: str) -> tuple[fl
 # ------------------------------------------------------------------------------------------------
 # Activations
 # ------------------------------------------------------------------------------------------------
-def _attention_saved(layer: Layer, d: int, seq_len: int = 0) -> tuple[float, float]:
+def _attention_saved(layer: Layer, d: int, seq_len: int = 0, act_bytes: float = 2.0) -> tuple[float, float]:
     """(elements, fp32 bytes) autograd keeps per token for one attention block without recomputation.
 
     Counted for SDPA/flash attention (no T x T scores): the tensors SDPA saves (q, k, v, output,
@@ -213,7 +214,7 @@ def _attention_saved(layer: Layer, d: int, seq_len: int = 0) -> tuple[float, flo
     vd = max(a.qk_head_dim, a.v_head_dim)
     lse = 4.0 * H
     if a.kind == "v4":
-        return _v4_attention_saved(a, seq_len)
+        return _v4_attention_saved(a, seq_len, act_bytes)
     if a.kind == "mla":
         q_side = 3 * a.q_lora_rank if a.q_lora_rank else 0
         kv_side = (a.kv_lora_rank + a.rope_head_dim) + 2 * a.kv_lora_rank
@@ -223,23 +224,29 @@ def _attention_saved(layer: Layer, d: int, seq_len: int = 0) -> tuple[float, flo
     return 2 * H * a.qk_head_dim + H * vd + H * vd + H * a.v_head_dim + qk_norm, lse
 
 
-def _v4_attention_saved(a: Attention, seq_len: int) -> tuple[float, float]:
+def _v4_attention_saved(a: Attention, seq_len: int, act_bytes: float) -> tuple[float, float]:
     """seekforge's DeepSeek-V4 attention (counted from its autograd graph): no fused kernel, so the
-    fp32 softmax over [keys | sink] and the weighted sum's copy of it are kept, H·S each per token,
-    where a query's S keys are all T tokens (masked to the window) plus the T/m compressed entries.
-    Besides: the q side (q_a output, its norm, q_b output and its rope'd copy), the key = value head
-    (norm in/out, rope), the attended heads and the grouped output's intermediate, the compressor's
-    kv and gate projections (two series in CSA), and CSA's indexer (queries, keys, top-k indices)."""
+    fp32 softmax over [keys | sink] is kept (and its copy in the activation dtype when that is not
+    fp32). Queries run in blocks of max(256, n_win) (``V4_QUERY_BLOCK``) against the keys
+    their window reaches, so a query's S keys are about the block plus n_win - 1 earlier tokens (all
+    T when T fits one block), plus the T/m compressed entries. Besides: the q side (q_a output, its
+    norm, q_b output and a per-head copy of the roped q), the key = value head (norm in/out, rope),
+    the attended heads and the grouped output's intermediate, the compressor's kv and gate
+    projections (two series in CSA), and CSA's indexer (queries, keys, top-k indices)."""
     H, c, T = a.num_heads, a.qk_head_dim, seq_len
-    keys = T + (T / a.compress_rate if a.compress_rate else 0)
+    block = max(V4_QUERY_BLOCK, a.window)
+    entries = T / a.compress_rate if a.compress_rate else 0.0
+    keys = min(T, block) + (a.window - 1 if block < T else 0) + entries
     elements = 3 * (a.q_lora_rank or 0) + 2 * H * c + 3 * c + H * c + a.o_groups * a.o_lora_rank
-    elements += H * keys  # the softmax's copy in the activation dtype, as the weighted sum reads it
     fp32 = 4.0 * H * (keys + 1) + keys  # fp32 softmax output; the boolean mask
+    if act_bytes < 4:
+        elements += H * (keys + 1)  # the probabilities cast to the activation dtype for the product
     if a.compress_rate:
         elements += (4 if a.index_topk else 2) * c
     if a.index_topk:
         elements += 2 * a.index_n_heads * a.index_head_dim + 2 * a.index_head_dim
-        fp32 += 9.0 * min(a.index_topk, T / a.compress_rate if T else a.index_topk)  # int64 index + mask
+        # per-head and weighted scores over all entries, the selection mask, top-k int64 indices + mask
+        fp32 += 4.0 * (a.index_n_heads + 1) * entries + entries + 9.0 * min(a.index_topk, entries)
     return elements, fp32
 
 
@@ -315,7 +322,7 @@ def layer_activation_bytes(layer: Layer, d: int, policy: str, act_bytes: float, 
     if policy == "selective":
         out = a.num_heads * max(a.qk_head_dim, a.v_head_dim)
         return (layer_input + 0.5 * _matmul_outputs(layer, d) + out) * act_bytes + 4.0 * a.num_heads
-    att, att_fp32 = _attention_saved(layer, d, seq_len)
+    att, att_fp32 = _attention_saved(layer, d, seq_len, act_bytes)
     ffn, ffn_fp32 = _ffn_saved(layer, d)
     hc, hc_fp32 = _hyper_connection_saved(layer, d)
     return (6 * d + att + ffn + hc) * act_bytes + att_fp32 + ffn_fp32 + hc_fp32
