@@ -9,7 +9,7 @@ Models: seekforge's ``small-moe`` (V3: MLA + MoE, d = 256, 6 layers, 16 experts 
 
 Decode is timed after the cache is filled with synthetic entries for ``context`` positions (the
 work of a decode step does not depend on the values cached, and a real 32k-token prefill of the
-V4 reference path builds a T x T score matrix). Each timed step writes its token and, in V4, pools
+V4 full forward scores T/m compressed entries per query). Each timed step writes its token and, in V4, pools
 a compressed block whenever the token closes one. Cache bytes are the buffers each engine
 allocates for one sequence, divided by the context. Training: both models on the same token
 shards (Tang poems + C4 sample from ../shared/data, or generated text), same seq_len, batch,
@@ -86,7 +86,7 @@ def train_bpb(preset: str, shards: Path, out: Path, steps: int) -> tuple[float, 
     sets = {"data.train": str(shards), "out_dir": str(out), "model": preset, "seq_len": 256,
             "batch_tokens": 2048, "micro_batch_size": 8, "max_steps": steps, "warmup_steps": 3, "lr": 3e-3,
             "eval_every": steps, "save_every": 0, "log_every": 10, "sample_tokens": 0, "tensorboard": False,
-            "plot": False, "progress": False, "wandb": False}
+            "plot": False, "progress": False, "wandb": False, "resume": "never"}
     cfg = load_train_config(None, [f"{k}={v}" for k, v in sets.items()])
     t0 = time.perf_counter()
     summary = Trainer(cfg).run()

@@ -71,3 +71,14 @@ def test_sparse_stage_resumes_exactly(make_config, tmp_path):
     assert a.keys() == b.keys() and any(".indexer." in k for k in a)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_resuming_with_another_trained_set_is_a_clear_error(make_config, tmp_path):
+    """A checkpoint of a sparse-stage run (indexers trained) resumed without dsa_stage (indexers
+    frozen): the optimizer's groups differ, and the error says why and what to do."""
+    Trainer(make_config(out_dir=tmp_path / "a", model="tiny-dsa", dsa_stage="sparse", max_steps=2,
+                        save_every=2)).run()
+    cfg = make_config(out_dir=tmp_path / "b", model="tiny-dsa", max_steps=4,
+                      resume=str(tmp_path / "a" / "step-000002"))
+    with pytest.raises(ValueError, match=r"cannot resume: .* this run trains .*dsa_stage.*resume=never"):
+        Trainer(cfg).run()

@@ -244,7 +244,17 @@ class Trainer:
             set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state["optimizer"],
                                      options=StateDictOptions(full_state_dict=True))
         else:
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except ValueError as e:  # torch: "... doesn't match the size of optimizer's group"
+                saved = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+                now = [len(g["params"]) for g in self.optimizer.param_groups]
+                raise ValueError(
+                    f"{path}: cannot resume: the checkpoint's optimizer holds {saved} parameter tensors "
+                    f"per group, this run trains {now}. The set of trained parameters changed (model, "
+                    "method, freezing, dsa_stage, or a seekforge version that freezes differently); "
+                    "resume with the settings that wrote it, or start fresh with resume=never "
+                    f"(torch: {e})") from None
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["loader"])
