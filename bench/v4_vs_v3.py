@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -86,7 +87,8 @@ def train_bpb(preset: str, shards: Path, out: Path, steps: int) -> tuple[float, 
     sets = {"data.train": str(shards), "out_dir": str(out), "model": preset, "seq_len": 256,
             "batch_tokens": 2048, "micro_batch_size": 8, "max_steps": steps, "warmup_steps": 3, "lr": 3e-3,
             "eval_every": steps, "save_every": 0, "log_every": 10, "sample_tokens": 0, "tensorboard": False,
-            "plot": False, "progress": False, "wandb": False, "resume": "never"}
+            "plot": False, "progress": False, "wandb": False}
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run every time, never a resumed stale one
     cfg = load_train_config(None, [f"{k}={v}" for k, v in sets.items()])
     t0 = time.perf_counter()
     summary = Trainer(cfg).run()
