@@ -49,8 +49,11 @@ MARKER = "seekforge_adapter.json"
 
 
 def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """The model writer's tokenizer copy (an HF tokenizer or a tokenizer directory), when one is given."""
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
+        from seekforge.model.hf import write_tokenizer_files
+
+        write_tokenizer_files(tokenizer, out)
 
 
 def save_result(
