@@ -223,7 +223,8 @@ class V4CachedInference:
                     entries = lc.compressor.entries[slots, :n]
                     if lc.indexer is not None:  # CSA: the indexer's top-k per query, as a mask
                         _advance_block_state(comp.indexer, lc.indexer, x, positions, slots, rope)
-                        seen = comp.indexer.choose(x, q_latent, positions, lc.indexer.entries[slots, :n], rope)
+                        index_keys = lc.indexer.entries[slots, :n]
+                        seen = comp.indexer.choose(x, q_latent, positions, index_keys, rope)
                     else:
                         seen = torch.arange(n, device=x.device) < ((positions + 1) // comp.rate)[..., None]
                     keys = torch.cat([keys, entries.to(keys.dtype)], dim=1)
