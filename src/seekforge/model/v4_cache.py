@@ -10,10 +10,13 @@ What a V4 layer must remember about a sequence to decode its next token:
     indexer     CSA only: the same three for the lightning indexer's small keys
 
 So the cache holds n_win + L/m entries per layer, not L. A prompt is prefilled with the full-sequence
-forward and the cache filled from it; each later token goes through :meth:`decode_step`, which
-writes its key, pools a block when the token closes one, and attends to [window | entries] with the
-same masks and top-k selection as the full forward. Prompts that continue a cached sequence
-(``start_pos > 0``) are run token by token.
+forward and the cache filled from it. Tokens that continue a cached sequence (``start_pos > 0``: a
+prompt chunk after the first) run as one forward: each layer's queries attend to [the window ring |
+the chunk's own keys | the compressed entries], with the masks and top-k selection of the full
+forward, after the compressor and indexer states have pooled the blocks the chunk closes; the ring
+takes the chunk's last keys afterwards. Each decoded token goes through :meth:`decode_step`, which
+writes its key, pools a block when the token closes one, and attends to [window | entries] (for
+CSA the top-k entries gathered, not a mask over all of them).
 """
 
 from __future__ import annotations
