@@ -53,6 +53,19 @@ def test_chunked_prefill_equals_full_forward(v4_model, tokenizer_dir) -> None:
         assert eng.generate([prompt], [greedy(10)])[0].token_ids == reference_greedy(v4_model, prompt, 10)
 
 
+def test_chunked_prefill_while_other_rows_decode(v4_model, tokenizer_dir) -> None:
+    """Prompts prefilled 5 tokens per loop turn in slots that earlier requests used, while the
+    others decode: continued chunks and decode steps share the caches."""
+    from seekforge.tokenizer import load_tokenizer
+
+    prompts, lengths = _prompts(), [14, 20, 9, 12]
+    cfg = EngineConfig(max_batch=2, max_len=96, prefill_chunk=5)
+    with Engine(v4_model, load_tokenizer(tokenizer_dir), cfg) as eng:
+        results = eng.generate(prompts, [greedy(n) for n in lengths])
+        for prompt, res, n in zip(prompts, results, lengths):
+            assert res.token_ids == reference_greedy(v4_model, prompt, n)
+
+
 def _count_body_calls(monkeypatch, model) -> list[int]:
     """One whole-model pass per forward_cached call proves a chunk is not run token by token."""
     calls, body = [0], type(model).body
