@@ -10,10 +10,13 @@ What a V4 layer must remember about a sequence to decode its next token:
     indexer     CSA only: the same three for the lightning indexer's small keys
 
 So the cache holds n_win + L/m entries per layer, not L. A prompt is prefilled with the full-sequence
-forward and the cache filled from it; each later token goes through :meth:`decode_step`, which
-writes its key, pools a block when the token closes one, and attends to [window | entries] with the
-same masks and top-k selection as the full forward. Prompts that continue a cached sequence
-(``start_pos > 0``) are run token by token.
+forward and the cache filled from it. Tokens that continue a cached sequence (``start_pos > 0``: a
+prompt chunk after the first) run as one forward: each layer's queries attend to [the window ring |
+the chunk's own keys | the compressed entries], with the masks and top-k selection of the full
+forward, after the compressor and indexer states have pooled the blocks the chunk closes; the ring
+takes the chunk's last keys afterwards. Each decoded token goes through :meth:`decode_step`, which
+writes its key, pools a block when the token closes one, and attends to [window | entries] (for
+CSA the top-k entries gathered, not a mask over all of them).
 """
 
 from __future__ import annotations
@@ -91,26 +94,43 @@ def _fill_block_state(comp, state: BlockState, x: Tensor, slots: Tensor, rope) -
     state.raw_gate[slots[:, None], keep % ring] = raw_gate.to(state.raw_gate.dtype)
 
 
-def _advance_block_state(comp, state: BlockState, x: Tensor, pos: Tensor, slots: Tensor, rope) -> None:
-    """One new token per row (x [B, 1, d] at positions ``pos`` [B]): store its pool inputs and, in
-    rows where it closes block w, pool that block (with block w-1 for CSA) into entry w."""
+def _advance_block_state(comp, state: BlockState, x: Tensor, positions: Tensor, slots: Tensor, rope) -> None:
+    """New tokens x [B, T, d] at consecutive positions [B, T] after each row's cached prefix: store
+    their pool inputs in the raw ring and pool every block w they close (with block w-1 for CSA)
+    into entry w. One decoded token is the case T = 1."""
+    B, T = positions.shape
     ring, m = state.raw_kv.shape[1], comp.rate
-    raw_kv, raw_gate = comp.project(x[:, 0], pos)
-    state.raw_kv[slots, pos % ring] = raw_kv.to(state.raw_kv.dtype)
-    state.raw_gate[slots, pos % ring] = raw_gate.to(state.raw_gate.dtype)
-    closing = ((pos + 1) % m == 0).nonzero()[:, 0]
-    if closing.numel() == 0:
+    device, start = x.device, positions[:, 0]
+    raw_kv, raw_gate = comp.project(x, positions)
+    # Each row's pool inputs at positions start - R .. start + T - 1: the ring's R, then the new
+    # tokens'. Slots of negative positions hold leftovers that only entry 0's missing predecessor
+    # would read, and that predecessor is gated out below.
+    seq_pos = start[:, None] + torch.arange(-ring, T, device=device)
+    rows = slots[:, None]
+    seq_kv = torch.cat([state.raw_kv[rows, seq_pos[:, :ring] % ring], raw_kv.to(state.raw_kv.dtype)], dim=1)
+    seq_gate = torch.cat([state.raw_gate[rows, seq_pos[:, :ring] % ring], raw_gate.to(state.raw_gate.dtype)],
+                         dim=1)
+    state.raw_kv[rows, seq_pos[:, T:] % ring] = seq_kv[:, T:]
+    state.raw_gate[rows, seq_pos[:, T:] % ring] = seq_gate[:, T:]
+    first, end = start // m, (start + T) // m  # entries closed before / after these tokens
+    K = int((end - first).max())
+    if K == 0:
         return
-    s, p = slots[closing], pos[closing]
+    w = first[:, None] + torch.arange(K, device=device)  # [B, K]: the blocks closed now (where < end)
+    closed_now = w < end[:, None]
     blocks = 2 if comp.overlap else 1
-    span = p[:, None] + torch.arange(1 - blocks * m, 1, device=p.device)  # the blocks' positions
-    kv = state.raw_kv[s[:, None], span % ring].view(len(s), blocks, m, -1)
-    gate = state.raw_gate[s[:, None], span % ring].view(len(s), blocks, m, -1)
-    w = p // m
+    span = w[..., None] * m + torch.arange((1 - blocks) * m, m, device=device)  # the blocks' positions
+    at = (span - start[:, None, None] + ring).clamp(0, ring + T - 1)  # -> index into seq_*
+    batch = torch.arange(B, device=device)[:, None, None]
+    kv = seq_kv[batch, at].view(B * K, blocks, m, -1)
+    gate = seq_gate[batch, at].view(B * K, blocks, m, -1)
+    w = w.reshape(-1)
     if comp.overlap:  # block 0 has no predecessor: its slots get weight 0
         gate[:, 0] = gate[:, 0].masked_fill((w < 1)[:, None, None], float("-inf"))
-    block_ids = w[:, None] + torch.arange(1 - blocks, 1, device=p.device)
-    state.entries[s, w] = comp.pool(kv, gate, block_ids, rope)[:, -1].to(state.entries.dtype)
+    block_ids = w[:, None] + torch.arange(1 - blocks, 1, device=device)
+    entries = comp.pool(kv, gate, block_ids, rope)[:, -1].view(B, K, -1)
+    state.entries[rows.expand(B, K)[closed_now], w.view(B, K)[closed_now]] = \
+        entries[closed_now].to(state.entries.dtype)
 
 
 class V4CachedInference:
@@ -151,10 +171,7 @@ class V4CachedInference:
         if not bool(start_pos.any()):
             hidden = self._prefill(input_ids, cache, slots, positions)
         else:
-            steps = [self.decode_step(input_ids[:, t:t + 1], cache, slots, positions[:, t:t + 1],
-                                      int(positions[:, t].max()) + 1, with_logits=False).hidden
-                     for t in range(T)]
-            hidden = torch.cat(steps, dim=1)
+            hidden = self._continue(input_ids, cache, slots, positions)
         logits = self.lm_head(hidden) if with_logits else hidden.new_empty(B, T, 0)
         return ModelOutput(logits=logits, hidden=hidden)
 
@@ -182,6 +199,54 @@ class V4CachedInference:
 
         return self.body(input_ids, positions, attention)[0]
 
+    def _continue(self, input_ids: Tensor, cache: V4Cache, slots: Tensor, positions: Tensor) -> Tensor:
+        """Tokens [B, T] at positions start[b] .. start[b] + T - 1 after each row's cached prefix
+        (a row with start 0 begins a new sequence). Each layer's queries attend to [the window ring's
+        keys | the tokens' own keys | the compressed entries], with the masks of the full forward."""
+        rope, start = self.model.rotary_emb, positions[:, :1]
+
+        def attention(i: int) -> Callable[[Tensor], Tensor]:
+            attn, lc = self.model.layers[i].self_attn, cache.layers[i]
+
+            def run(x: Tensor) -> Tensor:
+                q, q_latent, kv, cos, sin = attn.project(x, positions, rope)
+                B, T, W = x.shape[0], x.shape[1], attn.window
+                # The ring holds keys of positions before the tokens (entries at or past start are
+                # an earlier sequence's); the tokens see each other causally; both within W.
+                held = lc.window_pos[slots][:, None]  # [B, 1, W]
+                from_ring = (held >= 0) & (held < start[..., None]) & (held > positions[..., None] - W)
+                t = torch.arange(T, device=x.device)
+                own = (t[None, :] <= t[:, None]) & (t[None, :] > t[:, None] - W)
+                keys = torch.cat([lc.window[slots], kv.to(lc.window.dtype)], dim=1)
+                allowed = torch.cat([from_ring, own.expand(B, T, T)], dim=-1)
+                comp = attn.compressor
+                if comp is not None:
+                    _advance_block_state(comp, lc.compressor, x, positions, slots, rope)
+                    n = (int(positions.max()) + 1) // comp.rate  # blocks closed by the furthest row
+                    entries = lc.compressor.entries[slots, :n]
+                    if lc.indexer is not None:  # CSA: the indexer's top-k per query, as a mask
+                        _advance_block_state(comp.indexer, lc.indexer, x, positions, slots, rope)
+                        index_keys = lc.indexer.entries[slots, :n]
+                        seen = comp.indexer.choose(x, q_latent, positions, index_keys, rope)
+                    else:
+                        seen = torch.arange(n, device=x.device) < ((positions + 1) // comp.rate)[..., None]
+                    keys = torch.cat([keys, entries.to(keys.dtype)], dim=1)
+                    allowed = torch.cat([allowed, seen], dim=-1)
+                # Queries in blocks, as in the full forward, so the scores stay [block, keys].
+                block = max(attn.QUERY_BLOCK, W)
+                attended = torch.cat([attn.attend(q[:, s:s + block], keys, allowed[:, s:s + block])
+                                      for s in range(0, T, block)], dim=1)
+                # Only now the ring takes the tokens' last W keys: the queries above needed the
+                # keys these overwrite.
+                last = positions[:, max(0, T - W):]
+                lc.window[slots[:, None], last % W] = kv[:, -last.shape[1]:].to(lc.window.dtype)
+                lc.window_pos[slots[:, None], last % W] = last
+                return attn.output(attended, cos, sin)
+
+            return run
+
+        return self.body(input_ids, positions, attention)[0]
+
     def decode_step(self, input_ids: Tensor, cache: V4Cache, slots: Tensor, positions: Tensor,
                     length: int, with_logits: bool = True) -> ModelOutput:
         """One new token per row (``input_ids`` [B, 1] at ``positions`` [B, 1]) after its cached
@@ -202,11 +267,11 @@ class V4CachedInference:
                 allowed = (held >= 0) & (held <= pos[:, None]) & (held > pos[:, None] - W)
                 comp = attn.compressor
                 if comp is not None:
-                    _advance_block_state(comp, lc.compressor, x, pos, slots, rope)
+                    _advance_block_state(comp, lc.compressor, x, positions, slots, rope)
                     n = length // comp.rate  # blocks closed by the furthest row
                     entries = lc.compressor.entries[slots, :n]
                     if lc.indexer is not None:  # CSA: attend to the top-k entries only (gathered)
-                        _advance_block_state(comp.indexer, lc.indexer, x, pos, slots, rope)
+                        _advance_block_state(comp.indexer, lc.indexer, x, positions, slots, rope)
                         index_keys = lc.indexer.entries[slots, :n]
                         top, seen = comp.indexer.top_entries(x, q_latent, positions, index_keys, rope)
                         top, seen = top[:, 0], seen[:, 0]
