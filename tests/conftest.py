@@ -20,6 +20,31 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _random_tiny_v4(seed: int = 0):
+    """tiny-v4 in eval mode with the zero-initialised parts (attention sinks, block position biases,
+    mHC biases, router biases) randomised, so that a wrong formula in any of them shows."""
+    import torch
+
+    from seekforge.model.v4 import build_v4
+    from seekforge.model.v4_config import v4_preset
+
+    torch.manual_seed(seed)
+    model = build_v4(v4_preset("tiny-v4")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("sinks", "position_bias", ".base", "hc_base")):
+                p.normal_(0, 0.5)
+        for layer in model.moe_layers:
+            layer.mlp.gate.e_score_correction_bias.normal_(0, 0.1)
+    return model
+
+
+@pytest.fixture(scope="session")
+def random_v4():
+    """``random_v4(seed=0)``: a fresh tiny-v4 whose sinks and biases are random (see above)."""
+    return _random_tiny_v4
+
+
 def _tokenizer_corpus() -> list[str]:
     """~130 KB of English + Chinese text: shared samples if present, else generated sentences."""
     import json

@@ -12,19 +12,8 @@ from .test_engine import greedy, reference_greedy
 
 
 @pytest.fixture(scope="module")
-def v4_model():
-    from seekforge.model.v4 import build_v4
-    from seekforge.model.v4_config import v4_preset
-
-    torch.manual_seed(0)
-    model = build_v4(v4_preset("tiny-v4")).eval()
-    with torch.no_grad():  # random sinks / block biases / router biases, so every path matters
-        for name, p in model.named_parameters():
-            if name.endswith(("sinks", "position_bias", ".base", "hc_base")):
-                p.normal_(0, 0.5)
-        for layer in model.moe_layers:
-            layer.mlp.gate.e_score_correction_bias.normal_(0, 0.1)
-    return model
+def v4_model(random_v4):
+    return random_v4()
 
 
 def _prompts() -> list[list[int]]:

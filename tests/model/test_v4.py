@@ -17,23 +17,9 @@ from seekforge.model.v4_config import CSA, HCA, SLIDING, V4Config, v4_preset
 transformers = pytest.importorskip("transformers")
 
 
-def _random_model(seed: int = 0) -> DeepseekV4ForCausalLM:
-    """tiny-v4 with the zero-initialised parts (sinks, block position biases, mHC biases) randomised,
-    so that a wrong formula in any of them shows in the logits."""
-    torch.manual_seed(seed)
-    model = build_v4(v4_preset("tiny-v4")).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("sinks", "position_bias", ".base", "hc_base")):
-                p.normal_(0, 0.5)
-        for layer in model.moe_layers:
-            layer.mlp.gate.e_score_correction_bias.normal_(0, 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
-def model() -> DeepseekV4ForCausalLM:
-    return _random_model()
+def model(random_v4) -> DeepseekV4ForCausalLM:
+    return random_v4()
 
 
 def _hf_from(model: DeepseekV4ForCausalLM):
@@ -198,7 +184,7 @@ def test_model_info_for_v4(capsys):
     assert "cache bf16 per sequence at 128k" in out
 
 
-def test_query_blocks_equal_one_block(monkeypatch):
+def test_query_blocks_equal_one_block(monkeypatch, random_v4):
     """The full forward runs queries in blocks against the keys their window reaches; blocks of one
     window (16 tokens here) give the logits, gradients and indexer loss of a single block."""
     from seekforge.model.dsa import set_dsa_stage
@@ -208,7 +194,7 @@ def test_query_blocks_equal_one_block(monkeypatch):
     runs = []
     for block in (4096, 1):  # 1 -> the window, 16: five blocks of 67 tokens
         monkeypatch.setattr(V4Attention, "QUERY_BLOCK", block)
-        model = _random_model(seed=5).train()
+        model = random_v4(seed=5).train()
         set_dsa_stage(model, "dense_warmup")
         out = model(x, labels=x)
         out.loss.backward()
