@@ -186,7 +186,8 @@ class C4Rules:
     min_num_sentences: int | None = 5  # after line removal
     # A line under min_words_per_line is kept when it is a sentence - it ends in terminal
     # punctuation (Almost. / Any fever? / O the heavens!) - or a label (ROMEO:, Ingredients:)
-    # whose next line is kept: it is then counted as a line of that speech or section. C4's rule
+    # whose next line is kept: it is then counted as a line of that speech or section (and its
+    # words count for the line after it: FRIAR LAURENCE:\nToo familiar is three words). C4's rule
     # is for navigation and link text (Home, Read more, Share), which ends in neither; C4 itself
     # also required the terminal mark.
     keep_short_sentences: bool = False
@@ -834,6 +835,8 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
                 if cited:  # the line changed: its tokens may be new
                     _learn(words)
                 n_units = len(words) - sum(map(_SYMBOL.__contains__, words))
+            if n_units < r.min_words_per_line and r.keep_speaker_labels and i - 1 in labels:
+                n_units += count_units(lines[i - 1])  # the label is a line of this speech
             if n_units < r.min_words_per_line:
                 if r.keep_speaker_labels and SPEAKER_LABEL.match(line):
                     labels[i] = len(kept)
