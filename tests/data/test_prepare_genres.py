@@ -288,18 +288,33 @@ def test_clean_genres_survive_intact(corpora, genre: str):
     assert share >= FLOOR[genre], (genre, share, Counter(r for r, _ in failures), failures[:1])
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "data.md"
+
+
 def fineweb_english() -> F.FiltersConfig:
-    """FineWeb's English pipeline exactly (datatrove's defaults), as docs/data.md tells a user
-    to set it: the plain rule tables for en and other, with Gopher's eight stop words."""
-    cfg = F.FiltersConfig()
-    for lang in ("en", "other"):
-        setattr(cfg.gopher_repetition, lang, F.GopherRepetitionRules())
-        setattr(cfg.gopher_quality, lang, F.GopherQualityRules(
-            stop_words=list(F.EN_STOP_WORDS) if lang == "en" else None,
-            min_stop_words=2 if lang == "en" else None))
-        setattr(cfg.c4, lang, F.C4Rules())
-        setattr(cfg.fineweb, lang, F.FineWebRules())
-    return cfg
+    """The filters with docs/data.md's "Reproducing FineWeb's English filters" block applied."""
+    import yaml
+
+    from seekforge.config import deep_merge, from_dict, to_dict
+
+    doc = DOCS.read_text(encoding="utf-8")
+    section = doc[doc.index("### Reproducing FineWeb's English filters"):]
+    start = section.index("```yaml") + len("```yaml")
+    block = section[start : section.index("```", start)]
+    overrides = yaml.safe_load(block)["filters"]
+    return from_dict(F.FiltersConfig, deep_merge(to_dict(F.FiltersConfig()), overrides))
+
+
+def test_fineweb_english_block_restores_datatrove_defaults():
+    """Every English departure is switched off by the documented block: the en tables equal the
+    plain rule tables (datatrove's defaults) with Gopher's eight stop words."""
+    cfg = fineweb_english()
+    assert cfg.gopher_repetition.en == F.GopherRepetitionRules() == cfg.gopher_repetition.other
+    assert cfg.gopher_quality.en == F.GopherQualityRules(stop_words=list(F.EN_STOP_WORDS))
+    assert cfg.gopher_quality.other == F.GopherQualityRules(min_stop_words=None)
+    assert cfg.c4.en == F.C4Rules() == cfg.c4.other
+    assert cfg.fineweb.en == F.FineWebRules() == cfg.fineweb.other
+    assert cfg.gopher_quality.zh == F.FiltersConfig().gopher_quality.zh  # zh untouched
 
 
 def test_fineweb_english_is_reachable(corpora):

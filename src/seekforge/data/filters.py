@@ -186,8 +186,9 @@ class C4Rules:
     min_num_sentences: int | None = 5  # after line removal
     # A line under min_words_per_line is kept when it is a sentence - it ends in terminal
     # punctuation (Almost. / Any fever? / O the heavens!) - or a label (ROMEO:, Ingredients:)
-    # whose next line is kept: it is then counted as a line of that speech or section (and its
-    # words count for the line after it: FRIAR LAURENCE:\nToo familiar is three words). C4's rule
+    # whose next line is kept: it is then counted as a line of that speech or section (and a
+    # play's speaker counts for the line after it: FRIAR LAURENCE:\nToo familiar is three words,
+    # while Share this:\nFacebook stays two). C4's rule
     # is for navigation and link text (Home, Read more, Share), which ends in neither; C4 itself
     # also required the terminal mark.
     keep_short_sentences: bool = False
@@ -238,6 +239,8 @@ _HEADING = regex.compile(r"^\s*(?:Chapter|Part|Section|Step|Day|Week|Lesson|Act|
 # A label on a line of its own - a play's speaker (ROMEO:, FIRST CITIZEN:) or a section head
 # (Ingredients:, Method:): a capital, at most four words, a final colon.
 SPEAKER_LABEL = regex.compile(r"^[^\W\d_][\w'’.\-]*(?: [\w'’.\-]+){0,3}:$")
+# ... of which a play's speaker is written in capitals (ROMEO:, FRIAR LAURENCE:, KING RICHARD III:).
+PLAY_SPEAKER = regex.compile(r"^[A-Z][A-Z'’.\-]*(?: [A-Z][A-Z'’.\-]*){0,3}:$")
 # A speaker prefix in a script line (Anna: ..., FIRST CITIZEN: ...): left out of the n-grams.
 SPEAKER_PREFIX = regex.compile(r"^[A-Z][\w'’.\-]*(?: [A-Z][\w'’.\-]*){0,2}:\s+")
 
@@ -835,8 +838,9 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
                 if cited:  # the line changed: its tokens may be new
                     _learn(words)
                 n_units = len(words) - sum(map(_SYMBOL.__contains__, words))
-            if n_units < r.min_words_per_line and r.keep_speaker_labels and i - 1 in labels:
-                n_units += count_units(lines[i - 1])  # the label is a line of this speech
+            if (n_units < r.min_words_per_line and r.keep_speaker_labels and i - 1 in labels
+                    and PLAY_SPEAKER.match(lines[i - 1].strip())):
+                n_units += count_units(lines[i - 1])  # the speaker's name is a line of this speech
             if n_units < r.min_words_per_line:
                 if r.keep_speaker_labels and SPEAKER_LABEL.match(line):
                     labels[i] = len(kept)
