@@ -7,12 +7,16 @@ English. The thresholds for Chinese are FineWeb-2's ``cmn_Hani`` values (hugging
 with jieba too (``text.split_words``). Where line shape matters (C4's words per line, FineWeb's
 newlines per word) the zh tables count CJK units instead (:func:`count_units`: a character, or
 a run of other letters/digits), because jieba's word count for verse, names and list items is
-unstable, and verse, anthologies and dialogue must keep every line. Where seekforge departs from
-a source it says so next to the value (and in docs/data.md).
+unstable, and verse, anthologies and dialogue must keep every line. The English tables keep
+datatrove's thresholds but, like the Chinese ones, judge the structure of verse, plays,
+dialogue, songs and outlines as structure: a speaker label is a line of its speech, a repeated
+chorus counts once, short sentences and titles are not link text, punctuation tokens are not
+words, numbered headings are not n-grams. Where seekforge departs from a source it says so next
+to the value (and in docs/data.md, which also gives the settings that restore FineWeb exactly).
 
 Every rule table exists per language group: ``en``, ``zh`` (Chinese, also used for Japanese
-and other CJK text, segmented per character) and ``other`` (everything else: English
-thresholds, no stop-word rule, since we have no function-word list for it).
+and other CJK text, segmented per character) and ``other`` (everything else: the English
+table without the stop-word rule, since we have no function-word list for it).
 
 A filter returns ``None`` to keep a document or a reason string ``"<filter>.<rule>"`` to drop
 it; the C4 filter may also remove lines and so returns the new text.
@@ -80,9 +84,9 @@ class GopherQualityRules:
 def _en_gopher_quality() -> GopherQualityRules:
     # Gopher / datatrove, except (seekforge, docs/data.md) punctuation tokens are left out of
     # the alpha-words ratio (datatrove's tokenizer makes "." a word: "Almost." is half
-    # non-alphabetic), documents of 5+ lines need 20 words, and numbered lists skip the
-    # stop-word rule; the stop words add those of spoken English (EN_SPOKEN_STOP_WORDS).
-    # FineWeb's exact values: docs/data.md "Reproducing FineWeb".
+    # non-alphabetic), documents of 5+ lines need 15 words, outlines skip the stop-word rule,
+    # and the built-in stop words add those of spoken English (EN_SPOKEN_STOP_WORDS).
+    # FineWeb's exact values: docs/data.md, "Reproducing FineWeb's English filters".
     return GopherQualityRules(alpha_ratio_skips_punct=True, lined_min_doc_words=15,
                               outline_headings_skipped=True)
 
@@ -187,10 +191,10 @@ class C4Rules:
     # A line under min_words_per_line is kept when it is a sentence - it ends in terminal
     # punctuation (Almost. / Any fever? / O the heavens!) - or a label (ROMEO:, Ingredients:)
     # whose next line is kept: it is then counted as a line of that speech or section (and a
-    # play's speaker counts for the line after it: FRIAR LAURENCE:\nToo familiar is three words,
-    # while Share this:\nFacebook stays two). C4's rule
-    # is for navigation and link text (Home, Read more, Share), which ends in neither; C4 itself
-    # also required the terminal mark.
+    # play's speaker counts for the line after it: FRIAR LAURENCE: / Too familiar is three words,
+    # while Share this: / Facebook stays two). C4's rule (Raffel et al. 2020) is for navigation
+    # and link text (Home, Read more, Share), which ends in neither; C4 itself also required the
+    # terminal mark.
     keep_short_sentences: bool = False
     keep_speaker_labels: bool = False
     # ... and so is the document's first line (its title: Contents, Travel plan) and, with
@@ -207,7 +211,7 @@ class C4Config:
     filter_javascript: bool = True  # drop lines mentioning javascript
     filter_curly_bracket: bool = True  # drop the document (code/templates); off for code corpora
     filter_policy: bool = True  # drop cookie/terms/privacy lines (English and Chinese phrases)
-    # seekforge: short sentences and speaker labels stay (dialogue, verse, plays: docs/data.md).
+    # seekforge: short sentences, labels and titles stay (dialogue, verse, plays: docs/data.md).
     en: C4Rules = field(default_factory=lambda: C4Rules(keep_short_sentences=True, keep_speaker_labels=True,
                                                         keep_title_line=True))
     # FineWeb-2 applies no C4 rule to Chinese (huggingface/fineweb-2, configs/cmn_Hani.yml). We keep
@@ -237,7 +241,7 @@ _HEADING = regex.compile(r"^\s*(?:Chapter|Part|Section|Step|Day|Week|Lesson|Act|
                          r"\s+([0-9]{1,3})(?=[\s.:)]|$)")
 
 # A label on a line of its own - a play's speaker (ROMEO:, FIRST CITIZEN:) or a section head
-# (Ingredients:, Method:): a capital, at most four words, a final colon.
+# (Ingredients:, Method:): at most four words, the first starting with a letter, a final colon.
 SPEAKER_LABEL = regex.compile(r"^[^\W\d_][\w'’.\-]*(?: [\w'’.\-]+){0,3}:$")
 # ... of which a play's speaker is written in capitals (ROMEO:, FRIAR LAURENCE:, KING RICHARD III:).
 PLAY_SPEAKER = regex.compile(r"^[A-Z][A-Z'’.\-]*(?: [A-Z][A-Z'’.\-]*){0,3}:$")
@@ -618,23 +622,23 @@ class StanzaRepeats(NamedTuple):
 
     lines: int  # lines after the first of every repeat of a stanza
     chars: int  # the characters in those lines
-    all_chars: int  # the characters of every line of every repeat
 
 
 def repeated_stanzas(text: str) -> StanzaRepeats:
     """A stanza of k lines repeated verbatim counted k duplicate lines; judged as one line,
     k - 1 of them (and their characters) are forgiven."""
     seen: set[str] = set()
-    lines = chars = all_chars = 0
+    lines = chars = 0
     for para in _PARA_SPLIT.split(text.strip()):
         k = para.count("\n") + 1
         if para in seen and k >= 2:
             first = para.index("\n")
             lines += k - 1
             chars += len(para) - first - (k - 1)  # without the newlines
-            all_chars += len(para) - (k - 1)
         seen.add(para)
-    return StanzaRepeats(lines, chars, all_chars)
+    return StanzaRepeats(lines, chars)
+
+
 _LINE_SPLIT = regex.compile(r"\n+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio): polynomial base
 
@@ -742,9 +746,10 @@ def check_gopher_repetition(view: DocView, cfg: GopherRepetitionConfig) -> str |
         if r.dup_para_char_frac is not None and chars / len(text) > r.dup_para_char_frac:
             return "gopher_repetition.dup_paragraph_chars"
     lines = _LINE_SPLIT.split(text)
-    n, chars = _dup_stats(join_speaker_labels(lines) if r.speaker_lines_joined else lines)
-    stanzas = repeated_stanzas(text) if r.dup_line_stanzas and n else StanzaRepeats(0, 0, 0)
-    if r.dup_line_frac is not None and (n - stanzas.lines) / len(lines) > r.dup_line_frac:
+    judged = join_speaker_labels(lines) if r.speaker_lines_joined else lines
+    n, chars = _dup_stats(judged)
+    stanzas = repeated_stanzas(text) if r.dup_line_stanzas and n else StanzaRepeats(0, 0)
+    if r.dup_line_frac is not None and (n - stanzas.lines) / len(judged) > r.dup_line_frac:
         return "gopher_repetition.dup_lines"
     if r.dup_line_char_frac is not None and (chars - stanzas.chars) / len(text) > r.dup_line_char_frac:
         return "gopher_repetition.dup_line_chars"
@@ -814,6 +819,7 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
     lines = view.lines
     labels: dict[int, int] = {}  # label line index -> its position in kept (decided at the end)
     kept_lines: set[int] = set()
+    title = next((i for i, ln in enumerate(lines) if ln.strip()), -1) if r.keep_title_line else -1
     for i, raw in enumerate(lines):
         line = raw.strip()
         if not line:
@@ -848,7 +854,7 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
                     continue
                 short_ok = (r.keep_short_sentences
                             and (ends_with_terminal(line) or line.endswith(_CLAUSE_END))
-                            or r.keep_title_line and not kept_lines and not labels)
+                            or i == title)
                 if not (short_ok and any(c.isalpha() for c in line)):
                     removed["too_few_words"] += 1
                     continue
