@@ -236,6 +236,14 @@ def build_corpora(shared: Path, n: int = 60, seed: int = 0) -> dict[str, list[st
         return "\n".join(["Travel plan", *plan])
 
     corpora["en.list"] = [en_list() for _ in range(n)]
+
+    def en_song() -> str:  # en.lyrics draws both verses from one pool, so they share lines; here not
+        lines = rng.sample(EN_LYRIC_LINES, 12)
+        title = f"{lines[0].title()}\nWords and music by {rng.choice(EN_SPEAKERS)} Smith"
+        chorus = "\n".join(EN_CHORUS)
+        return "\n\n".join([title, "\n".join(lines[:6]), chorus, "\n".join(lines[6:]), chorus])
+
+    corpora["en.lyrics_distinct_verses"] = [en_song() for _ in range(n)]
     return corpora
 
 
@@ -263,19 +271,111 @@ def corpora(shared_data: Path) -> dict[str, list[str]]:
     return build_corpora(shared_data)
 
 
-# Every Chinese genre: the defaults keep >= 95% of its documents intact. The English
-# counterparts are judged by the English (datatrove/FineWeb) tables, which drop documents under
-# 50 words and remove lines under 3 words by design; their survival is recorded in docs/data.md.
+# Every Chinese genre: the defaults keep >= 95% of its documents intact; Shakespeare and English
+# dialogue >= 90%. English lists and lyrics are below that (docs/data.md says why): the floors
+# here are their measured survival, so that a regression shows.
 KEPT = ["zh.tang_poem", "zh.tang_anthology", "zh.ci_anthology", "zh.lyrics", "zh.classical_prose",
         "zh.dialogue", "zh.list"]
+KEPT_EN = ["en.shakespeare", "en.dialogue", "en.lyrics_distinct_verses"]
+FLOOR = {**dict.fromkeys(KEPT, 0.95), **dict.fromkeys(KEPT_EN, 0.9), "en.list": 0.6}
 
 
-@pytest.mark.parametrize("genre", KEPT)
+@pytest.mark.parametrize("genre", list(FLOOR))
 def test_clean_genres_survive_intact(corpora, genre: str):
     docs = corpora[genre]
     failures = [(r, d) for d in docs for ok, r in [survives(d)] if not ok]
     share = 1 - len(failures) / len(docs)
-    assert share >= 0.95, (genre, share, Counter(r for r, _ in failures), failures[:1])
+    assert share >= FLOOR[genre], (genre, share, Counter(r for r, _ in failures), failures[:1])
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "data.md"
+
+
+def fineweb_english() -> F.FiltersConfig:
+    """The filters with docs/data.md's "Reproducing FineWeb's English filters" block applied."""
+    import yaml
+
+    from seekforge.config import deep_merge, from_dict, to_dict
+
+    doc = DOCS.read_text(encoding="utf-8")
+    section = doc[doc.index("### Reproducing FineWeb's English filters"):]
+    start = section.index("```yaml") + len("```yaml")
+    block = section[start : section.index("```", start)]
+    overrides = yaml.safe_load(block)["filters"]
+    return from_dict(F.FiltersConfig, deep_merge(to_dict(F.FiltersConfig()), overrides))
+
+
+def test_fineweb_english_block_restores_datatrove_defaults():
+    """Every English departure is switched off by the documented block: the en tables equal the
+    plain rule tables (datatrove's defaults) with Gopher's eight stop words."""
+    cfg = fineweb_english()
+    assert cfg.gopher_repetition.en == F.GopherRepetitionRules() == cfg.gopher_repetition.other
+    assert cfg.gopher_quality.en == F.GopherQualityRules(stop_words=list(F.EN_STOP_WORDS))
+    assert cfg.gopher_quality.other == F.GopherQualityRules(min_stop_words=None)
+    assert cfg.c4.en == F.C4Rules() == cfg.c4.other
+    assert cfg.fineweb.en == F.FineWebRules() == cfg.fineweb.other
+    assert cfg.gopher_quality.zh == F.FiltersConfig().gopher_quality.zh  # zh untouched
+
+
+def test_fineweb_english_is_reachable(corpora):
+    """With FineWeb's own tables the English genres are dropped again, as before seekforge
+    relaxed them (0% of each in docs/data.md)."""
+    cfg = fineweb_english()
+    for genre in ("en.shakespeare", "en.dialogue", "en.list", "en.lyrics"):
+        assert not any(survives(d, cfg)[0] for d in corpora[genre][:20]), genre
+    dialogue = corpora["en.dialogue"][0]
+    assert survives(dialogue)[0] and not survives(dialogue, cfg)[0]
+
+
+EN_JUNK = [
+    ("\n".join(["Home", "About Us", "Services", "Products", "Blog", "Careers", "Contact Us", "Login",
+                "Register", "FAQ", "Sitemap"]), "gopher_quality.too_few_words"),  # navigation menu
+    ("Quick Links:\nHome\nShop\nSale\nNew Arrivals\nFollow Us:\nFacebook\nTwitter\nInstagram\nPinterest",
+     "gopher_quality.too_few_words"),  # footer links under labels
+    ("Tags: cheap flights, flights to london, cheap hotels, hotel deals, last minute travel, "
+     "travel insurance, car hire, airport parking, holiday packages, city breaks, cruise deals",
+     "gopher_quality.too_few_words"),  # tag cloud
+    ("\n".join(["Buy now and get 50% off your first order!", "Free shipping on all orders over $50!"] * 6),
+     "gopher_repetition.dup_lines"),  # repeated promo lines
+    (" ".join(["best cheap viagra online pharmacy buy viagra cheap online no prescription"] * 8),
+     "gopher_repetition.top_3gram"),  # keyword spam
+    ("\n".join(f"{i}. best cheap car insurance quotes {c} online" for i, c in
+               enumerate(["texas", "florida", "ohio", "california", "nevada", "utah", "maine", "iowa"], 1)),
+     "gopher_repetition.top_2gram"),  # numbered SEO list
+    ("We use cookies to improve your experience on our website. By continuing to browse, you agree "
+     "to our use of cookies.\nCookie Policy\nAccept All Cookies\nManage Preferences\nPrivacy Policy",
+     "c4.too_few_sentences"),  # cookie banner
+    ("\n".join(["Brand: Acme", "Model: X200", "Color: Black", "Weight: 1.2 kg", "Size: XL", "Material: Nylon",
+                "Warranty: 2 years", "Price: $49.99", "SKU: 88231", "Stock: In stock"]),
+     "gopher_quality.non_alpha_words"),  # product spec table
+    ("\n".join(["Share this:", "Facebook", "Twitter", "Email", "Like this:", "Like Loading...", "Related",
+                "3 comments", "Leave a reply"]), "gopher_quality.few_stop_words"),  # share widget
+    ("\n".join(["Stocks rally as oil prices fall", "Mayor announces new bike lanes downtown",
+                "Local team wins championship game", "Storm expected to hit coast this weekend",
+                "New restaurant opens on Main Street", "School board approves budget",
+                "Police investigate downtown break-in", "City council delays vote on housing"]),
+     "gopher_quality.few_stop_words"),  # headline link list
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), EN_JUNK)
+def test_english_web_junk_is_still_dropped(text: str, reason: str):
+    cleaned = clean_text(text, CleanConfig())
+    assert F.run_filters(cleaned, detect_language(cleaned), F.FiltersConfig()).reason == reason
+
+
+def test_speaker_labels_short_sentences_and_titles_stay_but_link_text_goes():
+    doc = ("Travel plan\nROMEO:\nO, she doth teach the torches to burn bright!\nJULIET:\nAy.\n"
+           "Home\nRead more\nShare this:\nFacebook\nIt is the east, and Juliet is the sun, my love.")
+    cfg = F.C4Config()
+    cfg.en.min_num_sentences = None  # (a short document: the line rule alone is under test)
+    out = F.apply_c4(F.DocView(doc, "en"), cfg)
+    assert out.text == ("Travel plan\nROMEO:\nO, she doth teach the torches to burn bright!\nJULIET:\nAy.\n"
+                        "It is the east, and Juliet is the sun, my love.")
+    assert out.lines_removed["too_few_words"] == 4  # Home, Read more, Share this: + Facebook
+    assert F.join_speaker_labels(["ROMEO:", "Ay.", "x"]) == ["ROMEO: Ay.", "x"]
+    assert F.is_outline(["Contents", "Chapter 1. Results", "Chapter 2. Methods", "Chapter 3. Data"])
+    assert not F.is_outline(["Chapter 1. Results", "Chapter 3. Methods", "Chapter 2. Data"])
 
 
 ZH_ARTICLE = (
@@ -368,21 +468,23 @@ if __name__ == "__main__":
 
 
 def test_genres_survive_data_prepare_in_a_dirty_mix(corpora, shared_data: Path, tmp_path: Path):
-    """The user's path: every Chinese genre mixed with web text and junk through `data prepare`
-    (cleaning, filters, PII, exact dedup, 2 workers): >= 95% of each genre's texts come out
+    """The user's path: every Chinese genre and the English ones at 90% (KEPT_EN) mixed with web
+    text and English and Chinese junk through `data prepare` (cleaning, filters, PII, exact
+    dedup, 2 workers): >= its floor (FLOOR) of each genre's texts come out
     unchanged (a text repeated in the synthetic corpus counts once: exact dedup keeps one), and
     the junk does not. MinHash is off: the synthetic prose documents are 2-4 of 16 paragraphs,
     so some are near-duplicates by construction and rightly merged (4 of 60 with it on)."""
     from seekforge.cli import main
 
     rows = []
-    for genre in KEPT:
+    for genre in KEPT + KEPT_EN:
         rows += [{"text": t, "genre": genre} for t in corpora[genre][:60]]
     with open(shared_data / "pretrain" / "c4_demo.jsonl", encoding="utf-8") as f:
         rows += [{"text": json.loads(line)["text"], "genre": "c4"} for _, line in zip(range(60), f)]
     junk = ["\n".join("首页 新闻 体育 娱乐 财经 科技 汽车 房产 教育 旅游 联系我们".split()),
             "\n".join(["点击进入官方网站领取大礼包"] * 5 + ["今日特价商品推荐"] * 5),
-            "\n".join(f"{i}. 北京代开发票 上海代开发票 广州代开发票" for i in range(1, 12))]
+            "\n".join(f"{i}. 北京代开发票 上海代开发票 广州代开发票" for i in range(1, 12)),
+            *(text for text, _ in EN_JUNK)]
     rows += [{"text": t, "genre": "junk"} for t in junk]
     random.Random(0).shuffle(rows)
     inp = tmp_path / "mix.jsonl"
@@ -392,8 +494,8 @@ def test_genres_survive_data_prepare_in_a_dirty_mix(corpora, shared_data: Path, 
                  "--set", "output.format=jsonl", "--set", "dedup.minhash=false"]) == 0
     kept = {json.loads(line)["text"] for shard in out.glob("part-*.jsonl")
             for line in shard.read_text(encoding="utf-8").splitlines()}
-    for genre in KEPT:
+    for genre in KEPT + KEPT_EN:
         texts = {clean_text(r["text"], CleanConfig()) for r in rows if r["genre"] == genre}
         intact = len(texts & kept)
-        assert intact / len(texts) >= 0.95, (genre, intact, len(texts))
+        assert intact / len(texts) >= FLOOR[genre], (genre, intact, len(texts))
     assert not kept & {clean_text(t, CleanConfig()) for t in junk}

@@ -7,12 +7,16 @@ English. The thresholds for Chinese are FineWeb-2's ``cmn_Hani`` values (hugging
 with jieba too (``text.split_words``). Where line shape matters (C4's words per line, FineWeb's
 newlines per word) the zh tables count CJK units instead (:func:`count_units`: a character, or
 a run of other letters/digits), because jieba's word count for verse, names and list items is
-unstable, and verse, anthologies and dialogue must keep every line. Where seekforge departs from
-a source it says so next to the value (and in docs/data.md).
+unstable, and verse, anthologies and dialogue must keep every line. The English tables keep
+datatrove's thresholds but, like the Chinese ones, judge the structure of verse, plays,
+dialogue, songs and outlines as structure: a speaker label is a line of its speech, a repeated
+chorus counts once, short sentences and titles are not link text, punctuation tokens are not
+words, numbered headings are not n-grams. Where seekforge departs from a source it says so next
+to the value (and in docs/data.md, which also gives the settings that restore FineWeb exactly).
 
 Every rule table exists per language group: ``en``, ``zh`` (Chinese, also used for Japanese
-and other CJK text, segmented per character) and ``other`` (everything else: English
-thresholds, no stop-word rule, since we have no function-word list for it).
+and other CJK text, segmented per character) and ``other`` (everything else: the English
+table without the stop-word rule, since we have no function-word list for it).
 
 A filter returns ``None`` to keep a document or a reason string ``"<filter>.<rule>"`` to drop
 it; the C4 filter may also remove lines and so returns the new text.
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import regex
@@ -66,6 +70,25 @@ class GopherQualityRules:
     # Leave punctuation tokens out of the alpha-words ratio (they are tokens of their own in
     # segmented CJK text, so short lines - dialogue, verse - look "non-alphabetic").
     alpha_ratio_skips_punct: bool = False
+    # A document of at least ``lined_min_lines`` non-blank lines needs only this many words
+    # (None: always min_doc_words). Gopher's 50-word floor is for running text; a poem, a
+    # dialogue or a recipe carries its content in lines, and a short one is 20-50 words.
+    lined_min_doc_words: int | None = None
+    lined_min_lines: int = 5
+    # An outline (numbered headings Chapter 1, 2, 3... / Day 1, 2, 3...: is_outline) is exempt
+    # from the stop-word rule (its items are headings, not sentences) and its enumerators
+    # (Chapter 3.) are left out of the alpha-words ratio.
+    outline_headings_skipped: bool = False
+
+
+def _en_gopher_quality() -> GopherQualityRules:
+    # Gopher / datatrove, except (seekforge, docs/data.md) punctuation tokens are left out of
+    # the alpha-words ratio (datatrove's tokenizer makes "." a word: "Almost." is half
+    # non-alphabetic), documents of 5+ lines need 15 words, outlines skip the stop-word rule,
+    # and the built-in stop words add those of spoken English (EN_SPOKEN_STOP_WORDS).
+    # FineWeb's exact values: docs/data.md, "Reproducing FineWeb's English filters".
+    return GopherQualityRules(alpha_ratio_skips_punct=True, lined_min_doc_words=15,
+                              outline_headings_skipped=True)
 
 
 def _zh_gopher_quality() -> GopherQualityRules:
@@ -85,9 +108,11 @@ def _zh_gopher_quality() -> GopherQualityRules:
 @dataclass
 class GopherQualityConfig:
     enabled: bool = True
-    en: GopherQualityRules = field(default_factory=GopherQualityRules)
+    en: GopherQualityRules = field(default_factory=_en_gopher_quality)
     zh: GopherQualityRules = field(default_factory=_zh_gopher_quality)
-    other: GopherQualityRules = field(default_factory=lambda: GopherQualityRules(min_stop_words=None))
+    other: GopherQualityRules = field(default_factory=lambda: GopherQualityRules(
+        min_stop_words=None, alpha_ratio_skips_punct=True, lined_min_doc_words=15,
+        outline_headings_skipped=True))
 
 
 @dataclass
@@ -113,8 +138,26 @@ class GopherRepetitionRules:
     # structure, and a numbered list repeats "第 N 天" on every line by construction.
     ngrams_skip_enumerators: bool = False
     # A stanza (blank-line separated block of 2+ lines) repeated verbatim - a chorus - counts as
-    # one duplicate line for dup_line_frac, not one per line: songs repeat their chorus 2-3 times.
+    # one duplicate line for dup_line_frac (and its first line's characters for
+    # dup_line_char_frac), not one per line: songs repeat their chorus 2-3 times.
     dup_line_stanzas: bool = False
+    # A speaker label line (ROMEO:) is joined to the line after it for the duplicate-line rules:
+    # a play repeats its speakers' names by construction.
+    speaker_lines_joined: bool = False
+    # Leave a script line's speaker prefix (Anna: ...) out of the n-grams, like an enumerator.
+    ngrams_skip_speakers: bool = False
+    # Skip the top-n-gram rule for outlines (is_outline): the items of a day-by-day plan are
+    # parallel by design (Day 2: visit ... in the morning, ... in the afternoon.); the
+    # duplicate n-gram and line rules still apply.
+    outlines_skip_top_ngrams: bool = False
+
+
+def _en_gopher_repetition() -> GopherRepetitionRules:
+    # Gopher / datatrove thresholds, with (seekforge) a repeated chorus counted once and the
+    # n-grams over distinct lines without enumerators, as for zh: docs/data.md.
+    return GopherRepetitionRules(ngrams_over_distinct_lines=True, ngrams_skip_enumerators=True,
+                                 dup_line_stanzas=True, speaker_lines_joined=True,
+                                 ngrams_skip_speakers=True, outlines_skip_top_ngrams=True)
 
 
 def _zh_gopher_repetition() -> GopherRepetitionRules:
@@ -131,9 +174,9 @@ def _zh_gopher_repetition() -> GopherRepetitionRules:
 @dataclass
 class GopherRepetitionConfig:
     enabled: bool = True
-    en: GopherRepetitionRules = field(default_factory=GopherRepetitionRules)
+    en: GopherRepetitionRules = field(default_factory=_en_gopher_repetition)
     zh: GopherRepetitionRules = field(default_factory=_zh_gopher_repetition)
-    other: GopherRepetitionRules = field(default_factory=GopherRepetitionRules)
+    other: GopherRepetitionRules = field(default_factory=_en_gopher_repetition)
 
 
 @dataclass
@@ -145,6 +188,18 @@ class C4Rules:
     # "words": whitespace/jieba words; "chars": CJK characters plus non-CJK words (line_units)
     line_units: Literal["words", "chars"] = "words"
     min_num_sentences: int | None = 5  # after line removal
+    # A line under min_words_per_line is kept when it is a sentence - it ends in terminal
+    # punctuation (Almost. / Any fever? / O the heavens!) - or a label (ROMEO:, Ingredients:)
+    # whose next line is kept: it is then counted as a line of that speech or section (and a
+    # play's speaker counts for the line after it: FRIAR LAURENCE: / Too familiar is three words,
+    # while Share this: / Facebook stays two). C4's rule (Raffel et al. 2020) is for navigation
+    # and link text (Home, Read more, Share), which ends in neither; C4 itself also required the
+    # terminal mark.
+    keep_short_sentences: bool = False
+    keep_speaker_labels: bool = False
+    # ... and so is the document's first line (its title: Contents, Travel plan) and, with
+    # keep_short_sentences, a verse line ending in a clause mark (thou thimble, / Therefore--).
+    keep_title_line: bool = False
 
 
 @dataclass
@@ -156,7 +211,9 @@ class C4Config:
     filter_javascript: bool = True  # drop lines mentioning javascript
     filter_curly_bracket: bool = True  # drop the document (code/templates); off for code corpora
     filter_policy: bool = True  # drop cookie/terms/privacy lines (English and Chinese phrases)
-    en: C4Rules = field(default_factory=C4Rules)
+    # seekforge: short sentences, labels and titles stay (dialogue, verse, plays: docs/data.md).
+    en: C4Rules = field(default_factory=lambda: C4Rules(keep_short_sentences=True, keep_speaker_labels=True,
+                                                        keep_title_line=True))
     # FineWeb-2 applies no C4 rule to Chinese (huggingface/fineweb-2, configs/cmn_Hani.yml). We keep
     # the line rule in CJK units with a floor of 1 (it removes lines without a letter or digit:
     # separators, lone symbols); 2 would cut the one-character poem titles (蟬, 鶴: 1.3% of the Tang
@@ -164,17 +221,57 @@ class C4Config:
     # sentence count: a quatrain or a one-paragraph answer is one or two sentences ending in 。.
     zh: C4Rules = field(default_factory=lambda: C4Rules(min_words_per_line=1, line_units="chars",
                                                         min_num_sentences=None))
-    other: C4Rules = field(default_factory=C4Rules)
+    other: C4Rules = field(default_factory=lambda: C4Rules(
+        keep_short_sentences=True, keep_speaker_labels=True, keep_title_line=True))
 
 
 # Personal pronouns and sentence-final/modal particles (seekforge, for FineWebRules.spoken_markers).
 ZH_SPOKEN_MARKERS = "我你您他她咱俺吗呢吧啊呀啦哦嘛"
 
 # A line-leading list enumerator: 第三章 / 第2天, 1. / 2、 / 3) , 一、, （一） / (2), ① … ⑳.
+# English: Chapter 3. / Day 2: / Step 4 (the numbered headings of contents, plans and methods).
 ENUMERATOR = regex.compile(
     r"^\s*(?:第[0-9一二三四五六七八九十百千零〇两]+[章节回条天步部篇卷课期集讲]|[0-9]{1,3}[.、．)）]"
-    r"|[一二三四五六七八九十]+[、．]|[（(][0-9一二三四五六七八九十]+[)）]|[①-⑳])[\s:：、.．]*"
+    r"|[一二三四五六七八九十]+[、．]|[（(][0-9一二三四五六七八九十]+[)）]|[①-⑳]"
+    r"|(?:Chapter|Part|Section|Step|Day|Week|Lesson|Act|Scene|Book|Stage|Round)\s+[0-9]{1,3}(?=[\s.:)]|$))"
+    r"[\s:：、.．)]*"
 )
+# A numbered heading: the English enumerators above that name what they count.
+_HEADING = regex.compile(r"^\s*(?:Chapter|Part|Section|Step|Day|Week|Lesson|Act|Scene|Book|Stage|Round)"
+                         r"\s+([0-9]{1,3})(?=[\s.:)]|$)")
+
+# A label on a line of its own - a play's speaker (ROMEO:, FIRST CITIZEN:) or a section head
+# (Ingredients:, Method:): at most four words, the first starting with a letter, a final colon.
+SPEAKER_LABEL = regex.compile(r"^[^\W\d_][\w'’.\-]*(?: [\w'’.\-]+){0,3}:$")
+# ... of which a play's speaker is written in capitals (ROMEO:, FRIAR LAURENCE:, KING RICHARD III:).
+PLAY_SPEAKER = regex.compile(r"^[A-Z][A-Z'’.\-]*(?: [A-Z][A-Z'’.\-]*){0,3}:$")
+# A speaker prefix in a script line (Anna: ..., FIRST CITIZEN: ...): left out of the n-grams.
+SPEAKER_PREFIX = regex.compile(r"^[A-Z][\w'’.\-]*(?: [A-Z][\w'’.\-]*){0,2}:\s+")
+
+
+def is_outline(lines: list[str], min_items: int = 3) -> bool:
+    """Is the document an outline: at least ``min_items`` numbered headings (Chapter 1,
+    Chapter 2 … / Day 1, Day 2 …) counting up one at a time? Tables of contents and
+    day-by-day plans are; menus and tag lists carry no numbered headings."""
+    numbers = [int(m.group(1)) for ln in lines if (m := _HEADING.match(ln))]
+    if len(numbers) < min_items:
+        return False
+    return all(b == a + 1 for a, b in zip(numbers, numbers[1:]))
+
+
+def join_speaker_labels(lines: list[str]) -> list[str]:
+    """Lines with every label line (ROMEO:) joined to the line after it, so that a speaker
+    label is counted as a line of its speech."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if i + 1 < len(lines) and lines[i + 1].strip() and SPEAKER_LABEL.match(lines[i].strip()):
+            out.append(lines[i] + " " + lines[i + 1])
+            i += 2
+        else:
+            out.append(lines[i])
+            i += 1
+    return out
 
 
 @dataclass
@@ -195,12 +292,36 @@ class FineWebRules:
     # register of lyrics, verse and chat, which print clauses as lines without punctuation, and
     # rare in headline, tag and link lists, which this rule is for).
     spoken_markers: str = ""
+    # ... or (space-separated text) holds one of these words, lower-cased: the same register
+    # markers for English (I, you, we, me, my: lyrics print their clauses as lines).
+    spoken_words: list[str] = field(default_factory=list)
+    # A label line (ROMEO:) is joined to the line after it for every rule here: counted as a
+    # line of its speech, not as a short, unpunctuated or duplicated line of its own.
+    speaker_lines_joined: bool = False
+    # Lines of a stanza repeated verbatim (a chorus) do not count for char_duplicates_ratio.
+    dup_line_stanzas: bool = False
+    # Enumerated lines (1. / Chapter 3. / Day 2:) do not count as short lines: the numbered
+    # headings of a table of contents are short by nature.
+    short_line_skips_enumerated: bool = False
+
+
+EN_SPOKEN_WORDS = ["i", "you", "we", "me", "my", "your", "our", "us"]
+
+
+def _en_fineweb() -> FineWebRules:
+    # FineWeb / datatrove, except (seekforge, docs/data.md): enumerated lines and lines with a
+    # personal pronoun count as closed, speaker labels are joined to their speech, a repeated
+    # chorus and lines under 3 words (short sentences C4 kept) are not duplicate boilerplate,
+    # and enumerated lines are not short lines.
+    return FineWebRules(enumerated_lines_closed=True, spoken_words=list(EN_SPOKEN_WORDS),
+                        speaker_lines_joined=True, dup_line_stanzas=True, dup_line_min_units=3,
+                        short_line_skips_enumerated=True)
 
 
 @dataclass
 class FineWebConfig:
     enabled: bool = True
-    en: FineWebRules = field(default_factory=FineWebRules)
+    en: FineWebRules = field(default_factory=_en_fineweb)
     # FineWeb-2 cmn_Hani: short-line rule off, 0.106 / 0.1 / 0.178 newlines per jieba word.
     # seekforge counts newlines per CJK unit instead (0.3: lines must average over 3.3
     # characters; clean poems, ci, lyrics, dialogue and lists measure <= 0.25, one-to-three
@@ -212,7 +333,7 @@ class FineWebConfig:
                                              line_units="chars", dup_line_min_units=10,
                                              enumerated_lines_closed=True, spoken_markers=ZH_SPOKEN_MARKERS)
     )
-    other: FineWebRules = field(default_factory=FineWebRules)
+    other: FineWebRules = field(default_factory=_en_fineweb)
 
 
 @dataclass
@@ -267,6 +388,9 @@ def group(lang: str) -> str:
 
 
 EN_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")  # Gopher
+# seekforge: the pronouns and verbs of spoken English. Dialogue (Any fever? / I don't think so.)
+# uses them where prose uses "the ... of"; menus, tag clouds and keyword lists hold none of them.
+EN_SPOKEN_STOP_WORDS = ("i", "you", "we", "is", "it", "do", "not", "are", "my", "me")
 # FineWeb-2 cmn_Hani's 22 function words (simplified and traditional forms) ...
 ZH_STOP_WORDS = ("的", "年", "在", "月", "是", "和", "日", "了", "於", "·", "為", "有", "被", "人",
                  "中", "为", "他", "與", "後", "也", "而", "由",
@@ -409,7 +533,11 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
     view.learn()
     real = [w for w in words if w not in _SYMBOL]
     n_words = len(words)
-    if r.min_doc_words is not None and len(real) < r.min_doc_words:
+    lines = [ln for ln in view.lines if ln.strip()] or [""]
+    min_words = r.min_doc_words
+    if min_words is not None and r.lined_min_doc_words is not None and len(lines) >= r.lined_min_lines:
+        min_words = min(min_words, r.lined_min_doc_words)
+    if min_words is not None and len(real) < min_words:
         return "gopher_quality.too_few_words"
     if r.max_doc_words is not None and len(real) > r.max_doc_words:
         return "gopher_quality.too_many_words"
@@ -426,7 +554,6 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
         ellipses = text.count("...") + text.count("…") - text.count("……")
         if ellipses / n_words > r.max_symbol_word_ratio:
             return "gopher_quality.ellipses"
-    lines = [ln for ln in view.lines if ln.strip()] or [""]
     if r.max_bullet_lines_ratio is not None:
         bullets = sum(ln.lstrip().startswith(_BULLETS) for ln in lines)
         if bullets / len(lines) > r.max_bullet_lines_ratio:
@@ -435,15 +562,22 @@ def check_gopher_quality(view: DocView, cfg: GopherQualityConfig) -> str | None:
         ell = sum(ln.rstrip().endswith(("...", "…")) for ln in lines)
         if ell / len(lines) > r.max_ellipsis_lines_ratio:
             return "gopher_quality.ellipsis_lines"
+    outline = r.outline_headings_skipped and is_outline(lines)
     if r.min_alpha_words_ratio is not None:
         counted = real if r.alpha_ratio_skips_punct else words
+        if outline and view.group != "zh":
+            counted = _EN_TOKEN.findall("\n".join(ENUMERATOR.sub("", ln, count=1) for ln in lines))
+            _learn(counted)
+            if r.alpha_ratio_skips_punct:
+                counted = [w for w in counted if w not in _SYMBOL]
         alpha = len(counted) - sum(map(_NO_ALPHA.__contains__, counted))
         if alpha < r.min_alpha_words_ratio * len(counted):
             return "gopher_quality.non_alpha_words"
-    if r.min_stop_words is not None:
+    if r.min_stop_words is not None and not outline:
         stop = r.stop_words
         if stop is None:
-            stop = {"en": EN_STOP_WORDS, "zh": ZH_STOP_WORDS if view.lang == "zh" else None}.get(view.group)
+            stop = {"en": EN_STOP_WORDS + EN_SPOKEN_STOP_WORDS,
+                    "zh": ZH_STOP_WORDS if view.lang == "zh" else None}.get(view.group)
         if stop:  # no list for this language: rule skipped
             if view.group == "zh":
                 # Chinese function words are single characters: look for them in the text, not
@@ -483,17 +617,28 @@ def _dup_stats(items: list[str]) -> tuple[int, int]:
 _PARA_SPLIT = regex.compile(r"\n{2,}")
 
 
-def _repeated_stanza_lines(text: str) -> int:
-    """Lines to forgive in the duplicate-line count: a stanza of k lines repeated verbatim
-    counted k duplicate lines, and now counts one."""
+class StanzaRepeats(NamedTuple):
+    """What a repeated stanza adds to the duplicate-line counts beyond its first line."""
+
+    lines: int  # lines after the first of every repeat of a stanza
+    chars: int  # the characters in those lines
+
+
+def repeated_stanzas(text: str) -> StanzaRepeats:
+    """A stanza of k lines repeated verbatim counted k duplicate lines; judged as one line,
+    k - 1 of them (and their characters) are forgiven."""
     seen: set[str] = set()
-    forgiven = 0
+    lines = chars = 0
     for para in _PARA_SPLIT.split(text.strip()):
         k = para.count("\n") + 1
         if para in seen and k >= 2:
-            forgiven += k - 1
+            first = para.index("\n")
+            lines += k - 1
+            chars += len(para) - first - (k - 1)  # without the newlines
         seen.add(para)
-    return forgiven
+    return StanzaRepeats(lines, chars)
+
+
 _LINE_SPLIT = regex.compile(r"\n+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio): polynomial base
 
@@ -601,20 +746,24 @@ def check_gopher_repetition(view: DocView, cfg: GopherRepetitionConfig) -> str |
         if r.dup_para_char_frac is not None and chars / len(text) > r.dup_para_char_frac:
             return "gopher_repetition.dup_paragraph_chars"
     lines = _LINE_SPLIT.split(text)
-    n, chars = _dup_stats(lines)
-    n_judged = n - _repeated_stanza_lines(text) if r.dup_line_stanzas and n else n
-    if r.dup_line_frac is not None and n_judged / len(lines) > r.dup_line_frac:
+    judged = join_speaker_labels(lines) if r.speaker_lines_joined else lines
+    n, chars = _dup_stats(judged)
+    stanzas = repeated_stanzas(text) if r.dup_line_stanzas and n else StanzaRepeats(0, 0)
+    if r.dup_line_frac is not None and (n - stanzas.lines) / len(judged) > r.dup_line_frac:
         return "gopher_repetition.dup_lines"
-    if r.dup_line_char_frac is not None and chars / len(text) > r.dup_line_char_frac:
+    if r.dup_line_char_frac is not None and (chars - stanzas.chars) / len(text) > r.dup_line_char_frac:
         return "gopher_repetition.dup_line_chars"
     if not r.top_ngrams and not r.dup_ngrams:
         return None
     words, length = view.words, len(text)
     skip_enum = r.ngrams_skip_enumerators and any(ENUMERATOR.match(ln) for ln in lines)
-    if (r.ngrams_over_distinct_lines and n) or skip_enum:
+    skip_speakers = r.ngrams_skip_speakers and any(SPEAKER_PREFIX.match(ln) for ln in lines)
+    if (r.ngrams_over_distinct_lines and n) or skip_enum or skip_speakers:
         distinct = list(dict.fromkeys(lines)) if r.ngrams_over_distinct_lines else lines
         if skip_enum:
             distinct = [ENUMERATOR.sub("", ln, count=1) for ln in distinct]
+        if skip_speakers:
+            distinct = [SPEAKER_PREFIX.sub("", ln, count=1) for ln in distinct]
         words = [w for ln in distinct for w in view.line_words(ln)]
         length = sum(map(len, distinct)) + len(distinct) - 1
     if r.ngrams_skip_punct:
@@ -622,7 +771,8 @@ def check_gopher_repetition(view: DocView, cfg: GopherRepetitionConfig) -> str |
         words = [w for w in words if w not in _SYMBOL]
     # Chinese n-grams are written without separators; English ones with a space between words.
     top, dup = ngram_repetition(words, sep_len=0 if view.group == "zh" else 1)
-    for n, frac in r.top_ngrams:
+    top_ngrams = [] if r.outlines_skip_top_ngrams and is_outline(lines) else r.top_ngrams
+    for n, frac in top_ngrams:
         if int(n) in top and top[int(n)] / length > frac:
             return f"gopher_repetition.top_{int(n)}gram"
     for n, frac in r.dup_ngrams:
@@ -654,7 +804,7 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
     """C4's line filter then document rules. Lines are removed in place (text may shrink)."""
     r: C4Rules = getattr(cfg, view.group)
     removed: Counter = Counter()
-    kept: list[str] = []
+    kept: list[str | None] = []
     sentences = 0
     # Whole-document pre-checks, so the per-line substring tests only run where they can hit.
     low_doc = view.text.lower()
@@ -666,7 +816,11 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
     by_chars = r.line_units == "chars"
     if r.min_words_per_line is not None and not by_chars:
         view.learn()  # per-line symbol counts below are then set lookups only
-    for raw in view.lines:
+    lines = view.lines
+    labels: dict[int, int] = {}  # label line index -> its position in kept (decided at the end)
+    kept_lines: set[int] = set()
+    title = next((i for i, ln in enumerate(lines) if ln.strip()), -1) if r.keep_title_line else -1
+    for i, raw in enumerate(lines):
         line = raw.strip()
         if not line:
             kept.append("")  # keep paragraph structure; blank lines are not "lines" for C4
@@ -690,9 +844,20 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
                 if cited:  # the line changed: its tokens may be new
                     _learn(words)
                 n_units = len(words) - sum(map(_SYMBOL.__contains__, words))
+            if (n_units < r.min_words_per_line and r.keep_speaker_labels and i - 1 in labels
+                    and PLAY_SPEAKER.match(lines[i - 1].strip())):
+                n_units += count_units(lines[i - 1])  # the speaker's name is a line of this speech
             if n_units < r.min_words_per_line:
-                removed["too_few_words"] += 1
-                continue
+                if r.keep_speaker_labels and SPEAKER_LABEL.match(line):
+                    labels[i] = len(kept)
+                    kept.append(line)
+                    continue
+                short_ok = (r.keep_short_sentences
+                            and (ends_with_terminal(line) or line.endswith(_CLAUSE_END))
+                            or i == title)
+                if not (short_ok and any(c.isalpha() for c in line)):
+                    removed["too_few_words"] += 1
+                    continue
         low = line.lower() if (check_js or check_policy or check_lorem) else ""
         if check_lorem and "lorem ipsum" in low:
             return C4Result(None, "c4.lorem_ipsum", removed)
@@ -707,6 +872,13 @@ def apply_c4(view: DocView, cfg: C4Config) -> C4Result:
         if r.min_num_sentences is not None:
             sentences += count_sentences(line)
         kept.append(line)
+        kept_lines.add(i)
+    for i, pos in labels.items():  # a label stays with the line it introduces, or goes
+        if i + 1 not in kept_lines:
+            kept[pos] = None
+            removed["too_few_words"] += 1
+    if labels:
+        kept = [ln for ln in kept if ln is not None]
     if r.min_num_sentences is not None and sentences < r.min_num_sentences:
         return C4Result(None, "c4.too_few_sentences", removed)
     text = "\n".join(kept)
@@ -725,7 +897,27 @@ def _closed_line(line: str, r: FineWebRules) -> bool:
         return True
     if r.enumerated_lines_closed and ENUMERATOR.match(line):
         return True
+    if r.spoken_words and not set(r.spoken_words).isdisjoint(_WORD.findall(line.lower())):
+        return True
     return bool(r.spoken_markers) and any(c in line for c in r.spoken_markers)
+
+
+_WORD = regex.compile(r"[^\W_]+")
+
+
+_CLAUSE_END = (",", ";", "--", "—")
+
+
+def _without_repeated_stanzas(text: str) -> list[str]:
+    """Non-blank lines of the text, less every verbatim repeat of a stanza of 2+ lines."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for para in _PARA_SPLIT.split(text.strip()):
+        block = para.split("\n")
+        if not (para in seen and len(block) >= 2):
+            out += [ln for ln in block if ln.strip()]
+        seen.add(para)
+    return out
 
 
 def check_fineweb(view: DocView, cfg: FineWebConfig) -> str | None:
@@ -733,18 +925,29 @@ def check_fineweb(view: DocView, cfg: FineWebConfig) -> str | None:
     lines = [ln for ln in view.lines if ln.strip()]
     if not lines:
         return "fineweb.empty"
+    if r.speaker_lines_joined:
+        lines = join_speaker_labels(lines)
     if r.line_punct_thr is not None:
         share = sum(map(lambda ln: _closed_line(ln, r), lines)) / len(lines)
         if share < r.line_punct_thr:
             return "fineweb.line_punct"
     if r.short_line_thr is not None:
-        share = sum(len(ln) <= r.short_line_length for ln in lines) / len(lines)
+        short = [ln for ln in lines if len(ln) <= r.short_line_length]
+        if r.short_line_skips_enumerated:
+            short = [ln for ln in short if not ENUMERATOR.match(ln)]
+        if r.speaker_lines_joined:  # a script's turn (Ben: Almost.) is a sentence, not a link
+            short = [ln for ln in short if not (SPEAKER_PREFIX.match(ln) and ends_with_terminal(ln))]
+        share = len(short) / len(lines)
         if share > r.short_line_thr:
             return "fineweb.short_lines"
     if r.char_duplicates_ratio is not None:
         counted = lines
+        if r.dup_line_stanzas:
+            counted = _without_repeated_stanzas(view.text)
+            if r.speaker_lines_joined:
+                counted = join_speaker_labels(counted)
         if r.dup_line_min_units:
-            counted = [ln for ln in lines if count_units(ln) >= r.dup_line_min_units]
+            counted = [ln for ln in counted if count_units(ln) >= r.dup_line_min_units]
         _, chars = _dup_stats(counted)
         if chars / max(1, len(view.text) - view.text.count("\n")) > r.char_duplicates_ratio:
             return "fineweb.dup_line_chars"
