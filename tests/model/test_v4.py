@@ -205,3 +205,28 @@ def test_query_blocks_equal_one_block(monkeypatch, random_v4):
     assert ga.keys() == gb.keys() and ga
     for name in ga:
         assert torch.allclose(ga[name], gb[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_indexer_scores_queries_in_blocks(monkeypatch, random_v4):
+    """The CSA indexer's choice and the logits are the same when its queries are scored one at a
+    time (the blocks that bound its [B, T, heads, n] dot products at long context)."""
+    from seekforge.model.v4 import Indexer
+
+    model = random_v4()
+    x = torch.randint(0, 512, (2, 67), generator=torch.Generator().manual_seed(4))
+    calls = []
+    real = Indexer.top_entries
+
+    def counted(self, x, *args):
+        calls.append(x.shape[1])  # queries scored in this call
+        return real(self, x, *args)
+
+    monkeypatch.setattr(Indexer, "top_entries", counted)
+    with torch.no_grad():
+        whole = model(x).logits
+        assert calls and all(t == 67 for t in calls)  # one block per CSA layer
+        calls.clear()
+        monkeypatch.setattr(Indexer, "SCORE_BLOCK_ELEMENTS", 1)  # one query per block
+        blocked = model(x).logits
+    assert calls and all(t == 1 for t in calls)
+    assert torch.equal(whole, blocked)

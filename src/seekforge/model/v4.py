@@ -195,12 +195,22 @@ class Indexer(Compressor):
         never a block that is still open at the query's position)."""
         return self.choose(x, q_latent, positions, self.compress(x, rope), rope)
 
+    SCORE_BLOCK_ELEMENTS = 2**26  # per-head dot products scored at once (256 MiB in fp32)
+
     def choose(self, x: Tensor, q_latent: Tensor, positions: Tensor, keys: Tensor, rope: V4Rotary) -> Tensor:
-        """The chosen entries as a bool mask [B, T, n] over ``keys`` [B, n, c_I]."""
+        """The chosen entries as a bool mask [B, T, n] over ``keys`` [B, n, c_I]. Queries are scored
+        in blocks: their per-head dot products are [B, T, heads, n], which at 1M context (n = 256k
+        entries, 64 heads) is gigabytes for a few hundred queries."""
         B, T, _ = x.shape
-        chosen = torch.zeros(B, T, keys.shape[1], dtype=torch.bool, device=x.device)
-        top, valid = self.top_entries(x, q_latent, positions, keys, rope)
-        return chosen.scatter_(-1, top, valid)
+        n = keys.shape[1]
+        chosen = torch.zeros(B, T, n, dtype=torch.bool, device=x.device)
+        step = max(1, self.SCORE_BLOCK_ELEMENTS // max(1, B * self.n_heads * n))
+        for start in range(0, T, step):
+            end = min(T, start + step)
+            top, valid = self.top_entries(x[:, start:end], q_latent[:, start:end], positions[:, start:end],
+                                          keys, rope)
+            chosen[:, start:end].scatter_(-1, top, valid)
+        return chosen
 
     def top_entries(self, x: Tensor, q_latent: Tensor, positions: Tensor, keys: Tensor,
                     rope: V4Rotary) -> tuple[Tensor, Tensor]:
