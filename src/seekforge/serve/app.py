@@ -613,6 +613,7 @@ def create_app(engine: Engine | dict[str, Engine], options: ServerOptions | None
     if opts.safety is not None:  # blocked requests count in the per-version metrics and request log
         state = app.state.server
         opts.safety.on_block(lambda where, _categories: record_blocked(state, where))
+        state.ops.metrics.watch_classifier(opts.safety.classifier)
     app.add_exception_handler(P.APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
