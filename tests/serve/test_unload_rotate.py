@@ -193,6 +193,7 @@ def test_ab_report_over_rotated_files_equals_the_unrotated_log(tmp_path) -> None
     for metric in ("error_rate", "latency", "feedback"):
         want = report([whole.path], metric=metric, baseline="a", route="chat")
         assert report(files, metric=metric, baseline="a", route="chat") == want
+        assert report(sorted(files), metric=metric, baseline="a", route="chat") == want  # a glob's order
     out = tmp_path / "ab.json"
     assert main(["ab-report", *map(str, files), "--baseline", "a", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["versions"] == report([whole.path], baseline="a")["versions"]

@@ -14,9 +14,12 @@ and owns everything about *which* version answers and *how it went*:
   it. When both are done, the pair goes to the shadow log.
 - ``swap_version``: load the new checkpoint, switch the registry to it (new requests go there), wait
   until the old engine has no request in flight, then close it.
+- ``unload_version``: refuse a version that something still sends traffic to (:meth:`ServeOps.holders`)
+  or the last one; else take it out of the registry and drain and close it as a swap does.
 
 Log files are JSON lines, one object per request / event, appended and flushed line by line (an
 append-only log cannot be written atomically as a whole; a crash loses at most the line being written).
+The request log can rotate by size (:class:`JsonlLog`).
 """
 
 from __future__ import annotations
@@ -385,9 +388,13 @@ class ServeOps:
         served = ServedModel.of(engine)
         served.spec = spec
         with self.lock:
-            old = self.state.models[spec.name]
-            self.state.models[spec.name] = served
-            self.draining.append(old)
+            old = self.state.models.get(spec.name)
+            if old is not None:
+                self.state.models[spec.name] = served
+                self.draining.append(old)
+        if old is None:  # unloaded while the new checkpoint loaded: nothing to swap into
+            await asyncio.to_thread(engine.close)
+            raise ValueError(f"'{spec.name}' was unloaded while its new checkpoint loaded")
         self.event("swap", version=spec.name, source=spec.describe(), draining=old.inflight)
         self.spawn(self._drain(old, spec.name))
         return served

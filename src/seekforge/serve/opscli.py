@@ -49,7 +49,7 @@ def add_ops_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-alive", type=float, default=75.0,
                    help="seconds an idle HTTP keep-alive connection stays open (longer than the proxy's)")
     g.add_argument("--drain-timeout", type=float, default=600.0,
-                   help="seconds a hot-swapped engine may finish its requests before it is freed")
+                   help="seconds a hot-swapped or unloaded engine may finish its requests before it is freed")
 
 
 def version_specs(args: argparse.Namespace) -> list[VersionSpec]:
