@@ -1,9 +1,10 @@
 """``seekforge ab-report LOG...``: compare model versions from the server's ``--request-log`` files.
 
-Per version: requests, failed requests (HTTP 5xx or a generation error) and their rate, client
-errors (4xx, 499 = the client went away), latency and time-to-first-token percentiles (nearest rank,
-successful requests), tokens/s (generated tokens / seconds spent, successful requests), 👍/👎 from
-``POST /v1/feedback`` (the chat page's buttons) and quality-probe scores. Then a significance test of
+Per version (by name; the report does not depend on the order of the files or lines): requests,
+failed requests (HTTP 5xx or a generation error) and their rate, client errors (4xx, 499 = the
+client went away), latency and time-to-first-token percentiles (nearest rank, successful requests),
+tokens/s (generated tokens / seconds spent, successful requests), 👍/👎 from ``POST /v1/feedback``
+(the chat page's buttons) and quality-probe scores. Then a significance test of
 each version against the baseline on the main metric (``--metric``):
 
 - ``error_rate`` and ``feedback`` (share of 👍): two-proportion z-test with the pooled proportion,
@@ -35,7 +36,6 @@ class VersionStats:
     latencies: list[float] = field(default_factory=list)  # successful requests
     ttfts: list[float] = field(default_factory=list)
     tokens: int = 0
-    busy_s: float = 0.0
     thumbs_up: int = 0
     thumbs_down: int = 0
     probe_scores: list[float] = field(default_factory=list)
@@ -49,16 +49,18 @@ class VersionStats:
         def pct(values: list[float], q: float) -> float | None:
             return round(percentile(values, q), 6) if values else None
 
+        busy_s = math.fsum(self.latencies)  # exact, so the order of the records (and files) does not matter
+
         return {
             "version": self.version, "requests": self.requests, "failed": self.failed,
             "error_rate": round(self.error_rate, 6), "client_errors": self.client_errors,
             "latency_p50_s": pct(self.latencies, 50), "latency_p95_s": pct(self.latencies, 95),
             "latency_p99_s": pct(self.latencies, 99), "ttft_p50_s": pct(self.ttfts, 50),
             "ttft_p95_s": pct(self.ttfts, 95),
-            "tokens_per_s": round(self.tokens / self.busy_s, 3) if self.busy_s > 0 else None,
+            "tokens_per_s": round(self.tokens / busy_s, 3) if busy_s > 0 else None,
             "thumbs_up": self.thumbs_up, "thumbs_down": self.thumbs_down,
             "probe_metric": self.probe_metric,
-            "probe_mean": round(sum(self.probe_scores) / len(self.probe_scores), 4) if self.probe_scores
+            "probe_mean": round(math.fsum(self.probe_scores) / len(self.probe_scores), 4) if self.probe_scores
             else None,
             "probes": len(self.probe_scores),
         }
@@ -84,7 +86,8 @@ def read_logs(paths: list[str | Path], route: str | None = None) -> dict[str, Ve
                 if not isinstance(version, str) or route is not None and rec.get("route") != route:
                     continue
                 add_record(stats.setdefault(version, VersionStats(version)), rec, f"{path}:{ln}")
-    return stats
+    # by name: the report is the same whatever the order of the files (rotated logs, a shell glob)
+    return dict(sorted(stats.items()))
 
 
 def add_record(s: VersionStats, rec: dict[str, Any], where: str) -> None:
@@ -104,7 +107,6 @@ def add_record(s: VersionStats, rec: dict[str, Any], where: str) -> None:
             if rec.get("ttft_s") is not None:
                 s.ttfts.append(float(rec["ttft_s"]))
             s.tokens += int(rec.get("completion_tokens") or 0)
-            s.busy_s += latency
     elif kind == "feedback":
         if rec.get("rating") == "up":
             s.thumbs_up += 1

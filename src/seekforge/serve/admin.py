@@ -11,6 +11,7 @@ missing or unknown key 401 — all in OpenAI's error shape.
     GET  /admin/versions                        versions, their sources, requests in flight, draining engines
     POST /admin/versions                        {"name", "model", "adapter"?}  load a new version
     POST /admin/versions/{name}/swap            {"model", "adapter"?}  hot swap (drain old engine, free it)
+    DELETE /admin/versions/{name}               unload a version no route sends traffic to (drain, free)
     GET  /admin/events                          the last rollbacks, promotions, loads and swaps
 """
 
@@ -172,6 +173,22 @@ async def swap_version(name: str, request: Request) -> dict[str, Any]:
             raise
         raise P.bad("model", f"could not load '{name}': {e}") from None
     return {**_version_info(name, served), "draining": len(ops.draining)}
+
+
+@router.delete("/versions/{name}")
+async def delete_version(name: str, request: Request) -> dict[str, Any]:
+    """Unload a version: 409 while a route, canary, shadow or the default still uses it, or when it
+    is the last one; else it leaves the registry at once and its engine is freed once drained."""
+    ops = check_admin(request)
+    try:
+        old = await ops.unload_version(name)
+    except KeyError:
+        raise P.APIError(404, f"no version '{name}'; versions: {', '.join(ops.state.models)}",
+                         type="not_found_error", param="name", code="model_not_found") from None
+    except ValueError as e:
+        raise P.APIError(409, str(e), param="name", code="version_in_use") from None
+    # OpenAI's shape for a deleted model, plus the requests the engine still finishes before it is freed
+    return {"id": name, "object": "model", "deleted": True, "draining": old.inflight}
 
 
 @router.get("/events")

@@ -2,10 +2,9 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (with ``echo`` + ``logprobs``
 for log-likelihood eval harnesses), ``GET /v1/models``, ``GET /health``, ``GET /metrics``
-(Prometheus), ``POST /tokenize``, ``POST /detokenize`` and the web chat page at ``/``; with
-:mod:`seekforge.serve.ops` also ``GET /ready``, ``POST /v1/feedback`` and the ``/admin/`` API.
 (Prometheus), ``POST /tokenize``, ``POST /detokenize``, ``POST /v1/moderations`` (with a
-``--safety`` policy, see ``safety.py``) and the web chat page at ``/``. Bodies pass the size limit of
+``--safety`` policy, see ``safety.py``) and the web chat page at ``/``; with :mod:`seekforge.serve.ops`
+also ``GET /ready``, ``POST /v1/feedback`` and the ``/admin/`` API. Bodies pass the size limit of
 ``limits.py`` before any route reads them; ``schemas.py`` describes them in ``/openapi.json``.
 
 Request handlers never touch torch: they submit to the engine (thread-safe) and await its event
@@ -613,6 +612,7 @@ def create_app(engine: Engine | dict[str, Engine], options: ServerOptions | None
     if opts.safety is not None:  # blocked requests count in the per-version metrics and request log
         state = app.state.server
         opts.safety.on_block(lambda where, _categories: record_blocked(state, where))
+        state.ops.metrics.watch_classifier(opts.safety.classifier)
     app.add_exception_handler(P.APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)

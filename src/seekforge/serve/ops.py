@@ -14,9 +14,12 @@ and owns everything about *which* version answers and *how it went*:
   it. When both are done, the pair goes to the shadow log.
 - ``swap_version``: load the new checkpoint, switch the registry to it (new requests go there), wait
   until the old engine has no request in flight, then close it.
+- ``unload_version``: refuse a version that something still sends traffic to (:meth:`ServeOps.holders`)
+  or the last one; else take it out of the registry and drain and close it as a swap does.
 
 Log files are JSON lines, one object per request / event, appended and flushed line by line (an
 append-only log cannot be written atomically as a whole; a crash loses at most the line being written).
+The request log can rotate by size (:class:`JsonlLog`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -60,26 +64,65 @@ class OpsOptions:
     default_model: str | None = None  # answers requests without "model" (default: first route, else version)
     admin_key: str | None = None  # None: the /admin/ API answers 403
     request_log: str | None = None  # jsonl, one line per generation request (+ feedback, probes, events)
+    request_log_max_bytes: int | None = None  # rotate the request log at this size (None: never)
+    request_log_keep: int = 5  # rotated request logs kept (requests.jsonl.1 ... .K)
     shadow_log: str | None = None  # jsonl, one line per shadowed request with both answers
     loader: Callable[[VersionSpec], Any] | None = None  # VersionSpec -> Engine (admin load / swap)
     drain_timeout_s: float = 600.0  # a swapped-out engine is closed after this even if still busy
 
 
 class JsonlLog:
-    """Append-only JSON-lines file, one ``write`` = one flushed line (thread-safe)."""
+    """Append-only JSON-lines file, one ``write`` = one flushed line (thread-safe).
 
-    def __init__(self, path: str | Path) -> None:
+    With ``max_bytes``, a line that would take the file past that size first rotates it:
+    ``FILE.{K-1}`` -> ``FILE.K`` ... ``FILE`` -> ``FILE.1`` (each an atomic ``os.replace``; the oldest
+    beyond ``keep`` backups is overwritten), then a new ``FILE``. Rotation happens under the same lock
+    as the writes and only between whole lines, so no line is torn, interleaved or lost, and every
+    file holds at most ``max_bytes`` (a single longer line gets a file of its own). This is the
+    scheme of Python's ``logging.handlers.RotatingFileHandler`` and logrotate's numbered backups.
+    """
+
+    def __init__(self, path: str | Path, max_bytes: int | None = None, keep: int = 5) -> None:
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"{path}: the rotation size must be > 0 bytes, got {max_bytes}")
+        if keep < 1:
+            raise ValueError(f"{path}: keep at least 1 rotated file, got {keep}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the server's life)
+        self.max_bytes, self.keep = max_bytes, keep
+        # Binary: the size counted is the size on disk (UTF-8 bytes), with no newline translation.
+        self.file = open(self.path, "ab")  # noqa: SIM115 (held for the server's life)
+        self.size = self.file.tell()
         self.lock = threading.Lock()
 
+    def backup(self, i: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{i}")
+
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self.lock:
-            if not self.file.closed:
-                self.file.write(line)
-                self.file.flush()
+            if self.file.closed:
+                return
+            if self.max_bytes is not None and self.size > 0 and self.size + len(line) > self.max_bytes:
+                self._rotate()
+            self.file.write(line)
+            self.file.flush()
+            self.size += len(line)
+
+    def _rotate(self) -> None:
+        """Shift the backups up by one and start a new file (called with the lock held)."""
+        self.file.close()
+        for i in range(self.keep - 1, 0, -1):
+            if self.backup(i).exists():
+                os.replace(self.backup(i), self.backup(i + 1))
+        os.replace(self.path, self.backup(1))
+        self.file = open(self.path, "ab")  # noqa: SIM115
+        self.size = 0
+
+    def files(self) -> list[Path]:
+        """The backups, oldest first, then the current file (the order the lines were written in)."""
+        backups = [self.backup(i) for i in range(self.keep, 0, -1) if self.backup(i).exists()]
+        return backups + [self.path]
 
     def close(self) -> None:
         with self.lock:
@@ -143,7 +186,8 @@ class ServeOps:
         for policy in options.canaries:
             self.add_canary(policy)
         self.metrics = OpsMetrics(self._snapshot)
-        self.request_log = JsonlLog(options.request_log) if options.request_log else None
+        self.request_log = JsonlLog(options.request_log, options.request_log_max_bytes,
+                                    options.request_log_keep) if options.request_log else None
         self.shadow_log = JsonlLog(options.shadow_log) if options.shadow_log else None
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.answered_by: collections.OrderedDict[str, tuple[str, str | None]] = collections.OrderedDict()
@@ -212,8 +256,13 @@ class ServeOps:
         else:
             version = name
         with self.lock:
-            served = state.models[version]
-            served.inflight += 1
+            served = state.models.get(version)
+            if served is not None:
+                served.inflight += 1
+        if served is None:  # unloaded between the lookup and now (DELETE /admin/versions/...)
+            raise P.APIError(400, f"The model '{version}' was just unloaded; this server serves "
+                             f"{', '.join(repr(n) for n in self.public_names())}.", param="model",
+                             code="model_not_found")
         rec = CURRENT.get()
         if rec is None:  # called outside the middleware (no request to follow): nothing to release later
             with self.lock:
@@ -339,12 +388,55 @@ class ServeOps:
         served = ServedModel.of(engine)
         served.spec = spec
         with self.lock:
-            old = self.state.models[spec.name]
-            self.state.models[spec.name] = served
-            self.draining.append(old)
+            old = self.state.models.get(spec.name)
+            if old is not None:
+                self.state.models[spec.name] = served
+                self.draining.append(old)
+        if old is None:  # unloaded while the new checkpoint loaded: nothing to swap into
+            await asyncio.to_thread(engine.close)
+            raise ValueError(f"'{spec.name}' was unloaded while its new checkpoint loaded")
         self.event("swap", version=spec.name, source=spec.describe(), draining=old.inflight)
         self.spawn(self._drain(old, spec.name))
         return served
+
+    def holders(self, name: str) -> list[str]:
+        """What still sends traffic to version ``name`` (empty: it may be unloaded)."""
+        held = []
+        if self.state.default == name:
+            held.append("the default model (requests without 'model')")
+        for route in list(self.routes.values()):
+            with route.lock:
+                if route.weights.get(name, 0) > 0:
+                    held.append(f"route '{route.name}' (weight {route.weights[name]:g})")
+                elif route.stable == name:  # a rollback would send all traffic there
+                    held.append(f"route '{route.name}' (its stable version)")
+                if route.canary == name:
+                    held.append(f"route '{route.name}' (its canary)")
+                if route.shadow is not None and route.shadow.version == name:
+                    held.append(f"route '{route.name}' (its shadow)")
+        return held
+
+    async def unload_version(self, name: str) -> Any:
+        """Take version ``name`` out of the registry (new requests to it get 400), then drain its
+        requests in flight and close its engine as a hot swap does. Raises KeyError for an unknown
+        name and ValueError, naming what holds it, for a version still in use or the last one."""
+        with self.lock:
+            if name not in self.state.models:
+                raise KeyError(name)
+            if len(self.state.models) == 1:
+                raise ValueError(f"'{name}' is the last version; load another before unloading it")
+            held = self.holders(name)
+            if held:
+                raise ValueError(f"'{name}' still gets traffic from {'; '.join(held)}; "
+                                 "move that traffic to another version first")
+            old = self.state.models.pop(name)
+            self.draining.append(old)
+            for route in list(self.routes.values()):  # weight-0 entries only: nothing is routed there
+                with route.lock:
+                    route.weights.pop(name, None)
+        self.event("unload", version=name, draining=old.inflight)
+        self.spawn(self._drain(old, name))
+        return old
 
     async def _drain(self, old: Any, name: str) -> None:
         t0 = time.monotonic()

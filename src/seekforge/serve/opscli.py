@@ -35,6 +35,12 @@ def add_ops_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--request-log", default=None, metavar="FILE.jsonl",
                    help="one JSON line per request (version, route, status, latency, TTFT, tokens), "
                    "feedback, probe scores and route events: the input of `seekforge ab-report`")
+    g.add_argument("--request-log-max-mb", type=float, default=None, metavar="M",
+                   help="rotate the request log when it would pass M MiB: FILE -> FILE.1 -> ... -> FILE.K "
+                   "(between whole lines; default: never rotate)")
+    g.add_argument("--request-log-keep", type=int, default=None, metavar="K",
+                   help="rotated request logs kept with --request-log-max-mb (default 5); pass them all "
+                   "to `seekforge ab-report`")
     g.add_argument("--shadow-log", default=None, metavar="FILE.jsonl",
                    help="request, live answer and shadow answer of every shadowed request")
     # A client (or load balancer) that reuses an idle connection just as the server closes it gets a
@@ -43,7 +49,7 @@ def add_ops_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-alive", type=float, default=75.0,
                    help="seconds an idle HTTP keep-alive connection stays open (longer than the proxy's)")
     g.add_argument("--drain-timeout", type=float, default=600.0,
-                   help="seconds a hot-swapped engine may finish its requests before it is freed")
+                   help="seconds a hot-swapped or unloaded engine may finish its requests before it is freed")
 
 
 def version_specs(args: argparse.Namespace) -> list[VersionSpec]:
@@ -73,9 +79,28 @@ def ops_options(args: argparse.Namespace, api_keys: list[str]) -> OpsOptions:
     admin_key = args.admin_key or os.environ.get("SEEKFORGE_ADMIN_KEY") or None
     if admin_key and admin_key in api_keys:
         raise ValueError("--admin-key must differ from every --api-key (a user key never opens /admin/)")
+    max_bytes, keep = request_log_rotation(args)
     return OpsOptions(routes=routes, shadows=shadows, canaries=[CanaryPolicy.parse(t) for t in args.canary],
                       default_model=args.default_model, admin_key=admin_key, request_log=args.request_log,
+                      request_log_max_bytes=max_bytes, request_log_keep=keep,
                       shadow_log=args.shadow_log, drain_timeout_s=args.drain_timeout)
+
+
+def request_log_rotation(args: argparse.Namespace) -> tuple[int | None, int]:
+    """(rotation size in bytes or None, backups kept) from ``--request-log-max-mb/-keep``."""
+    max_mb, keep = args.request_log_max_mb, args.request_log_keep
+    if max_mb is None:
+        if keep is not None:
+            raise ValueError("--request-log-keep needs --request-log-max-mb (without a size the log never "
+                             "rotates)")
+        return None, 5
+    if not max_mb > 0:  # also NaN
+        raise ValueError(f"--request-log-max-mb must be > 0 (MiB), got {max_mb:g}")
+    if not args.request_log:
+        raise ValueError("--request-log-max-mb needs --request-log FILE")
+    if keep is not None and keep < 1:
+        raise ValueError(f"--request-log-keep must be >= 1, got {keep}")
+    return max(1, int(max_mb * 1024 * 1024)), 5 if keep is None else keep
 
 
 def version_loader(args: argparse.Namespace, queue_size: int) -> Any:

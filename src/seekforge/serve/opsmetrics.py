@@ -12,7 +12,10 @@ Names (all ``seekforge_`` prefixed): ``requests_total{version,route,status}``,
 ``version_cache_slots{version}``, ``version_inflight_requests{version}``, ``route_weight{route,version}``,
 ``rollbacks_total{route,reason}``, ``feedback_total{version,route,rating}`` and
 ``blocked_requests_total{version,route,stage}`` (incremented by
-:meth:`OpsMetrics.blocked`, the hook for content moderation).
+:meth:`OpsMetrics.blocked`, the hook for content moderation). With a remote safety classifier
+(:meth:`OpsMetrics.watch_classifier`): ``safety_classifier_requests_total`` (HTTP requests sent,
+retries included), ``safety_classifier_failures_total`` (checks given up on) and
+``safety_classifier_retries_total``, read from its client's usage at scrape time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -68,6 +71,27 @@ class _EngineGauges:
         yield weight
 
 
+class _ClassifierUsage:
+    """Scrape-time counters over a remote classifier's ``LLMClient.usage`` (the client counts under
+    its own lock; the counters here are only read, so nothing is counted twice)."""
+
+    def __init__(self, usage: Callable[[], Any]) -> None:
+        self.usage = usage
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        u = self.usage()
+        # prometheus-client appends "_total" to a counter family's name.
+        yield CounterMetricFamily("seekforge_safety_classifier_requests",
+                                  "HTTP requests sent to the remote safety classifier (retries included).",
+                                  value=u.requests)
+        yield CounterMetricFamily("seekforge_safety_classifier_failures",
+                                  "Safety checks given up on: the classifier did not answer after retries.",
+                                  value=u.failed)
+        yield CounterMetricFamily("seekforge_safety_classifier_retries",
+                                  "Requests to the remote safety classifier sent again after a failure.",
+                                  value=u.retries)
+
+
 class OpsMetrics:
     def __init__(self, snapshot: Snapshot) -> None:
         self.registry = CollectorRegistry()
@@ -100,6 +124,12 @@ class OpsMetrics:
     def blocked(self, version: str, route: str, stage: str) -> None:
         """Count one blocked request (``stage``: "input" or "output"); for the content-safety module."""
         self.blocked_total.labels(version, route, stage).inc()
+
+    def watch_classifier(self, classifier: Any) -> None:
+        """Export the call counts of a remote classifier (one with an ``LLMClient`` as ``client``)."""
+        client = getattr(classifier, "client", None)
+        if client is not None:
+            self.registry.register(_ClassifierUsage(lambda: client.usage))
 
     def render(self) -> str:
         return generate_latest(self.registry).decode("utf-8")
