@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,10 +42,9 @@ from seekforge.finetune.sft import (
     SFTLoader,
     SFTObjective,
     load_chat_tokenizer,
-    model_dtype,
     split_val,
 )
-from seekforge.train.objective import LossOutput, Objective, TrainEnv, autocast, unwrap
+from seekforge.train.objective import LossOutput, Objective, TrainEnv, autocast
 
 log = logging.getLogger("seekforge.finetune")
 
@@ -197,24 +195,12 @@ class DPOObjective(SFTObjective):
 
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from seekforge.finetune.methods import load_base
-
         model = super().build_model()
         self.packed = False
         self.policy = model
-        if self.needs_reference and not hasattr(unwrap(model), "disable_adapter"):
-            cfg, env = self.cfg, self.env
-            ref, _ = load_base(cfg.model, device=env.device, dtype=model_dtype(cfg, env.device, "lora"))
-            ref.eval().requires_grad_(False)
-            self.ref_model = ref
+        if self.needs_reference:
+            self.load_reference(model)
         return model
-
-    def _reference_context(self, model: nn.Module):
-        """(module, context) giving the reference model's forward."""
-        if self.ref_model is not None:
-            return self.ref_model, nullcontext()
-        base = unwrap(model)
-        return base, base.disable_adapter()
 
     @torch.no_grad()
     def reference_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -49,7 +48,7 @@ from seekforge.finetune.encode import IGNORE
 from seekforge.finetune.policy_loss import AGGREGATIONS, PolicyLossSettings, policy_loss
 from seekforge.finetune.rewards import NamedReward, RewardError, call_reward
 from seekforge.finetune.rl_tasks import TaskItem
-from seekforge.finetune.sft import SFTConfig, SFTObjective, load_chat_tokenizer, model_dtype
+from seekforge.finetune.sft import SFTConfig, SFTObjective, load_chat_tokenizer
 from seekforge.train.config import DataConfig, TrainConfig
 from seekforge.train.loader import EvalHooks
 from seekforge.train.objective import LossOutput, Objective, TrainEnv, autocast, unwrap
@@ -384,22 +383,11 @@ class GRPOObjective(SFTObjective):
 
     # -- model ----------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from seekforge.finetune.methods import load_base
-
         model = super().build_model()
         self.policy = model
-        if self.cfg.beta > 0 and not hasattr(unwrap(model), "disable_adapter"):
-            ref, _ = load_base(self.cfg.model, device=self.env.device,
-                               dtype=model_dtype(self.cfg, self.env.device, "lora"))
-            ref.eval().requires_grad_(False)
-            self.ref_model = ref
+        if self.cfg.beta > 0:
+            self.load_reference(model)
         return model
-
-    def _reference_context(self, model: nn.Module):
-        if self.ref_model is not None:
-            return self.ref_model, nullcontext()
-        base = unwrap(model)
-        return base, base.disable_adapter()
 
     def start_engine(self, model: nn.Module):
         """The inference engine over ``model`` itself (its LoRA layers included): no copy of the weights."""

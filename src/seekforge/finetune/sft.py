@@ -366,6 +366,31 @@ class SFTObjective(Objective):
                 layer.requires_grad_(False)
         return model
 
+    # -- the reference model of preference / RL objectives (dpo, grpo) ---------------------------
+    def load_reference(self, model: nn.Module) -> None:
+        """A frozen copy of the base as ``self.ref_model``, unless the policy is an adapter whose
+        ``disable_adapter()`` gives the base without a second copy of the weights."""
+        from seekforge.finetune.methods import load_base
+        from seekforge.train.objective import unwrap as unwrap_dist
+
+        self.ref_model = None
+        if hasattr(unwrap_dist(model), "disable_adapter"):
+            return
+        cfg, env = self.cfg, self.env
+        ref, _ = load_base(cfg.model, device=env.device, dtype=model_dtype(cfg, env.device, "lora"))
+        self.ref_model = ref.eval().requires_grad_(False)
+
+    def _reference_context(self, model: nn.Module):
+        """(module, context) giving the reference model's forward."""
+        from contextlib import nullcontext
+
+        from seekforge.train.objective import unwrap as unwrap_dist
+
+        if self.ref_model is not None:
+            return self.ref_model, nullcontext()
+        base = unwrap_dist(model)
+        return base, base.disable_adapter()
+
     def train_loader(self, micro_batch_size: int, grad_accum: int):
         rows = pack(self.train_encoded, self.cfg.seq_len) if self.packed else single_rows(self.train_encoded)
         n_tok = sum(len(r) for r in rows)
