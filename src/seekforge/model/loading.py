@@ -47,6 +47,13 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: tor
         model = DeepseekV3ForCausalLM(cfg)
     if kernels:
         use_kernels(model)
+    return materialise(model, device, dtype, init)
+
+
+def materialise(model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype | None,
+                init: bool) -> Any:
+    """A model built on the meta device -> real tensors on ``device`` (``"meta"``: left as shapes),
+    initialised, or (``init=False``, weights to be loaded) with only the rope table rebuilt."""
     device = torch.device(device)
     if dtype is not None:
         model.to(dtype)

@@ -711,16 +711,9 @@ def hash_table(cfg: V4Config, device: torch.device | str = "cpu") -> Tensor:
 def build_v4(cfg: V4Config, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
              init: bool = True) -> DeepseekV4ForCausalLM:
     """Construct on the meta device, then materialise on ``device`` (``"meta"``: shapes only)."""
+    from seekforge.model.loading import materialise
+
     with torch.device("meta"):
         model = DeepseekV4ForCausalLM(cfg)
-    if dtype is not None:
-        model.to(dtype)
-    device = torch.device(device)
-    if device.type != "meta":
-        model.to_empty(device=device)
-        if init:
-            model.init_weights()
-        else:  # weights will be loaded; only the non-persistent rope frequencies must be rebuilt
-            model.model.rotary_emb.reset_parameters()
-    return model
+    return materialise(model, device, dtype, init)
 
